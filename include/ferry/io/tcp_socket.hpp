@@ -1,0 +1,216 @@
+#pragma once
+/// `ferry::io::tcp_socket`: a connected TCP socket driven by an io_context. Single calls (`recv`, `send`,
+/// scatter-gather `recv`/`send` over iovecs) move what the kernel takes at once; `recv_all` / `send_all` loop
+/// until everything moved. Every call takes an optional stop_token.
+///
+///   auto s = co_await ferry::io::tcp_socket::connect(ctx, *ferry::io::endpoint::parse("127.0.0.1:9000"));
+///   if (s) co_await s->send_all(std::as_bytes(std::span(message)));
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/io/endpoint.hpp"
+#include "ferry/io/io_context.hpp"
+#include "ferry/io/operation.hpp"
+
+#include <cerrno>
+#include <cstddef>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <utility>
+#include <vector>
+
+namespace ferry::io {
+
+class tcp_socket {
+public:
+  /// A recvmsg/sendmsg over the caller's iovecs (which must outlive the await).
+  class [[nodiscard]] vectored_operation : public operation<std::size_t> {
+  public:
+    vectored_operation(io_context& ctx, const detail::io_op& d, const char* what, std::span<const ::iovec> iov,
+                       std::stop_token stop) noexcept
+        : operation<std::size_t>(ctx, d, what, std::move(stop)) {
+      msg_.msg_iov = const_cast<::iovec*>(iov.data());
+      msg_.msg_iovlen = iov.size();
+      set_message(&msg_);
+    }
+    vectored_operation(vectored_operation&& o) noexcept : operation<std::size_t>(std::move(o)), msg_(o.msg_) {
+      set_message(&msg_);
+    }
+
+  private:
+    ::msghdr msg_{};
+  };
+
+  tcp_socket() = default;
+  /// Adopts a connected, non-blocking socket descriptor.
+  tcp_socket(io_context& ctx, int fd) noexcept : ctx_(&ctx), fd_(fd) {}
+  tcp_socket(tcp_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::exchange(o.fd_, -1)) {}
+  tcp_socket& operator=(tcp_socket&& o) noexcept {
+    if (this != &o) {
+      close();
+      ctx_ = o.ctx_;
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  ~tcp_socket() { close(); }
+
+  /// Connects to `peer` (from `local`, if given: e.g. a distinct loopback address for a test "host").
+  static task<result<tcp_socket>> connect(io_context& ctx, endpoint peer, std::stop_token stop = {},
+                                          std::optional<endpoint> local = std::nullopt) {
+    int fd = ::socket(peer.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) co_return fail_errno(-errno, "socket");
+    tcp_socket s(ctx, fd);
+    if (local && ::bind(fd, local->data(), local->size()) < 0) co_return fail_errno(-errno, "bind");
+    detail::io_op d;
+    d.code_ = detail::op_code::connect;
+    d.fd_ = fd;
+    d.addr_ = const_cast<::sockaddr*>(peer.data());
+    d.addrlen_ = peer.size();
+    auto r = co_await operation<void>(ctx, d, "connect", std::move(stop));
+    if (!r) co_return fail(r.error());
+    s.set_no_delay(true);
+    co_return std::move(s);
+  }
+
+  /// Receives up to `buffer.size()` bytes; 0 means the peer closed its side.
+  operation<std::size_t> recv(std::span<std::byte> buffer, std::stop_token stop = {}) {
+    detail::io_op d;
+    d.code_ = detail::op_code::recv;
+    d.fd_ = fd_;
+    d.buf_ = buffer.data();
+    d.len_ = clamp(buffer.size());
+    return operation<std::size_t>(*ctx_, d, "recv", std::move(stop));
+  }
+  /// Sends some of `data`; yields how much the kernel took.
+  operation<std::size_t> send(std::span<const std::byte> data, std::stop_token stop = {}) {
+    detail::io_op d;
+    d.code_ = detail::op_code::send;
+    d.fd_ = fd_;
+    d.buf_ = const_cast<std::byte*>(data.data());
+    d.len_ = clamp(data.size());
+    return operation<std::size_t>(*ctx_, d, "send", std::move(stop));
+  }
+  /// Scatter: receives into several buffers in order; 0 means the peer closed its side.
+  vectored_operation recv(std::span<const ::iovec> buffers, std::stop_token stop = {}) {
+    detail::io_op d;
+    d.code_ = detail::op_code::recvmsg;
+    d.fd_ = fd_;
+    return vectored_operation(*ctx_, d, "recvmsg", buffers, std::move(stop));
+  }
+  /// Gather: sends from several buffers in order; yields how much the kernel took.
+  vectored_operation send(std::span<const ::iovec> buffers, std::stop_token stop = {}) {
+    detail::io_op d;
+    d.code_ = detail::op_code::sendmsg;
+    d.fd_ = fd_;
+    return vectored_operation(*ctx_, d, "sendmsg", buffers, std::move(stop));
+  }
+
+  /// Receives exactly `buffer.size()` bytes; errc::closed if the peer closes first.
+  task<result<void>> recv_all(std::span<std::byte> buffer, std::stop_token stop = {}) {
+    while (!buffer.empty()) {
+      auto n = co_await recv(buffer, stop);
+      if (!n) co_return fail(n.error());
+      if (*n == 0) co_return fail(errc::closed, "recv");
+      buffer = buffer.subspan(*n);
+    }
+    co_return result<void>{};
+  }
+  /// Sends all of `data`.
+  task<result<void>> send_all(std::span<const std::byte> data, std::stop_token stop = {}) {
+    while (!data.empty()) {
+      auto n = co_await send(data, stop);
+      if (!n) co_return fail(n.error());
+      data = data.subspan(*n);
+    }
+    co_return result<void>{};
+  }
+  /// Sends every byte of every buffer (the iovecs are copied; the memory they point to must outlive the call).
+  task<result<void>> send_all(std::span<const ::iovec> buffers, std::stop_token stop = {}) {
+    std::vector<::iovec> rest(buffers.begin(), buffers.end());
+    co_return co_await transfer_all(rest, true, stop);
+  }
+  /// Fills every buffer completely; errc::closed if the peer closes first.
+  task<result<void>> recv_all(std::span<const ::iovec> buffers, std::stop_token stop = {}) {
+    std::vector<::iovec> rest(buffers.begin(), buffers.end());
+    co_return co_await transfer_all(rest, false, stop);
+  }
+
+  /// Shuts down reading, writing or both (SHUT_RD, SHUT_WR, SHUT_RDWR); pending receives then complete.
+  result<void> shutdown(int how = SHUT_RDWR) noexcept {
+    if (::shutdown(fd_, how) < 0) return fail_errno(-errno, "shutdown");
+    return {};
+  }
+  /// Ends pending operations and closes the descriptor.
+  void close() noexcept {
+    if (fd_ < 0) return;
+    ::shutdown(fd_, SHUT_RDWR);
+    ctx_->release_fd(fd_);
+    ::close(std::exchange(fd_, -1));
+  }
+
+  void set_no_delay(bool on) noexcept {
+    int v = on ? 1 : 0;
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &v, sizeof v);
+  }
+  /// Sets SO_SNDBUF and SO_RCVBUF (the kernel may adjust them).
+  void set_buffer_sizes(int bytes) noexcept {
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+  }
+  result<endpoint> local_endpoint() const { return name_of(::getsockname, "getsockname"); }
+  result<endpoint> remote_endpoint() const { return name_of(::getpeername, "getpeername"); }
+
+  bool is_open() const noexcept { return fd_ >= 0; }
+  int native_handle() const noexcept { return fd_; }
+  io_context& context() const noexcept { return *ctx_; }
+
+private:
+  static std::uint32_t clamp(std::size_t n) noexcept {
+    // why: one call moves at most 1 GiB; larger spans are finished by the *_all loops.
+    return static_cast<std::uint32_t>(n < (std::size_t{1} << 30) ? n : (std::size_t{1} << 30));
+  }
+
+  task<result<void>> transfer_all(std::vector<::iovec>& rest, bool sending, std::stop_token stop) {
+    std::size_t first = 0;
+    // why: sendmsg/recvmsg take at most IOV_MAX buffers per call.
+    constexpr std::size_t max_iov = 1024;
+    while (first < rest.size()) {
+      std::span<const ::iovec> window(rest.data() + first, std::min(rest.size() - first, max_iov));
+      auto n = sending ? co_await send(window, stop) : co_await recv(window, stop);
+      if (!n) co_return fail(n.error());
+      if (*n == 0 && !sending) co_return fail(errc::closed, "recvmsg");
+      std::size_t moved = *n;
+      while (moved > 0 && first < rest.size()) {
+        auto& v = rest[first];
+        std::size_t take = std::min(moved, v.iov_len);
+        v.iov_base = static_cast<char*>(v.iov_base) + take;
+        v.iov_len -= take;
+        moved -= take;
+        if (v.iov_len == 0) ++first;
+      }
+      while (first < rest.size() && rest[first].iov_len == 0) ++first;
+    }
+    co_return result<void>{};
+  }
+
+  template <class Fn>
+  result<endpoint> name_of(Fn fn, const char* what) const {
+    ::sockaddr_storage ss{};
+    ::socklen_t len = sizeof ss;
+    if (fn(fd_, reinterpret_cast<::sockaddr*>(&ss), &len) < 0) return fail_errno(-errno, what);
+    return endpoint::from_sockaddr(reinterpret_cast<::sockaddr*>(&ss), len);
+  }
+
+  io_context* ctx_ = nullptr;
+  int fd_ = -1;
+};
+
+} // namespace ferry::io

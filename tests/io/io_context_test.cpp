@@ -1,0 +1,171 @@
+#include "backends.hpp"
+
+#include "ferry/core/async_scope.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/core/thread_pool.hpp"
+#include "ferry/io/io_context.hpp"
+#include "ferry/io/timer_awaiter.hpp"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+using namespace std::chrono_literals;
+using ferry::io::io_backend;
+using ferry::io::io_context;
+
+TEST_SUITE("io_context") {
+  TEST_CASE("schedule resumes on the loop and run returns when work runs out") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      int steps = 0;
+      ferry::async_scope scope;
+      auto spawned_1 = [&]() -> ferry::task<> {
+        for (int i = 0; i < 100; ++i) {
+          co_await ctx.schedule();
+          ++steps;
+        }
+      };
+      scope.spawn(spawned_1());
+      CHECK(ctx.run() == 100);
+      CHECK(steps == 100);
+      CHECK(ctx.run() == 0);
+      ctx.run_until(scope.join());
+    });
+  }
+
+  TEST_CASE("poll runs only what is ready and never blocks") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      bool slept = false;
+      ferry::async_scope scope;
+      auto spawned_2 = [&]() -> ferry::task<> {
+        auto r = co_await ctx.sleep_for(50ms);
+        slept = r.has_value();
+      };
+      scope.spawn(spawned_2());
+      auto t0 = std::chrono::steady_clock::now();
+      ctx.poll();
+      CHECK(std::chrono::steady_clock::now() - t0 < 40ms);
+      CHECK_FALSE(slept);
+      ctx.run_until(scope.join());
+      CHECK(slept);
+    });
+  }
+
+  TEST_CASE("run_one runs exactly one handler") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      int a = 0;
+      ferry::async_scope scope;
+      auto spawned_3 = [&]() -> ferry::task<> {
+        co_await ctx.schedule();
+        ++a;
+      };
+      for (int i = 0; i < 3; ++i)
+        scope.spawn(spawned_3());
+      CHECK(ctx.run_one() == 1);
+      CHECK(a == 1);
+      CHECK(ctx.poll() == 2);
+      CHECK(a == 3);
+      ctx.run_until(scope.join());
+    });
+  }
+
+  TEST_CASE("work scheduled from other threads runs on the loop's thread") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      ferry::thread_pool pool(2);
+      std::atomic<int> on_loop{0};
+      auto loop_thread = std::this_thread::get_id();
+      auto hop = [&]() -> ferry::task<> {
+        co_await pool.schedule();
+        co_await ctx.schedule();
+        if (std::this_thread::get_id() == loop_thread)
+          on_loop.fetch_add(1);
+      };
+      ferry::async_scope scope;
+      for (int i = 0; i < 500; ++i)
+        scope.spawn(hop());
+      ctx.run_until(scope.join());
+      CHECK(on_loop.load() == 500);
+    });
+  }
+
+  TEST_CASE("stop makes run return from another thread, and restart lets it run again") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      io_context::work_guard guard(ctx); // without it run() would return at once
+      std::thread stopper([&] {
+        std::this_thread::sleep_for(20ms);
+        ctx.stop();
+      });
+      ctx.run();
+      stopper.join();
+      CHECK(ctx.stopped());
+      ctx.restart();
+      guard.reset();
+      CHECK(ctx.run() == 0);
+    });
+  }
+
+  TEST_CASE("an explicit io_uring request fails with the reason when io_uring is unavailable") {
+#if FERRY_WITH_URING
+    // A child process installs a seccomp filter that refuses io_uring_setup, as container runtimes do.
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::sock_filter filter[] = {
+          BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0), // seccomp_data.nr
+          BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+          BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+          BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      };
+      ::sock_fprog prog{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+      if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        ::_exit(10);
+      if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        ::_exit(11);
+      int code = 0;
+      try {
+        io_context forced({.backend = io_backend::uring});
+        code = 12; // must not succeed
+      } catch (const std::system_error& e) {
+        if (std::string(e.what()).find("kernel.io_uring_disabled") == std::string::npos)
+          code = 13;
+      }
+      // automatic falls back to epoll, says why, and still works.
+      io_context fallback;
+      if (fallback.backend() != io_backend::epoll)
+        code = 14;
+      if (fallback.backend_note().find("using epoll") == std::string::npos)
+        code = 15;
+      int ran = 0;
+      fallback.run_until([&]() -> ferry::task<> {
+        co_await fallback.sleep_for(1ms);
+        ++ran;
+      }());
+      if (ran != 1)
+        code = 16;
+      ::_exit(code);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+#else
+    CHECK_THROWS_AS(io_context({.backend = io_backend::uring}), std::system_error);
+#endif
+  }
+
+  TEST_CASE("FERRY_IO_BACKEND selects the backend of an automatic context") {
+    ::setenv("FERRY_IO_BACKEND", "epoll", 1);
+    io_context ctx;
+    ::unsetenv("FERRY_IO_BACKEND");
+    CHECK(ctx.backend() == io_backend::epoll);
+  }
+}

@@ -1,0 +1,276 @@
+#include "backends.hpp"
+
+#include "ferry/core/async_scope.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/core/when_all.hpp"
+#include "ferry/io/deadline.hpp"
+#include "ferry/io/endpoint.hpp"
+#include "ferry/io/io_context.hpp"
+#include "ferry/io/tcp_listener.hpp"
+#include "ferry/io/tcp_socket.hpp"
+#include "ferry/io/timer_awaiter.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <numeric>
+#include <stop_token>
+#include <sys/resource.h>
+#include <vector>
+
+using namespace std::chrono_literals;
+using ferry::io::endpoint;
+using ferry::io::io_context;
+using ferry::io::tcp_listener;
+using ferry::io::tcp_socket;
+
+namespace {
+
+endpoint loopback(const char* host = "127.0.0.1") {
+  return *endpoint::parse(std::string(host) + ":0");
+}
+
+std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
+  std::vector<std::byte> v(n);
+  for (std::size_t i = 0; i < n; ++i)
+    v[i] = static_cast<std::byte>((i * 131 + seed) & 0xff);
+  return v;
+}
+
+// Accepts one connection and echoes `n` bytes back.
+ferry::task<ferry::result<void>> echo_once(tcp_listener& l, std::size_t n) {
+  auto s = co_await l.accept();
+  if (!s)
+    co_return ferry::fail(s.error());
+  std::vector<std::byte> buf(n);
+  if (auto r = co_await s->recv_all(buf); !r)
+    co_return r;
+  co_return co_await s->send_all(buf);
+}
+
+} // namespace
+
+TEST_SUITE("tcp_socket") {
+  TEST_CASE("a megabyte makes a round trip through an echo server") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      auto ep = *l->local_endpoint();
+      CHECK(ep.port() != 0);
+      auto data = pattern(1 << 20, 1);
+      auto client = [&]() -> ferry::task<std::vector<std::byte>> {
+        auto s = co_await tcp_socket::connect(ctx, ep);
+        REQUIRE(s);
+        REQUIRE(co_await s->send_all(data));
+        std::vector<std::byte> back(data.size());
+        REQUIRE(co_await s->recv_all(back));
+        co_return back;
+      };
+      auto [server_result, back] = ctx.run_until(ferry::when_all(echo_once(*l, data.size()), client()));
+      CHECK(server_result.has_value());
+      CHECK(back == data);
+    });
+  }
+
+  TEST_CASE("scatter-gather sends and receives over several buffers") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      auto data = pattern(300000, 7);
+      auto server = [&]() -> ferry::task<std::vector<std::byte>> {
+        auto s = co_await l->accept();
+        REQUIRE(s);
+        std::vector<std::byte> a(1000), b(99000), c(200000);
+        std::vector<::iovec> iov{{a.data(), a.size()}, {b.data(), b.size()}, {c.data(), c.size()}};
+        REQUIRE(co_await s->recv_all(iov));
+        std::vector<std::byte> all(a);
+        all.insert(all.end(), b.begin(), b.end());
+        all.insert(all.end(), c.begin(), c.end());
+        co_return all;
+      };
+      auto client = [&]() -> ferry::task<> {
+        auto s = co_await tcp_socket::connect(ctx, *l->local_endpoint());
+        REQUIRE(s);
+        std::vector<::iovec> iov;
+        for (std::size_t off = 0; off < data.size(); off += 30000)
+          iov.push_back({data.data() + off, std::min<std::size_t>(30000, data.size() - off)});
+        REQUIRE(co_await s->send_all(iov));
+      };
+      auto [received, unused] = ctx.run_until(ferry::when_all(server(), client()));
+      (void)unused;
+      CHECK(received == data);
+    });
+  }
+
+  TEST_CASE("a peer that closes ends the stream: recv yields 0 and recv_all fails with closed") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      auto server = [&]() -> ferry::task<> {
+        auto s = co_await l->accept();
+        REQUIRE(s);
+        REQUIRE(co_await s->send_all(pattern(10, 0)));
+        s->close();
+      };
+      auto client = [&]() -> ferry::task<> {
+        auto s = co_await tcp_socket::connect(ctx, *l->local_endpoint());
+        REQUIRE(s);
+        std::vector<std::byte> buf(100);
+        auto r = co_await s->recv_all(buf);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == ferry::errc::closed);
+        auto n = co_await s->recv(buf);
+        REQUIRE(n);
+        CHECK(*n == 0);
+      };
+      ctx.run_until(ferry::when_all(server(), client()));
+    });
+  }
+
+  TEST_CASE("a receive cancelled midway fails with cancelled and the connection stays usable") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      auto server = [&]() -> ferry::task<> {
+        auto s = co_await l->accept();
+        REQUIRE(s);
+        co_await ctx.sleep_for(30ms);
+        REQUIRE(co_await s->send_all(pattern(64, 3)));
+        std::vector<std::byte> one(1);
+        co_await s->recv(one); // wait for the client to finish
+      };
+      auto client = [&]() -> ferry::task<> {
+        auto s = co_await tcp_socket::connect(ctx, *l->local_endpoint());
+        REQUIRE(s);
+        std::vector<std::byte> buf(64);
+        std::stop_source stop;
+        ferry::async_scope canceller;
+        auto spawned_1 = [&]() -> ferry::task<> {
+          co_await ctx.sleep_for(5ms);
+          stop.request_stop();
+        };
+        canceller.spawn(spawned_1());
+        auto r = co_await s->recv(buf, stop.get_token());
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == ferry::errc::cancelled);
+        co_await canceller.join();
+        REQUIRE(co_await s->recv_all(buf));
+        CHECK(buf == pattern(64, 3));
+      };
+      ctx.run_until(ferry::when_all(server(), client()));
+    });
+  }
+
+  TEST_CASE("a deadline bounds a receive that never gets data") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      ctx.run_until([&]() -> ferry::task<> {
+        auto s = co_await tcp_socket::connect(ctx, *l->local_endpoint());
+        REQUIRE(s);
+        auto peer = co_await l->accept();
+        REQUIRE(peer);
+        ferry::io::deadline dl(ctx, 20ms);
+        std::vector<std::byte> buf(8);
+        auto r = co_await s->recv(buf, dl.token());
+        REQUIRE_FALSE(r);
+        CHECK(dl.expired());
+      }());
+    });
+  }
+
+  TEST_CASE("a bad descriptor gives a clear error, not a crash") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      tcp_socket bad(ctx, 1'000'000);
+      std::vector<std::byte> buf(8);
+      auto r = ctx.run_until(bad.recv(buf));
+      REQUIRE_FALSE(r);
+      CHECK(r.error() == std::errc::bad_file_descriptor);
+      CHECK(r.error().message().rfind("recv: ", 0) == 0);
+    });
+  }
+
+  TEST_CASE("connecting where nobody listens is refused with the reason") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      endpoint dead;
+      {
+        auto l = tcp_listener::listen(ctx, loopback());
+        REQUIRE(l);
+        dead = *l->local_endpoint();
+      }
+      auto s = ctx.run_until(tcp_socket::connect(ctx, dead));
+      REQUIRE_FALSE(s);
+      CHECK(s.error() == std::errc::connection_refused);
+      CHECK(s.error().message().find("connect") == 0);
+    });
+  }
+
+  TEST_CASE("distinct loopback addresses act as distinct hosts") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback("127.0.0.2"));
+      REQUIRE(l);
+      ctx.run_until([&]() -> ferry::task<> {
+        auto s = co_await tcp_socket::connect(ctx, *l->local_endpoint(), {}, loopback("127.0.0.3"));
+        REQUIRE(s);
+        auto peer = co_await l->accept();
+        REQUIRE(peer);
+        auto remote = peer->remote_endpoint();
+        REQUIRE(remote);
+        CHECK(remote->to_string().rfind("127.0.0.3:", 0) == 0);
+        CHECK(peer->local_endpoint()->to_string().rfind("127.0.0.2:", 0) == 0);
+      }());
+    });
+  }
+
+  TEST_CASE("a thousand connections echo concurrently") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      constexpr int connections = 1000;
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      auto ep = *l->local_endpoint();
+      ferry::async_scope servers;
+      auto serve = [&](tcp_socket s) -> ferry::task<> {
+        std::vector<std::byte> buf(4096);
+        for (;;) {
+          auto n = co_await s.recv(buf);
+          if (!n || *n == 0)
+            co_return;
+          if (!co_await s.send_all(std::span(buf).first(*n)))
+            co_return;
+        }
+      };
+      auto acceptor = [&]() -> ferry::task<> {
+        for (int i = 0; i < connections; ++i) {
+          auto s = co_await l->accept();
+          REQUIRE(s);
+          servers.spawn(serve(std::move(*s)));
+        }
+      };
+      auto client = [&](int id) -> ferry::task<bool> {
+        auto s = co_await tcp_socket::connect(ctx, ep);
+        if (!s)
+          co_return false;
+        auto msg = pattern(1000, static_cast<unsigned>(id));
+        for (int round = 0; round < 3; ++round) {
+          if (!co_await s->send_all(msg))
+            co_return false;
+          std::vector<std::byte> back(msg.size());
+          if (!co_await s->recv_all(back))
+            co_return false;
+          if (back != msg)
+            co_return false;
+        }
+        co_return true;
+      };
+      std::vector<ferry::task<bool>> clients;
+      for (int i = 0; i < connections; ++i)
+        clients.push_back(client(i));
+      auto [unused, oks] = ctx.run_until(ferry::when_all(acceptor(), ferry::when_all(std::move(clients))));
+      (void)unused;
+      CHECK(std::count(oks.begin(), oks.end(), true) == connections);
+      ctx.run_until(servers.join());
+    });
+  }
+}

@@ -1,0 +1,140 @@
+#include "backends.hpp"
+
+#include "ferry/core/async_scope.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/core/when_all.hpp"
+#include "ferry/io/deadline.hpp"
+#include "ferry/io/io_context.hpp"
+#include "ferry/io/timer_awaiter.hpp"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <stop_token>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using ferry::io::io_context;
+using clock_type = std::chrono::steady_clock;
+
+TEST_SUITE("timers") {
+  TEST_CASE("sleep_for completes no earlier than asked") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto t0 = clock_type::now();
+      auto r = ctx.run_until(ctx.sleep_for(20ms));
+      CHECK(r.has_value());
+      CHECK(clock_type::now() - t0 >= 20ms);
+    });
+  }
+
+  TEST_CASE("timers fire in deadline order") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      std::vector<int> order;
+      ferry::async_scope scope;
+      auto spawned_1 = [&](int d) -> ferry::task<> {
+        co_await ctx.sleep_for(std::chrono::milliseconds(d));
+        order.push_back(d);
+      };
+      for (int ms : {30, 10, 20})
+        scope.spawn(spawned_1(ms));
+      ctx.run_until(scope.join());
+      CHECK(order == std::vector<int>{10, 20, 30});
+    });
+  }
+
+  TEST_CASE("a sleep cancelled midway completes at once as cancelled and never fires later") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      std::stop_source stop;
+      int resumed = 0;
+      ferry::result<void> r;
+      ferry::async_scope scope;
+      auto spawned_2 = [&]() -> ferry::task<> {
+        r = co_await ctx.sleep_for(10s, stop.get_token());
+        ++resumed;
+      };
+      scope.spawn(spawned_2());
+      auto t0 = clock_type::now();
+      ctx.run_until([&]() -> ferry::task<> {
+        co_await ctx.sleep_for(5ms);
+        stop.request_stop();
+        co_await scope.join();
+      }());
+      CHECK(clock_type::now() - t0 < 5s);
+      REQUIRE_FALSE(r);
+      CHECK(r.error() == ferry::errc::cancelled);
+      // Run the loop past when the timer would have fired: nothing resumes twice, nothing is left.
+      ctx.run_until(ctx.sleep_for(20ms));
+      CHECK(resumed == 1);
+      CHECK(ctx.run() == 0);
+    });
+  }
+
+  TEST_CASE("a stop requested from another thread cancels a sleep") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      std::stop_source stop;
+      std::thread t([&] {
+        std::this_thread::sleep_for(10ms);
+        stop.request_stop();
+      });
+      auto r = ctx.run_until(ctx.sleep_for(10s, stop.get_token()));
+      t.join();
+      REQUIRE_FALSE(r);
+      CHECK(r.error() == ferry::errc::cancelled);
+    });
+  }
+
+  TEST_CASE("a sleep whose token is already stopped does not wait") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      std::stop_source stop;
+      stop.request_stop();
+      auto r = ctx.run_until(ctx.sleep_for(10s, stop.get_token()));
+      CHECK(r.error() == ferry::errc::cancelled);
+    });
+  }
+
+  TEST_CASE("ten thousand concurrent timers all complete") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      std::vector<ferry::task<ferry::result<void>>> sleeps;
+      auto one = [&](int i) -> ferry::task<ferry::result<void>> {
+        co_return co_await ctx.sleep_for(std::chrono::microseconds(i % 997));
+      };
+      for (int i = 0; i < 10000; ++i)
+        sleeps.push_back(one(i));
+      auto results = ctx.run_until(ferry::when_all(std::move(sleeps)));
+      int ok = 0;
+      for (auto& r : results)
+        ok += r.has_value();
+      CHECK(ok == 10000);
+    });
+  }
+
+  TEST_CASE("a deadline stops its token when it expires and says so") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      ferry::io::deadline dl(ctx, 10ms);
+      auto r = ctx.run_until(ctx.sleep_for(10s, dl.token()));
+      REQUIRE_FALSE(r);
+      CHECK(dl.expired());
+    });
+  }
+
+  TEST_CASE("a deadline destroyed before it expires leaves nothing behind") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      {
+        ferry::io::deadline dl(ctx, 10s);
+        CHECK_FALSE(dl.token().stop_requested());
+      }
+      CHECK(ctx.run() == 0); // no timer left: run returns at once
+    });
+  }
+
+  TEST_CASE("a deadline follows its parent token") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      std::stop_source parent;
+      ferry::io::deadline dl(ctx, 10s, parent.get_token());
+      parent.request_stop();
+      CHECK(dl.token().stop_requested());
+      CHECK_FALSE(dl.expired());
+    });
+  }
+}
