@@ -21,11 +21,14 @@ namespace {
 using ferry::io::io_backend;
 using ferry::io::io_context;
 
-ferry::task<int> leaf(int v) { co_return v; }
+ferry::task<int> leaf(int v) {
+  co_return v;
+}
 
 void task_create_and_await(benchmark::State& state) {
   auto body = [&]() -> ferry::task<> {
-    for (auto _ : state) benchmark::DoNotOptimize(co_await leaf(1));
+    for (auto _ : state)
+      benchmark::DoNotOptimize(co_await leaf(1));
   };
   ferry::sync_wait(body());
 }
@@ -36,7 +39,8 @@ void when_all_fan_out_1k(benchmark::State& state) {
     for (auto _ : state) {
       std::vector<ferry::task<int>> tasks;
       tasks.reserve(1000);
-      for (int i = 0; i < 1000; ++i) tasks.push_back(leaf(i));
+      for (int i = 0; i < 1000; ++i)
+        tasks.push_back(leaf(i));
       auto out = co_await ferry::when_all(std::move(tasks));
       benchmark::DoNotOptimize(out.data());
     }
@@ -49,13 +53,16 @@ BENCHMARK(when_all_fan_out_1k);
 io_backend backend_arg(const benchmark::State& state) {
   return state.range(0) == 0 ? io_backend::epoll : io_backend::uring;
 }
-void name_backend(benchmark::State& state, const io_context& ctx) { state.SetLabel(to_string(ctx.backend())); }
+void name_backend(benchmark::State& state, const io_context& ctx) {
+  state.SetLabel(to_string(ctx.backend()));
+}
 
 void io_context_schedule_round_trip(benchmark::State& state) {
   io_context ctx({.backend = backend_arg(state)});
   name_backend(state, ctx);
   auto body = [&]() -> ferry::task<> {
-    for (auto _ : state) co_await ctx.schedule();
+    for (auto _ : state)
+      co_await ctx.schedule();
   };
   ctx.run_until(body());
 }
@@ -66,7 +73,8 @@ void io_context_nop_round_trip(benchmark::State& state) {
   auto body = [&]() -> ferry::task<> {
     ferry::io::detail::io_op nop;
     nop.code_ = ferry::io::detail::op_code::nop;
-    for (auto _ : state) benchmark::DoNotOptimize(co_await ferry::io::operation<void>(ctx, nop, "nop"));
+    for (auto _ : state)
+      benchmark::DoNotOptimize(co_await ferry::io::operation<void>(ctx, nop, "nop"));
   };
   ctx.run_until(body());
 }
@@ -75,7 +83,8 @@ void io_context_timer_zero(benchmark::State& state) {
   io_context ctx({.backend = backend_arg(state)});
   name_backend(state, ctx);
   auto body = [&]() -> ferry::task<> {
-    for (auto _ : state) benchmark::DoNotOptimize(co_await ctx.sleep_for(std::chrono::nanoseconds(0)));
+    for (auto _ : state)
+      benchmark::DoNotOptimize(co_await ctx.sleep_for(std::chrono::nanoseconds(0)));
   };
   ctx.run_until(body());
 }
@@ -84,7 +93,8 @@ void io_context_timer_10us(benchmark::State& state) {
   io_context ctx({.backend = backend_arg(state)});
   name_backend(state, ctx);
   auto body = [&]() -> ferry::task<> {
-    for (auto _ : state) benchmark::DoNotOptimize(co_await ctx.sleep_for(std::chrono::microseconds(10)));
+    for (auto _ : state)
+      benchmark::DoNotOptimize(co_await ctx.sleep_for(std::chrono::microseconds(10)));
   };
   ctx.run_until(body());
 }

@@ -66,7 +66,8 @@ TEST_SUITE("task") {
     // why: 100k nested frames would overflow an 8 MiB stack without symmetric transfer.
     CHECK(ferry::sync_wait(add_one(100000)) == 100000);
 #else
-    // g++ turns symmetric transfer into a tail call only when optimizing; an -O0 build checks a shallow chain.
+    // g++ turns symmetric transfer into a tail call only when optimizing; an -O0 build checks a shallow
+    // chain.
     MESSAGE("g++ without optimization: symmetric transfer is not a tail call, checking depth 1000 only");
     CHECK(ferry::sync_wait(add_one(1000)) == 1000);
 #endif

@@ -1,8 +1,8 @@
 #pragma once
-/// `ferry::async_scope`: starts detached work and lets the owner wait for all of it. Work spawned into a scope
-/// starts at once (inline, up to its first suspension); `co_await scope.join()` resumes when every spawned piece
-/// has finished and rethrows the first exception any of them threw. `request_stop()` asks spawned work that
-/// took `scope.token()` to stop early.
+/// `ferry::async_scope`: starts detached work and lets the owner wait for all of it. Work spawned into a
+/// scope starts at once (inline, up to its first suspension); `co_await scope.join()` resumes when every
+/// spawned piece has finished and rethrows the first exception any of them threw. `request_stop()` asks
+/// spawned work that took `scope.token()` to stop early.
 ///
 ///   ferry::async_scope scope;
 ///   for (auto& c : clients) scope.spawn(serve(c, scope.token()));
@@ -24,7 +24,7 @@ class async_scope {
   struct detached {
     struct promise_type {
       async_scope* scope_;
-      template <class A>
+      template<class A>
       promise_type(async_scope& s, A&) noexcept : scope_(&s) {}
       detached get_return_object() noexcept { return {}; }
       std::suspend_never initial_suspend() noexcept { return {}; }
@@ -37,7 +37,7 @@ class async_scope {
     };
   };
 
-  template <class A>
+  template<class A>
   static detached run(async_scope&, A a) {
     co_await std::move(a);
   }
@@ -48,11 +48,12 @@ public:
   async_scope& operator=(const async_scope&) = delete;
   /// Destroying a scope with work still running is a bug: join first.
   ~async_scope() {
-    if (count_.load(std::memory_order_acquire) != 1) std::terminate();
+    if (count_.load(std::memory_order_acquire) != 1)
+      std::terminate();
   }
 
   /// Starts `a`; the scope keeps it alive until it finishes.
-  template <awaitable A>
+  template<awaitable A>
   void spawn(A a) {
     count_.fetch_add(1, std::memory_order_relaxed);
     run(*this, std::move(a));
@@ -78,7 +79,8 @@ public:
           std::lock_guard lock(scope_.mutex_);
           e = std::exchange(scope_.exception_, nullptr);
         }
-        if (e) std::rethrow_exception(e);
+        if (e)
+          std::rethrow_exception(e);
       }
     };
     return awaiter{*this};
@@ -99,7 +101,8 @@ private:
   }
   void record(std::exception_ptr e) noexcept {
     std::lock_guard lock(mutex_);
-    if (!exception_) exception_ = std::move(e);
+    if (!exception_)
+      exception_ = std::move(e);
   }
 
   std::atomic<std::size_t> count_{1};

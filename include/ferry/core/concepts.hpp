@@ -12,13 +12,13 @@
 namespace ferry {
 
 namespace detail {
-template <class T>
+template<class T>
 concept valid_await_suspend_result =
     std::same_as<T, void> || std::same_as<T, bool> || std::convertible_to<T, std::coroutine_handle<>>;
 } // namespace detail
 
 /// An awaiter: the three members `co_await` calls.
-template <class A>
+template<class A>
 concept awaiter = requires(A& a, std::coroutine_handle<> h) {
   { a.await_ready() } -> std::convertible_to<bool>;
   requires detail::valid_await_suspend_result<decltype(a.await_suspend(h))>;
@@ -26,7 +26,7 @@ concept awaiter = requires(A& a, std::coroutine_handle<> h) {
 };
 
 namespace detail {
-template <class A>
+template<class A>
 decltype(auto) get_awaiter(A&& a) {
   if constexpr (requires { std::forward<A>(a).operator co_await(); })
     return std::forward<A>(a).operator co_await();
@@ -38,17 +38,18 @@ decltype(auto) get_awaiter(A&& a) {
 } // namespace detail
 
 /// Something `co_await` accepts from any coroutine whose promise has no await_transform.
-template <class A>
+template<class A>
 concept awaitable = requires(A&& a) {
   { detail::get_awaiter(std::forward<A>(a)) } -> awaiter;
 };
 
 /// The type `co_await a` yields.
-template <awaitable A>
-using await_result_t = decltype(std::declval<decltype(detail::get_awaiter(std::declval<A>()))&>().await_resume());
+template<awaitable A>
+using await_result_t =
+    decltype(std::declval<decltype(detail::get_awaiter(std::declval<A>()))&>().await_resume());
 
 /// A scheduler: `co_await s.schedule()` resumes the caller on the scheduler's execution context.
-template <class S>
+template<class S>
 concept scheduler = requires(S&& s) {
   { s.schedule() } -> awaitable;
 };

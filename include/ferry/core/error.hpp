@@ -14,24 +14,24 @@ namespace ferry {
 
 /// Conditions that ferry itself reports (kernel failures keep their errno in std::system_category()).
 enum class errc : int {
-  cancelled = 1,        ///< the caller's stop_token was triggered
-  timed_out,            ///< a deadline passed before the operation completed
-  closed,               ///< the peer closed the connection (end of stream)
-  invalid_argument,     ///< a parameter is out of its domain
-  out_of_bounds,        ///< offset/length outside a registered region or file
-  permission_denied,    ///< the access is not allowed by the region's permissions
-  unknown_segment,      ///< no segment of that name is known
-  malformed_frame,      ///< a message from the network failed validation
-  version_mismatch,     ///< the peer speaks another protocol version
-  unsupported,          ///< the operation is not supported by this backend or transport
-  not_found,            ///< the named object does not exist
-  already_exists,       ///< an object of that name already exists
-  not_ready,            ///< the object exists but is not yet readable (e.g. a pending put)
-  busy,                 ///< the object is in use (leased, pinned, in flight) and cannot change now
-  out_of_space,         ///< no capacity left, even after eviction
-  invalid_state,        ///< the operation does not fit the object's current state
-  peer_unreachable,     ///< the peer could not be reached or stopped answering
-  short_transfer,       ///< fewer bytes moved than requested and the rest cannot follow
+  cancelled = 1,     ///< the caller's stop_token was triggered
+  timed_out,         ///< a deadline passed before the operation completed
+  closed,            ///< the peer closed the connection (end of stream)
+  invalid_argument,  ///< a parameter is out of its domain
+  out_of_bounds,     ///< offset/length outside a registered region or file
+  permission_denied, ///< the access is not allowed by the region's permissions
+  unknown_segment,   ///< no segment of that name is known
+  malformed_frame,   ///< a message from the network failed validation
+  version_mismatch,  ///< the peer speaks another protocol version
+  unsupported,       ///< the operation is not supported by this backend or transport
+  not_found,         ///< the named object does not exist
+  already_exists,    ///< an object of that name already exists
+  not_ready,         ///< the object exists but is not yet readable (e.g. a pending put)
+  busy,              ///< the object is in use (leased, pinned, in flight) and cannot change now
+  out_of_space,      ///< no capacity left, even after eviction
+  invalid_state,     ///< the operation does not fit the object's current state
+  peer_unreachable,  ///< the peer could not be reached or stopped answering
+  short_transfer,    ///< fewer bytes moved than requested and the rest cannot follow
 };
 
 namespace detail {
@@ -40,34 +40,57 @@ public:
   const char* name() const noexcept override { return "ferry"; }
   std::string message(int value) const override {
     switch (static_cast<errc>(value)) {
-    case errc::cancelled: return "operation cancelled";
-    case errc::timed_out: return "deadline passed before the operation completed";
-    case errc::closed: return "connection closed by the peer";
-    case errc::invalid_argument: return "invalid argument";
-    case errc::out_of_bounds: return "offset or length outside the registered range";
-    case errc::permission_denied: return "access not permitted by the region's permissions";
-    case errc::unknown_segment: return "unknown segment";
-    case errc::malformed_frame: return "malformed message";
-    case errc::version_mismatch: return "protocol version mismatch";
-    case errc::unsupported: return "operation not supported here";
-    case errc::not_found: return "not found";
-    case errc::already_exists: return "already exists";
-    case errc::not_ready: return "not ready yet";
-    case errc::busy: return "in use; try again later";
-    case errc::out_of_space: return "out of space";
-    case errc::invalid_state: return "operation does not fit the current state";
-    case errc::peer_unreachable: return "peer unreachable";
-    case errc::short_transfer: return "transfer ended early";
+    case errc::cancelled:
+      return "operation cancelled";
+    case errc::timed_out:
+      return "deadline passed before the operation completed";
+    case errc::closed:
+      return "connection closed by the peer";
+    case errc::invalid_argument:
+      return "invalid argument";
+    case errc::out_of_bounds:
+      return "offset or length outside the registered range";
+    case errc::permission_denied:
+      return "access not permitted by the region's permissions";
+    case errc::unknown_segment:
+      return "unknown segment";
+    case errc::malformed_frame:
+      return "malformed message";
+    case errc::version_mismatch:
+      return "protocol version mismatch";
+    case errc::unsupported:
+      return "operation not supported here";
+    case errc::not_found:
+      return "not found";
+    case errc::already_exists:
+      return "already exists";
+    case errc::not_ready:
+      return "not ready yet";
+    case errc::busy:
+      return "in use; try again later";
+    case errc::out_of_space:
+      return "out of space";
+    case errc::invalid_state:
+      return "operation does not fit the current state";
+    case errc::peer_unreachable:
+      return "peer unreachable";
+    case errc::short_transfer:
+      return "transfer ended early";
     }
     return "unknown ferry error";
   }
   std::error_condition default_error_condition(int value) const noexcept override {
     switch (static_cast<errc>(value)) {
-    case errc::cancelled: return std::errc::operation_canceled;
-    case errc::timed_out: return std::errc::timed_out;
-    case errc::invalid_argument: return std::errc::invalid_argument;
-    case errc::permission_denied: return std::errc::permission_denied;
-    default: return {value, *this};
+    case errc::cancelled:
+      return std::errc::operation_canceled;
+    case errc::timed_out:
+      return std::errc::timed_out;
+    case errc::invalid_argument:
+      return std::errc::invalid_argument;
+    case errc::permission_denied:
+      return std::errc::permission_denied;
+    default:
+      return {value, *this};
     }
   }
 };
@@ -80,7 +103,9 @@ inline const std::error_category& ferry_category() noexcept {
 }
 
 /// Makes a std::error_code from a `ferry::errc` (found by ADL).
-inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), ferry_category()}; }
+inline std::error_code make_error_code(errc e) noexcept {
+  return {static_cast<int>(e), ferry_category()};
+}
 
 /// An error code with a static note on what failed ("connect", "io_uring_setup" ...). Cheap to copy.
 class error {
@@ -115,5 +140,5 @@ private:
 
 } // namespace ferry
 
-template <>
+template<>
 struct std::is_error_code_enum<ferry::errc> : std::true_type {};

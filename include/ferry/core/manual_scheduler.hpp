@@ -1,6 +1,6 @@
 #pragma once
-/// `ferry::manual_scheduler`: a deterministic scheduler for tests. `co_await s.schedule()` parks the coroutine;
-/// nothing runs until the test calls `run_one()` or `run_all()`, on the test's own thread.
+/// `ferry::manual_scheduler`: a deterministic scheduler for tests. `co_await s.schedule()` parks the
+/// coroutine; nothing runs until the test calls `run_one()` or `run_all()`, on the test's own thread.
 ///
 ///   ferry::manual_scheduler s;
 ///   scope.spawn(work_on(s));   // parks at s.schedule()
@@ -37,7 +37,8 @@ public:
     std::coroutine_handle<> h;
     {
       std::lock_guard lock(mutex_);
-      if (queue_.empty()) return false;
+      if (queue_.empty())
+        return false;
       h = queue_.front();
       queue_.pop_front();
     }
@@ -48,7 +49,8 @@ public:
   /// Resumes parked coroutines (including those parked meanwhile) until none is left; returns how many ran.
   std::size_t run_all() {
     std::size_t n = 0;
-    while (run_one()) ++n;
+    while (run_one())
+      ++n;
     return n;
   }
 

@@ -11,12 +11,16 @@
 namespace ferry {
 
 /// A value of type T, or the error that prevented it.
-template <class T>
+template<class T>
 using result = tl::expected<T, error>;
 
 /// Wraps an error for returning from a function whose type is `result<T>`.
-inline tl::unexpected<error> fail(error e) noexcept { return tl::unexpected<error>(e); }
-inline tl::unexpected<error> fail(errc e, const char* what = "") noexcept { return tl::unexpected<error>(error(e, what)); }
+inline tl::unexpected<error> fail(error e) noexcept {
+  return tl::unexpected<error>(e);
+}
+inline tl::unexpected<error> fail(errc e, const char* what = "") noexcept {
+  return tl::unexpected<error>(error(e, what));
+}
 
 /// Converts a negative kernel return (-errno) into an error; non-negative values are not errors.
 inline tl::unexpected<error> fail_errno(int negative_errno, const char* what) noexcept {

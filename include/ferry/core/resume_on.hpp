@@ -13,8 +13,8 @@
 
 namespace ferry {
 
-template <class Scheduler, awaitable A>
-  requires scheduler<Scheduler&>
+template<class Scheduler, awaitable A>
+requires scheduler<Scheduler&>
 auto resume_on(Scheduler& sched, A a) -> task<std::remove_cvref_t<await_result_t<A>>> {
   if constexpr (std::is_void_v<await_result_t<A>>) {
     co_await std::move(a);

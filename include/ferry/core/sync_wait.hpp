@@ -1,7 +1,8 @@
 #pragma once
-/// `ferry::sync_wait(awaitable)`: blocks the calling thread until the awaitable completes and returns its value
-/// (or rethrows). The bridge from ordinary code into coroutines. Do not call it on a thread that the awaited work
-/// needs in order to make progress (an io_context's own thread: use `io_context::run_until` there).
+/// `ferry::sync_wait(awaitable)`: blocks the calling thread until the awaitable completes and returns its
+/// value (or rethrows). The bridge from ordinary code into coroutines. Do not call it on a thread that the
+/// awaited work needs in order to make progress (an io_context's own thread: use `io_context::run_until`
+/// there).
 ///
 ///   int v = ferry::sync_wait(answer());
 
@@ -24,7 +25,7 @@ struct on_finish {
   void (*fn_)(void* context) noexcept = nullptr;
 };
 
-template <class R>
+template<class R>
 struct sync_wait_promise_base {
   on_finish on_finish_;
   std::exception_ptr exception_;
@@ -42,23 +43,23 @@ struct sync_wait_promise_base {
   void unhandled_exception() noexcept { exception_ = std::current_exception(); }
 };
 
-template <class R>
+template<class R>
 struct sync_wait_promise : sync_wait_promise_base<R> {
   std::optional<R> value_;
-  template <class U>
+  template<class U>
   void return_value(U&& v) {
     value_.emplace(std::forward<U>(v));
   }
   R take() { return std::move(*value_); }
 };
 
-template <>
+template<>
 struct sync_wait_promise<void> : sync_wait_promise_base<void> {
   void return_void() noexcept {}
   void take() noexcept {}
 };
 
-template <class R>
+template<class R>
 class sync_wait_task {
 public:
   struct promise_type : sync_wait_promise<R> {
@@ -71,7 +72,8 @@ public:
   sync_wait_task(sync_wait_task&& o) noexcept : handle_(std::exchange(o.handle_, {})) {}
   sync_wait_task& operator=(sync_wait_task&&) = delete;
   ~sync_wait_task() {
-    if (handle_) handle_.destroy();
+    if (handle_)
+      handle_.destroy();
   }
 
   /// Starts the coroutine and blocks until it finishes.
@@ -81,8 +83,8 @@ public:
       std::condition_variable cv_;
       bool set_ = false;
     } ev;
-    // why: set and notify under the lock, so the waiter cannot see `set_` and destroy `ev` before the notifier
-    // is done with it.
+    // why: set and notify under the lock, so the waiter cannot see `set_` and destroy `ev` before the
+    // notifier is done with it.
     auto signal = [](void* p) noexcept {
       auto* e = static_cast<event*>(p);
       std::lock_guard lock(e->mutex_);
@@ -97,12 +99,13 @@ public:
 
   /// Starts the coroutine, calls `finished` from whichever thread finishes it, and calls `wait()` here, which
   /// must return only after `finished` was called.
-  template <class Wait>
+  template<class Wait>
   R drive(on_finish finished, Wait&& wait) {
     handle_.promise().on_finish_ = finished;
     handle_.resume();
     wait();
-    if (handle_.promise().exception_) std::rethrow_exception(handle_.promise().exception_);
+    if (handle_.promise().exception_)
+      std::rethrow_exception(handle_.promise().exception_);
     return handle_.promise().take();
   }
 
@@ -110,7 +113,7 @@ private:
   std::coroutine_handle<promise_type> handle_;
 };
 
-template <class R, class A>
+template<class R, class A>
 sync_wait_task<R> make_sync_wait_task(A&& a) {
   if constexpr (std::is_void_v<R>)
     co_await std::forward<A>(a);
@@ -121,7 +124,7 @@ sync_wait_task<R> make_sync_wait_task(A&& a) {
 } // namespace detail
 
 /// Runs `a` to completion, blocking this thread, and returns its result (by value).
-template <awaitable A>
+template<awaitable A>
 auto sync_wait(A&& a) -> std::remove_cvref_t<await_result_t<A>> {
   using R = std::remove_cvref_t<await_result_t<A>>;
   return detail::make_sync_wait_task<R>(std::forward<A>(a)).run();

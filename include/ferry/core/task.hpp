@@ -1,6 +1,6 @@
 #pragma once
-/// `ferry::task<T>`: a lazy coroutine that yields one T (or throws). Nothing runs until it is awaited; when it
-/// finishes, its awaiter resumes by symmetric transfer (no stack growth through long chains).
+/// `ferry::task<T>`: a lazy coroutine that yields one T (or throws). Nothing runs until it is awaited; when
+/// it finishes, its awaiter resumes by symmetric transfer (no stack growth through long chains).
 ///
 ///   ferry::task<int> answer() { co_return 42; }
 ///   ferry::task<> caller() { int v = co_await answer(); }
@@ -13,7 +13,7 @@
 
 namespace ferry {
 
-template <class T = void>
+template<class T = void>
 class task;
 
 namespace detail {
@@ -21,7 +21,7 @@ namespace detail {
 struct task_promise_base {
   struct final_awaiter {
     bool await_ready() noexcept { return false; }
-    template <class Promise>
+    template<class Promise>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> self) noexcept {
       // why: symmetric transfer to the awaiting coroutine keeps a chain of tasks from growing the stack.
       return self.promise().continuation_;
@@ -35,38 +35,41 @@ struct task_promise_base {
   std::coroutine_handle<> continuation_ = std::noop_coroutine();
 };
 
-template <class T>
+template<class T>
 struct task_promise final : task_promise_base {
   task<T> get_return_object() noexcept;
-  template <class U>
-    requires std::convertible_to<U&&, T>
+  template<class U>
+  requires std::convertible_to<U&&, T>
   void return_value(U&& value) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
     result_.template emplace<1>(std::forward<U>(value));
   }
   void unhandled_exception() noexcept { result_.template emplace<2>(std::current_exception()); }
   T take() {
-    if (result_.index() == 2) std::rethrow_exception(std::get<2>(result_));
+    if (result_.index() == 2)
+      std::rethrow_exception(std::get<2>(result_));
     return std::move(std::get<1>(result_));
   }
   std::variant<std::monostate, T, std::exception_ptr> result_;
 };
 
-template <>
+template<>
 struct task_promise<void> final : task_promise_base {
   task<void> get_return_object() noexcept;
   void return_void() noexcept {}
   void unhandled_exception() noexcept { exception_ = std::current_exception(); }
   void take() {
-    if (exception_) std::rethrow_exception(exception_);
+    if (exception_)
+      std::rethrow_exception(exception_);
   }
   std::exception_ptr exception_;
 };
 
 } // namespace detail
 
-template <class T>
+template<class T>
 class [[nodiscard]] task {
-  static_assert(!std::is_reference_v<T>, "task<T&> is not supported: return a pointer or std::reference_wrapper");
+  static_assert(!std::is_reference_v<T>,
+                "task<T&> is not supported: return a pointer or std::reference_wrapper");
 
 public:
   using promise_type = detail::task_promise<T>;
@@ -77,7 +80,8 @@ public:
   task(task&& other) noexcept : handle_(std::exchange(other.handle_, {})) {}
   task& operator=(task&& other) noexcept {
     if (this != &other) {
-      if (handle_) handle_.destroy();
+      if (handle_)
+        handle_.destroy();
       handle_ = std::exchange(other.handle_, {});
     }
     return *this;
@@ -85,7 +89,8 @@ public:
   task(const task&) = delete;
   task& operator=(const task&) = delete;
   ~task() {
-    if (handle_) handle_.destroy();
+    if (handle_)
+      handle_.destroy();
   }
 
   /// True when the task holds a coroutine that has finished.
@@ -109,7 +114,7 @@ private:
 };
 
 namespace detail {
-template <class T>
+template<class T>
 task<T> task_promise<T>::get_return_object() noexcept {
   return task<T>(std::coroutine_handle<task_promise<T>>::from_promise(*this));
 }

@@ -30,9 +30,11 @@ public:
 
   /// Starts `threads` workers (at least one).
   explicit thread_pool(std::size_t threads = std::thread::hardware_concurrency()) {
-    if (threads == 0) threads = 1;
+    if (threads == 0)
+      threads = 1;
     workers_.reserve(threads);
-    for (std::size_t i = 0; i < threads; ++i) workers_.emplace_back([this] { work(); });
+    for (std::size_t i = 0; i < threads; ++i)
+      workers_.emplace_back([this] { work(); });
   }
   thread_pool(const thread_pool&) = delete;
   thread_pool& operator=(const thread_pool&) = delete;
@@ -43,7 +45,8 @@ public:
       stopping_ = true;
     }
     ready_.notify_all();
-    for (auto& t : workers_) t.join();
+    for (auto& t : workers_)
+      t.join();
   }
 
   [[nodiscard]] awaiter schedule() noexcept { return awaiter(*this); }
@@ -51,7 +54,8 @@ public:
   /// True when called from one of this pool's workers.
   bool on_worker() const noexcept {
     for (auto& t : workers_)
-      if (t.get_id() == std::this_thread::get_id()) return true;
+      if (t.get_id() == std::this_thread::get_id())
+        return true;
     return false;
   }
 
@@ -59,7 +63,8 @@ private:
   void enqueue(std::coroutine_handle<> h) {
     {
       std::lock_guard lock(mutex_);
-      if (stopping_ && workers_.empty()) throw std::logic_error("thread_pool: schedule() after destruction began");
+      if (stopping_ && workers_.empty())
+        throw std::logic_error("thread_pool: schedule() after destruction began");
       queue_.push_back(h);
     }
     ready_.notify_one();
@@ -71,7 +76,8 @@ private:
       {
         std::unique_lock lock(mutex_);
         ready_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-        if (queue_.empty()) return;
+        if (queue_.empty())
+          return;
         h = queue_.front();
         queue_.pop_front();
       }

@@ -1,7 +1,7 @@
 #pragma once
 /// `ferry::when_all`: awaits several awaitables concurrently and yields all their results once every one has
-/// finished. Variadic form: a tuple (void results become `std::monostate`). Range form: a vector (or nothing for
-/// void). If any of them throws, the first exception is rethrown after all have finished.
+/// finished. Variadic form: a tuple (void results become `std::monostate`). Range form: a vector (or nothing
+/// for void). If any of them throws, the first exception is rethrown after all have finished.
 ///
 ///   auto [a, b] = co_await ferry::when_all(fetch(1), fetch(2));
 ///   std::vector<int> all = co_await ferry::when_all(std::move(tasks));
@@ -32,10 +32,10 @@ struct when_all_latch {
   std::coroutine_handle<> awaiting_;
 };
 
-template <class R>
+template<class R>
 using when_all_value_t = std::conditional_t<std::is_void_v<R>, std::monostate, std::remove_cvref_t<R>>;
 
-template <class R>
+template<class R>
 class when_all_child {
 public:
   using value_type = when_all_value_t<R>;
@@ -61,7 +61,7 @@ public:
     void return_void() noexcept { this->value_.emplace(); }
   };
   struct value_promise : promise_base {
-    template <class U>
+    template<class U>
     void return_value(U&& v) {
       this->value_.emplace(std::forward<U>(v));
     }
@@ -76,7 +76,8 @@ public:
   when_all_child(when_all_child&& o) noexcept : handle_(std::exchange(o.handle_, {})) {}
   when_all_child& operator=(when_all_child&&) = delete;
   ~when_all_child() {
-    if (handle_) handle_.destroy();
+    if (handle_)
+      handle_.destroy();
   }
 
   void start(when_all_latch& latch) noexcept {
@@ -90,7 +91,7 @@ private:
   std::coroutine_handle<promise_type> handle_;
 };
 
-template <class R, class A>
+template<class R, class A>
 when_all_child<R> make_when_all_child(A a) {
   if constexpr (std::is_void_v<R>)
     co_await std::move(a);
@@ -99,7 +100,7 @@ when_all_child<R> make_when_all_child(A a) {
 }
 
 /// Starts every child, suspends the parent until the last one arrives.
-template <class StartAll>
+template<class StartAll>
 struct when_all_wait {
   when_all_latch& latch_;
   StartAll start_all_;
@@ -114,46 +115,53 @@ struct when_all_wait {
   void await_resume() noexcept {}
 };
 
-template <class F>
+template<class F>
 when_all_wait(when_all_latch&, F) -> when_all_wait<F>;
 
 } // namespace detail
 
 /// Awaits all of `as` concurrently; yields a tuple of their results.
-template <awaitable... A>
+template<awaitable... A>
 auto when_all(A... as) -> task<std::tuple<detail::when_all_value_t<await_result_t<A>>...>> {
   std::tuple<detail::when_all_child<await_result_t<A>>...> children{
       detail::make_when_all_child<await_result_t<A>>(std::move(as))...};
   detail::when_all_latch latch(sizeof...(A));
-  co_await detail::when_all_wait{latch, [&] { std::apply([&](auto&... c) { (c.start(latch), ...); }, children); }};
+  co_await detail::when_all_wait{latch,
+                                 [&] { std::apply([&](auto&... c) { (c.start(latch), ...); }, children); }};
   std::exception_ptr first;
   std::apply([&](auto&... c) { ((first = first ? first : c.exception()), ...); }, children);
-  if (first) std::rethrow_exception(first);
+  if (first)
+    std::rethrow_exception(first);
   co_return std::apply([](auto&... c) { return std::make_tuple(c.take()...); }, children);
 }
 
 /// Awaits every awaitable of a range concurrently (the range's elements are moved from); yields their results
 /// in order, or nothing when they yield void.
-template <std::ranges::input_range Range>
-  requires awaitable<std::ranges::range_value_t<Range>>
+template<std::ranges::input_range Range>
+requires awaitable<std::ranges::range_value_t<Range>>
 auto when_all(Range awaitables) {
   using A = std::ranges::range_value_t<Range>;
   using R = await_result_t<A>;
   using out_t = std::conditional_t<std::is_void_v<R>, void, std::vector<std::remove_cvref_t<R>>>;
   return [](Range range) -> task<out_t> {
     std::vector<detail::when_all_child<R>> children;
-    if constexpr (std::ranges::sized_range<Range>) children.reserve(std::ranges::size(range));
-    for (auto&& a : range) children.push_back(detail::make_when_all_child<R>(std::move(a)));
+    if constexpr (std::ranges::sized_range<Range>)
+      children.reserve(std::ranges::size(range));
+    for (auto&& a : range)
+      children.push_back(detail::make_when_all_child<R>(std::move(a)));
     detail::when_all_latch latch(children.size());
     co_await detail::when_all_wait{latch, [&] {
-                                     for (auto& c : children) c.start(latch);
+                                     for (auto& c : children)
+                                       c.start(latch);
                                    }};
     for (auto& c : children)
-      if (auto e = c.exception()) std::rethrow_exception(e);
+      if (auto e = c.exception())
+        std::rethrow_exception(e);
     if constexpr (!std::is_void_v<R>) {
       std::vector<std::remove_cvref_t<R>> out;
       out.reserve(children.size());
-      for (auto& c : children) out.push_back(c.take());
+      for (auto& c : children)
+        out.push_back(c.take());
       co_return out;
     }
   }(std::move(awaitables));

@@ -1,6 +1,6 @@
 #pragma once
-/// `ferry::io::aligned_buffer`: heap memory aligned for O_DIRECT I/O (4 KiB by default), size rounded up to the
-/// alignment, zero-filled.
+/// `ferry::io::aligned_buffer`: heap memory aligned for O_DIRECT I/O (4 KiB by default), size rounded up to
+/// the alignment, zero-filled.
 ///
 ///   ferry::io::aligned_buffer buf(1 << 20);
 ///   co_await f.read_at(0, buf.bytes());
@@ -19,9 +19,11 @@ public:
   aligned_buffer() = default;
   explicit aligned_buffer(std::size_t size, std::size_t alignment = 4096)
       : size_((size + alignment - 1) / alignment * alignment), alignment_(alignment) {
-    if (size_ == 0) return;
+    if (size_ == 0)
+      return;
     data_ = static_cast<std::byte*>(std::aligned_alloc(alignment, size_));
-    if (!data_) throw std::bad_alloc();
+    if (!data_)
+      throw std::bad_alloc();
     std::memset(data_, 0, size_);
   }
   aligned_buffer(aligned_buffer&& o) noexcept

@@ -1,7 +1,7 @@
 #pragma once
 /// `ferry::io::deadline`: a stop_token that fires at a point in time (and whenever an optional parent token
-/// fires). Pass its token to any ferry operation to bound it; `expired()` tells a timeout from a cancellation.
-/// Create and destroy it on the thread that drives the io_context.
+/// fires). Pass its token to any ferry operation to bound it; `expired()` tells a timeout from a
+/// cancellation. Create and destroy it on the thread that drives the io_context.
 ///
 ///   ferry::io::deadline dl(ctx, 2s);
 ///   auto n = co_await sock.recv(buf, dl.token());
@@ -24,14 +24,16 @@ public:
     timer_.owner_ = this;
     timer_.deadline_ = at;
     timer_.complete_ = &on_fire;
-    if (parent.stop_possible()) parent_.emplace(std::move(parent), forward_stop{&source_});
+    if (parent.stop_possible())
+      parent_.emplace(std::move(parent), forward_stop{&source_});
     ctx_.start_timer(&timer_);
   }
   deadline(const deadline&) = delete;
   deadline& operator=(const deadline&) = delete;
   /// Withdraws the timer if it has not fired.
   ~deadline() {
-    if (!fired_) ctx_.withdraw_timer(&timer_);
+    if (!fired_)
+      ctx_.withdraw_timer(&timer_);
   }
 
   std::stop_token token() const noexcept { return source_.get_token(); }

@@ -25,7 +25,8 @@ public:
   /// Parses "a.b.c.d:port" or "[v6]:port"; port 0 asks the kernel to choose (for listening).
   static result<endpoint> parse(std::string_view text) {
     auto colon = text.rfind(':');
-    if (colon == std::string_view::npos) return fail(errc::invalid_argument, "endpoint: expected host:port");
+    if (colon == std::string_view::npos)
+      return fail(errc::invalid_argument, "endpoint: expected host:port");
     std::string_view host = text.substr(0, colon), port_text = text.substr(colon + 1);
     unsigned port = 0;
     auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
@@ -44,7 +45,8 @@ public:
     auto* a4 = reinterpret_cast<::sockaddr_in*>(&ep.storage_);
     a4->sin_family = AF_INET;
     a4->sin_port = htons(static_cast<std::uint16_t>(port));
-    if (h == "localhost") h = "127.0.0.1";
+    if (h == "localhost")
+      h = "127.0.0.1";
     if (::inet_pton(AF_INET, h.c_str(), &a4->sin_addr) != 1)
       return fail(errc::invalid_argument, "endpoint: not an IPv4 address (names are not resolved)");
     return ep;
@@ -65,8 +67,10 @@ public:
   /// The same address with another port.
   endpoint with_port(std::uint16_t port) const noexcept {
     endpoint ep = *this;
-    if (family() == AF_INET6) reinterpret_cast<::sockaddr_in6*>(&ep.storage_)->sin6_port = htons(port);
-    else reinterpret_cast<::sockaddr_in*>(&ep.storage_)->sin_port = htons(port);
+    if (family() == AF_INET6)
+      reinterpret_cast<::sockaddr_in6*>(&ep.storage_)->sin6_port = htons(port);
+    else
+      reinterpret_cast<::sockaddr_in*>(&ep.storage_)->sin_port = htons(port);
     return ep;
   }
   const ::sockaddr* data() const noexcept { return reinterpret_cast<const ::sockaddr*>(&storage_); }

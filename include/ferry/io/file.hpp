@@ -43,7 +43,8 @@ public:
   /// Opens `path` with open(2) flags (O_CLOEXEC is added).
   static result<file> open(io_context& ctx, const std::string& path, int flags, ::mode_t mode = 0644) {
     int fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
-    if (fd < 0) return fail_errno(-errno, "open");
+    if (fd < 0)
+      return fail_errno(-errno, "open");
     file f;
     f.ctx_ = &ctx;
     f.fd_ = fd;
@@ -51,11 +52,13 @@ public:
   }
 
   /// Reads up to `buffer.size()` bytes at `offset`; fewer at the end of the file, 0 past it.
-  operation<std::size_t> read_at(std::uint64_t offset, std::span<std::byte> buffer, std::stop_token stop = {}) {
+  operation<std::size_t> read_at(std::uint64_t offset, std::span<std::byte> buffer,
+                                 std::stop_token stop = {}) {
     return make(detail::op_code::read, offset, buffer.data(), buffer.size(), 0, "read", std::move(stop));
   }
   /// Writes up to `data.size()` bytes at `offset`; yields how many were written.
-  operation<std::size_t> write_at(std::uint64_t offset, std::span<const std::byte> data, std::stop_token stop = {}) {
+  operation<std::size_t> write_at(std::uint64_t offset, std::span<const std::byte> data,
+                                  std::stop_token stop = {}) {
     return make(detail::op_code::write, offset, const_cast<std::byte*>(data.data()), data.size(), 0, "write",
                 std::move(stop));
   }
@@ -63,7 +66,8 @@ public:
   operation<std::size_t> read_fixed_at(std::uint64_t offset, std::span<std::byte> buffer, unsigned index,
                                        std::stop_token stop = {}) {
     if (!inside_registered(buffer.data(), buffer.size(), index))
-      return operation<std::size_t>::failed(*ctx_, errc::invalid_argument, "read_fixed: buffer not registered");
+      return operation<std::size_t>::failed(*ctx_, errc::invalid_argument,
+                                            "read_fixed: buffer not registered");
     return make(detail::op_code::read_fixed, offset, buffer.data(), buffer.size(), index, "read_fixed",
                 std::move(stop));
   }
@@ -71,29 +75,36 @@ public:
   operation<std::size_t> write_fixed_at(std::uint64_t offset, std::span<const std::byte> data, unsigned index,
                                         std::stop_token stop = {}) {
     if (!inside_registered(data.data(), data.size(), index))
-      return operation<std::size_t>::failed(*ctx_, errc::invalid_argument, "write_fixed: buffer not registered");
+      return operation<std::size_t>::failed(*ctx_, errc::invalid_argument,
+                                            "write_fixed: buffer not registered");
     return make(detail::op_code::write_fixed, offset, const_cast<std::byte*>(data.data()), data.size(), index,
                 "write_fixed", std::move(stop));
   }
 
   /// Reads until `buffer` is full or the file ends; yields the bytes read.
-  task<result<std::size_t>> read_all_at(std::uint64_t offset, std::span<std::byte> buffer, std::stop_token stop = {}) {
+  task<result<std::size_t>> read_all_at(std::uint64_t offset, std::span<std::byte> buffer,
+                                        std::stop_token stop = {}) {
     std::size_t total = 0;
     while (total < buffer.size()) {
       auto n = co_await read_at(offset + total, buffer.subspan(total), stop);
-      if (!n) co_return fail(n.error());
-      if (*n == 0) break;
+      if (!n)
+        co_return fail(n.error());
+      if (*n == 0)
+        break;
       total += *n;
     }
     co_return total;
   }
   /// Writes all of `data` (short writes are continued).
-  task<result<void>> write_all_at(std::uint64_t offset, std::span<const std::byte> data, std::stop_token stop = {}) {
+  task<result<void>> write_all_at(std::uint64_t offset, std::span<const std::byte> data,
+                                  std::stop_token stop = {}) {
     std::size_t total = 0;
     while (total < data.size()) {
       auto n = co_await write_at(offset + total, data.subspan(total), stop);
-      if (!n) co_return fail(n.error());
-      if (*n == 0) co_return fail(errc::short_transfer, "write");
+      if (!n)
+        co_return fail(n.error());
+      if (*n == 0)
+        co_return fail(errc::short_transfer, "write");
       total += *n;
     }
     co_return result<void>{};
@@ -102,20 +113,24 @@ public:
   /// The file's size in bytes (of a block device: its capacity).
   result<std::uint64_t> size() const {
     struct ::stat st {};
-    if (::fstat(fd_, &st) < 0) return fail_errno(-errno, "fstat");
+    if (::fstat(fd_, &st) < 0)
+      return fail_errno(-errno, "fstat");
     return static_cast<std::uint64_t>(st.st_size);
   }
   result<void> truncate(std::uint64_t size) noexcept {
-    if (::ftruncate(fd_, static_cast<off_t>(size)) < 0) return fail_errno(-errno, "ftruncate");
+    if (::ftruncate(fd_, static_cast<off_t>(size)) < 0)
+      return fail_errno(-errno, "ftruncate");
     return {};
   }
   /// Flushes written data to the device (fdatasync).
   result<void> sync() noexcept {
-    if (::fdatasync(fd_) < 0) return fail_errno(-errno, "fdatasync");
+    if (::fdatasync(fd_) < 0)
+      return fail_errno(-errno, "fdatasync");
     return {};
   }
   void close() noexcept {
-    if (fd_ < 0) return;
+    if (fd_ < 0)
+      return;
     ctx_->release_fd(fd_);
     ::close(std::exchange(fd_, -1));
   }
@@ -137,7 +152,8 @@ private:
   }
   bool inside_registered(const std::byte* p, std::size_t len, unsigned index) const noexcept {
     auto regs = ctx_->registered_buffers();
-    if (index >= regs.size()) return false;
+    if (index >= regs.size())
+      return false;
     auto* base = static_cast<const std::byte*>(regs[index].iov_base);
     return p >= base && p + len <= base + regs[index].iov_len;
   }

@@ -1,8 +1,9 @@
 #pragma once
-/// `ferry::io::io_context`: the event loop that drives ferry's I/O. It runs on io_uring (with the ferry::uring
-/// component) and falls back to epoll where io_uring is not permitted. One thread drives it (`run`, `run_one`,
-/// `poll`, `run_until`); any thread may `schedule()` onto it or cancel its operations through a stop_token.
-/// Completed operations resume their coroutine inline, on the thread that drives the loop.
+/// `ferry::io::io_context`: the event loop that drives ferry's I/O. It runs on io_uring (with the
+/// ferry::uring component) and falls back to epoll where io_uring is not permitted. One thread drives it
+/// (`run`, `run_one`, `poll`, `run_until`); any thread may `schedule()` onto it or cancel its operations
+/// through a stop_token. Completed operations resume their coroutine inline, on the thread that drives the
+/// loop.
 ///
 ///   ferry::io::io_context ctx;                                   // io_uring if allowed, else epoll
 ///   ctx.run_until([&]() -> ferry::task<> { co_await ctx.sleep_for(10ms); }());
@@ -70,8 +71,10 @@ public:
     if (wanted == io_backend::automatic) {
       if (const char* env = std::getenv("FERRY_IO_BACKEND")) {
         std::string_view v(env);
-        if (v == "epoll") wanted = io_backend::epoll;
-        else if (v == "uring") wanted = io_backend::uring;
+        if (v == "epoll")
+          wanted = io_backend::epoll;
+        else if (v == "uring")
+          wanted = io_backend::uring;
       }
     }
     detail::completion_sink sink{this, &io_context::on_backend_completion};
@@ -82,7 +85,8 @@ public:
         backend_ = io_backend::uring;
         return;
       } catch (const std::system_error& e) {
-        if (wanted == io_backend::uring) throw;
+        if (wanted == io_backend::uring)
+          throw;
         note_ = std::string(e.what()) + "; using epoll";
       }
     }
@@ -99,39 +103,53 @@ public:
   ~io_context() = default;
 
   /// The backend in use.
-  io_backend backend() const noexcept { return backend_; }
+  io_backend backend() const noexcept {
+    return backend_;
+  }
   /// Why the backend differs from the one preferred ("" when it does not).
-  const std::string& backend_note() const noexcept { return note_; }
+  const std::string& backend_note() const noexcept {
+    return note_;
+  }
 
   // ---- driving the loop ----
 
   /// Runs handlers until no work is left or stop() is called; returns how many ran.
   std::size_t run() {
     std::size_t n = 0;
-    while (std::size_t k = run_one()) n += k;
+    while (std::size_t k = run_one())
+      n += k;
     return n;
   }
   /// Blocks until one handler has run (returns 1), or returns 0 when stopped or out of work.
-  std::size_t run_one() { return step(true); }
+  std::size_t run_one() {
+    return step(true);
+  }
   /// Runs the handlers that are ready, without blocking; returns how many ran.
   std::size_t poll() {
     std::size_t n = 0;
-    while (std::size_t k = step(false)) n += k;
+    while (std::size_t k = step(false))
+      n += k;
     return n;
   }
   /// Runs at most one ready handler without blocking.
-  std::size_t poll_one() { return step(false); }
+  std::size_t poll_one() {
+    return step(false);
+  }
   /// Makes run() and run_one() return as soon as possible, from any thread.
   void stop() noexcept {
     stopped_.store(true, std::memory_order_release);
     wake();
   }
-  bool stopped() const noexcept { return stopped_.load(std::memory_order_acquire); }
+  bool stopped() const noexcept {
+    return stopped_.load(std::memory_order_acquire);
+  }
   /// Clears a previous stop() so the loop can run again.
-  void restart() noexcept { stopped_.store(false, std::memory_order_release); }
+  void restart() noexcept {
+    stopped_.store(false, std::memory_order_release);
+  }
 
   /// Drives the loop on this thread until `a` completes, and returns its result (or rethrows).
-  template <awaitable A>
+  template<awaitable A>
   auto run_until(A&& a) -> std::remove_cvref_t<await_result_t<A>> {
     using R = std::remove_cvref_t<await_result_t<A>>;
     struct state {
@@ -140,21 +158,25 @@ public:
     } st{this};
     auto finished = [](void* p) noexcept {
       auto* s = static_cast<state*>(p);
-      io_context* ctx = s->ctx_;  // why: once done_ is set, the driving thread may return and destroy `st`
+      io_context* ctx = s->ctx_; // why: once done_ is set, the driving thread may return and destroy `st`
       s->done_.store(true, std::memory_order_release);
       ctx->wake();
     };
-    return ferry::detail::make_sync_wait_task<R>(std::forward<A>(a)).drive(ferry::detail::on_finish{&st, finished}, [&] {
-      while (!st.done_.load(std::memory_order_acquire)) {
-        if (stopped())
-          throw std::runtime_error("io_context::run_until: the context was stopped before the work finished");
-        step(true, true);
-      }
-    });
+    return ferry::detail::make_sync_wait_task<R>(std::forward<A>(a))
+        .drive(ferry::detail::on_finish{&st, finished}, [&] {
+          while (!st.done_.load(std::memory_order_acquire)) {
+            if (stopped())
+              throw std::runtime_error(
+                  "io_context::run_until: the context was stopped before the work finished");
+            step(true, true);
+          }
+        });
   }
 
   /// True on the thread that is driving this loop right now.
-  bool running_in_this_thread() const noexcept { return current() == this; }
+  bool running_in_this_thread() const noexcept {
+    return current() == this;
+  }
 
   /// Keeps run() from returning while the guard lives, even with no operation in flight (a server loop, say).
   class work_guard {
@@ -197,7 +219,9 @@ public:
   };
 
   /// Continues the awaiting coroutine on this loop's thread (from any thread).
-  [[nodiscard]] schedule_awaiter schedule() noexcept { return schedule_awaiter(*this); }
+  [[nodiscard]] schedule_awaiter schedule() noexcept {
+    return schedule_awaiter(*this);
+  }
 
   class timer_awaiter;
   /// Completes after `d`, or with errc::cancelled when `stop` is triggered first.
@@ -212,14 +236,17 @@ public:
   result<void> register_buffers(std::span<const ::iovec> buffers) {
 #if FERRY_WITH_URING
     if (uring_) {
-      if (int r = uring_->register_buffers(buffers); r < 0) return fail_errno(r, "io_uring_register_buffers");
+      if (int r = uring_->register_buffers(buffers); r < 0)
+        return fail_errno(r, "io_uring_register_buffers");
     }
 #endif
     registered_.assign(buffers.begin(), buffers.end());
     return {};
   }
   /// The buffers registered now.
-  std::span<const ::iovec> registered_buffers() const noexcept { return registered_; }
+  std::span<const ::iovec> registered_buffers() const noexcept {
+    return registered_;
+  }
 
   // ---- for operations (used by ferry's awaitables; not needed by applications) ----
 
@@ -248,14 +275,15 @@ public:
       try {
         pending_cancels_.push_back(id);
       } catch (...) {
-        return;  // why: out of memory while cancelling; the operation still completes by itself
+        return; // why: out of memory while cancelling; the operation still completes by itself
       }
     }
     wake();
   }
   /// Forgets an operation that completed at once.
   void disarm_cancel(detail::op_base* op) noexcept {
-    if (op->cancel_id_ == 0) return;
+    if (op->cancel_id_ == 0)
+      return;
     std::lock_guard lock(cancel_mutex_);
     cancellable_.erase(op->cancel_id_);
     op->cancel_id_ = 0;
@@ -292,12 +320,14 @@ public:
           break;
         }
     }
-    if (removed) outstanding_.fetch_sub(1, std::memory_order_relaxed);
+    if (removed)
+      outstanding_.fetch_sub(1, std::memory_order_relaxed);
   }
 
   /// Completes every operation waiting on `fd` (epoll) before the descriptor is closed.
   void release_fd(int fd) {
-    if (epoll_ && may_touch_backend()) epoll_->release_fd(fd);
+    if (epoll_ && may_touch_backend())
+      epoll_->release_fd(fd);
   }
 
   /// Posts a completion to run on the loop's thread.
@@ -333,10 +363,12 @@ private:
   bool start_here(detail::io_op* op) {
     if (op->cancel_id_ != 0) {
       std::lock_guard lock(cancel_mutex_);
-      if (auto it = cancellable_.find(op->cancel_id_); it != cancellable_.end()) it->second.started = true;
+      if (auto it = cancellable_.find(op->cancel_id_); it != cancellable_.end())
+        it->second.started = true;
     }
 #if FERRY_WITH_URING
-    if (uring_) return uring_->start(op);
+    if (uring_)
+      return uring_->start(op);
 #endif
     return epoll_->start(op);
   }
@@ -356,7 +388,8 @@ private:
     wake_locked();
   }
   void wake_locked() noexcept {
-    if (wake_pending_) return;
+    if (wake_pending_)
+      return;
     wake_pending_ = true;
 #if FERRY_WITH_URING
     if (uring_) {
@@ -364,7 +397,8 @@ private:
       return;
     }
 #endif
-    if (epoll_) epoll_->wake();
+    if (epoll_)
+      epoll_->wake();
   }
 
   /// One turn of the loop. Returns the number of handlers run (0 or 1).
@@ -381,16 +415,21 @@ private:
     } restore_current{cur, previous};
 
     for (;;) {
-      if (stopped()) return 0;
-      if (ready_.empty()) gather(false);
+      if (stopped())
+        return 0;
+      if (ready_.empty())
+        gather(false);
       if (auto* op = ready_.pop()) {
         outstanding_.fetch_sub(1, std::memory_order_relaxed);
-        if (op->cancel_id_ != 0) disarm_cancel(op);
+        if (op->cancel_id_ != 0)
+          disarm_cancel(op);
         op->complete_(op);
         return 1;
       }
-      if (!block) return 0;
-      if (!ignore_outstanding && outstanding_.load(std::memory_order_acquire) == 0) return 0;
+      if (!block)
+        return 0;
+      if (!ignore_outstanding && outstanding_.load(std::memory_order_acquire) == 0)
+        return 0;
       gather(true);
     }
   }
@@ -411,7 +450,8 @@ private:
       cancels.swap(pending_cancels_);
     }
     ready_.splice(incoming.ready);
-    for (auto* t : incoming.timers) timers_.push(t);
+    for (auto* t : incoming.timers)
+      timers_.push(t);
     while (auto* op = static_cast<detail::io_op*>(incoming.starts.pop())) {
       if (cancel_requested(op)) {
         op->result_ = -ECANCELED;
@@ -420,7 +460,8 @@ private:
         ready_.push(op);
       }
     }
-    for (std::uint64_t id : cancels) cancel_now(id);
+    for (std::uint64_t id : cancels)
+      cancel_now(id);
 
     auto now = clock::now();
     while (!timers_.empty() && timers_.top()->deadline_ <= now) {
@@ -436,14 +477,17 @@ private:
     if (block && ready_.empty() && !stopped()) {
       timeout = nullptr;
       if (!timers_.empty()) {
-        auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(timers_.top()->deadline_ - now).count();
-        if (ns < 0) ns = 0;
+        auto ns =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(timers_.top()->deadline_ - now).count();
+        if (ns < 0)
+          ns = 0;
         until.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
         until.tv_nsec = static_cast<long>(ns % 1'000'000'000);
         timeout = &until;
       }
       std::lock_guard lock(remote_mutex_);
-      if (!remote_ready_.empty() || !remote_starts_.empty() || !remote_timers_.empty()) timeout = &zero;
+      if (!remote_ready_.empty() || !remote_starts_.empty() || !remote_timers_.empty())
+        timeout = &zero;
     }
 #if FERRY_WITH_URING
     if (uring_) {
@@ -461,10 +505,11 @@ private:
   };
 
   bool cancel_requested(detail::op_base* op) {
-    if (op->cancel_id_ == 0) return false;
+    if (op->cancel_id_ == 0)
+      return false;
     std::lock_guard lock(cancel_mutex_);
     auto it = cancellable_.find(op->cancel_id_);
-    return it == cancellable_.end();  // why: cancel_now() already took it out while it waited to be started
+    return it == cancellable_.end(); // why: cancel_now() already took it out while it waited to be started
   }
 
   void cancel_now(std::uint64_t id) {
@@ -472,10 +517,11 @@ private:
     {
       std::lock_guard lock(cancel_mutex_);
       auto it = cancellable_.find(id);
-      if (it == cancellable_.end()) return;  // completed meanwhile
+      if (it == cancellable_.end())
+        return; // completed meanwhile
       entry = it->second;
       if (!entry.is_timer && !entry.started) {
-        cancellable_.erase(it);  // not yet handed to the backend: it is failed when its start arrives
+        cancellable_.erase(it); // not yet handed to the backend: it is failed when its start arrives
         return;
       }
     }
@@ -502,7 +548,7 @@ private:
 #if FERRY_WITH_URING
   std::unique_ptr<detail::uring_backend> uring_;
 #else
-  void* uring_unused_ = nullptr;  // why: the same layout with and without the component
+  void* uring_unused_ = nullptr; // why: the same layout with and without the component
 #endif
   detail::op_queue ready_;
   detail::timer_heap timers_;

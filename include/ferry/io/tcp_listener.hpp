@@ -37,14 +37,17 @@ public:
   /// Binds and listens on `local` (port 0: the kernel picks one; see local_endpoint()).
   static result<tcp_listener> listen(io_context& ctx, const endpoint& local, int backlog = 1024) {
     int fd = ::socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return fail_errno(-errno, "socket");
+    if (fd < 0)
+      return fail_errno(-errno, "socket");
     tcp_listener l;
     l.ctx_ = &ctx;
     l.fd_ = fd;
     int one = 1;
     ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(fd, local.data(), local.size()) < 0) return fail_errno(-errno, "bind");
-    if (::listen(fd, backlog) < 0) return fail_errno(-errno, "listen");
+    if (::bind(fd, local.data(), local.size()) < 0)
+      return fail_errno(-errno, "bind");
+    if (::listen(fd, backlog) < 0)
+      return fail_errno(-errno, "listen");
     return l;
   }
 
@@ -54,7 +57,8 @@ public:
     d.code_ = detail::op_code::accept;
     d.fd_ = fd_;
     auto fd = co_await operation<int>(*ctx_, d, "accept", std::move(stop));
-    if (!fd) co_return fail(fd.error());
+    if (!fd)
+      co_return fail(fd.error());
     tcp_socket s(*ctx_, *fd);
     s.set_no_delay(true);
     co_return std::move(s);
@@ -64,13 +68,15 @@ public:
   result<endpoint> local_endpoint() const {
     ::sockaddr_storage ss{};
     ::socklen_t len = sizeof ss;
-    if (::getsockname(fd_, reinterpret_cast<::sockaddr*>(&ss), &len) < 0) return fail_errno(-errno, "getsockname");
+    if (::getsockname(fd_, reinterpret_cast<::sockaddr*>(&ss), &len) < 0)
+      return fail_errno(-errno, "getsockname");
     return endpoint::from_sockaddr(reinterpret_cast<::sockaddr*>(&ss), len);
   }
 
   /// Stops listening; a pending accept completes with an error.
   void close() noexcept {
-    if (fd_ < 0) return;
+    if (fd_ < 0)
+      return;
     ::shutdown(fd_, SHUT_RDWR);
     ctx_->release_fd(fd_);
     ::close(std::exchange(fd_, -1));

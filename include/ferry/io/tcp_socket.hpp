@@ -33,8 +33,8 @@ public:
   /// A recvmsg/sendmsg over the caller's iovecs (which must outlive the await).
   class [[nodiscard]] vectored_operation : public operation<std::size_t> {
   public:
-    vectored_operation(io_context& ctx, const detail::io_op& d, const char* what, std::span<const ::iovec> iov,
-                       std::stop_token stop) noexcept
+    vectored_operation(io_context& ctx, const detail::io_op& d, const char* what,
+                       std::span<const ::iovec> iov, std::stop_token stop) noexcept
         : operation<std::size_t>(ctx, d, what, std::move(stop)) {
       msg_.msg_iov = const_cast<::iovec*>(iov.data());
       msg_.msg_iovlen = iov.size();
@@ -66,16 +66,19 @@ public:
   static task<result<tcp_socket>> connect(io_context& ctx, endpoint peer, std::stop_token stop = {},
                                           std::optional<endpoint> local = std::nullopt) {
     int fd = ::socket(peer.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) co_return fail_errno(-errno, "socket");
+    if (fd < 0)
+      co_return fail_errno(-errno, "socket");
     tcp_socket s(ctx, fd);
-    if (local && ::bind(fd, local->data(), local->size()) < 0) co_return fail_errno(-errno, "bind");
+    if (local && ::bind(fd, local->data(), local->size()) < 0)
+      co_return fail_errno(-errno, "bind");
     detail::io_op d;
     d.code_ = detail::op_code::connect;
     d.fd_ = fd;
     d.addr_ = const_cast<::sockaddr*>(peer.data());
     d.addrlen_ = peer.size();
     auto r = co_await operation<void>(ctx, d, "connect", std::move(stop));
-    if (!r) co_return fail(r.error());
+    if (!r)
+      co_return fail(r.error());
     s.set_no_delay(true);
     co_return std::move(s);
   }
@@ -117,8 +120,10 @@ public:
   task<result<void>> recv_all(std::span<std::byte> buffer, std::stop_token stop = {}) {
     while (!buffer.empty()) {
       auto n = co_await recv(buffer, stop);
-      if (!n) co_return fail(n.error());
-      if (*n == 0) co_return fail(errc::closed, "recv");
+      if (!n)
+        co_return fail(n.error());
+      if (*n == 0)
+        co_return fail(errc::closed, "recv");
       buffer = buffer.subspan(*n);
     }
     co_return result<void>{};
@@ -127,12 +132,14 @@ public:
   task<result<void>> send_all(std::span<const std::byte> data, std::stop_token stop = {}) {
     while (!data.empty()) {
       auto n = co_await send(data, stop);
-      if (!n) co_return fail(n.error());
+      if (!n)
+        co_return fail(n.error());
       data = data.subspan(*n);
     }
     co_return result<void>{};
   }
-  /// Sends every byte of every buffer (the iovecs are copied; the memory they point to must outlive the call).
+  /// Sends every byte of every buffer (the iovecs are copied; the memory they point to must outlive the
+  /// call).
   task<result<void>> send_all(std::span<const ::iovec> buffers, std::stop_token stop = {}) {
     std::vector<::iovec> rest(buffers.begin(), buffers.end());
     co_return co_await transfer_all(rest, true, stop);
@@ -145,12 +152,14 @@ public:
 
   /// Shuts down reading, writing or both (SHUT_RD, SHUT_WR, SHUT_RDWR); pending receives then complete.
   result<void> shutdown(int how = SHUT_RDWR) noexcept {
-    if (::shutdown(fd_, how) < 0) return fail_errno(-errno, "shutdown");
+    if (::shutdown(fd_, how) < 0)
+      return fail_errno(-errno, "shutdown");
     return {};
   }
   /// Ends pending operations and closes the descriptor.
   void close() noexcept {
-    if (fd_ < 0) return;
+    if (fd_ < 0)
+      return;
     ::shutdown(fd_, SHUT_RDWR);
     ctx_->release_fd(fd_);
     ::close(std::exchange(fd_, -1));
@@ -185,8 +194,10 @@ private:
     while (first < rest.size()) {
       std::span<const ::iovec> window(rest.data() + first, std::min(rest.size() - first, max_iov));
       auto n = sending ? co_await send(window, stop) : co_await recv(window, stop);
-      if (!n) co_return fail(n.error());
-      if (*n == 0 && !sending) co_return fail(errc::closed, "recvmsg");
+      if (!n)
+        co_return fail(n.error());
+      if (*n == 0 && !sending)
+        co_return fail(errc::closed, "recvmsg");
       std::size_t moved = *n;
       while (moved > 0 && first < rest.size()) {
         auto& v = rest[first];
@@ -194,18 +205,21 @@ private:
         v.iov_base = static_cast<char*>(v.iov_base) + take;
         v.iov_len -= take;
         moved -= take;
-        if (v.iov_len == 0) ++first;
+        if (v.iov_len == 0)
+          ++first;
       }
-      while (first < rest.size() && rest[first].iov_len == 0) ++first;
+      while (first < rest.size() && rest[first].iov_len == 0)
+        ++first;
     }
     co_return result<void>{};
   }
 
-  template <class Fn>
+  template<class Fn>
   result<endpoint> name_of(Fn fn, const char* what) const {
     ::sockaddr_storage ss{};
     ::socklen_t len = sizeof ss;
-    if (fn(fd_, reinterpret_cast<::sockaddr*>(&ss), &len) < 0) return fail_errno(-errno, what);
+    if (fn(fd_, reinterpret_cast<::sockaddr*>(&ss), &len) < 0)
+      return fail_errno(-errno, what);
     return endpoint::from_sockaddr(reinterpret_cast<::sockaddr*>(&ss), len);
   }
 

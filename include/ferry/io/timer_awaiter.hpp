@@ -1,6 +1,6 @@
 #pragma once
-/// The awaitable of `io_context::sleep_for` / `sleep_until`: `result<void>`, errc::cancelled when the stop_token
-/// fires first. A cancelled timer is removed from the loop at once and never fires later.
+/// The awaitable of `io_context::sleep_for` / `sleep_until`: `result<void>`, errc::cancelled when the
+/// stop_token fires first. A cancelled timer is removed from the loop at once and never fires later.
 ///
 ///   if (auto r = co_await ctx.sleep_for(5ms, token); !r) /* cancelled */;
 
@@ -38,8 +38,10 @@ public:
   }
   result<void> await_resume() noexcept {
     callback_.reset();
-    if (stop_.stop_requested() && op_.complete_ == nullptr) return fail(errc::cancelled, "sleep");
-    if (op_.result_ == -ECANCELED) return fail(errc::cancelled, "sleep");
+    if (stop_.stop_requested() && op_.complete_ == nullptr)
+      return fail(errc::cancelled, "sleep");
+    if (op_.result_ == -ECANCELED)
+      return fail(errc::cancelled, "sleep");
     return {};
   }
 

@@ -16,7 +16,8 @@ int main() {
   }());
   std::printf("consumer: io backend %s, result %d\n", ferry::io::to_string(ctx.backend()), v);
 #if CONSUMER_HAS_URING
-  if (ctx.backend() != ferry::io::io_backend::uring && ctx.backend_note().empty()) return 2;
+  if (ctx.backend() != ferry::io::io_backend::uring && ctx.backend_note().empty())
+    return 2;
 #endif
   return v == 42 ? 0 : 1;
 }

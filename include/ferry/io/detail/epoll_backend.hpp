@@ -23,7 +23,8 @@ class epoll_backend {
 public:
   explicit epoll_backend(completion_sink sink) : sink_(sink) {
     epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
-    if (epoll_fd_ < 0) throw std::system_error(errno, std::system_category(), "epoll_create1");
+    if (epoll_fd_ < 0)
+      throw std::system_error(errno, std::system_category(), "epoll_create1");
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) {
       int e = errno;
@@ -42,8 +43,8 @@ public:
     ::close(epoll_fd_);
   }
 
-  /// Tries the operation now. Returns true when it completed at once (result in op->result_, not handed to the
-  /// sink); otherwise it waits for readiness and is handed to the sink later.
+  /// Tries the operation now. Returns true when it completed at once (result in op->result_, not handed to
+  /// the sink); otherwise it waits for readiness and is handed to the sink later.
   bool start(io_op* op) {
     int r = perform_syscall(*op);
     if (r != -EAGAIN) {
@@ -59,8 +60,10 @@ public:
   /// Withdraws a waiting operation and completes it with -ECANCELED; no effect if it is not waiting.
   void cancel(io_op* op) {
     auto it = fds_.find(op->fd_);
-    if (it == fds_.end()) return;
-    if (!it->second.readers_.remove(op) && !it->second.writers_.remove(op)) return;
+    if (it == fds_.end())
+      return;
+    if (!it->second.readers_.remove(op) && !it->second.writers_.remove(op))
+      return;
     op->result_ = -ECANCELED;
     sink_(op);
     rearm(op->fd_, it->second);
@@ -69,13 +72,15 @@ public:
   /// Completes every operation waiting on `fd` with -ECANCELED and forgets it (call before closing fd).
   void release_fd(int fd) {
     auto it = fds_.find(fd);
-    if (it == fds_.end()) return;
+    if (it == fds_.end())
+      return;
     for (auto* q : {&it->second.readers_, &it->second.writers_})
       while (auto* op = q->pop()) {
         op->result_ = -ECANCELED;
         sink_(op);
       }
-    if (it->second.armed_) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+    if (it->second.armed_)
+      ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
     fds_.erase(it);
   }
 
@@ -85,11 +90,13 @@ public:
     ::epoll_event events[64];
     int n = ::epoll_pwait2(epoll_fd_, events, 64, timeout, nullptr);
     if (n < 0 && errno == ENOSYS) {
-      int ms = timeout ? static_cast<int>(timeout->tv_sec * 1000 + (timeout->tv_nsec + 999'999) / 1'000'000) : -1;
+      int ms =
+          timeout ? static_cast<int>(timeout->tv_sec * 1000 + (timeout->tv_nsec + 999'999) / 1'000'000) : -1;
       n = ::epoll_wait(epoll_fd_, events, 64, ms);
     }
     if (n < 0) {
-      if (errno == EINTR) return 0;
+      if (errno == EINTR)
+        return 0;
       throw std::system_error(errno, std::system_category(), "epoll_wait");
     }
     std::size_t completed = 0;
@@ -102,10 +109,13 @@ public:
         continue;
       }
       auto it = fds_.find(fd);
-      if (it == fds_.end()) continue;
+      if (it == fds_.end())
+        continue;
       std::uint32_t ev = events[i].events;
-      if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) completed += drain(it->second.readers_);
-      if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) completed += drain(it->second.writers_);
+      if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
+        completed += drain(it->second.readers_);
+      if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+        completed += drain(it->second.writers_);
       rearm(fd, it->second);
     }
     return completed;
@@ -121,7 +131,7 @@ private:
   struct fd_state {
     op_queue readers_;
     op_queue writers_;
-    std::uint32_t armed_ = 0;  // the events registered with epoll; 0 when not registered
+    std::uint32_t armed_ = 0; // the events registered with epoll; 0 when not registered
   };
 
   std::size_t drain(op_queue& q) {
@@ -129,7 +139,8 @@ private:
     while (!q.empty()) {
       auto* op = static_cast<io_op*>(q.front());
       int r = perform_syscall(*op);
-      if (r == -EAGAIN) break;
+      if (r == -EAGAIN)
+        break;
       q.pop();
       op->result_ = r;
       sink_(op);
@@ -139,10 +150,13 @@ private:
   }
 
   void rearm(int fd, fd_state& st) {
-    std::uint32_t want = (st.readers_.empty() ? 0u : EPOLLIN | EPOLLRDHUP) | (st.writers_.empty() ? 0u : EPOLLOUT);
-    if (want == st.armed_) return;
+    std::uint32_t want =
+        (st.readers_.empty() ? 0u : EPOLLIN | EPOLLRDHUP) | (st.writers_.empty() ? 0u : EPOLLOUT);
+    if (want == st.armed_)
+      return;
     if (want == 0) {
-      // why: level-triggered interest with no waiter would spin on a closed peer; drop it until someone waits.
+      // why: level-triggered interest with no waiter would spin on a closed peer; drop it until someone
+      // waits.
       ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
       fds_.erase(fd);
       return;
@@ -151,8 +165,10 @@ private:
     ev.events = want;
     ev.data.fd = fd;
     int r = ::epoll_ctl(epoll_fd_, st.armed_ ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
-    if (r < 0 && errno == ENOENT) r = ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
-    if (r < 0 && errno == EEXIST) r = ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
+    if (r < 0 && errno == ENOENT)
+      r = ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    if (r < 0 && errno == EEXIST)
+      r = ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
     if (r < 0) {
       // The descriptor cannot be watched (closed, or not pollable): fail its waiters rather than hang them.
       int err = errno;

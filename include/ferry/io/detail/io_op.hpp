@@ -1,6 +1,7 @@
 #pragma once
-// The operations an io_context runs, as plain data: each backend reads the same description (an op code and its
-// arguments) and completes it through one function pointer. Awaiters embed them: no allocation per operation.
+// The operations an io_context runs, as plain data: each backend reads the same description (an op code and
+// its arguments) and completes it through one function pointer. Awaiters embed them: no allocation per
+// operation.
 
 #include <chrono>
 #include <cstddef>
@@ -35,7 +36,8 @@ enum class op_code : std::uint8_t {
   write_fixed,
 };
 
-/// Whether the op waits for the descriptor to become readable (true) or writable (false) in a readiness backend.
+/// Whether the op waits for the descriptor to become readable (true) or writable (false) in a readiness
+/// backend.
 constexpr bool waits_for_input(op_code c) noexcept {
   return c == op_code::recv || c == op_code::recvmsg || c == op_code::accept;
 }
@@ -53,9 +55,9 @@ struct io_op : op_base {
   std::uint64_t offset_ = 0;
   ::msghdr* msg_ = nullptr;
   ::sockaddr* addr_ = nullptr;
-  ::socklen_t addrlen_ = 0;   // connect: the address length
-  ::socklen_t* addrlen_out_ = nullptr;  // accept: in/out length
-  bool connect_started_ = false;  // readiness backend: connect() already issued, waiting for writability
+  ::socklen_t addrlen_ = 0;            // connect: the address length
+  ::socklen_t* addrlen_out_ = nullptr; // accept: in/out length
+  bool connect_started_ = false;       // readiness backend: connect() already issued, waiting for writability
 };
 
 struct timer_op : op_base {

@@ -12,24 +12,30 @@ public:
 
   void push(op_base* op) noexcept {
     op->next_ = nullptr;
-    if (tail_) tail_->next_ = op;
-    else head_ = op;
+    if (tail_)
+      tail_->next_ = op;
+    else
+      head_ = op;
     tail_ = op;
   }
   op_base* pop() noexcept {
     op_base* op = head_;
     if (op) {
       head_ = op->next_;
-      if (!head_) tail_ = nullptr;
+      if (!head_)
+        tail_ = nullptr;
       op->next_ = nullptr;
     }
     return op;
   }
   /// Moves every element of `other` to the back of this queue.
   void splice(op_queue& other) noexcept {
-    if (other.empty()) return;
-    if (tail_) tail_->next_ = other.head_;
-    else head_ = other.head_;
+    if (other.empty())
+      return;
+    if (tail_)
+      tail_->next_ = other.head_;
+    else
+      head_ = other.head_;
     tail_ = other.tail_;
     other.head_ = other.tail_ = nullptr;
   }
@@ -37,9 +43,11 @@ public:
   bool remove(op_base* op) noexcept {
     op_base* prev = nullptr;
     for (op_base* cur = head_; cur; prev = cur, cur = cur->next_) {
-      if (cur != op) continue;
+      if (cur != op)
+        continue;
       (prev ? prev->next_ : head_) = cur->next_;
-      if (tail_ == cur) tail_ = prev;
+      if (tail_ == cur)
+        tail_ = prev;
       cur->next_ = nullptr;
       return true;
     }

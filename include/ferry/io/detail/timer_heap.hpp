@@ -27,12 +27,14 @@ public:
   /// Removes `t` if it is in the heap; returns whether it was.
   bool remove(timer_op* t) noexcept {
     std::size_t i = t->heap_index_;
-    if (i >= heap_.size() || heap_[i] != t) return false;
+    if (i >= heap_.size() || heap_[i] != t)
+      return false;
     std::size_t last = heap_.size() - 1;
     if (i != last) {
       place(i, heap_[last]);
       heap_.pop_back();
-      if (!sift_up(i)) sift_down(i);
+      if (!sift_up(i))
+        sift_down(i);
     } else {
       heap_.pop_back();
     }
@@ -49,7 +51,8 @@ private:
     bool moved = false;
     while (i > 0) {
       std::size_t parent = (i - 1) / 2;
-      if (!(heap_[i]->deadline_ < heap_[parent]->deadline_)) break;
+      if (!(heap_[i]->deadline_ < heap_[parent]->deadline_))
+        break;
       timer_op* p = heap_[parent];
       place(parent, heap_[i]);
       place(i, p);
@@ -61,9 +64,12 @@ private:
   void sift_down(std::size_t i) noexcept {
     for (;;) {
       std::size_t l = 2 * i + 1, r = l + 1, m = i;
-      if (l < heap_.size() && heap_[l]->deadline_ < heap_[m]->deadline_) m = l;
-      if (r < heap_.size() && heap_[r]->deadline_ < heap_[m]->deadline_) m = r;
-      if (m == i) return;
+      if (l < heap_.size() && heap_[l]->deadline_ < heap_[m]->deadline_)
+        m = l;
+      if (r < heap_.size() && heap_[r]->deadline_ < heap_[m]->deadline_)
+        m = r;
+      if (m == i)
+        return;
       timer_op* t = heap_[m];
       place(m, heap_[i]);
       place(i, t);

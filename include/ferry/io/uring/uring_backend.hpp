@@ -19,8 +19,8 @@
 namespace ferry::io::detail {
 
 class uring_backend {
-  static constexpr std::uint64_t ignore_tag = 0;  // completions of cancel requests
-  static constexpr std::uint64_t wake_tag = 1;    // the eventfd read that interrupts a wait
+  static constexpr std::uint64_t ignore_tag = 0; // completions of cancel requests
+  static constexpr std::uint64_t wake_tag = 1;   // the eventfd read that interrupts a wait
 
 public:
   /// Sets up a ring of `entries`; throws std::system_error saying why io_uring cannot be used.
@@ -31,7 +31,8 @@ public:
       params.sq_thread_idle = 50;
     }
     int r = ::io_uring_queue_init_params(entries, &ring_, &params);
-    if (r < 0) throw std::system_error(-r, std::system_category(), explain_setup_failure(-r));
+    if (r < 0)
+      throw std::system_error(-r, std::system_category(), explain_setup_failure(-r));
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
     if (wake_fd_ < 0) {
       int e = errno;
@@ -51,19 +52,33 @@ public:
   bool start(io_op* op) {
     ::io_uring_sqe* sqe = next_sqe();
     switch (op->code_) {
-    case op_code::nop: ::io_uring_prep_nop(sqe); break;
-    case op_code::recv: ::io_uring_prep_recv(sqe, op->fd_, op->buf_, op->len_, op->flags_); break;
-    case op_code::send: ::io_uring_prep_send(sqe, op->fd_, op->buf_, op->len_, op->flags_ | MSG_NOSIGNAL); break;
-    case op_code::recvmsg: ::io_uring_prep_recvmsg(sqe, op->fd_, op->msg_, static_cast<unsigned>(op->flags_)); break;
+    case op_code::nop:
+      ::io_uring_prep_nop(sqe);
+      break;
+    case op_code::recv:
+      ::io_uring_prep_recv(sqe, op->fd_, op->buf_, op->len_, op->flags_);
+      break;
+    case op_code::send:
+      ::io_uring_prep_send(sqe, op->fd_, op->buf_, op->len_, op->flags_ | MSG_NOSIGNAL);
+      break;
+    case op_code::recvmsg:
+      ::io_uring_prep_recvmsg(sqe, op->fd_, op->msg_, static_cast<unsigned>(op->flags_));
+      break;
     case op_code::sendmsg:
       ::io_uring_prep_sendmsg(sqe, op->fd_, op->msg_, static_cast<unsigned>(op->flags_ | MSG_NOSIGNAL));
       break;
     case op_code::accept:
       ::io_uring_prep_accept(sqe, op->fd_, op->addr_, op->addrlen_out_, SOCK_NONBLOCK | SOCK_CLOEXEC);
       break;
-    case op_code::connect: ::io_uring_prep_connect(sqe, op->fd_, op->addr_, op->addrlen_); break;
-    case op_code::read: ::io_uring_prep_read(sqe, op->fd_, op->buf_, op->len_, op->offset_); break;
-    case op_code::write: ::io_uring_prep_write(sqe, op->fd_, op->buf_, op->len_, op->offset_); break;
+    case op_code::connect:
+      ::io_uring_prep_connect(sqe, op->fd_, op->addr_, op->addrlen_);
+      break;
+    case op_code::read:
+      ::io_uring_prep_read(sqe, op->fd_, op->buf_, op->len_, op->offset_);
+      break;
+    case op_code::write:
+      ::io_uring_prep_write(sqe, op->fd_, op->buf_, op->len_, op->offset_);
+      break;
     case op_code::read_fixed:
       ::io_uring_prep_read_fixed(sqe, op->fd_, op->buf_, op->len_, op->offset_, op->buf_index_);
       break;
@@ -76,8 +91,8 @@ public:
     return false;
   }
 
-  /// Asks the kernel to cancel an operation in flight; it then completes with -ECANCELED (or its own result if
-  /// it finished first).
+  /// Asks the kernel to cancel an operation in flight; it then completes with -ECANCELED (or its own result
+  /// if it finished first).
   void cancel(io_op* op) {
     ::io_uring_sqe* sqe = next_sqe();
     ::io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(static_cast<op_base*>(op)), 0);
@@ -117,9 +132,11 @@ public:
 
   /// Registers fixed buffers for read_fixed/write_fixed (replacing any registered before).
   int register_buffers(std::span<const ::iovec> buffers) noexcept {
-    if (buffers_registered_) ::io_uring_unregister_buffers(&ring_);
+    if (buffers_registered_)
+      ::io_uring_unregister_buffers(&ring_);
     buffers_registered_ = false;
-    if (buffers.empty()) return 0;
+    if (buffers.empty())
+      return 0;
     int r = ::io_uring_register_buffers(&ring_, buffers.data(), static_cast<unsigned>(buffers.size()));
     buffers_registered_ = r == 0;
     return r;
@@ -129,13 +146,17 @@ public:
   static std::string explain_setup_failure(int err) {
     switch (err) {
     case EPERM:
-      return "io_uring_setup: not permitted (sysctl kernel.io_uring_disabled is 1 or 2, or a seccomp filter blocks "
+      return "io_uring_setup: not permitted (sysctl kernel.io_uring_disabled is 1 or 2, or a seccomp filter "
+             "blocks "
              "io_uring; allow it or use the epoll backend)";
-    case ENOSYS: return "io_uring_setup: this kernel has no io_uring (Linux 5.11 or newer is needed)";
+    case ENOSYS:
+      return "io_uring_setup: this kernel has no io_uring (Linux 5.11 or newer is needed)";
     case ENOMEM:
       return "io_uring_setup: out of locked memory for the ring (raise RLIMIT_MEMLOCK or use fewer entries)";
-    case EINVAL: return "io_uring_setup: parameters rejected by this kernel (entries or setup flags)";
-    default: return "io_uring_setup failed";
+    case EINVAL:
+      return "io_uring_setup: parameters rejected by this kernel (entries or setup flags)";
+    default:
+      return "io_uring_setup failed";
     }
   }
 
@@ -149,7 +170,8 @@ private:
         throw std::system_error(-r, std::system_category(), "io_uring_submit");
       unsubmitted_ = 0;
       sqe = ::io_uring_get_sqe(&ring_);
-      if (!sqe) reap();
+      if (!sqe)
+        reap();
     }
     return sqe;
   }
@@ -163,7 +185,8 @@ private:
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++seen;
       std::uint64_t tag = ::io_uring_cqe_get_data64(cqe);
-      if (tag == ignore_tag) continue;
+      if (tag == ignore_tag)
+        continue;
       if (tag == wake_tag) {
         rearm = true;
         continue;
@@ -174,7 +197,8 @@ private:
       ++n;
     }
     ::io_uring_cq_advance(&ring_, seen);
-    if (rearm) arm_wake();
+    if (rearm)
+      arm_wake();
     return n;
   }
 

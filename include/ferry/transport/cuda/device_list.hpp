@@ -1,9 +1,10 @@
 #pragma once
-/// `ferry::cuda::list_devices()`: the CUDA devices of this host, or the CUDA runtime's reason why there are none
-/// (no driver, no device).
+/// `ferry::cuda::list_devices()`: the CUDA devices of this host, or the CUDA runtime's reason why there are
+/// none (no driver, no device).
 ///
 ///   auto devices = ferry::cuda::list_devices();
-///   if (!devices) std::puts(devices.error().message().c_str());   // e.g. "cudaGetDeviceCount: no CUDA-capable device"
+///   if (!devices) std::puts(devices.error().message().c_str());   // e.g. "cudaGetDeviceCount: no
+///   CUDA-capable device"
 
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
@@ -20,7 +21,9 @@ namespace ferry::cuda {
 inline const std::error_category& cuda_category() noexcept {
   struct category final : std::error_category {
     const char* name() const noexcept override { return "cuda"; }
-    std::string message(int value) const override { return ::cudaGetErrorString(static_cast<::cudaError_t>(value)); }
+    std::string message(int value) const override {
+      return ::cudaGetErrorString(static_cast<::cudaError_t>(value));
+    }
   };
   static const category c;
   return c;
@@ -33,8 +36,8 @@ inline error cuda_error(::cudaError_t e, const char* what) noexcept {
 
 struct device_info {
   int index = 0;
-  std::string name;         ///< e.g. "NVIDIA H100 80GB HBM3"
-  std::string pci_bus_id;   ///< e.g. "0000:1b:00.0"
+  std::string name;       ///< e.g. "NVIDIA H100 80GB HBM3"
+  std::string pci_bus_id; ///< e.g. "0000:1b:00.0"
   std::size_t memory_bytes = 0;
   int compute_major = 0;
   int compute_minor = 0;
@@ -44,7 +47,7 @@ struct device_info {
 inline result<std::vector<device_info>> list_devices() {
   int count = 0;
   if (::cudaError_t e = ::cudaGetDeviceCount(&count); e != ::cudaSuccess) {
-    ::cudaGetLastError();  // why: clear the sticky-free error so later calls do not report it again
+    ::cudaGetLastError(); // why: clear the sticky-free error so later calls do not report it again
     return fail(cuda_error(e, "cudaGetDeviceCount"));
   }
   std::vector<device_info> out;

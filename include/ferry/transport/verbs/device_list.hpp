@@ -15,15 +15,15 @@ namespace ferry::verbs {
 struct port_info {
   std::uint8_t number = 0;
   bool active = false;
-  int link_layer = 0;  ///< IBV_LINK_LAYER_INFINIBAND or IBV_LINK_LAYER_ETHERNET (RoCE)
+  int link_layer = 0; ///< IBV_LINK_LAYER_INFINIBAND or IBV_LINK_LAYER_ETHERNET (RoCE)
   std::uint16_t lid = 0;
-  int active_mtu = 0;  ///< an ibv_mtu value
+  int active_mtu = 0; ///< an ibv_mtu value
 };
 
 struct device_info {
-  std::string name;  ///< e.g. "mlx5_0"
+  std::string name; ///< e.g. "mlx5_0"
   std::uint64_t node_guid = 0;
-  int numa_node = -1;  ///< from sysfs; -1 when unknown
+  int numa_node = -1; ///< from sysfs; -1 when unknown
   std::vector<port_info> ports;
 };
 
@@ -32,14 +32,16 @@ inline std::vector<device_info> list_devices() {
   std::vector<device_info> out;
   int count = 0;
   ::ibv_device** list = ::ibv_get_device_list(&count);
-  if (!list) return out;
+  if (!list)
+    return out;
   for (int i = 0; i < count; ++i) {
     device_info d;
     d.name = ::ibv_get_device_name(list[i]);
     d.node_guid = ::ibv_get_device_guid(list[i]);
     std::string numa_path = std::string(list[i]->ibdev_path) + "/device/numa_node";
     if (std::FILE* f = std::fopen(numa_path.c_str(), "r")) {
-      if (std::fscanf(f, "%d", &d.numa_node) != 1) d.numa_node = -1;
+      if (std::fscanf(f, "%d", &d.numa_node) != 1)
+        d.numa_node = -1;
       std::fclose(f);
     }
     if (::ibv_context* ctx = ::ibv_open_device(list[i])) {
@@ -47,7 +49,8 @@ inline std::vector<device_info> list_devices() {
       if (::ibv_query_device(ctx, &attr) == 0) {
         for (std::uint8_t p = 1; p <= attr.phys_port_cnt; ++p) {
           ::ibv_port_attr pa{};
-          if (::ibv_query_port(ctx, p, &pa) != 0) continue;
+          if (::ibv_query_port(ctx, p, &pa) != 0)
+            continue;
           d.ports.push_back({p, pa.state == IBV_PORT_ACTIVE, pa.link_layer, pa.lid, pa.active_mtu});
         }
       }

@@ -1,0 +1,139 @@
+// Store master throughput (put_start+put_end, get_replicas, remove; 1 and 2 threads) and master memory
+// per object, measured from the allocator's own accounting (glibc mallinfo2: bytes in use, chunk
+// headers included).
+//
+//   ferry-store-master-bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+
+#include "ferry/store/master.hpp"
+
+#include <benchmark/benchmark.h>
+#include <malloc.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace store = ferry::store;
+using bench_master = store::master<>;
+
+constexpr std::uint64_t object_bytes = 4096;
+
+// Keys as a KV-cache client would name blocks: 14 characters (short enough for std::string's inline buffer).
+std::string key_of(int thread, std::int64_t i) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "b%1d/%011lld", thread, static_cast<long long>(i));
+  return buf;
+}
+
+std::unique_ptr<bench_master> make_master() {
+  auto m = std::make_unique<bench_master>(
+      store::master_config{.shards = 16, .lease_ttl = std::chrono::nanoseconds(0)});
+  for (int s = 0; s < 4; ++s)
+    (void)m->mount_segment({.name = std::string(1, char('a' + s)),
+                            .host = std::string(1, char('h' + s)),
+                            .capacity = std::uint64_t{1} << 40,
+                            .owner = 1});
+  return m;
+}
+
+std::unique_ptr<bench_master> shared;
+
+void setup(const benchmark::State& state) {
+  if (state.thread_index() == 0)
+    shared = make_master();
+}
+void teardown(const benchmark::State& state) {
+  if (state.thread_index() == 0)
+    shared.reset();
+}
+
+std::vector<std::string> keys_for(int thread, std::int64_t n) {
+  std::vector<std::string> keys;
+  keys.reserve(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i)
+    keys.push_back(key_of(thread, i));
+  return keys;
+}
+
+// why: each thread works on its own keys and removes what it put after timing, so the map stays at a
+// steady size across iterations instead of growing with the run length.
+void put_pair(benchmark::State& state) {
+  constexpr std::int64_t batch = 1 << 16;
+  auto keys = keys_for(state.thread_index(), batch);
+  for (auto _ : state) {
+    for (auto& k : keys) {
+      auto w = shared->put_start(k, object_bytes);
+      benchmark::DoNotOptimize(w);
+      (void)shared->put_end(k);
+    }
+    state.PauseTiming();
+    for (auto& k : keys)
+      (void)shared->remove(k);
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+BENCHMARK(put_pair)->Setup(setup)->Teardown(teardown)->Threads(1)->Threads(2)->UseRealTime()->Unit(
+    benchmark::kMillisecond);
+
+void get_replicas(benchmark::State& state) {
+  constexpr std::int64_t batch = 1 << 16;
+  auto keys = keys_for(state.thread_index(), batch);
+  for (auto& k : keys)
+    (void)(shared->put_start(k, object_bytes) && shared->put_end(k));
+  for (auto _ : state)
+    for (auto& k : keys) {
+      auto r = shared->get_replicas(k);
+      benchmark::DoNotOptimize(r);
+    }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+BENCHMARK(get_replicas)
+    ->Setup(setup)
+    ->Teardown(teardown)
+    ->Threads(1)
+    ->Threads(2)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+void remove(benchmark::State& state) {
+  constexpr std::int64_t batch = 1 << 16;
+  auto keys = keys_for(state.thread_index(), batch);
+  for (auto _ : state) {
+    state.PauseTiming();
+    for (auto& k : keys)
+      (void)(shared->put_start(k, object_bytes) && shared->put_end(k));
+    state.ResumeTiming();
+    for (auto& k : keys)
+      benchmark::DoNotOptimize(shared->remove(k));
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+BENCHMARK(remove)->Setup(setup)->Teardown(teardown)->Threads(1)->Threads(2)->UseRealTime()->Unit(
+    benchmark::kMillisecond);
+
+// Master memory per committed object: heap bytes in use after N puts, minus before, over N. The keys
+// themselves are built before the first measurement, so only the master's copies count.
+void memory_per_object(benchmark::State& state) {
+  const auto n = state.range(0);
+  auto keys = keys_for(0, n);
+  double per_object = 0;
+  for (auto _ : state) {
+    auto m = make_master();
+    auto before = mallinfo2().uordblks;
+    for (auto& k : keys)
+      (void)(m->put_start(k, object_bytes) && m->put_end(k));
+    auto after = mallinfo2().uordblks;
+    per_object = double(after - before) / double(n);
+    benchmark::DoNotOptimize(m);
+  }
+  state.counters["bytes_per_object"] = per_object;
+}
+BENCHMARK(memory_per_object)->Arg(1 << 20)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+} // namespace
+
+BENCHMARK_MAIN();

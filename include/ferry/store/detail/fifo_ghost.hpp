@@ -1,0 +1,104 @@
+#pragma once
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <vector>
+
+namespace ferry::detail {
+
+/// A bounded FIFO of recently evicted keys, remembered by a 32-bit fingerprint of their hash (about 12 bytes
+/// an entry). `contains` is exact up to fingerprint collisions, which only make a policy admit a key early.
+///
+///   fifo_ghost g; g.set_limit(1000); g.insert(h); if (g.take(h)) promote();
+class fifo_ghost {
+public:
+  void set_limit(std::size_t limit) {
+    limit_ = limit;
+    trim();
+  }
+  std::size_t size() const noexcept { return order_.size(); }
+
+  void insert(std::uint64_t hash) {
+    if (limit_ == 0)
+      return;
+    auto fp = fingerprint(hash);
+    order_.push_back(fp);
+    if ((used_ + 1) * 2 > table_.size())
+      rehash(std::max<std::size_t>(64, std::bit_ceil(order_.size() * 4)));
+    claim(fp).count++;
+    trim();
+  }
+
+  /// Removes one remembered occurrence of `hash`; true if there was one.
+  bool take(std::uint64_t hash) {
+    slot* s = find(fingerprint(hash));
+    if (s == nullptr || s->count == 0)
+      return false;
+    // why: the FIFO keeps the fingerprint until it ages out; the count decides membership.
+    --s->count;
+    return true;
+  }
+
+private:
+  struct slot {
+    std::uint32_t fp = 0;
+    std::uint32_t count = 0;
+  };
+
+  static std::uint32_t fingerprint(std::uint64_t h) noexcept {
+    auto fp = static_cast<std::uint32_t>(h ^ (h >> 32));
+    return fp == 0 ? 1 : fp;
+  }
+
+  // why: linear probing without deletion; slots whose count fell to zero stay as markers and are dropped
+  // at the next rehash, which `used_` (claimed slots) triggers before the table is half full.
+  std::size_t home(std::uint32_t fp) const noexcept { return (fp * 0x9E3779B1u) & (table_.size() - 1); }
+
+  slot* find(std::uint32_t fp) noexcept {
+    if (table_.empty())
+      return nullptr;
+    for (std::size_t i = home(fp);; i = (i + 1) & (table_.size() - 1)) {
+      if (table_[i].fp == fp)
+        return &table_[i];
+      if (table_[i].fp == 0)
+        return nullptr;
+    }
+  }
+
+  slot& claim(std::uint32_t fp) noexcept {
+    std::size_t i = home(fp);
+    while (table_[i].fp != 0 && table_[i].fp != fp)
+      i = (i + 1) & (table_.size() - 1);
+    if (table_[i].fp == 0) {
+      table_[i].fp = fp;
+      ++used_;
+    }
+    return table_[i];
+  }
+
+  void rehash(std::size_t n) {
+    std::vector<slot> old = std::move(table_);
+    table_.assign(n, slot{});
+    used_ = 0;
+    for (auto& s : old)
+      if (s.count)
+        claim(s.fp).count = s.count;
+  }
+
+  void trim() {
+    while (order_.size() > limit_) {
+      if (slot* s = find(order_.front()); s && s->count)
+        --s->count;
+      order_.pop_front();
+    }
+  }
+
+  std::deque<std::uint32_t> order_;
+  std::vector<slot> table_;
+  std::size_t used_ = 0;
+  std::size_t limit_ = 0;
+};
+
+} // namespace ferry::detail

@@ -1,0 +1,288 @@
+#include "ferry/store/master.hpp"
+
+#include "ferry/store/lru_policy.hpp"
+#include "ferry/store/manual_clock.hpp"
+#include "ferry/store/spread_placement.hpp"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using ferry::errc;
+namespace store = ferry::store;
+
+namespace {
+using test_master =
+    store::master<store::lru_policy, store::spread_placement, store::offset_allocator, store::manual_clock>;
+
+store::master_config no_watermark(std::size_t shards = 4) {
+  return {.shards = shards,
+          .lease_ttl = 1s,
+          .put_timeout = 10s,
+          .client_ttl = 3s,
+          .high_watermark = 1.0,
+          .low_watermark = 1.0};
+}
+
+// why: builds the string in place; `"lit" + std::to_string(i)` trips a false -Wrestrict in GCC 12.
+std::string named(std::string prefix, long i) {
+  prefix += std::to_string(i);
+  return prefix;
+}
+
+bool put(test_master& m, const std::string& key, std::uint64_t size, store::put_options o = {}) {
+  return m.put_start(key, size, o) && m.put_end(key);
+}
+} // namespace
+
+TEST_SUITE("master") {
+  TEST_CASE("a committed object is readable, immutable and removable") {
+    test_master m(no_watermark());
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1 << 20, .owner = 1}));
+    auto w = m.put_start("k", 1000);
+    REQUIRE(w);
+    CHECK(w->count() == 1);
+    CHECK(w->pieces[0].length == 1000);
+    CHECK_FALSE(m.exists("k"));
+    REQUIRE(m.put_end("k"));
+    CHECK(m.exists("k"));
+    auto r = m.get_replicas("k");
+    REQUIRE(r);
+    CHECK(r->pieces == w->pieces);
+    m.clock().advance(2s);
+    CHECK(m.remove("k"));
+    CHECK_FALSE(m.exists("k"));
+    CHECK(m.stats().used == 0);
+  }
+
+  TEST_CASE("bad calls get precise errors") {
+    test_master m(no_watermark());
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1 << 20, .owner = 1}));
+    CHECK(m.put_end("nothing").error() == errc::not_found);
+    REQUIRE(m.put_start("k", 10));
+    CHECK(m.put_start("k", 10).error() == errc::already_exists);
+    CHECK(m.get_replicas("k").error() == errc::not_ready);
+    CHECK(m.remove("k").error() == errc::invalid_state);
+    REQUIRE(m.put_end("k"));
+    CHECK(m.put_end("k").error() == errc::invalid_state);
+    CHECK(m.put_revoke("k").error() == errc::invalid_state);
+    CHECK(m.put_start("", 10).error() == errc::invalid_argument);
+    CHECK(m.put_start("z", 0).error() == errc::invalid_argument);
+    CHECK(m.mount_segment({.name = "a", .host = "h", .capacity = 1}).error() == errc::already_exists);
+    CHECK(m.mount_segment({.name = "b", .host = "h", .capacity = 0}).error() == errc::invalid_argument);
+    CHECK(m.unmount_segment(99).error() == errc::unknown_segment);
+    CHECK(m.remove("missing").error() == errc::not_found);
+  }
+
+  TEST_CASE("a leased object cannot be removed until the lease ends") {
+    test_master m(no_watermark());
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1 << 20, .owner = 1}));
+    REQUIRE(put(m, "k", 100));
+    REQUIRE(m.get_replicas("k"));
+    CHECK(m.remove("k").error() == errc::busy);
+    m.clock().advance(999ms);
+    CHECK(m.remove("k").error() == errc::busy);
+    m.clock().advance(1ms);
+    CHECK(m.remove("k"));
+  }
+
+  TEST_CASE("a revoked put frees its space") {
+    test_master m(no_watermark());
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1000, .owner = 1}));
+    REQUIRE(m.put_start("k", 1000));
+    CHECK(m.stats().used == 1000);
+    REQUIRE(m.put_revoke("k"));
+    CHECK(m.stats().used == 0);
+    CHECK(m.put_end("k").error() == errc::not_found);
+  }
+
+  TEST_CASE("replicas are best effort on distinct segments, and none is an out-of-space error") {
+    test_master m(no_watermark());
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1000, .owner = 1}));
+    REQUIRE(m.mount_segment({.name = "b", .host = "h2", .capacity = 1000, .owner = 2}));
+    auto w = m.put_start("k", 600, {.replicas = 3});
+    REQUIRE(w);
+    CHECK(w->count() == 2);
+    CHECK(w->pieces[0].segment != w->pieces[1].segment);
+    // both segments hold 400 free bytes; the pending object cannot be evicted
+    CHECK(m.put_start("j", 600).error() == errc::out_of_space);
+  }
+
+  TEST_CASE("a striped replica spreads its pieces over distinct segments") {
+    test_master m(no_watermark());
+    for (int i = 0; i < 3; ++i)
+      REQUIRE(m.mount_segment({.name = named("s", i), .host = named("h", i), .capacity = 1000}));
+    auto w = m.put_start("k", 1001, {.stripes = 3});
+    REQUIRE(w);
+    REQUIRE(w->count() == 1);
+    std::set<store::segment_id> segs;
+    std::uint64_t total = 0;
+    for (auto& p : w->replica(0)) {
+      segs.insert(p.segment);
+      total += p.length;
+    }
+    CHECK(segs.size() == 3);
+    CHECK(total == 1001);
+    CHECK(m.put_start("x", 10, {.stripes = 4}).error() == errc::out_of_space);
+  }
+
+  TEST_CASE("a full pool evicts unleased objects, never leased, pending or pinned ones") {
+    test_master m(no_watermark(1));
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 500, .owner = 1}));
+    REQUIRE(put(m, "old", 100));
+    REQUIRE(put(m, "leased", 100));
+    REQUIRE(put(m, "hard", 100, {.hard_pin = true}));
+    REQUIRE(put(m, "soft", 100, {.soft_pin = 1h}));
+    REQUIRE(m.put_start("pending", 100));
+    REQUIRE(m.get_replicas("leased"));
+    REQUIRE(m.put_start("new", 100));
+    CHECK_FALSE(m.exists("old"));
+    CHECK(m.exists("leased"));
+    CHECK(m.exists("hard"));
+    CHECK(m.exists("soft"));
+    CHECK(m.stats().evicted == 1);
+    // once "new" is read too, only the soft-pinned object is left to evict: it goes rather than failing
+    REQUIRE(m.put_end("new"));
+    REQUIRE(m.get_replicas("new"));
+    m.clock().advance(10ms);
+    REQUIRE(m.put_start("newer", 100));
+    CHECK_FALSE(m.exists("soft"));
+    // now nothing can be evicted
+    CHECK(m.put_start("newest", 100).error() == errc::out_of_space);
+  }
+
+  TEST_CASE("crossing the high watermark evicts down to the low watermark") {
+    test_master m({.shards = 2, .lease_ttl = 1s, .high_watermark = 0.8, .low_watermark = 0.5});
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1000, .owner = 1}));
+    for (int i = 0; i < 8; ++i)
+      REQUIRE(put(m, named("k", i), 100));
+    CHECK(m.stats().used == 800);
+    REQUIRE(m.put_start("k8", 100));
+    CHECK(m.stats().used <= 500);
+    CHECK(m.stats().evicted >= 4);
+  }
+
+  TEST_CASE("a put that never commits is reclaimed after the timeout") {
+    test_master m(no_watermark());
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1000, .owner = 1}));
+    REQUIRE(m.put_start("k", 300));
+    m.clock().advance(9s);
+    m.heartbeat(1);
+    CHECK(m.tick().puts_reclaimed == 0);
+    m.clock().advance(1s);
+    m.heartbeat(1);
+    CHECK(m.tick().puts_reclaimed == 1);
+    CHECK(m.put_end("k").error() == errc::not_found);
+    CHECK(m.stats().used == 0);
+  }
+
+  TEST_CASE("an expired client's segments leave the pool and objects left without replicas disappear") {
+    test_master m(no_watermark());
+    auto a = m.mount_segment({.name = "a", .host = "h1", .capacity = 1000, .owner = 1});
+    auto b = m.mount_segment({.name = "b", .host = "h2", .capacity = 1000, .owner = 2});
+    REQUIRE((a && b));
+    REQUIRE(put(m, "both", 100, {.replicas = 2}));
+    REQUIRE(put(m, "only_a", 100, {.preferred_segment = *a}));
+    auto where = m.get_replicas("only_a");
+    REQUIRE(where);
+    m.clock().advance(2s);
+    m.heartbeat(2);
+    m.clock().advance(2s); // client 1 silent for 4s > 3s; client 2 for 2s
+    auto r = m.tick();
+    CHECK(r.clients_expired == 1);
+    CHECK(m.exists("both"));
+    CHECK(m.get_replicas("both")->count() == 1);
+    CHECK(m.exists("only_a") == (where->pieces[0].segment != *a));
+    CHECK(m.stats().segments == 1);
+  }
+
+  TEST_CASE(
+      "unmounting the segment with the only replica of a leased object is refused until the lease ends") {
+    test_master m(no_watermark());
+    auto a = m.mount_segment({.name = "a", .host = "h1", .capacity = 1000, .owner = 1});
+    REQUIRE(a);
+    REQUIRE(put(m, "k", 100));
+    REQUIRE(m.get_replicas("k"));
+    CHECK(m.unmount_segment(*a).error() == errc::busy);
+    CHECK(m.exists("k"));
+    m.clock().advance(1s);
+    CHECK(m.unmount_segment(*a));
+    CHECK_FALSE(m.exists("k"));
+    CHECK(m.put_start("k", 10).error() == errc::out_of_space);
+  }
+
+  TEST_CASE("batch forms answer element by element") {
+    test_master m(no_watermark());
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1000, .owner = 1}));
+    std::vector<store::put_request> puts{{"x", 10}, {"y", 10}, {"x", 10}};
+    auto started = m.batch_put_start(puts);
+    CHECK(started[0]);
+    CHECK(started[1]);
+    CHECK(started[2].error() == errc::already_exists);
+    std::vector<std::string_view> keys{"x", "y", "z"};
+    auto ended = m.batch_put_end(keys);
+    CHECK(ended[0]);
+    CHECK(ended[1]);
+    CHECK_FALSE(ended[2]);
+    CHECK(m.batch_exists(keys) == std::vector<bool>{true, true, false});
+    auto got = m.batch_get_replicas(keys);
+    CHECK(got[0]);
+    CHECK(got[1]);
+    CHECK(got[2].error() == errc::not_found);
+    m.clock().advance(1s);
+    auto removed = m.batch_remove(keys);
+    CHECK(removed[0]);
+    CHECK(removed[1]);
+    CHECK(removed[2].error() == errc::not_found);
+    CHECK(m.batch_put_revoke(keys)[0].error() == errc::not_found);
+  }
+
+  TEST_CASE("prefix chains sharing a hash tag land in one shard and are evicted tail first") {
+    store::master<store::prefix_aware_policy, store::spread_placement, store::offset_allocator,
+                  store::manual_clock>
+        m({.shards = 8, .lease_ttl = 0s, .high_watermark = 1.0, .low_watermark = 1.0});
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1000}));
+    std::string prev;
+    for (int i = 0; i < 10; ++i) {
+      std::string key = named("{chat7}/", i);
+      REQUIRE(m.put_start(key, 100, {.parent = prev, .depth = static_cast<std::uint32_t>(i)}));
+      REQUIRE(m.put_end(key));
+      prev = key;
+    }
+    for (int i = 0; i < 10; ++i)
+      REQUIRE(m.get_replicas(named("{chat7}/", i)));
+    REQUIRE(m.put_start("other", 300));
+    for (int i = 0; i < 7; ++i)
+      CHECK(m.exists(named("{chat7}/", i)));
+    for (int i = 7; i < 10; ++i)
+      CHECK_FALSE(m.exists(named("{chat7}/", i)));
+  }
+
+  TEST_CASE("concurrent writers, readers and removers keep the accounting exact") {
+    store::master<store::lru_policy> m({.shards = 8, .lease_ttl = 0s});
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1 << 30}));
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 2000; ++i) {
+          auto key = std::to_string(t) + named("/", i);
+          if (!m.put_start(key, 64) || !m.put_end(key) || !m.get_replicas(key))
+            ++failures;
+          if (i % 2 == 0 && !m.remove(key))
+            ++failures;
+        }
+      });
+    for (auto& th : threads)
+      th.join();
+    CHECK(failures == 0);
+    CHECK(m.stats().objects == 4000);
+    CHECK(m.stats().used == 4000 * 64);
+    CHECK(m.segment_report(0)->allocations == 4000);
+  }
+}

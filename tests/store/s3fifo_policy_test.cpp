@@ -1,0 +1,41 @@
+#include "ferry/store/s3fifo_policy.hpp"
+
+#include <doctest/doctest.h>
+
+TEST_SUITE("s3fifo_policy") {
+  TEST_CASE("objects read while in the small queue survive one-hit objects") {
+    ferry::store::s3fifo_policy p;
+    for (std::uint32_t i = 0; i < 20; ++i)
+      p.insert(i, {.key_hash = i});
+    for (std::uint32_t i = 0; i < 20; i += 2)
+      p.touch(i);
+    for (int n = 0; n < 9; ++n) {
+      auto v = p.victim([](std::uint32_t) { return true; });
+      CHECK(v % 2 == 1);
+      p.erase(v, v, true);
+    }
+  }
+
+  TEST_CASE("a key evicted from the small queue and put again enters main and outlives new keys") {
+    ferry::store::s3fifo_policy p;
+    for (std::uint32_t i = 0; i < 10; ++i)
+      p.insert(i, {.key_hash = i});
+    auto v = p.victim([](std::uint32_t) { return true; });
+    CHECK(v == 0);
+    p.erase(v, 0, true);
+    p.insert(0, {.key_hash = 0}); // ghost hit
+    for (int n = 0; n < 9; ++n) {
+      auto w = p.victim([](std::uint32_t) { return true; });
+      CHECK(w != 0);
+      p.erase(w, w, true);
+    }
+    CHECK(p.size() == 1);
+  }
+
+  TEST_CASE("it gives up when nothing is evictable") {
+    ferry::store::s3fifo_policy p;
+    for (std::uint32_t i = 0; i < 5; ++i)
+      p.insert(i, {.key_hash = i});
+    CHECK(p.victim([](std::uint32_t) { return false; }) == ferry::store::entry_hint::no_parent);
+  }
+}
