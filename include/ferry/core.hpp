@@ -1,5 +1,6 @@
 #pragma once
 /// Everything of ferry's core: tasks, waiting, concurrency, scopes, schedulers, errors.
+#include "ferry/core/async_mutex.hpp"
 #include "ferry/core/async_scope.hpp"
 #include "ferry/core/concepts.hpp"
 #include "ferry/core/error.hpp"

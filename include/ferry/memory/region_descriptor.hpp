@@ -1,0 +1,29 @@
+#pragma once
+/// `ferry::region_descriptor`: what a peer learns about one exposed region of a segment: where it sits in the
+/// segment's offset space, how long it is, what peers may do, and — for shared-memory regions — the object a
+/// same-host peer can map.
+///
+///   for (auto& r : descriptor.regions) if (r.contains(offset, length)) ...
+
+#include "ferry/memory/access.hpp"
+
+#include <cstdint>
+#include <string>
+
+namespace ferry {
+
+struct region_descriptor {
+  std::uint64_t offset = 0; ///< start in the segment's offset space
+  std::uint64_t length = 0;
+  access permissions = access::none;
+  std::string shm_name;         ///< shared-memory object backing the region; empty when it is private memory
+  std::uint64_t shm_offset = 0; ///< where the region starts inside that object
+
+  /// True when [offset, offset + length) lies inside this region (no overflow).
+  bool contains(std::uint64_t at, std::uint64_t len) const noexcept {
+    return at >= offset && len <= length && at - offset <= length - len;
+  }
+  friend bool operator==(const region_descriptor&, const region_descriptor&) = default;
+};
+
+} // namespace ferry

@@ -1,0 +1,211 @@
+#pragma once
+/// `ferry::region_registry`: the memory a process has registered for transfers. Registering a range that an
+/// existing registration already covers only counts a reference (no new work); removing a region that a
+/// transfer is using is refused with errc::busy, never a use-after-free. Exposed regions (access other than
+/// `none`) get a place in the segment's offset space, which is what peers address; every remote access is
+/// checked here, by the owner, against those regions and their permissions. Safe to use from any thread.
+///
+///   ferry::region_registry regs;
+///   auto id = regs.add(buf.data(), buf.size(), ferry::access::read_write);
+///   auto use = regs.pin_exposed(offset, length, ferry::access::write);   // bounds + permission check
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+#include "ferry/memory/access.hpp"
+#include "ferry/memory/region_descriptor.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ferry {
+
+class region_registry {
+  struct entry {
+    std::byte* base = nullptr;
+    std::uint64_t length = 0;
+    region_descriptor exposed; // permissions == none: local only
+    std::uint32_t references = 0;
+    std::uint32_t uses = 0;
+  };
+
+public:
+  /// A region held in use: while it lives, the region cannot be removed. `data()` points at the range asked
+  /// for.
+  class lease {
+  public:
+    lease() = default;
+    lease(lease&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), entry_(o.entry_), data_(o.data_) {}
+    lease& operator=(lease&& o) noexcept {
+      if (this != &o) {
+        release();
+        owner_ = std::exchange(o.owner_, nullptr);
+        entry_ = o.entry_;
+        data_ = o.data_;
+      }
+      return *this;
+    }
+    ~lease() { release(); }
+    std::byte* data() const noexcept { return data_; }
+    explicit operator bool() const noexcept { return owner_ != nullptr; }
+
+  private:
+    friend class region_registry;
+    lease(region_registry* r, entry* e, std::byte* d) noexcept : owner_(r), entry_(e), data_(d) {}
+    void release() noexcept {
+      if (!owner_)
+        return;
+      std::lock_guard lock(owner_->mutex_);
+      --entry_->uses;
+      owner_ = nullptr;
+    }
+    region_registry* owner_ = nullptr;
+    entry* entry_ = nullptr;
+    std::byte* data_ = nullptr;
+  };
+
+  region_registry() = default;
+  region_registry(const region_registry&) = delete;
+  region_registry& operator=(const region_registry&) = delete;
+
+  /// Registers [base, base + length). `shm_name`/`shm_offset` name the shared-memory object behind it, if
+  /// any. Yields the region's segment offset (meaningful when exposed). A range inside an existing
+  /// registration with the same access only adds a reference; a partial overlap is refused.
+  result<std::uint64_t> add(void* base, std::size_t length, access permissions, std::string shm_name = {},
+                            std::uint64_t shm_offset = 0) {
+    if (!base || length == 0)
+      return fail(errc::invalid_argument, "register: empty region");
+    auto* b = static_cast<std::byte*>(base);
+    auto key = reinterpret_cast<std::uintptr_t>(b);
+    std::lock_guard lock(mutex_);
+    if (entry* covering = find_local(b, length)) {
+      if (covering->exposed.permissions != permissions)
+        return fail(errc::already_exists, "register: range already registered with other access");
+      ++covering->references;
+      return covering->exposed.offset + static_cast<std::uint64_t>(b - covering->base);
+    }
+    auto next = by_address_.lower_bound(key);
+    if (next != by_address_.end() && next->first < key + length)
+      return fail(errc::already_exists, "register: overlaps a registered region");
+    if (next != by_address_.begin()) {
+      auto prev = std::prev(next);
+      if (prev->first + prev->second.length > key)
+        return fail(errc::already_exists, "register: overlaps a registered region");
+    }
+    entry e;
+    e.base = b;
+    e.length = length;
+    e.references = 1;
+    e.exposed = {next_offset_, length, permissions, std::move(shm_name), shm_offset};
+    auto& stored = by_address_.emplace(key, std::move(e)).first->second;
+    if (permissions != access::none) {
+      by_offset_.emplace(next_offset_, &stored);
+      // why: keep regions page-aligned in offset space so offsets read well and never straddle neighbours
+      next_offset_ += (length + 4095) / 4096 * 4096;
+      ++generation_;
+    }
+    return stored.exposed.offset;
+  }
+
+  /// Drops one registration of the region that starts at `base`. Refused with errc::busy while a transfer
+  /// uses it; errc::not_found if nothing is registered there.
+  result<void> remove(const void* base) {
+    auto key = reinterpret_cast<std::uintptr_t>(base);
+    std::lock_guard lock(mutex_);
+    auto it = by_address_.find(key);
+    if (it == by_address_.end()) {
+      entry* covering = find_local(static_cast<const std::byte*>(base), 1);
+      if (!covering || covering->references < 2)
+        return fail(errc::not_found, "unregister: no region starts there");
+      --covering->references; // a covered sub-range registered earlier
+      return {};
+    }
+    entry& e = it->second;
+    if (e.references > 1) {
+      --e.references;
+      return {};
+    }
+    if (e.uses > 0)
+      return fail(errc::busy, "unregister: a transfer is using the region");
+    if (e.exposed.permissions != access::none) {
+      by_offset_.erase(e.exposed.offset);
+      ++generation_;
+    }
+    by_address_.erase(it);
+    return {};
+  }
+
+  /// Holds the local range [p, p + length) for a transfer of this process; it must lie in one region.
+  result<lease> pin_local(const void* p, std::size_t length) {
+    std::lock_guard lock(mutex_);
+    entry* e = find_local(static_cast<const std::byte*>(p), length);
+    if (!e)
+      return fail(errc::out_of_bounds, "local buffer is not inside a registered region");
+    ++e->uses;
+    return lease(this, e, const_cast<std::byte*>(static_cast<const std::byte*>(p)));
+  }
+
+  /// Checks a peer's access to [offset, offset + length) of this segment and holds the region while it runs.
+  result<lease> pin_exposed(std::uint64_t offset, std::uint64_t length, access wanted) {
+    std::lock_guard lock(mutex_);
+    auto it = by_offset_.upper_bound(offset);
+    if (it == by_offset_.begin())
+      return fail(errc::out_of_bounds, "remote range is outside every exposed region");
+    entry* e = std::prev(it)->second;
+    if (!e->exposed.contains(offset, length))
+      return fail(errc::out_of_bounds, "remote range is outside every exposed region");
+    if (!allows(e->exposed.permissions, wanted))
+      return fail(errc::permission_denied, "the region does not permit this access");
+    ++e->uses;
+    return lease(this, e, e->base + (offset - e->exposed.offset));
+  }
+
+  /// The exposed regions, in offset order (what a segment descriptor lists).
+  std::vector<region_descriptor> exposed() const {
+    std::lock_guard lock(mutex_);
+    std::vector<region_descriptor> out;
+    out.reserve(by_offset_.size());
+    for (auto& [offset, e] : by_offset_)
+      out.push_back(e->exposed);
+    return out;
+  }
+
+  /// Changes whenever an exposed region is added or removed.
+  std::uint64_t generation() const {
+    std::lock_guard lock(mutex_);
+    return generation_;
+  }
+
+  /// How many distinct regions are registered.
+  std::size_t size() const {
+    std::lock_guard lock(mutex_);
+    return by_address_.size();
+  }
+
+private:
+  // Requires mutex_. The region that contains [p, p + length), if any.
+  entry* find_local(const std::byte* p, std::size_t length) {
+    auto key = reinterpret_cast<std::uintptr_t>(p);
+    auto it = by_address_.upper_bound(key);
+    if (it == by_address_.begin())
+      return nullptr;
+    entry& e = std::prev(it)->second;
+    std::uint64_t into = key - std::prev(it)->first;
+    if (into >= e.length || length > e.length - into)
+      return nullptr;
+    return &e;
+  }
+
+  mutable std::mutex mutex_;
+  std::map<std::uintptr_t, entry> by_address_;
+  std::map<std::uint64_t, entry*> by_offset_;
+  std::uint64_t next_offset_ = 0;
+  std::uint64_t generation_ = 0;
+};
+
+} // namespace ferry

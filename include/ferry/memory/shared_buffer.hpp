@@ -1,0 +1,88 @@
+#pragma once
+/// `ferry::shared_buffer`: memory that other processes on this host can map (a POSIX shared-memory object).
+/// Register it with `access` so that a same-host peer's transfers become a memory copy instead of TCP.
+/// The object's name is removed when the buffer is destroyed; peers that mapped it keep their mapping.
+///
+///   auto buf = ferry::shared_buffer::create(64 << 20);
+///   engine.registry().add(buf->data(), buf->size(), ferry::access::read_write, buf->name());
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <fcntl.h>
+#include <span>
+#include <string>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <utility>
+
+namespace ferry {
+
+class shared_buffer {
+public:
+  shared_buffer() = default;
+  shared_buffer(shared_buffer&& o) noexcept
+      : name_(std::move(o.name_)), data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  shared_buffer& operator=(shared_buffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      name_ = std::move(o.name_);
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  ~shared_buffer() { release(); }
+
+  /// Creates a zero-filled shared object of `size` bytes (rounded up to the page size) and maps it.
+  static result<shared_buffer> create(std::size_t size) {
+    static std::atomic<unsigned> counter{0};
+    std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    size = (size + page - 1) / page * page;
+    shared_buffer b;
+    b.name_ = "/ferry-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
+    int fd = ::shm_open(b.name_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+      return fail_errno(-errno, "shm_open");
+    if (::ftruncate(fd, static_cast<off_t>(size)) < 0) {
+      int e = errno;
+      ::close(fd);
+      ::shm_unlink(b.name_.c_str());
+      return fail_errno(-e, "ftruncate (shared memory; is /dev/shm large enough?)");
+    }
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int e = errno;
+    ::close(fd);
+    if (p == MAP_FAILED) {
+      ::shm_unlink(b.name_.c_str());
+      return fail_errno(-e, "mmap (shared memory)");
+    }
+    b.data_ = static_cast<std::byte*>(p);
+    b.size_ = size;
+    return b;
+  }
+
+  std::byte* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }
+  std::span<std::byte> bytes() const noexcept { return {data_, size_}; }
+  /// The name peers open it by (shm_open).
+  const std::string& name() const noexcept { return name_; }
+
+private:
+  void release() noexcept {
+    if (!data_)
+      return;
+    ::munmap(data_, size_);
+    ::shm_unlink(name_.c_str());
+    data_ = nullptr;
+  }
+
+  std::string name_;
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+} // namespace ferry

@@ -1,0 +1,155 @@
+#pragma once
+/// `ferry::segment_descriptor`: everything a peer needs to reach a segment — its name, the incarnation of the
+/// process serving it (new on every start, so a restart is noticed), the host it lives on (same-host peers
+/// use shared memory), its endpoints per transport, and its exposed regions. It travels as JSON
+/// (nlohmann-json); `parse` validates everything, since descriptors arrive from the network and from metadata
+/// stores.
+///
+///   std::string text = to_json(desc);
+///   ferry::result<ferry::segment_descriptor> back = ferry::segment_descriptor::parse(text);
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+#include "ferry/memory/access.hpp"
+#include "ferry/memory/region_descriptor.hpp"
+
+#include <cstdint>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ferry {
+
+/// A way to reach a segment: a transport name ("tcp") and its address ("127.0.0.2:7000").
+struct transport_endpoint {
+  std::string transport;
+  std::string address;
+  friend bool operator==(const transport_endpoint&, const transport_endpoint&) = default;
+};
+
+struct segment_descriptor {
+  static constexpr std::size_t max_name_length = 255;
+  static constexpr std::size_t max_regions = 1u << 16;
+  static constexpr std::size_t max_endpoints = 64;
+
+  std::string name;
+  std::uint64_t incarnation = 0;
+  std::string host; ///< identifies the machine (its boot id); equal hosts can share memory
+  std::vector<transport_endpoint> endpoints;
+  std::vector<region_descriptor> regions; ///< sorted by offset, not overlapping
+
+  /// The endpoint of `transport`, or nullptr.
+  const transport_endpoint* endpoint_for(std::string_view transport) const noexcept {
+    for (auto& e : endpoints)
+      if (e.transport == transport)
+        return &e;
+    return nullptr;
+  }
+  /// The region holding [offset, offset + length), or nullptr.
+  const region_descriptor* region_for(std::uint64_t offset, std::uint64_t length) const noexcept {
+    std::size_t lo = 0, hi = regions.size();
+    while (lo < hi) { // first region starting after offset
+      std::size_t mid = (lo + hi) / 2;
+      if (regions[mid].offset <= offset)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    if (lo == 0)
+      return nullptr;
+    const auto& r = regions[lo - 1];
+    return r.contains(offset, length) ? &r : nullptr;
+  }
+
+  std::string to_json() const {
+    nlohmann::json j;
+    j["name"] = name;
+    j["incarnation"] = incarnation;
+    j["host"] = host;
+    auto& eps = j["endpoints"] = nlohmann::json::array();
+    for (auto& e : endpoints)
+      eps.push_back({{"transport", e.transport}, {"address", e.address}});
+    auto& regs = j["regions"] = nlohmann::json::array();
+    for (auto& r : regions) {
+      nlohmann::json rj{{"offset", r.offset},
+                        {"length", r.length},
+                        {"access", std::string(ferry::to_string(r.permissions))}};
+      if (!r.shm_name.empty()) {
+        rj["shm_name"] = r.shm_name;
+        rj["shm_offset"] = r.shm_offset;
+      }
+      regs.push_back(std::move(rj));
+    }
+    return j.dump();
+  }
+
+  /// Parses and validates a descriptor; errc::malformed_frame with the reason when anything is off.
+  static result<segment_descriptor> parse(std::string_view text) {
+    auto bad = [](const char* why) { return fail(errc::malformed_frame, why); };
+    nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      return bad("segment descriptor: not a JSON object");
+    segment_descriptor d;
+    auto name = j.find("name");
+    if (name == j.end() || !name->is_string())
+      return bad("segment descriptor: name missing");
+    d.name = name->get<std::string>();
+    if (d.name.empty() || d.name.size() > max_name_length)
+      return bad("segment descriptor: name empty or too long");
+    auto inc = j.find("incarnation");
+    if (inc == j.end() || !inc->is_number_unsigned())
+      return bad("segment descriptor: incarnation missing");
+    d.incarnation = inc->get<std::uint64_t>();
+    auto host = j.find("host");
+    if (host == j.end() || !host->is_string() || host->get_ref<const std::string&>().size() > 256)
+      return bad("segment descriptor: host missing");
+    d.host = host->get<std::string>();
+    auto eps = j.find("endpoints");
+    if (eps == j.end() || !eps->is_array() || eps->size() > max_endpoints)
+      return bad("segment descriptor: endpoints missing or too many");
+    for (auto& e : *eps) {
+      if (!e.is_object() || !e.contains("transport") || !e.contains("address") ||
+          !e["transport"].is_string() || !e["address"].is_string())
+        return bad("segment descriptor: endpoint needs transport and address strings");
+      d.endpoints.push_back({e["transport"].get<std::string>(), e["address"].get<std::string>()});
+    }
+    auto regs = j.find("regions");
+    if (regs == j.end() || !regs->is_array() || regs->size() > max_regions)
+      return bad("segment descriptor: regions missing or too many");
+    for (auto& r : *regs) {
+      if (!r.is_object())
+        return bad("segment descriptor: region is not an object");
+      auto off = r.find("offset"), len = r.find("length"), acc = r.find("access");
+      if (off == r.end() || len == r.end() || acc == r.end() || !off->is_number_unsigned() ||
+          !len->is_number_unsigned() || !acc->is_string())
+        return bad("segment descriptor: region needs offset, length and access");
+      region_descriptor rd;
+      rd.offset = off->get<std::uint64_t>();
+      rd.length = len->get<std::uint64_t>();
+      if (rd.length == 0 || rd.offset > std::numeric_limits<std::uint64_t>::max() - rd.length)
+        return bad("segment descriptor: region length is zero or overflows");
+      if (!parse_access(acc->get_ref<const std::string&>(), rd.permissions) || rd.permissions == access::none)
+        return bad("segment descriptor: region access must be read, write or read_write");
+      if (auto shm = r.find("shm_name"); shm != r.end()) {
+        if (!shm->is_string() || shm->get_ref<const std::string&>().empty() ||
+            shm->get_ref<const std::string&>().size() > 255)
+          return bad("segment descriptor: shm_name must be a short string");
+        rd.shm_name = shm->get<std::string>();
+        auto so = r.find("shm_offset");
+        if (so == r.end() || !so->is_number_unsigned())
+          return bad("segment descriptor: shm_offset missing");
+        rd.shm_offset = so->get<std::uint64_t>();
+      }
+      if (!d.regions.empty() && d.regions.back().offset + d.regions.back().length > rd.offset)
+        return bad("segment descriptor: regions unsorted or overlapping");
+      d.regions.push_back(std::move(rd));
+    }
+    return d;
+  }
+
+  friend bool operator==(const segment_descriptor&, const segment_descriptor&) = default;
+};
+
+} // namespace ferry

@@ -1,0 +1,42 @@
+#pragma once
+/// `ferry::engine_options`: how a transfer engine is set up — its segment name, where it serves peers, how
+/// requests are cut into slices and retried, and the knobs of each transport.
+///
+///   ferry::engine_options o{.name = "decode-0", .listen = "127.0.0.2:0"};
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace ferry {
+
+struct tcp_options {
+  /// Connections opened to each peer; slices are spread over them.
+  unsigned connections_per_peer = 4;
+  /// Requests sent on one connection before its replies come back (back-pressure beyond that).
+  unsigned in_flight_per_connection = 8;
+  std::chrono::milliseconds connect_timeout{3000};
+  /// A connection with requests outstanding and no reply for this long is dropped and its slices retried.
+  std::chrono::milliseconds reply_timeout{10000};
+};
+
+struct shm_options {
+  /// Threads that copy between this process's memory and peers' shared memory.
+  unsigned copy_threads = 1;
+};
+
+struct engine_options {
+  /// The name of this engine's segment (how peers find it in a metadata store).
+  std::string name = "ferry";
+  /// "host:port" to serve this segment to peers over TCP (port 0: any); nullopt: serve nobody.
+  std::optional<std::string> listen;
+  /// Requests longer than this are cut into slices of this size, spread over paths.
+  std::uint32_t slice_size = 1u << 20;
+  /// Times a failed slice is retried on another path before its request fails.
+  unsigned retry_budget = 3;
+  tcp_options tcp{};
+  shm_options shm{};
+};
+
+} // namespace ferry

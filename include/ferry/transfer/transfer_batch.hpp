@@ -1,0 +1,98 @@
+#pragma once
+/// `ferry::transfer_batch`: requests submitted together, their options, and `batch_result`, what comes back:
+/// one result per request (bytes moved, or the precise error). A batch is successful only if every request
+/// is.
+///
+///   ferry::transfer_batch batch;
+///   batch.write(src, decode, 0, 1 << 20).write(src + (1 << 20), decode, 8 << 20, 1 << 20);
+///   ferry::batch_result r = co_await engine.transfer(batch, {.timeout = 2s, .notify = "kv ready"});
+///   if (!r.ok()) log(r.first_error().message());
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+#include "ferry/transfer/transfer_request.hpp"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+namespace ferry {
+
+class transfer_batch {
+public:
+  transfer_batch& add(const transfer_request& r) {
+    requests_.push_back(r);
+    return *this;
+  }
+  /// Bytes from the target into `local`.
+  transfer_batch& read(void* local, segment_id target, std::uint64_t target_offset, std::uint64_t length) {
+    return add({transfer_op::read, local, target, target_offset, length});
+  }
+  /// Bytes from `local` to the target.
+  transfer_batch& write(const void* local, segment_id target, std::uint64_t target_offset,
+                        std::uint64_t length) {
+    return add({transfer_op::write, const_cast<void*>(local), target, target_offset, length});
+  }
+  void clear() noexcept { requests_.clear(); }
+  void reserve(std::size_t n) { requests_.reserve(n); }
+
+  const std::vector<transfer_request>& requests() const noexcept { return requests_; }
+  std::size_t size() const noexcept { return requests_.size(); }
+  bool empty() const noexcept { return requests_.empty(); }
+  std::uint64_t total_bytes() const noexcept {
+    std::uint64_t n = 0;
+    for (auto& r : requests_)
+      n += r.length;
+    return n;
+  }
+
+private:
+  std::vector<transfer_request> requests_;
+};
+
+/// How a batch is run.
+struct transfer_options {
+  /// Cancels the batch (every request not yet complete fails with errc::cancelled).
+  std::stop_token stop{};
+  /// Fails what is not complete by then with errc::timed_out (zero: no deadline).
+  std::chrono::nanoseconds timeout{0};
+  /// Delivered to every target segment after all of the batch's bytes have landed there (writes
+  /// acknowledged).
+  std::optional<std::string> notify{};
+};
+
+/// The outcome of a batch: one result per request, in order.
+struct batch_result {
+  std::vector<result<std::uint64_t>> requests;
+  /// Set when transfer_options::notify could not be delivered after the bytes landed.
+  error notify_error;
+
+  /// True when every request moved all its bytes (and the notification, if any, was delivered).
+  bool ok() const noexcept {
+    for (auto& r : requests)
+      if (!r)
+        return false;
+    return !notify_error;
+  }
+  /// The first failed request's error, else the notification's error (an empty error when ok()).
+  error first_error() const noexcept {
+    for (auto& r : requests)
+      if (!r)
+        return r.error();
+    return notify_error;
+  }
+  /// Bytes moved by the successful requests.
+  std::uint64_t bytes() const noexcept {
+    std::uint64_t n = 0;
+    for (auto& r : requests)
+      if (r)
+        n += *r;
+    return n;
+  }
+};
+
+} // namespace ferry

@@ -1,0 +1,562 @@
+#pragma once
+/// `ferry::transfer_engine<Transports...>`: moves batches of bytes between this process's registered memory
+/// and segments anywhere. Each request goes to the first transport in the list that reaches its target
+/// (routing is resolved at compile time: no virtual call per slice), is cut into slices of
+/// `engine_options::slice_size`, and its slices are spread over the transport's paths. A failed slice is
+/// retried on another path within a budget; a request completes with the bytes it moved or a precise error,
+/// and a batch is never successful if any byte of it failed. The engine also serves its own segment to peers
+/// (`engine_options::listen`), delivers notifications, and probes peers.
+///
+/// Everything runs on the io_context given at construction; `transfer()` may be awaited from any coroutine on
+/// any thread (it hops onto the loop and resumes there), and `submit()` serves code without coroutines.
+///
+///   ferry::io::io_context ctx;
+///   ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport> engine(ctx, {.name = "prefill-0"});
+///   engine.registry().add(buf, size, ferry::access::read_write);
+///   auto decode = co_await engine.open_segment("127.0.0.2:7000");
+///   ferry::transfer_batch batch;
+///   batch.write(buf, *decode, 0, size);
+///   ferry::batch_result r = co_await engine.transfer(batch, {.timeout = 2s, .notify = "kv ready"});
+
+#include "ferry/core/async_scope.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+#include "ferry/core/sync_wait.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/io/deadline.hpp"
+#include "ferry/io/detail/resume_op.hpp"
+#include "ferry/io/endpoint.hpp"
+#include "ferry/io/io_context.hpp"
+#include "ferry/memory/region_registry.hpp"
+#include "ferry/metadata/concepts.hpp"
+#include "ferry/metadata/segment_descriptor.hpp"
+#include "ferry/transfer/detail/batch_state.hpp"
+#include "ferry/transfer/detail/stop_relay.hpp"
+#include "ferry/transfer/engine_options.hpp"
+#include "ferry/transfer/notification.hpp"
+#include "ferry/transfer/peer.hpp"
+#include "ferry/transfer/transfer_batch.hpp"
+#include "ferry/transfer/transfer_handle.hpp"
+#include "ferry/transport/concepts.hpp"
+#include "ferry/transport/tcp/frame.hpp"
+#include "ferry/transport/tcp/tcp_server.hpp"
+#include "ferry/transport/tcp/tcp_transport.hpp"
+#include "ferry/transport/transport_context.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace ferry {
+
+template<transport... Transports>
+requires(sizeof...(Transports) > 0 && sizeof...(Transports) < 256) class transfer_engine {
+  static constexpr bool has_tcp = (std::is_same_v<Transports, tcp_transport> || ...);
+
+public:
+  /// The engine's own segment, as a target: transfers to it are copies within this process.
+  static constexpr segment_id self = 0;
+
+  transfer_engine(io::io_context& io, engine_options options = {})
+      : io_(io), options_(std::move(options)), host_(read_host_id()),
+        incarnation_(std::random_device{}() * 0x9e3779b97f4a7c15ull ^ std::random_device{}()),
+        context_{io_, registry_, scope_, options_, host_},
+        transports_(((void)std::type_identity<Transports>{}, std::ref(context_))...) {
+    peer me;
+    me.id = self;
+    me.is_self = true;
+    me.locator = options_.name;
+    peers_.push_back(std::move(me));
+  }
+  transfer_engine(const transfer_engine&) = delete;
+  transfer_engine& operator=(const transfer_engine&) = delete;
+  /// Shuts down if shutdown() was not awaited (drives the loop on this thread to do so).
+  ~transfer_engine() {
+    if (!shut_down_) {
+      if (background_.joinable())
+        sync_wait(shutdown());
+      else
+        io_.run_until(shutdown());
+    }
+    if (background_.joinable())
+      background_.join();
+  }
+
+  region_registry& registry() noexcept { return registry_; }
+  const engine_options& options() const noexcept { return options_; }
+  io::io_context& context() const noexcept { return io_; }
+
+  /// Starts serving this segment on engine_options::listen (if set). Idempotent.
+  result<void> start() {
+    if (server_ || !options_.listen)
+      return {};
+    if constexpr (!has_tcp)
+      return fail(errc::unsupported, "listen: this engine has no tcp transport");
+    auto at = io::endpoint::parse(*options_.listen);
+    if (!at)
+      return fail(at.error());
+    server_ = std::make_unique<tcp_server>(
+        io_, registry_, scope_,
+        tcp_server::hooks{[this] { return descriptor().to_json(); },
+                          [this](std::string message) { deliver(std::move(message)); }});
+    auto where = server_->listen(*at);
+    if (!where) {
+      server_.reset();
+      return fail(where.error());
+    }
+    listening_ = *where;
+    return {};
+  }
+
+  /// Where this segment is served, once start() succeeded.
+  std::optional<io::endpoint> endpoint() const { return listening_; }
+
+  /// This segment's descriptor as peers see it.
+  segment_descriptor descriptor() const {
+    segment_descriptor d;
+    d.name = options_.name;
+    d.incarnation = incarnation_;
+    d.host = host_;
+    if (listening_)
+      d.endpoints.push_back({"tcp", listening_->to_string()});
+    d.regions = registry_.exposed();
+    return d;
+  }
+
+  // ---- finding peers ----
+
+  /// Looks segments up by name in `store` (keys: prefix + name). Any ferry::metadata_store will do.
+  template<metadata_store Store>
+  void use_metadata(Store& store, std::string prefix = "ferry/segments/") {
+    metadata_prefix_ = std::move(prefix);
+    metadata_get_ = [&store](std::string key) -> task<result<std::optional<std::string>>> {
+      co_return co_await store.get(std::move(key));
+    };
+    metadata_put_ = [&store](std::string key, std::string value) -> task<result<void>> {
+      co_return co_await store.put(std::move(key), std::move(value));
+    };
+    metadata_remove_ = [&store](std::string key) -> task<result<void>> {
+      co_return co_await store.remove(std::move(key));
+    };
+  }
+
+  /// Publishes this segment's descriptor in the metadata store (call again after registering more regions).
+  task<result<void>> publish() {
+    if (!metadata_put_)
+      co_return fail(errc::unsupported, "publish: no metadata store (use_metadata)");
+    co_return co_await metadata_put_(metadata_prefix_ + options_.name, descriptor().to_json());
+  }
+
+  /// Opens a segment: "host:port" asks the engine serving there for its descriptor (no server needed);
+  /// any other text is a segment name looked up in the metadata store. Opening again refreshes it.
+  task<result<segment_id>> open_segment(std::string locator, std::stop_token stop = {}) {
+    co_await enter();
+    auto d = co_await fetch(locator, stop);
+    if (!d)
+      co_return fail(d.error());
+    if (d->name == options_.name && d->incarnation == incarnation_)
+      co_return self;
+    for (auto& p : peers_)
+      if (!p.is_self && (p.locator == locator || p.descriptor.name == d->name)) {
+        replace(p, std::move(*d), std::move(locator));
+        co_return p.id;
+      }
+    peer p;
+    p.id = static_cast<segment_id>(peers_.size());
+    p.locator = std::move(locator);
+    p.descriptor = std::move(*d);
+    peers_.push_back(std::move(p));
+    co_return peers_.back().id;
+  }
+
+  /// Fetches the descriptor of an opened segment again (after its owner restarted or changed its regions).
+  task<result<void>> refresh(segment_id id, std::stop_token stop = {}) {
+    co_await enter();
+    if (id >= peers_.size())
+      co_return fail(errc::unknown_segment, "refresh");
+    if (id == self)
+      co_return result<void>{};
+    auto d = co_await fetch(peers_[id].locator, stop);
+    if (!d)
+      co_return fail(d.error());
+    replace(peers_[id], std::move(*d), peers_[id].locator);
+    co_return result<void>{};
+  }
+
+  /// The peer behind an id, or nullptr.
+  const peer* find(segment_id id) const noexcept { return id < peers_.size() ? &peers_[id] : nullptr; }
+
+  // ---- moving bytes ----
+
+  /// Runs a batch; completes when every request has completed or failed, on the engine's loop thread.
+  task<batch_result> transfer(transfer_batch batch, transfer_options opts = {}) {
+    co_await enter();
+    detail::batch_state state(io_, batch.size(), options_.retry_budget, this, &retry_slice);
+    std::vector<region_registry::lease> local_leases;
+    local_leases.reserve(batch.size());
+    std::vector<segment_id> targets;
+
+    // Validate and cut into slices.
+    std::size_t slice_count = 0;
+    std::uint64_t slice_size = std::max<std::uint32_t>(options_.slice_size, 4096);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& r = batch.requests()[i];
+      if (auto bad = validate(r)) {
+        state.reject(i, bad);
+        continue;
+      }
+      auto lease = registry_.pin_local(r.local, r.length);
+      if (!lease) {
+        state.reject(i, lease.error());
+        continue;
+      }
+      local_leases.push_back(std::move(*lease));
+      if (std::find(targets.begin(), targets.end(), r.target) == targets.end())
+        targets.push_back(r.target);
+      slice_count += (r.length + slice_size - 1) / slice_size;
+    }
+    state.slices.resize(slice_count);
+    std::size_t k = 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (state.rejected(i))
+        continue;
+      auto& r = batch.requests()[i];
+      for (std::uint64_t off = 0; off < r.length; off += slice_size) {
+        slice& s = state.slices[k++];
+        s.op = r.op;
+        s.local = static_cast<std::byte*>(r.local) + off;
+        s.target = r.target;
+        s.remote_offset = r.target_offset + off;
+        s.length = static_cast<std::uint32_t>(std::min(slice_size, r.length - off));
+        s.request = static_cast<std::uint32_t>(i);
+        s.batch = &state;
+      }
+    }
+    state.begin();
+
+    // Deadline and cancellation abort the batch on the loop's thread.
+    std::optional<io::deadline> deadline;
+    if (opts.timeout.count() > 0)
+      deadline.emplace(io_, opts.timeout, opts.stop);
+    abort_args args{this, &state, deadline ? &*deadline : nullptr};
+    detail::stop_relay relay(io_, &abort_batch, &args);
+    relay.watch(deadline ? deadline->token() : opts.stop);
+
+    for (auto& s : state.slices) {
+      if (state.aborted())
+        s.settle(error(errc::cancelled, "transfer"));
+      else if (!route(peers_[s.target], &s, 0))
+        s.settle(error(errc::unsupported, "transfer: no transport reaches the target"));
+    }
+    co_await state.wait();
+    co_await relay.retire();
+    local_leases.clear();
+    batch_result out = state.take_result();
+
+    if (opts.notify && out.ok()) {
+      for (segment_id t : targets)
+        if (auto n = co_await notify(t, *opts.notify, opts.stop); !n) {
+          out.notify_error = n.error();
+          break;
+        }
+    }
+    co_return out;
+  }
+
+  /// Starts a batch without a coroutine; poll or wait on the handle. Drive the loop yourself (wait() does) or
+  /// run it on another thread (run_in_background()).
+  transfer_handle submit(transfer_batch batch, transfer_options opts = {}) {
+    auto state = std::make_shared<transfer_handle::shared_state>();
+    state->io = &io_;
+    state->background = background_.joinable();
+    scope_.spawn([](transfer_engine& e, transfer_batch b, transfer_options o,
+                    std::shared_ptr<transfer_handle::shared_state> s) -> task<> {
+      s->set(co_await e.transfer(std::move(b), std::move(o)));
+    }(*this, std::move(batch), std::move(opts), state));
+    return transfer_handle(std::move(state));
+  }
+
+  /// Runs the engine's io_context on a thread of its own until shutdown.
+  void run_in_background() {
+    if (background_.joinable())
+      return;
+    guard_.emplace(io_);
+    background_ = std::thread([this] { io_.run(); });
+  }
+
+  // ---- notifications and liveness ----
+
+  /// Delivers `message` to the segment's owner (it receives it from next_notification()).
+  task<result<void>> notify(segment_id target, std::string message, std::stop_token stop = {}) {
+    co_await enter();
+    if (target >= peers_.size())
+      co_return fail(errc::unknown_segment, "notify");
+    if (message.size() > tcp::frame_header::max_message_payload - 512)
+      co_return fail(errc::invalid_argument, "notify: message too long");
+    std::string payload = options_.name + "\n" + message;
+    if (target == self) {
+      deliver(std::move(payload));
+      co_return result<void>{};
+    }
+    if constexpr (has_tcp) {
+      auto reply = co_await std::get<tcp_transport>(transports_)
+                       .control(peers_[target], tcp::frame_type::notify, std::move(payload), stop);
+      if (!reply)
+        co_return fail(reply.error());
+      co_return result<void>{};
+    } else {
+      co_return fail(errc::unsupported, "notify: this engine has no tcp transport");
+    }
+  }
+
+  /// The next notification delivered to this segment (in arrival order), or errc::cancelled.
+  task<result<notification>> next_notification(std::stop_token stop = {}) {
+    co_await enter();
+    if (!inbox_.empty()) {
+      auto n = std::move(inbox_.front());
+      inbox_.pop_front();
+      co_return n;
+    }
+    inbox_waiter w;
+    inbox_waiters_.push_back(&w);
+    struct args_t {
+      transfer_engine* e;
+      inbox_waiter* w;
+    } args{this, &w};
+    detail::stop_relay relay(
+        io_,
+        [](void* p) noexcept {
+          auto* a = static_cast<args_t*>(p);
+          if (a->w->done)
+            return;
+          std::erase(a->e->inbox_waiters_, a->w);
+          a->e->wake(*a->w);
+        },
+        &args);
+    co_await w.wait(relay, stop);
+    co_await relay.retire();
+    if (!w.value)
+      co_return fail(errc::cancelled, "next_notification");
+    co_return std::move(*w.value);
+  }
+
+  /// Round trip of a ping to the segment's owner.
+  task<result<std::chrono::nanoseconds>> probe(segment_id target, std::stop_token stop = {}) {
+    co_await enter();
+    if (target >= peers_.size())
+      co_return fail(errc::unknown_segment, "probe");
+    if (target == self)
+      co_return std::chrono::nanoseconds(0);
+    if constexpr (has_tcp) {
+      auto t0 = std::chrono::steady_clock::now();
+      auto reply = co_await std::get<tcp_transport>(transports_)
+                       .control(peers_[target], tcp::frame_type::ping, {}, stop);
+      if (!reply)
+        co_return fail(reply.error());
+      co_return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
+    } else {
+      co_return fail(errc::unsupported, "probe: this engine has no tcp transport");
+    }
+  }
+
+  // ---- ending ----
+
+  /// Stops serving, fails what is queued, waits for background work, and stops the background thread.
+  task<> shutdown() {
+    if (shut_down_)
+      co_return;
+    shut_down_ = true;
+    co_await enter();
+    if (server_)
+      server_->stop();
+    std::apply([](auto&... t) { (t.shutdown(), ...); }, transports_);
+    for (auto* w : std::exchange(inbox_waiters_, {}))
+      wake(*w);
+    co_await scope_.join();
+    guard_.reset(); // the background thread, if any, ends once nothing is left to run
+  }
+
+private:
+  struct inbox_waiter {
+    std::coroutine_handle<> handle;
+    std::optional<notification> value;
+    bool done = false;
+    io::detail::resume_op resume;
+    auto wait(detail::stop_relay& relay, std::stop_token stop) noexcept {
+      struct awaiter {
+        inbox_waiter& w;
+        detail::stop_relay& relay;
+        std::stop_token stop;
+        bool await_ready() const noexcept { return w.done; }
+        void await_suspend(std::coroutine_handle<> h) {
+          w.handle = h;
+          relay.watch(std::move(stop));
+        }
+        void await_resume() const noexcept {}
+      };
+      return awaiter{*this, relay, std::move(stop)};
+    }
+  };
+
+  /// Resumes a waiter of next_notification() from the loop (once).
+  void wake(inbox_waiter& w) noexcept {
+    w.done = true;
+    w.resume.handle = w.handle;
+    io_.post(&w.resume);
+  }
+
+  /// Continues on the loop's thread.
+  auto enter() noexcept {
+    struct hop {
+      io::io_context& io;
+      io::detail::resume_op op;
+      bool await_ready() const noexcept { return io.running_in_this_thread(); }
+      void await_suspend(std::coroutine_handle<> h) noexcept {
+        op.handle = h;
+        io.post(&op);
+      }
+      void await_resume() const noexcept {}
+    };
+    return hop{io_, {}};
+  }
+
+  error validate(const transfer_request& r) const {
+    if (r.length == 0)
+      return error(errc::invalid_argument, "transfer: empty request");
+    if (!r.local)
+      return error(errc::invalid_argument, "transfer: no local buffer");
+    if (r.target >= peers_.size())
+      return error(errc::unknown_segment, "transfer: segment was never opened");
+    const peer& p = peers_[r.target];
+    if (p.is_self)
+      return {}; // the registry checks at copy time
+    auto* region = p.descriptor.region_for(r.target_offset, r.length);
+    if (!region)
+      return error(errc::out_of_bounds, "transfer: range outside the target's regions");
+    if (!allows(region->permissions, r.op == transfer_op::write ? access::write : access::read))
+      return error(errc::permission_denied, "transfer: the target region does not permit this");
+    return {};
+  }
+
+  template<std::size_t I = 0>
+  bool route(const peer& p, slice* s, std::size_t first) {
+    if constexpr (I < sizeof...(Transports)) {
+      auto& t = std::get<I>(transports_);
+      if (I >= first && t.reaches(p, s->remote_offset, s->length)) {
+        s->transport = static_cast<std::uint8_t>(I);
+        t.submit(p, s);
+        return true;
+      }
+      return route<I + 1>(p, s, first);
+    } else {
+      return false;
+    }
+  }
+
+  static bool retry_slice(void* self_ptr, slice* s, const error& why) noexcept {
+    auto* self = static_cast<transfer_engine*>(self_ptr);
+    // why: a transport that cannot reach the peer at all hands the slice to the next one that can.
+    std::size_t first = why == errc::peer_unreachable ? s->transport + 1u : s->transport;
+    return self->route(self->peers_[s->target], s, first);
+  }
+
+  struct abort_args {
+    transfer_engine* engine;
+    detail::batch_state* state;
+    io::deadline* deadline;
+  };
+  static void abort_batch(void* p) noexcept {
+    auto* a = static_cast<abort_args*>(p);
+    bool expired = a->deadline && a->deadline->expired();
+    a->state->abort(expired ? error(errc::timed_out, "transfer: deadline passed")
+                            : error(errc::cancelled, "transfer: cancelled"));
+    std::apply([&](auto&... t) { (t.abort(a->state), ...); }, a->engine->transports_);
+  }
+
+  task<result<segment_descriptor>> fetch(const std::string& locator, std::stop_token stop) {
+    if (auto address = io::endpoint::parse(locator)) {
+      if constexpr (has_tcp) {
+        co_return co_await tcp_transport::fetch_descriptor(
+            io_, *address, options_.tcp.connect_timeout + options_.tcp.reply_timeout, stop);
+      } else {
+        co_return fail(errc::unsupported, "open_segment: a direct handshake needs the tcp transport");
+      }
+    }
+    if (!metadata_get_)
+      co_return fail(errc::unknown_segment, "open_segment: not host:port and no metadata store");
+    auto text = co_await metadata_get_(metadata_prefix_ + locator);
+    if (!text)
+      co_return fail(text.error());
+    if (!*text)
+      co_return fail(errc::unknown_segment, "open_segment: no such segment in the metadata store");
+    co_return segment_descriptor::parse(**text);
+  }
+
+  void replace(peer& p, segment_descriptor d, std::string locator) {
+    p.locator = std::move(locator);
+    if (d == p.descriptor)
+      return;
+    std::apply([&](auto&... t) { (t.forget(p), ...); }, transports_);
+    p.descriptor = std::move(d);
+    ++p.version;
+  }
+
+  void deliver(std::string payload) {
+    notification n;
+    auto nl = payload.find('\n');
+    n.from = payload.substr(0, nl);
+    n.message = nl == std::string::npos ? std::string() : payload.substr(nl + 1);
+    if (!inbox_waiters_.empty()) {
+      inbox_waiter* w = inbox_waiters_.front();
+      inbox_waiters_.erase(inbox_waiters_.begin());
+      w->value = std::move(n);
+      wake(*w);
+      return;
+    }
+    inbox_.push_back(std::move(n));
+  }
+
+  static std::string read_host_id() {
+    std::ifstream f("/proc/sys/kernel/random/boot_id");
+    std::string id;
+    std::getline(f, id);
+    return id;
+  }
+
+  io::io_context& io_;
+  engine_options options_;
+  std::string host_;
+  std::uint64_t incarnation_;
+  region_registry registry_;
+  async_scope scope_;
+  transport_context context_;
+  std::tuple<Transports...> transports_;
+  std::vector<peer> peers_;
+  std::unique_ptr<tcp_server> server_;
+  std::optional<io::endpoint> listening_;
+  std::string metadata_prefix_ = "ferry/segments/";
+  std::function<task<result<std::optional<std::string>>>(std::string)> metadata_get_;
+  std::function<task<result<void>>(std::string, std::string)> metadata_put_;
+  std::function<task<result<void>>(std::string)> metadata_remove_;
+  std::deque<notification> inbox_;
+  std::vector<inbox_waiter*> inbox_waiters_;
+  std::thread background_;
+  std::optional<io::io_context::work_guard> guard_;
+  bool shut_down_ = false;
+};
+
+} // namespace ferry

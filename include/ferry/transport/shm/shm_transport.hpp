@@ -1,0 +1,175 @@
+#pragma once
+/// `ferry::shm_transport`: transfers that never touch a socket. To the engine's own segment it copies within
+/// the process; to a segment of another process on the same host it maps that process's shared-memory regions
+/// (`ferry::shared_buffer`) once and copies directly, on a pool of copy threads (engine_options::shm).
+/// Only regions the owner registered as shared are reachable, read-only ones are mapped read-only, and bounds
+/// and permissions are checked against the owner's descriptor before any byte is copied.
+///
+///   ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport> engine(ctx, options);
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/core/thread_pool.hpp"
+#include "ferry/memory/access.hpp"
+#include "ferry/transfer/detail/batch_state.hpp"
+#include "ferry/transfer/peer.hpp"
+#include "ferry/transport/slice.hpp"
+#include "ferry/transport/transport_context.hpp"
+
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <fcntl.h>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <unordered_map>
+#include <utility>
+
+namespace ferry {
+
+class shm_transport {
+  struct mapping {
+    std::byte* base = nullptr;
+    std::size_t length = 0;
+    ~mapping() {
+      if (base)
+        ::munmap(base, length);
+    }
+  };
+  struct peer_maps {
+    std::uint64_t incarnation = 0;
+    std::map<std::string, std::unique_ptr<mapping>> by_name;
+    bool unreachable = false; // its shared memory cannot be opened from here
+  };
+
+public:
+  static constexpr std::string_view name = "shm";
+
+  explicit shm_transport(transport_context& tc) : tc_(tc) {
+    if (tc_.options.shm.copy_threads > 0)
+      pool_ = std::make_unique<thread_pool>(tc_.options.shm.copy_threads);
+  }
+  shm_transport(const shm_transport&) = delete;
+  shm_transport& operator=(const shm_transport&) = delete;
+
+  /// Own segment: always. Another process: same host, and the target range is in a shared region.
+  bool reaches(const peer& p, std::uint64_t offset, std::uint64_t length) const {
+    if (p.is_self)
+      return true;
+    if (p.descriptor.host.empty() || p.descriptor.host != tc_.host)
+      return false;
+    if (auto it = maps_.find(p.id); it != maps_.end() && it->second.unreachable)
+      return false;
+    auto* r = p.descriptor.region_for(offset, length);
+    return r && !r->shm_name.empty();
+  }
+
+  void submit(const peer& p, slice* s) {
+    auto target = resolve(p, s);
+    if (!target) {
+      s->settle(target.error());
+      return;
+    }
+    tc_.scope.spawn(copy(s, std::move(*target)));
+  }
+
+  /// Copies already running finish (a memcpy cannot be interrupted); queued ones are settled without copying.
+  void abort(detail::batch_state*) noexcept {}
+
+  void forget(const peer& p) { maps_.erase(p.id); }
+
+  void shutdown() noexcept { stopping_ = true; }
+
+private:
+  struct target_ref {
+    std::byte* remote = nullptr;
+    region_registry::lease lease; // own segment: holds the region while copying
+  };
+
+  result<target_ref> resolve(const peer& p, slice* s) {
+    access wanted = s->op == transfer_op::write ? access::write : access::read;
+    if (p.is_self) {
+      auto l = tc_.registry.pin_exposed(s->remote_offset, s->length, wanted);
+      if (!l)
+        return fail(l.error());
+      target_ref t;
+      t.remote = l->data();
+      t.lease = std::move(*l);
+      return t;
+    }
+    auto* r = p.descriptor.region_for(s->remote_offset, s->length);
+    if (!r)
+      return fail(errc::out_of_bounds, "shm: range outside the target's regions");
+    if (!allows(r->permissions, wanted))
+      return fail(errc::permission_denied, "shm: the region does not permit this");
+    auto& maps = maps_[p.id];
+    if (maps.incarnation != p.descriptor.incarnation) {
+      maps.by_name.clear();
+      maps.incarnation = p.descriptor.incarnation;
+    }
+    auto& m = maps.by_name[r->shm_name];
+    if (!m) {
+      auto opened = open_mapping(*r);
+      if (!opened) {
+        maps.by_name.erase(r->shm_name);
+        maps.unreachable = true; // later requests go to the next transport
+        return fail(opened.error());
+      }
+      m = std::move(*opened);
+    }
+    std::uint64_t at = r->shm_offset + (s->remote_offset - r->offset);
+    if (at > m->length || s->length > m->length - at)
+      return fail(errc::out_of_bounds, "shm: the shared object is smaller than the region");
+    target_ref t;
+    t.remote = m->base + at;
+    return t;
+  }
+
+  static result<std::unique_ptr<mapping>> open_mapping(const region_descriptor& r) {
+    bool writable = allows(r.permissions, access::write);
+    int fd = ::shm_open(r.shm_name.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0);
+    if (fd < 0)
+      return fail(errc::peer_unreachable, "shm: cannot open the peer's shared memory");
+    struct ::stat st {};
+    if (::fstat(fd, &st) < 0 || static_cast<std::uint64_t>(st.st_size) < r.shm_offset + r.length) {
+      ::close(fd);
+      return fail(errc::peer_unreachable, "shm: the peer's shared object is smaller than its region");
+    }
+    void* p = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | (writable ? PROT_WRITE : 0),
+                     MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED)
+      return fail(errc::peer_unreachable, "shm: cannot map the peer's shared memory");
+    auto m = std::make_unique<mapping>();
+    m->base = static_cast<std::byte*>(p);
+    m->length = static_cast<std::size_t>(st.st_size);
+    return m;
+  }
+
+  task<> copy(slice* s, target_ref target) {
+    if (pool_)
+      co_await pool_->schedule();
+    if (!s->batch->aborted() && !stopping_) {
+      if (s->op == transfer_op::write)
+        std::memcpy(target.remote, s->local, s->length);
+      else
+        std::memcpy(s->local, target.remote, s->length);
+    }
+    if (pool_)
+      co_await tc_.io.schedule();
+    target.lease = {};
+    s->settle(s->batch->aborted() ? error(errc::cancelled, "shm") : error{});
+  }
+
+  transport_context& tc_;
+  std::unique_ptr<thread_pool> pool_;
+  std::unordered_map<segment_id, peer_maps> maps_;
+  bool stopping_ = false;
+};
+
+} // namespace ferry

@@ -1,0 +1,188 @@
+#pragma once
+/// `ferry::tcp_server`: the owner's side of the TCP transport. It accepts connections and serves each one's
+/// requests in order: descriptor handshakes, reads and writes checked against the registry (bounds and
+/// permissions, for every request), notifications and pings. Writes are received straight into the region and
+/// reads sent straight from it. A connection that sends anything malformed is dropped; the others carry on.
+///
+///   ferry::tcp_server server(ctx, registry, scope, hooks);
+///   auto where = server.listen(*ferry::io::endpoint::parse("127.0.0.2:0"));
+
+#include "ferry/core/async_scope.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/io/endpoint.hpp"
+#include "ferry/io/io_context.hpp"
+#include "ferry/io/tcp_listener.hpp"
+#include "ferry/io/tcp_socket.hpp"
+#include "ferry/memory/access.hpp"
+#include "ferry/memory/region_registry.hpp"
+#include "ferry/transport/tcp/frame.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <functional>
+#include <stop_token>
+#include <string>
+#include <sys/uio.h>
+#include <vector>
+
+namespace ferry {
+
+class tcp_server {
+public:
+  /// What the server asks of the engine that owns it.
+  struct hooks {
+    /// The current segment descriptor, as JSON (the handshake's answer).
+    std::function<std::string()> descriptor;
+    /// A notification arrived.
+    std::function<void(std::string message)> notified;
+  };
+
+  tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h)
+      : io_(io), registry_(registry), scope_(scope), hooks_(std::move(h)) {}
+  tcp_server(const tcp_server&) = delete;
+  tcp_server& operator=(const tcp_server&) = delete;
+
+  /// Starts listening on `at` and accepting in the background; yields the address actually bound.
+  result<io::endpoint> listen(const io::endpoint& at) {
+    auto l = io::tcp_listener::listen(io_, at);
+    if (!l)
+      return fail(l.error());
+    listener_ = std::move(*l);
+    auto where = listener_.local_endpoint();
+    if (!where)
+      return where;
+    scope_.spawn(accept_loop());
+    return where;
+  }
+
+  /// Stops accepting and drops every connection.
+  void stop() {
+    stop_.request_stop();
+    listener_.close();
+    for (auto* s : sessions_)
+      s->shutdown();
+  }
+
+  /// Connections being served now.
+  std::size_t connections() const noexcept { return sessions_.size(); }
+
+private:
+  task<> accept_loop() {
+    while (!stop_.stop_requested()) {
+      auto s = co_await listener_.accept(stop_.get_token());
+      if (!s) {
+        if (stop_.stop_requested() || !listener_.is_open())
+          co_return;
+        continue; // e.g. EMFILE or a connection reset before accept: keep serving
+      }
+      scope_.spawn(serve(std::move(*s)));
+    }
+  }
+
+  task<> serve(io::tcp_socket sock) {
+    sessions_.push_back(&sock);
+    co_await serve_requests(sock);
+    std::erase(sessions_, &sock);
+  }
+
+  task<> serve_requests(io::tcp_socket& sock) {
+    std::array<std::byte, tcp::frame_header::size> raw, out;
+    std::vector<std::byte> scratch;
+    while (!stop_.stop_requested()) {
+      if (!co_await sock.recv_all(raw))
+        co_return; // closed, reset or stopped
+      auto h = tcp::decode_header(raw);
+      if (!h || static_cast<int>(h->type) % 2 == 0)
+        co_return; // malformed, or a reply: drop the connection
+      tcp::frame_header reply;
+      reply.type = static_cast<tcp::frame_type>(static_cast<int>(h->type) + 1);
+      reply.request_id = h->request_id;
+      reply.offset = h->offset;
+      switch (h->type) {
+      case tcp::frame_type::hello: {
+        std::string d = hooks_.descriptor();
+        reply.length = d.size();
+        if (!co_await send(sock, reply, out, d.data(), d.size()))
+          co_return;
+        break;
+      }
+      case tcp::frame_type::ping:
+        if (!co_await send(sock, reply, out, nullptr, 0))
+          co_return;
+        break;
+      case tcp::frame_type::notify: {
+        std::string message(h->length, '\0');
+        if (!co_await sock.recv_all(std::as_writable_bytes(std::span(message))))
+          co_return;
+        if (hooks_.notified)
+          hooks_.notified(std::move(message));
+        if (!co_await send(sock, reply, out, nullptr, 0))
+          co_return;
+        break;
+      }
+      case tcp::frame_type::write: {
+        auto lease = registry_.pin_exposed(h->offset, h->length, access::write);
+        if (lease) {
+          if (!co_await sock.recv_all(std::span(lease->data(), h->length)))
+            co_return;
+        } else {
+          // why: the payload is already on its way; consume it so the stream stays in step, then refuse.
+          reply.status = status_of(lease.error());
+          scratch.resize(std::min<std::uint64_t>(h->length, 256 * 1024));
+          for (std::uint64_t left = h->length; left > 0;) {
+            std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, scratch.size()));
+            if (!co_await sock.recv_all(std::span(scratch).first(n)))
+              co_return;
+            left -= n;
+          }
+        }
+        if (!co_await send(sock, reply, out, nullptr, 0))
+          co_return;
+        break;
+      }
+      case tcp::frame_type::read: {
+        auto lease = registry_.pin_exposed(h->offset, h->length, access::read);
+        if (lease) {
+          reply.length = h->length;
+          if (!co_await send(sock, reply, out, lease->data(), h->length))
+            co_return;
+        } else {
+          reply.status = status_of(lease.error());
+          if (!co_await send(sock, reply, out, nullptr, 0))
+            co_return;
+        }
+        break;
+      }
+      default:
+        co_return;
+      }
+    }
+  }
+
+  static task<bool> send(io::tcp_socket& sock, const tcp::frame_header& h,
+                         std::array<std::byte, tcp::frame_header::size>& buf, const void* payload,
+                         std::size_t length) {
+    tcp::encode(h, buf);
+    std::array<::iovec, 2> iov{::iovec{buf.data(), buf.size()}, ::iovec{const_cast<void*>(payload), length}};
+    auto sent = co_await sock.send_all(std::span(iov.data(), length ? 2 : 1));
+    co_return sent.has_value();
+  }
+
+  static std::int32_t status_of(const error& e) noexcept {
+    if (e.code().category() == ferry_category())
+      return e.code().value();
+    return static_cast<std::int32_t>(errc::invalid_state);
+  }
+
+  io::io_context& io_;
+  region_registry& registry_;
+  async_scope& scope_;
+  hooks hooks_;
+  io::tcp_listener listener_;
+  std::stop_source stop_;
+  std::vector<io::tcp_socket*> sessions_;
+};
+
+} // namespace ferry

@@ -1,0 +1,446 @@
+#pragma once
+/// `ferry::tcp_transport`: one-sided reads and writes into a peer's segment over TCP, served by the peer's
+/// engine (which checks bounds and permissions). Each peer gets several connections; slices are spread over
+/// them and pipelined up to a per-connection in-flight limit. Payloads go straight from and into the caller's
+/// registered memory (gathered sends, direct receives): no staging copy. A connection that breaks, is reset,
+/// or stops answering is dropped; its slices are retried by the engine on another connection, and the next
+/// slice for it opens a fresh one, so transfers after a long idle period neither fail nor stall.
+///
+///   ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport> engine(ctx, options);
+
+#include "ferry/core/async_mutex.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/io/deadline.hpp"
+#include "ferry/io/endpoint.hpp"
+#include "ferry/io/tcp_socket.hpp"
+#include "ferry/io/timer_awaiter.hpp"
+#include "ferry/metadata/segment_descriptor.hpp"
+#include "ferry/transfer/detail/batch_state.hpp"
+#include "ferry/transfer/peer.hpp"
+#include "ferry/transport/slice.hpp"
+#include "ferry/transport/tcp/frame.hpp"
+#include "ferry/transport/transport_context.hpp"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unordered_map>
+#include <vector>
+
+namespace ferry {
+
+class tcp_transport {
+  using clock = std::chrono::steady_clock;
+  static constexpr std::size_t max_gather = 16; // slices sent with one sendmsg
+
+  // One established connection. Its reader and writer share it; the last of them to leave settles what is
+  // still in flight, so no slice is reported before the kernel is done with its memory.
+  struct session {
+    io::tcp_socket sock;
+    std::deque<slice*> in_flight;
+    bool broken = false;
+    error reason;
+    int users = 0;
+    clock::time_point last_progress = clock::now();
+  };
+
+  struct connection {
+    io::endpoint address;
+    std::deque<slice*> queue; // accepted, not yet sent
+    session* current = nullptr;
+    bool connecting = false;
+    bool writing = false;
+  };
+
+  struct peer_state {
+    std::vector<std::unique_ptr<connection>> connections;
+    unsigned next = 0;
+  };
+
+  struct control_channel {
+    io::tcp_socket sock;
+    io::endpoint address;
+    async_mutex mutex;
+  };
+
+public:
+  static constexpr std::string_view name = "tcp";
+
+  /// A reply to a control request: its header and payload.
+  struct control_reply {
+    tcp::frame_header header;
+    std::string payload;
+  };
+
+  /// Sends one request on `sock` and reads its reply (hello, notify, ping: the control requests).
+  static task<result<control_reply>> exchange_on(io::tcp_socket& sock, tcp::frame_type type,
+                                                 std::string payload, std::stop_token stop) {
+    static std::uint64_t next_id = 0;
+    tcp::frame_header h;
+    h.type = type;
+    h.request_id = ++next_id;
+    h.length = payload.size();
+    std::array<std::byte, tcp::frame_header::size> raw;
+    tcp::encode(h, raw);
+    std::array<::iovec, 2> iov{::iovec{raw.data(), raw.size()}, ::iovec{payload.data(), payload.size()}};
+    if (auto sent = co_await sock.send_all(std::span(iov.data(), payload.empty() ? 1 : 2), stop); !sent)
+      co_return fail(sent.error());
+    if (auto got = co_await sock.recv_all(raw, stop); !got)
+      co_return fail(got.error());
+    auto reply = tcp::decode_header(raw);
+    if (!reply)
+      co_return fail(reply.error());
+    if (reply->request_id != h.request_id || static_cast<int>(reply->type) != static_cast<int>(type) + 1)
+      co_return fail(errc::malformed_frame, "tcp: reply does not match the request");
+    control_reply out{*reply, {}};
+    out.payload.resize(reply->payload_length());
+    if (!out.payload.empty())
+      if (auto body = co_await sock.recv_all(std::as_writable_bytes(std::span(out.payload)), stop); !body)
+        co_return fail(body.error());
+    co_return out;
+  }
+
+  /// Connects to `address` and asks for the segment descriptor served there (the direct handshake).
+  static task<result<segment_descriptor>> fetch_descriptor(io::io_context& io, io::endpoint address,
+                                                           std::chrono::milliseconds timeout,
+                                                           std::stop_token stop) {
+    io::deadline within(io, timeout, stop);
+    auto sock = co_await io::tcp_socket::connect(io, address, within.token());
+    if (!sock)
+      co_return fail(within.expired() ? error(errc::timed_out, "handshake: connect") : sock.error());
+    auto reply = co_await exchange_on(*sock, tcp::frame_type::hello, {}, within.token());
+    if (!reply)
+      co_return fail(within.expired() ? error(errc::timed_out, "handshake") : reply.error());
+    co_return segment_descriptor::parse(reply->payload);
+  }
+
+  /// Sends a control request to `p` on its control connection (opened on first use, reopened once if it
+  /// broke) and yields the reply. Requests to one peer are serialized.
+  task<result<control_reply>> control(const peer& p, tcp::frame_type type, std::string payload,
+                                      std::stop_token stop) {
+    auto* ep = p.descriptor.endpoint_for(name);
+    auto address = ep ? io::endpoint::parse(ep->address) : result<io::endpoint>(fail(errc::invalid_argument));
+    if (!address)
+      co_return fail(errc::peer_unreachable, "tcp: the peer has no TCP endpoint");
+    auto& slot = controls_[p.id];
+    if (!slot)
+      slot = std::make_unique<control_channel>();
+    control_channel& ch = *slot;
+    auto guard = co_await ch.mutex.lock();
+    io::deadline within(tc_.io, tc_.options.tcp.reply_timeout, stop);
+    for (int attempt = 0;; ++attempt) {
+      if (!ch.sock.is_open() || ch.address != *address) {
+        auto sock = co_await io::tcp_socket::connect(tc_.io, *address, within.token());
+        if (!sock)
+          co_return fail(within.expired() ? error(errc::timed_out, "tcp connect") : sock.error());
+        ch.sock = std::move(*sock);
+        ch.address = *address;
+      }
+      auto reply = co_await exchange_on(ch.sock, type, payload, within.token());
+      if (reply)
+        co_return reply;
+      ch.sock.close();
+      // why: a control connection that sat idle may have been dropped by the peer (restart): reconnect once.
+      if (attempt > 0 || within.token().stop_requested() || !detail::retryable(reply.error()))
+        co_return fail(within.expired() ? error(errc::timed_out, "tcp: no reply from the peer")
+                                        : reply.error());
+    }
+  }
+
+  explicit tcp_transport(transport_context& tc) : tc_(tc) {}
+  tcp_transport(const tcp_transport&) = delete;
+  tcp_transport& operator=(const tcp_transport&) = delete;
+
+  bool reaches(const peer& p, std::uint64_t, std::uint64_t) const {
+    return !p.is_self && p.descriptor.endpoint_for(name) != nullptr;
+  }
+
+  void submit(const peer& p, slice* s) {
+    auto* ps = state_for(p);
+    if (!ps) {
+      s->settle(error(errc::peer_unreachable, "tcp: the peer's endpoint is not a host:port"));
+      return;
+    }
+    if (s->attempt == 0)
+      s->path = static_cast<std::uint16_t>(ps->next++ % ps->connections.size());
+    else
+      s->path = static_cast<std::uint16_t>((s->path + 1) % ps->connections.size());
+    enqueue(*ps->connections[s->path], s);
+  }
+
+  void abort(detail::batch_state* b) {
+    for (auto& [id, ps] : peers_)
+      for (auto& c : ps.connections) {
+        std::deque<slice*> keep, drop;
+        for (slice* s : c->queue)
+          (s->batch == b ? drop : keep).push_back(s);
+        c->queue.swap(keep);
+        for (slice* s : drop)
+          s->settle(error(errc::cancelled, "tcp"));
+        if (session* sn = c->current)
+          if (std::any_of(sn->in_flight.begin(), sn->in_flight.end(),
+                          [&](slice* s) { return s->batch == b; }))
+            break_session(*c, error(errc::cancelled, "tcp"));
+      }
+  }
+
+  void forget(const peer& p) {
+    auto it = peers_.find(p.id);
+    if (it == peers_.end())
+      return;
+    for (auto& c : it->second.connections)
+      if (c->current)
+        break_session(*c, error(errc::closed, "tcp: peer changed"));
+    // why: keep the connection objects: reader/writer coroutines may still refer to them; new ones are
+    // addressed from the refreshed descriptor.
+    retired_.push_back(std::move(it->second));
+    peers_.erase(it);
+  }
+
+  /// Drops every connection and fails everything queued; background work ends (join the engine's scope).
+  void shutdown() {
+    stopping_ = true;
+    stop_.request_stop();
+    auto fail_all = [&](peer_state& ps) {
+      for (auto& c : ps.connections) {
+        auto q = std::move(c->queue);
+        c->queue.clear();
+        for (slice* s : q)
+          s->settle(error(errc::cancelled, "tcp: engine shutting down"));
+        if (c->current)
+          break_session(*c, error(errc::cancelled, "tcp: engine shutting down"));
+      }
+    };
+    for (auto& [id, ps] : peers_)
+      fail_all(ps);
+    for (auto& ps : retired_)
+      fail_all(ps);
+    for (auto& [id, ch] : controls_)
+      ch->sock.close();
+  }
+
+private:
+  peer_state* state_for(const peer& p) {
+    if (auto it = peers_.find(p.id); it != peers_.end())
+      return &it->second;
+    auto* ep = p.descriptor.endpoint_for(name);
+    auto address = ep ? io::endpoint::parse(ep->address) : result<io::endpoint>(fail(errc::invalid_argument));
+    if (!address)
+      return nullptr;
+    peer_state ps;
+    unsigned n = std::max(1u, tc_.options.tcp.connections_per_peer);
+    for (unsigned i = 0; i < n; ++i) {
+      ps.connections.push_back(std::make_unique<connection>());
+      ps.connections.back()->address = *address;
+    }
+    if (!sweeping_ && !stopping_) {
+      sweeping_ = true;
+      tc_.scope.spawn(sweep());
+    }
+    return &peers_.emplace(p.id, std::move(ps)).first->second;
+  }
+
+  void enqueue(connection& c, slice* s) {
+    if (stopping_) {
+      s->settle(error(errc::cancelled, "tcp: engine shutting down"));
+      return;
+    }
+    c.queue.push_back(s);
+    if (c.current)
+      kick(c);
+    else if (!c.connecting) {
+      c.connecting = true;
+      tc_.scope.spawn(connect(c));
+    }
+  }
+
+  task<> connect(connection& c) {
+    io::deadline within(tc_.io, tc_.options.tcp.connect_timeout, stop_.get_token());
+    auto sock = co_await io::tcp_socket::connect(tc_.io, c.address, within.token());
+    c.connecting = false;
+    if (!sock || stopping_) {
+      error e = !sock ? (within.expired() ? error(errc::timed_out, "tcp connect") : sock.error())
+                      : error(errc::cancelled, "tcp: engine shutting down");
+      auto q = std::move(c.queue);
+      c.queue.clear();
+      for (slice* s : q)
+        s->settle(e); // retries go to another connection
+      co_return;
+    }
+    int one = 1;
+    ::setsockopt(sock->native_handle(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    auto* sn = new session{};
+    sn->sock = std::move(*sock);
+    sn->users = 1; // the reader
+    c.current = sn;
+    tc_.scope.spawn(reader(c, *sn));
+    kick(c);
+  }
+
+  void kick(connection& c) {
+    session* sn = c.current;
+    if (!sn || c.writing || c.queue.empty() || sn->in_flight.size() >= limit())
+      return;
+    c.writing = true;
+    ++sn->users;
+    tc_.scope.spawn(writer(c, *sn));
+  }
+
+  std::size_t limit() const noexcept { return std::max(1u, tc_.options.tcp.in_flight_per_connection); }
+
+  task<> writer(connection& c, session& sn) {
+    std::array<std::array<std::byte, tcp::frame_header::size>, max_gather> headers;
+    std::vector<::iovec> iov;
+    iov.reserve(2 * max_gather);
+    while (!sn.broken && !c.queue.empty() && sn.in_flight.size() < limit()) {
+      iov.clear();
+      std::size_t n = 0;
+      while (n < max_gather && !c.queue.empty() && sn.in_flight.size() < limit()) {
+        slice* s = c.queue.front();
+        c.queue.pop_front();
+        if (s->batch->aborted()) {
+          s->settle(error(errc::cancelled, "tcp"));
+          continue;
+        }
+        s->wire_id = ++next_wire_id_;
+        tcp::frame_header h;
+        h.type = s->op == transfer_op::write ? tcp::frame_type::write : tcp::frame_type::read;
+        h.request_id = s->wire_id;
+        h.offset = s->remote_offset;
+        h.length = s->length;
+        tcp::encode(h, headers[n]);
+        iov.push_back({headers[n].data(), headers[n].size()});
+        if (s->op == transfer_op::write)
+          iov.push_back({s->local, s->length});
+        if (sn.in_flight.empty())
+          sn.last_progress = clock::now();
+        sn.in_flight.push_back(s);
+        ++n;
+      }
+      if (iov.empty())
+        continue;
+      auto sent = co_await sn.sock.send_all(iov);
+      if (!sent) {
+        break_session(c, sent.error());
+        break;
+      }
+    }
+    if (c.current == &sn)
+      c.writing = false;
+    release(sn);
+  }
+
+  task<> reader(connection& c, session& sn) {
+    std::array<std::byte, tcp::frame_header::size> raw;
+    while (!sn.broken) {
+      auto got = co_await sn.sock.recv_all(raw);
+      if (sn.broken)
+        break;
+      if (!got) {
+        break_session(c, got.error());
+        break;
+      }
+      auto h = tcp::decode_header(raw);
+      if (!h) {
+        break_session(c, h.error());
+        break;
+      }
+      slice* s = sn.in_flight.empty() ? nullptr : sn.in_flight.front();
+      auto expected =
+          s && s->op == transfer_op::write ? tcp::frame_type::write_reply : tcp::frame_type::read_reply;
+      if (!s || h->request_id != s->wire_id || h->type != expected ||
+          (h->type == tcp::frame_type::read_reply && h->status == 0 && h->length != s->length)) {
+        break_session(c, error(errc::malformed_frame, "tcp: reply does not match the request"));
+        break;
+      }
+      if (h->payload_length() > 0) {
+        auto body = co_await sn.sock.recv_all(std::span(s->local, s->length));
+        if (sn.broken)
+          break; // released below, after the kernel is done with s->local
+        if (!body) {
+          break_session(c, body.error());
+          break;
+        }
+      }
+      sn.in_flight.pop_front();
+      sn.last_progress = clock::now();
+      s->settle(h->status == 0 ? error{} : error(h->error(), "tcp: target refused"));
+      kick(c);
+    }
+    release(sn);
+  }
+
+  /// Marks the session broken and detaches it from its connection; queued slices go to a fresh connection.
+  void break_session(connection& c, error reason) {
+    session* sn = c.current;
+    if (!sn)
+      return;
+    c.current = nullptr;
+    c.writing = false;
+    if (!sn->broken) {
+      sn->broken = true;
+      sn->reason = reason;
+      sn->sock.shutdown();
+    }
+    if (!c.queue.empty() && !c.connecting && !stopping_) {
+      c.connecting = true;
+      tc_.scope.spawn(connect(c));
+    } else if (stopping_) {
+      auto q = std::move(c.queue);
+      c.queue.clear();
+      for (slice* s : q)
+        s->settle(error(errc::cancelled, "tcp: engine shutting down"));
+    }
+  }
+
+  /// The last user of a session settles what it still holds and closes it.
+  void release(session& sn) {
+    if (--sn.users > 0)
+      return;
+    auto pending = std::move(sn.in_flight);
+    error reason = sn.broken ? sn.reason : error(errc::closed, "tcp");
+    sn.sock.close();
+    delete &sn;
+    for (slice* s : pending)
+      s->settle(reason);
+  }
+
+  /// Drops connections that have requests outstanding and have not answered within the reply timeout.
+  task<> sweep() {
+    auto timeout = tc_.options.tcp.reply_timeout;
+    auto every =
+        std::clamp<clock::duration>(timeout / 4, std::chrono::milliseconds(10), std::chrono::seconds(1));
+    while (!stopping_) {
+      auto slept = co_await tc_.io.sleep_for(every, stop_.get_token());
+      if (!slept)
+        break;
+      auto now = clock::now();
+      for (auto& [id, ps] : peers_)
+        for (auto& c : ps.connections)
+          if (session* sn = c->current; sn && !sn->in_flight.empty() && now - sn->last_progress > timeout)
+            break_session(*c, error(errc::timed_out, "tcp: no reply from the target"));
+    }
+  }
+
+  transport_context& tc_;
+  std::unordered_map<segment_id, peer_state> peers_;
+  std::vector<peer_state> retired_;
+  std::unordered_map<segment_id, std::unique_ptr<control_channel>> controls_;
+  std::uint64_t next_wire_id_ = 0;
+  bool sweeping_ = false;
+  bool stopping_ = false;
+  std::stop_source stop_;
+};
+
+} // namespace ferry
