@@ -353,11 +353,12 @@ private:
     static thread_local io_context* ctx = nullptr;
     return ctx;
   }
-  // why: before run() starts, the creating thread may queue work directly; once a thread drives the loop,
-  // only that thread touches the backend and the timers, and others hand work over through remote queues.
+  // why: the backend and the timers belong to the thread that drives the loop (the last one that did, also
+  // between its runs; before any run, whoever sets things up). Other threads hand work over through the
+  // remote queues.
   bool may_touch_backend() const noexcept {
-    const io_context* driver = driver_.load(std::memory_order_acquire);
-    return driver == nullptr ? true : running_in_this_thread();
+    auto owner = owner_.load(std::memory_order_acquire);
+    return owner == std::thread::id{} || owner == std::this_thread::get_id();
   }
 
   bool start_here(detail::io_op* op) {
@@ -370,7 +371,15 @@ private:
     if (uring_)
       return uring_->start(op);
 #endif
-    return epoll_->start(op);
+    if (!epoll_->start(op))
+      return false;
+    // why: an operation that completes at once lets its coroutine run on without returning to the loop; after
+    // a streak of those, deliver one through the ready queue so timers and other coroutines get their turn.
+    if (++inline_streak_ < 32)
+      return true;
+    inline_streak_ = 0;
+    ready_.push(op);
+    return false;
   }
 
   void post_remote_start(detail::io_op* op) {
@@ -406,8 +415,8 @@ private:
     io_context*& cur = current();
     io_context* previous = cur;
     cur = this;
-    const io_context* expected = nullptr;
-    driver_.compare_exchange_strong(expected, this);
+    if (owner_.load(std::memory_order_relaxed) != std::this_thread::get_id())
+      owner_.store(std::this_thread::get_id(), std::memory_order_release);
     struct restore {
       io_context*& cur;
       io_context* previous;
@@ -417,8 +426,12 @@ private:
     for (;;) {
       if (stopped())
         return 0;
-      if (ready_.empty())
+      // why: also look for due timers, cancellations and other threads' work every so often while handlers
+      // keep queueing more handlers, so that a busy loop cannot starve them.
+      if (ready_.empty() || ++handlers_since_gather_ >= 64) {
+        handlers_since_gather_ = 0;
         gather(false);
+      }
       if (auto* op = ready_.pop()) {
         outstanding_.fetch_sub(1, std::memory_order_relaxed);
         if (op->cancel_id_ != 0)
@@ -554,7 +567,9 @@ private:
   detail::timer_heap timers_;
   std::atomic<std::size_t> outstanding_{0};
   std::atomic<bool> stopped_{false};
-  std::atomic<const io_context*> driver_{nullptr};
+  std::atomic<std::thread::id> owner_{};
+  unsigned handlers_since_gather_ = 0;
+  unsigned inline_streak_ = 0;
 
   std::mutex remote_mutex_;
   detail::op_queue remote_ready_;

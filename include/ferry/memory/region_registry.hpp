@@ -101,7 +101,8 @@ public:
     e.base = b;
     e.length = length;
     e.references = 1;
-    e.exposed = {next_offset_, length, permissions, std::move(shm_name), shm_offset};
+    e.exposed = {permissions == access::none ? 0 : next_offset_, length, permissions, std::move(shm_name),
+                 shm_offset};
     auto& stored = by_address_.emplace(key, std::move(e)).first->second;
     if (permissions != access::none) {
       by_offset_.emplace(next_offset_, &stored);

@@ -5,7 +5,7 @@
 ///
 ///   ferry::transfer_batch batch;
 ///   batch.write(src, decode, 0, 1 << 20).write(src + (1 << 20), decode, 8 << 20, 1 << 20);
-///   ferry::batch_result r = co_await engine.transfer(batch, {.timeout = 2s, .notify = "kv ready"});
+///   ferry::batch_result r = co_await engine.transfer(batch, ferry::transfer_options().with_timeout(2s));
 ///   if (!r.ok()) log(r.first_error().message());
 
 #include "ferry/core/error.hpp"
@@ -55,14 +55,32 @@ private:
 };
 
 /// How a batch is run.
+///
+///   co_await engine.transfer(batch, ferry::transfer_options().with_timeout(2s).with_notify("kv ready"));
 struct transfer_options {
+  // why: not an aggregate on purpose. g++ 12 destroys aggregate temporaries that appear in a co_await
+  // expression twice (a braced `{.stop = token}` argument included); a class with a constructor is safe.
+  transfer_options() = default;
+
   /// Cancels the batch (every request not yet complete fails with errc::cancelled).
   std::stop_token stop{};
   /// Fails what is not complete by then with errc::timed_out (zero: no deadline).
   std::chrono::nanoseconds timeout{0};
-  /// Delivered to every target segment after all of the batch's bytes have landed there (writes
-  /// acknowledged).
+  /// Delivered to every target segment after all of the batch's bytes have landed there.
   std::optional<std::string> notify{};
+
+  transfer_options& with_stop(std::stop_token t) {
+    stop = std::move(t);
+    return *this;
+  }
+  transfer_options& with_timeout(std::chrono::nanoseconds t) {
+    timeout = t;
+    return *this;
+  }
+  transfer_options& with_notify(std::string message) {
+    notify = std::move(message);
+    return *this;
+  }
 };
 
 /// The outcome of a batch: one result per request, in order.

@@ -16,7 +16,8 @@
 ///   auto decode = co_await engine.open_segment("127.0.0.2:7000");
 ///   ferry::transfer_batch batch;
 ///   batch.write(buf, *decode, 0, size);
-///   ferry::batch_result r = co_await engine.transfer(batch, {.timeout = 2s, .notify = "kv ready"});
+///   auto r = co_await engine.transfer(batch, ferry::transfer_options().with_timeout(2s).with_notify("kv
+///   ready"));
 
 #include "ferry/core/async_scope.hpp"
 #include "ferry/core/error.hpp"
@@ -44,6 +45,7 @@
 #include "ferry/transport/transport_context.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -54,6 +56,7 @@
 #include <random>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -195,6 +198,14 @@ public:
       co_return fail(d.error());
     replace(peers_[id], std::move(*d), peers_[id].locator);
     co_return result<void>{};
+  }
+
+  /// Bytes handed to the transport named `name` so far (retries included); 0 for an unknown name.
+  std::uint64_t routed_bytes(std::string_view name) const noexcept {
+    std::size_t i = 0;
+    std::uint64_t out = 0;
+    ((Transports::name == name ? (out = routed_[i], ++i) : ++i), ...);
+    return out;
   }
 
   /// The peer behind an id, or nullptr.
@@ -458,6 +469,7 @@ private:
       auto& t = std::get<I>(transports_);
       if (I >= first && t.reaches(p, s->remote_offset, s->length)) {
         s->transport = static_cast<std::uint8_t>(I);
+        routed_[I] += s->length;
         t.submit(p, s);
         return true;
       }
@@ -546,6 +558,7 @@ private:
   transport_context context_;
   std::tuple<Transports...> transports_;
   std::vector<peer> peers_;
+  std::array<std::uint64_t, sizeof...(Transports)> routed_{};
   std::unique_ptr<tcp_server> server_;
   std::optional<io::endpoint> listening_;
   std::string metadata_prefix_ = "ferry/segments/";

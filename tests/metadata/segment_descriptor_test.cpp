@@ -1,0 +1,64 @@
+#include "ferry/metadata/segment_descriptor.hpp"
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+namespace {
+ferry::segment_descriptor sample() {
+  ferry::segment_descriptor d;
+  d.name = "decode-0";
+  d.incarnation = 0xfeedface12345678ull;
+  d.host = "boot-id";
+  d.endpoints = {{"tcp", "127.0.0.2:7000"}};
+  d.regions = {{0, 4096, ferry::access::read_write, "/ferry-1-0", 0},
+               {8192, 100, ferry::access::read, "", 0}};
+  return d;
+}
+} // namespace
+
+TEST_SUITE("segment_descriptor") {
+  TEST_CASE("a descriptor survives a round trip through JSON") {
+    auto d = sample();
+    auto back = ferry::segment_descriptor::parse(d.to_json());
+    REQUIRE(back);
+    CHECK(*back == d);
+    CHECK(back->endpoint_for("tcp")->address == "127.0.0.2:7000");
+    CHECK(back->endpoint_for("rdma") == nullptr);
+  }
+
+  TEST_CASE("region_for finds the region holding a range and nothing across gaps") {
+    auto d = sample();
+    CHECK(d.region_for(0, 4096) == &d.regions[0]);
+    CHECK(d.region_for(8192 + 50, 50) == &d.regions[1]);
+    CHECK(d.region_for(4000, 200) == nullptr);
+    CHECK(d.region_for(5000, 1) == nullptr);
+    CHECK(d.region_for(8192 + 50, 51) == nullptr);
+  }
+
+  TEST_CASE("malformed descriptors are rejected with a reason, never a crash") {
+    const char* bad[] = {
+        "",
+        "[]",
+        "{",
+        R"({"name":"x"})",
+        R"({"name":"","incarnation":1,"host":"h","endpoints":[],"regions":[]})",
+        R"({"name":"x","incarnation":-1,"host":"h","endpoints":[],"regions":[]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[{"transport":1}],"regions":[]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":0,"access":"read"}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":18446744073709551615,"length":2,"access":"read"}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"all"}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"none"}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read"},{"offset":5,"length":10,"access":"read"}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":""}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":"/a"}]})",
+    };
+    for (const char* text : bad) {
+      CAPTURE(text);
+      auto d = ferry::segment_descriptor::parse(text);
+      REQUIRE_FALSE(d);
+      CHECK(d.error() == ferry::errc::malformed_frame);
+      CHECK(std::string(d.error().what()).rfind("segment descriptor", 0) == 0);
+    }
+  }
+}

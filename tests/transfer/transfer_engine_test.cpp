@@ -1,0 +1,607 @@
+#include "ferry/core/async_scope.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/core/when_all.hpp"
+#include "ferry/io/tcp_listener.hpp"
+#include "ferry/io/tcp_socket.hpp"
+#include "ferry/transfer.hpp"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+using namespace std::chrono_literals;
+using ferry::access;
+using ferry::errc;
+using ferry::transfer_batch;
+using tcp_engine = ferry::transfer_engine<ferry::tcp_transport>;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+std::byte pattern_at(std::size_t i, unsigned seed) {
+  return static_cast<std::byte>((i * 131 + seed) & 0xff);
+}
+
+void fill(std::span<std::byte> s, unsigned seed, std::size_t base = 0) {
+  for (std::size_t i = 0; i < s.size(); ++i)
+    s[i] = pattern_at(base + i, seed);
+}
+
+/// A target engine in a child process (forked before the parent starts threads). Its buffer holds
+/// pattern(seed 7); it serves until killed.
+struct child_target {
+  pid_t pid = -1;
+  std::string address;
+
+  static child_target spawn(const std::string& listen, std::size_t size, bool shared) {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::close(fds[0]);
+      ferry::io::io_context ctx;
+      ferry::default_engine engine(ctx, {.name = "child", .listen = listen});
+      ferry::shared_buffer shm;
+      std::vector<std::byte> plain;
+      std::byte* data;
+      if (shared) {
+        shm = std::move(*ferry::shared_buffer::create(size));
+        data = shm.data();
+      } else {
+        plain.resize(size);
+        data = plain.data();
+      }
+      fill({data, size}, 7);
+      if (!engine.registry().add(data, size, access::read_write, shared ? shm.name() : std::string()) ||
+          !engine.start())
+        ::_exit(3);
+      std::string where = engine.endpoint()->to_string() + "\n";
+      if (::write(fds[1], where.data(), where.size()) < 0)
+        ::_exit(4);
+      ::close(fds[1]);
+      ferry::io::io_context::work_guard forever(ctx);
+      ctx.run();
+      ::_exit(0);
+    }
+    ::close(fds[1]);
+    char buf[128] = {};
+    std::size_t got = 0;
+    while (got < sizeof buf - 1) {
+      auto n = ::read(fds[0], buf + got, sizeof buf - 1 - got);
+      if (n <= 0)
+        break;
+      got += static_cast<std::size_t>(n);
+      if (std::memchr(buf, '\n', got))
+        break;
+    }
+    ::close(fds[0]);
+    std::string line(buf, got);
+    REQUIRE_MESSAGE(line.find('\n') != std::string::npos, "the target process did not start");
+    return {pid, line.substr(0, line.find('\n'))};
+  }
+
+  void kill(int sig = SIGKILL) {
+    if (pid <= 0)
+      return;
+    ::kill(pid, sig);
+    int status;
+    ::waitpid(pid, &status, 0);
+    pid = -1;
+  }
+  ~child_target() { kill(); }
+};
+
+/// A server that completes the handshake with a valid descriptor and then never answers anything: a hung
+/// peer.
+struct silent_target {
+  ferry::io::io_context& ctx;
+  ferry::io::tcp_listener listener;
+  ferry::async_scope scope;
+  std::vector<ferry::io::tcp_socket*> open;
+  std::string address;
+
+  explicit silent_target(ferry::io::io_context& c) : ctx(c) {
+    listener = std::move(*ferry::io::tcp_listener::listen(ctx, *ferry::io::endpoint::parse("127.0.0.4:0")));
+    address = listener.local_endpoint()->to_string();
+    scope.spawn(accept_loop());
+  }
+  std::string descriptor() const {
+    ferry::segment_descriptor d;
+    d.name = "silent";
+    d.incarnation = 1;
+    d.host = "elsewhere";
+    d.endpoints = {{"tcp", address}};
+    d.regions = {{0, 1 << 20, access::read_write, "", 0}};
+    return d.to_json();
+  }
+  ferry::task<> accept_loop() {
+    for (;;) {
+      auto s = co_await listener.accept();
+      if (!s)
+        co_return;
+      scope.spawn(serve(std::move(*s)));
+    }
+  }
+  ferry::task<> serve(ferry::io::tcp_socket s) {
+    open.push_back(&s);
+    std::array<std::byte, ferry::tcp::frame_header::size> raw;
+    std::vector<std::byte> sink(1 << 20);
+    while (co_await s.recv_all(raw)) {
+      auto h = ferry::tcp::decode_header(raw);
+      if (!h)
+        break;
+      if (h->type == ferry::tcp::frame_type::hello) {
+        auto d = descriptor();
+        ferry::tcp::frame_header reply;
+        reply.type = ferry::tcp::frame_type::hello_reply;
+        reply.request_id = h->request_id;
+        reply.length = d.size();
+        ferry::tcp::encode(reply, raw);
+        co_await s.send_all(raw);
+        co_await s.send_all(std::as_bytes(std::span(d)));
+      } else if (h->payload_length() > 0) {
+        if (!co_await s.recv_all(std::span(sink).first(h->payload_length())))
+          break;
+      }
+    }
+    std::erase(open, &s);
+  }
+  void close() {
+    listener.close();
+    for (auto* s : open)
+      s->shutdown();
+    ctx.run_until(scope.join());
+  }
+};
+
+} // namespace
+
+TEST_SUITE("transfer_engine") {
+  TEST_CASE("writes and reads move every byte between two engines over tcp") {
+    ferry::io::io_context ctx;
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    tcp_engine initiator(ctx, {.name = "initiator", .slice_size = 64 * 1024});
+    std::vector<std::byte> remote(4 << 20), src((2 << 20) + 123), back(src.size());
+    fill(src, 3);
+    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(src.data(), *seg, 1000, 1 << 20)
+          .write(src.data() + (1 << 20), *seg, 1000 + (1 << 20), src.size() - (1 << 20));
+      auto wr = co_await initiator.transfer(w);
+      REQUIRE_MESSAGE(wr.ok(), wr.first_error().message());
+      CHECK(wr.bytes() == src.size());
+      transfer_batch r;
+      r.read(back.data(), *seg, 1000, back.size());
+      auto rr = co_await initiator.transfer(r);
+      REQUIRE_MESSAGE(rr.ok(), rr.first_error().message());
+      CHECK(*rr.requests[0] == back.size());
+    }());
+    CHECK(back == src);
+    CHECK(std::equal(src.begin(), src.end(), remote.begin() + 1000));
+    CHECK(initiator.routed_bytes("tcp") == 2 * src.size());
+  }
+
+  TEST_CASE("a same-host peer in another process is reached through shared memory, never tcp") {
+    auto child = child_target::spawn("127.0.0.2:0", 8 << 20, true);
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "local", .shm = {.copy_threads = 2}});
+    std::vector<std::byte> buf(4 << 20), back(4 << 20);
+    fill(buf, 11);
+    REQUIRE(engine.registry().add(buf.data(), buf.size(), access::none));
+    REQUIRE(engine.registry().add(back.data(), back.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await engine.open_segment(child.address);
+      REQUIRE(seg);
+      transfer_batch before;
+      before.read(back.data(), *seg, 0, back.size());
+      REQUIRE((co_await engine.transfer(before)).ok());
+      for (std::size_t i = 0; i < back.size(); i += 4099)
+        REQUIRE(back[i] == pattern_at(i, 7));
+      transfer_batch w, r;
+      w.write(buf.data(), *seg, 4 << 20, buf.size());
+      r.read(back.data(), *seg, 4 << 20, back.size());
+      REQUIRE((co_await engine.transfer(w)).ok());
+      REQUIRE((co_await engine.transfer(r)).ok());
+    }());
+    CHECK(back == buf);
+    CHECK(engine.routed_bytes("shm") == 3 * buf.size());
+    CHECK(engine.routed_bytes("tcp") == 0);
+  }
+
+  TEST_CASE("transfers to the engine's own segment are copies within the process") {
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "self"});
+    std::vector<std::byte> exposed(1 << 20), local(1 << 20);
+    fill(local, 5);
+    REQUIRE(engine.registry().add(exposed.data(), exposed.size(), access::read_write));
+    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+    transfer_batch w;
+    w.write(local.data(), engine.self, 0, local.size());
+    auto r = ctx.run_until(engine.transfer(w));
+    REQUIRE(r.ok());
+    CHECK(exposed == local);
+    CHECK(engine.routed_bytes("shm") == local.size());
+  }
+
+  TEST_CASE("bad requests fail precisely while the rest of the batch succeeds") {
+    ferry::io::io_context ctx;
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    std::vector<std::byte> rw(1 << 16), ro(1 << 16), local(1 << 16), stray(100);
+    REQUIRE(target.registry().add(rw.data(), rw.size(), access::read_write));
+    REQUIRE(target.registry().add(ro.data(), ro.size(), access::read));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch b;
+      b.write(local.data(), *seg, 0, 4096);              // 0: fine
+      b.write(local.data(), 99, 0, 4096);                // 1: unknown segment
+      b.write(local.data(), *seg, (1 << 16) - 10, 4096); // 2: out of bounds
+      b.write(local.data(), *seg, 1 << 16, 4096);        // 3: read-only region
+      b.write(stray.data(), *seg, 0, 100);               // 4: local buffer not registered
+      b.write(local.data(), *seg, 0, 0);                 // 5: empty
+      b.read(local.data(), *seg, 1 << 16, 4096);         // 6: reading the read-only region: fine
+      auto r = co_await initiator.transfer(b);
+      CHECK_FALSE(r.ok());
+      CHECK(r.requests[0].value() == 4096);
+      CHECK(r.requests[1].error() == errc::unknown_segment);
+      CHECK(r.requests[2].error() == errc::out_of_bounds);
+      CHECK(r.requests[3].error() == errc::permission_denied);
+      CHECK(r.requests[4].error() == errc::out_of_bounds);
+      CHECK(r.requests[5].error() == errc::invalid_argument);
+      CHECK(r.requests[6].value() == 4096);
+      CHECK(r.first_error() == errc::unknown_segment);
+    }());
+  }
+
+  TEST_CASE("the owner enforces bounds even when the initiator's descriptor is stale") {
+    ferry::io::io_context ctx;
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    std::vector<std::byte> a(1 << 16), local(1 << 16);
+    REQUIRE(target.registry().add(a.data(), a.size(), access::read_write));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      REQUIRE(target.registry().remove(a.data())); // the initiator still believes the region exists
+      transfer_batch b;
+      b.write(local.data(), *seg, 0, 4096);
+      auto r = co_await initiator.transfer(b);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.requests[0].error() == errc::out_of_bounds);
+      CHECK(r.first_error().message().find("target refused") != std::string::npos);
+      REQUIRE(co_await initiator.refresh(*seg)); // the fresh descriptor has no region: refused up front
+      auto again = co_await initiator.transfer(b);
+      CHECK(again.requests[0].error() == errc::out_of_bounds);
+    }());
+  }
+
+  TEST_CASE("a corrupt frame or an absurd length drops only that connection") {
+    ferry::io::io_context ctx;
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    std::vector<std::byte> a(1 << 20), local(1 << 20);
+    REQUIRE(target.registry().add(a.data(), a.size(), access::read_write));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch b;
+      b.write(local.data(), *seg, 0, local.size());
+      REQUIRE((co_await initiator.transfer(b)).ok()); // connections established
+      std::array<std::byte, ferry::tcp::frame_header::size> junk;
+      junk.fill(std::byte{0x5a});
+      ferry::tcp::frame_header absurd;
+      absurd.type = ferry::tcp::frame_type::write;
+      absurd.length = 1ull << 50;
+      std::array<std::byte, ferry::tcp::frame_header::size> huge;
+      ferry::tcp::encode(absurd, huge);
+      for (auto* bad : {&junk, &huge}) {
+        auto raw = co_await ferry::io::tcp_socket::connect(ctx, *target.endpoint());
+        REQUIRE(raw);
+        REQUIRE(co_await raw->send_all(*bad));
+        std::array<std::byte, 1> one;
+        auto n = co_await raw->recv(one); // the target hangs up
+        CHECK((!n || *n == 0));
+      }
+      auto r = co_await initiator.transfer(b); // everyone else is still served
+      CHECK(r.ok());
+    }());
+  }
+
+  TEST_CASE("a target that never answers fails the batch at its deadline") {
+    ferry::io::io_context ctx;
+    silent_target silent(ctx);
+    tcp_engine initiator(ctx, {.name = "initiator", .tcp = {.reply_timeout = 60s}});
+    std::vector<std::byte> local(1 << 20);
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    auto t0 = clock_type::now();
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(silent.address);
+      REQUIRE(seg);
+      transfer_batch b;
+      b.read(local.data(), *seg, 0, local.size());
+      auto r = co_await initiator.transfer(b, ferry::transfer_options().with_timeout(300ms));
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.requests[0].error() == errc::timed_out);
+    }());
+    CHECK(clock_type::now() - t0 < 5s);
+    silent.close();
+  }
+
+  TEST_CASE("a target that stops answering is dropped after the reply timeout and the batch fails") {
+    ferry::io::io_context ctx;
+    silent_target silent(ctx);
+    tcp_engine initiator(ctx, {.name = "initiator", .retry_budget = 1, .tcp = {.reply_timeout = 100ms}});
+    std::vector<std::byte> local(1 << 16);
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(silent.address);
+      REQUIRE(seg);
+      transfer_batch b;
+      b.write(local.data(), *seg, 0, local.size());
+      auto r = co_await initiator.transfer(b);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.requests[0].error() == errc::timed_out);
+    }());
+    silent.close();
+  }
+
+  TEST_CASE("a stop request from another thread cancels a batch, and its buffer is released") {
+    ferry::io::io_context ctx;
+    silent_target silent(ctx);
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    std::vector<std::byte> local(1 << 20);
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    std::stop_source stop;
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(silent.address);
+      REQUIRE(seg);
+      transfer_batch b;
+      b.read(local.data(), *seg, 0, local.size());
+      std::thread canceller([&] {
+        std::this_thread::sleep_for(100ms);
+        // while the batch waits, its buffer is in use and cannot be unregistered
+        auto refused = initiator.registry().remove(local.data());
+        REQUIRE_FALSE(refused);
+        CHECK(refused.error() == errc::busy);
+        stop.request_stop();
+      });
+      auto r = co_await initiator.transfer(b, ferry::transfer_options().with_stop(stop.get_token()));
+      canceller.join();
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.requests[0].error() == errc::cancelled);
+    }());
+    CHECK(initiator.registry().remove(local.data()).has_value());
+    silent.close();
+  }
+
+  TEST_CASE("a target killed mid-batch fails it before its deadline, and a restarted one serves the next") {
+    auto child = child_target::spawn("127.0.0.2:0", 64 << 20, false);
+    std::string address = child.address;
+    ferry::io::io_context ctx;
+    tcp_engine initiator(ctx, {.name = "initiator",
+                               .slice_size = 256 * 1024,
+                               .tcp = {.connect_timeout = 500ms, .reply_timeout = 2s}});
+    std::vector<std::byte> local(64 << 20);
+    fill(local, 1);
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    auto seg = ctx.run_until(initiator.open_segment(address));
+    REQUIRE(seg);
+    ferry::batch_result killed;
+    auto t0 = clock_type::now();
+    ctx.run_until([&]() -> ferry::task<> {
+      ferry::async_scope killer;
+      auto kill_soon = [&]() -> ferry::task<> {
+        co_await ctx.sleep_for(5ms);
+        child.kill();
+      };
+      killer.spawn(kill_soon());
+      transfer_batch big;
+      for (int round = 0; round < 8; ++round)
+        big.write(local.data(), *seg, 0, local.size());
+      killed = co_await initiator.transfer(big, ferry::transfer_options().with_timeout(20s));
+      co_await killer.join();
+    }());
+    CHECK(clock_type::now() - t0 < 15s);
+    REQUIRE_FALSE(killed.ok());
+    MESSAGE("batch to a killed target: ", killed.first_error().message());
+    auto restarted = child_target::spawn(address, 64 << 20, false);
+    REQUIRE(restarted.address == address);
+    transfer_batch next;
+    next.write(local.data(), *seg, 0, 1 << 20).read(local.data() + (1 << 20), *seg, 8 << 20, 1 << 20);
+    auto r = ctx.run_until(initiator.transfer(next, ferry::transfer_options().with_timeout(10s)));
+    CHECK_MESSAGE(r.ok(), r.first_error().message());
+    for (std::size_t i = 0; i < (1 << 20); i += 997)
+      REQUIRE(local[(1 << 20) + i] == pattern_at((8 << 20) + i, 7));
+  }
+
+  TEST_CASE("connections dropped by a restarted target are re-established transparently") {
+    ferry::io::io_context ctx;
+    std::vector<std::byte> remote(1 << 20), local(1 << 20);
+    fill(local, 9);
+    auto target = std::make_unique<ferry::default_engine>(
+        ctx, ferry::engine_options{.name = "t", .listen = "127.0.0.2:0"});
+    REQUIRE(target->registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target->start());
+    auto address = target->endpoint()->to_string();
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    auto seg = ctx.run_until(initiator.open_segment(address));
+    REQUIRE(seg);
+    transfer_batch b;
+    b.write(local.data(), *seg, 0, local.size());
+    REQUIRE(ctx.run_until(initiator.transfer(b)).ok());
+    target.reset(); // every connection of the initiator is now dead
+    std::ranges::fill(remote, std::byte{0});
+    target =
+        std::make_unique<ferry::default_engine>(ctx, ferry::engine_options{.name = "t", .listen = address});
+    REQUIRE(target->registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target->start());
+    auto r = ctx.run_until(initiator.transfer(b));
+    CHECK_MESSAGE(r.ok(), r.first_error().message());
+    CHECK(remote == local);
+  }
+
+  TEST_CASE("a notification arrives after the batch's bytes have landed") {
+    ferry::io::io_context ctx;
+    ferry::default_engine decode(ctx, {.name = "decode", .listen = "127.0.0.2:0"});
+    tcp_engine prefill(ctx, {.name = "prefill"});
+    std::vector<std::byte> kv(1 << 20), src(1 << 20);
+    fill(src, 4);
+    REQUIRE(decode.registry().add(kv.data(), kv.size(), access::read_write));
+    REQUIRE(decode.start());
+    REQUIRE(prefill.registry().add(src.data(), src.size(), access::none));
+    bool landed_before_notice = false;
+    auto receiver = [&]() -> ferry::task<ferry::result<ferry::notification>> {
+      auto n = co_await decode.next_notification();
+      landed_before_notice = kv == src;
+      co_return n;
+    };
+    auto sender = [&]() -> ferry::task<ferry::batch_result> {
+      auto seg = co_await prefill.open_segment(decode.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch b;
+      b.write(src.data(), *seg, 0, src.size());
+      co_return co_await prefill.transfer(b, ferry::transfer_options().with_notify("kv ready: request 42"));
+    };
+    auto [got, sent] = ctx.run_until(ferry::when_all(receiver(), sender()));
+    REQUIRE(sent.ok());
+    REQUIRE(got);
+    CHECK(got->from == "prefill");
+    CHECK(got->message == "kv ready: request 42");
+    CHECK(landed_before_notice);
+  }
+
+  TEST_CASE("waiting for a notification can be cancelled") {
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "e"});
+    std::stop_source stop;
+    auto r = ctx.run_until([&]() -> ferry::task<ferry::result<ferry::notification>> {
+      ferry::async_scope s;
+      auto later = [&]() -> ferry::task<> {
+        co_await ctx.sleep_for(10ms);
+        stop.request_stop();
+      };
+      s.spawn(later());
+      auto n = co_await engine.next_notification(stop.get_token());
+      co_await s.join();
+      co_return n;
+    }());
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == errc::cancelled);
+  }
+
+  TEST_CASE("a probe measures a round trip and fails fast for a dead peer") {
+    ferry::io::io_context ctx;
+    auto target = std::make_unique<ferry::default_engine>(
+        ctx, ferry::engine_options{.name = "t", .listen = "127.0.0.2:0"});
+    REQUIRE(target->start());
+    tcp_engine initiator(ctx, {.name = "i", .tcp = {.connect_timeout = 500ms}});
+    auto seg = ctx.run_until(initiator.open_segment(target->endpoint()->to_string()));
+    REQUIRE(seg);
+    auto rtt = ctx.run_until(initiator.probe(*seg));
+    REQUIRE(rtt);
+    CHECK(rtt->count() > 0);
+    CHECK(*rtt < 1s);
+    target.reset();
+    auto t0 = clock_type::now();
+    auto dead = ctx.run_until(initiator.probe(*seg));
+    CHECK_FALSE(dead);
+    CHECK(clock_type::now() - t0 < 3s);
+  }
+
+  TEST_CASE("submit and wait serve code without coroutines") {
+    ferry::io::io_context ctx;
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    std::vector<std::byte> remote(1 << 20), local(1 << 20);
+    fill(local, 2);
+    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    auto seg = ctx.run_until(initiator.open_segment(target.endpoint()->to_string()));
+    REQUIRE(seg);
+    transfer_batch b;
+    b.write(local.data(), *seg, 0, local.size());
+    auto handle = initiator.submit(b);
+    int polls = 0;
+    while (!handle.ready() && polls < 1000000)
+      ++polls;
+    auto r = handle.wait();
+    CHECK(r.ok());
+    CHECK(remote == local);
+    auto again = initiator.submit(b);
+    CHECK(again.wait().ok());
+  }
+
+  TEST_CASE("an engine on a background thread serves coroutines and submit from other threads") {
+    ferry::io::io_context ctx;
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    std::vector<std::byte> remote(1 << 20), local(1 << 20);
+    fill(local, 6);
+    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    initiator.run_in_background();
+    auto seg = ferry::sync_wait(initiator.open_segment(target.endpoint()->to_string()));
+    REQUIRE(seg);
+    transfer_batch b;
+    b.write(local.data(), *seg, 0, local.size());
+    CHECK(initiator.submit(b).wait().ok());
+    CHECK(ferry::sync_wait(initiator.transfer(b)).ok());
+    CHECK(remote == local);
+    ferry::sync_wait(initiator.shutdown());
+    ferry::sync_wait(target.shutdown());
+  }
+
+  TEST_CASE("a hundred concurrent batches of many small blocks all land") {
+    ferry::io::io_context ctx;
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    tcp_engine initiator(
+        ctx, {.name = "initiator", .tcp = {.connections_per_peer = 3, .in_flight_per_connection = 4}});
+    constexpr std::size_t blocks = 16, block = 16 * 1024, batches = 100;
+    std::vector<std::byte> remote(batches * blocks * block), local(remote.size());
+    fill(local, 8);
+    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    auto seg = ctx.run_until(initiator.open_segment(target.endpoint()->to_string()));
+    REQUIRE(seg);
+    std::vector<ferry::task<ferry::batch_result>> all;
+    for (std::size_t i = 0; i < batches; ++i) {
+      transfer_batch b;
+      for (std::size_t j = 0; j < blocks; ++j) {
+        std::size_t off = (j * batches + i) * block; // scattered
+        b.write(local.data() + off, *seg, off, block);
+      }
+      all.push_back(initiator.transfer(std::move(b)));
+    }
+    auto results = ctx.run_until(ferry::when_all(std::move(all)));
+    for (auto& r : results)
+      REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+    CHECK(remote == local);
+  }
+}

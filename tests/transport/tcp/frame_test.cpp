@@ -1,0 +1,80 @@
+#include "ferry/transport/tcp/frame.hpp"
+
+#include <doctest/doctest.h>
+
+#include <array>
+
+using ferry::tcp::frame_header;
+using ferry::tcp::frame_type;
+
+namespace {
+std::array<std::byte, frame_header::size> wire(const frame_header& h) {
+  std::array<std::byte, frame_header::size> w;
+  ferry::tcp::encode(h, w);
+  return w;
+}
+} // namespace
+
+TEST_SUITE("tcp frame") {
+  TEST_CASE("headers round-trip through the wire format") {
+    frame_header h;
+    h.type = frame_type::write;
+    h.request_id = 0x0102030405060708ull;
+    h.offset = 1ull << 40;
+    h.length = 65536;
+    auto w = wire(h);
+    CHECK(w[0] == std::byte{'F'});
+    CHECK(w[3] == std::byte{'1'});
+    auto back = ferry::tcp::decode_header(w);
+    REQUIRE(back);
+    CHECK(back->type == frame_type::write);
+    CHECK(back->request_id == h.request_id);
+    CHECK(back->offset == h.offset);
+    CHECK(back->payload_length() == 65536);
+  }
+
+  TEST_CASE("replies carry a status and read replies carry data only on success") {
+    frame_header h;
+    h.type = frame_type::read_reply;
+    h.status = static_cast<int>(ferry::errc::out_of_bounds);
+    h.length = 0;
+    auto back = ferry::tcp::decode_header(wire(h));
+    REQUIRE(back);
+    CHECK(back->error() == ferry::errc::out_of_bounds);
+    CHECK(back->payload_length() == 0);
+  }
+
+  TEST_CASE("malformed headers are rejected before any payload is read") {
+    frame_header ok;
+    ok.type = frame_type::read;
+    ok.length = 10;
+    auto base = wire(ok);
+    auto mutate = [&](std::size_t at, std::byte v) {
+      auto w = base;
+      w[at] = v;
+      return ferry::tcp::decode_header(w);
+    };
+    CHECK(mutate(0, std::byte{0}).error() == ferry::errc::malformed_frame);  // magic
+    CHECK(mutate(4, std::byte{2}).error() == ferry::errc::version_mismatch); // version
+    CHECK(mutate(5, std::byte{0}).error() == ferry::errc::malformed_frame);  // type 0
+    CHECK(mutate(5, std::byte{11}).error() == ferry::errc::malformed_frame); // type past the last
+    CHECK(mutate(6, std::byte{1}).error() == ferry::errc::malformed_frame);  // flags
+    CHECK(mutate(12, std::byte{1}).error() == ferry::errc::malformed_frame); // reserved
+    CHECK(mutate(8, std::byte{1}).error() == ferry::errc::malformed_frame);  // status on a request
+    frame_header huge;
+    huge.type = frame_type::write;
+    huge.length = frame_header::max_data_payload + 1;
+    CHECK(ferry::tcp::decode_header(wire(huge)).error() == ferry::errc::malformed_frame);
+    frame_header empty;
+    empty.type = frame_type::read;
+    CHECK(ferry::tcp::decode_header(wire(empty)).error() == ferry::errc::malformed_frame);
+    frame_header ping_with_payload;
+    ping_with_payload.type = frame_type::ping;
+    ping_with_payload.length = 1;
+    CHECK(ferry::tcp::decode_header(wire(ping_with_payload)).error() == ferry::errc::malformed_frame);
+    frame_header bad_status;
+    bad_status.type = frame_type::write_reply;
+    bad_status.status = 9999;
+    CHECK(ferry::tcp::decode_header(wire(bad_status)).error() == ferry::errc::malformed_frame);
+  }
+}
