@@ -605,3 +605,46 @@ TEST_SUITE("transfer_engine") {
     CHECK(remote == local);
   }
 }
+
+TEST_SUITE("transfer_engine metadata") {
+  TEST_CASE("segments published in a metadata store are opened by name") {
+    ferry::io::io_context ctx;
+    ferry::memory_metadata_store meta;
+    ferry::default_engine decode(ctx, {.name = "decode-7", .listen = "127.0.0.2:0"});
+    tcp_engine prefill(ctx, {.name = "prefill-7"});
+    decode.use_metadata(meta);
+    prefill.use_metadata(meta);
+    std::vector<std::byte> kv(1 << 20), src(1 << 20);
+    fill(src, 12);
+    REQUIRE(decode.registry().add(kv.data(), kv.size(), access::read_write));
+    REQUIRE(decode.start());
+    REQUIRE(prefill.registry().add(src.data(), src.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto missing = co_await prefill.open_segment("decode-7");
+      REQUIRE_FALSE(missing);
+      CHECK(missing.error() == errc::unknown_segment);
+      REQUIRE(co_await decode.publish());
+      auto seg = co_await prefill.open_segment("decode-7");
+      REQUIRE(seg);
+      CHECK(prefill.find(*seg)->descriptor.name == "decode-7");
+      transfer_batch b;
+      b.write(src.data(), *seg, 0, src.size());
+      CHECK((co_await prefill.transfer(b)).ok());
+      auto again = co_await prefill.open_segment("decode-7"); // opening again gives the same id
+      CHECK(*again == *seg);
+    }());
+    CHECK(kv == src);
+  }
+
+  TEST_CASE("a malformed descriptor in the store is refused with a message") {
+    ferry::io::io_context ctx;
+    ferry::memory_metadata_store meta;
+    tcp_engine engine(ctx, {.name = "e"});
+    engine.use_metadata(meta);
+    ferry::sync_wait(meta.put("ferry/segments/broken", "{\"name\": 7}"));
+    auto r = ctx.run_until(engine.open_segment("broken"));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == errc::malformed_frame);
+    CHECK(r.error().message().find("segment descriptor") != std::string::npos);
+  }
+}
