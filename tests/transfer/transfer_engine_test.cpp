@@ -42,7 +42,7 @@ struct child_target {
   pid_t pid = -1;
   std::string address;
 
-  static child_target spawn(const std::string& listen, std::size_t size, bool shared) {
+  static child_target spawn(const std::string& listen, std::size_t size, bool shared, int attempt = 0) {
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     pid_t pid = ::fork();
@@ -62,9 +62,12 @@ struct child_target {
         data = plain.data();
       }
       fill({data, size}, 7);
-      if (!engine.registry().add(data, size, access::read_write, shared ? shm.name() : std::string()) ||
-          !engine.start())
+      auto added = engine.registry().add(data, size, access::read_write, shared ? shm.name() : std::string());
+      auto started = added ? engine.start() : ferry::result<void>(ferry::fail(added.error()));
+      if (!started) {
+        std::fprintf(stderr, "target child: %s\n", started.error().message().c_str());
         ::_exit(3);
+      }
       std::string where = engine.endpoint()->to_string() + "\n";
       if (::write(fds[1], where.data(), where.size()) < 0)
         ::_exit(4);
@@ -86,7 +89,14 @@ struct child_target {
     }
     ::close(fds[0]);
     std::string line(buf, got);
-    REQUIRE_MESSAGE(line.find('\n') != std::string::npos, "the target process did not start");
+    if (line.find('\n') == std::string::npos) {
+      int status;
+      ::waitpid(pid, &status, 0);
+      // why: a killed process's io_uring releases its listening socket asynchronously; the port frees up soon
+      REQUIRE_MESSAGE(attempt < 100, "the target process did not start");
+      std::this_thread::sleep_for(20ms);
+      return spawn(listen, size, shared, attempt + 1);
+    }
     return {pid, line.substr(0, line.find('\n'))};
   }
 
@@ -222,6 +232,32 @@ TEST_SUITE("transfer_engine") {
     CHECK(back == buf);
     CHECK(engine.routed_bytes("shm") == 3 * buf.size());
     CHECK(engine.routed_bytes("tcp") == 0);
+  }
+
+  TEST_CASE("bytes for a same-host target that restarted go to the new process, not the old memory") {
+    auto first = child_target::spawn("127.0.0.2:0", 1 << 20, true);
+    std::string address = first.address;
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "local"});
+    std::vector<std::byte> buf(1 << 20), back(1 << 20);
+    fill(buf, 21);
+    REQUIRE(engine.registry().add(buf.data(), buf.size(), access::none));
+    REQUIRE(engine.registry().add(back.data(), back.size(), access::none));
+    auto seg = ctx.run_until(engine.open_segment(address));
+    REQUIRE(seg);
+    transfer_batch w, r;
+    w.write(buf.data(), *seg, 0, buf.size());
+    r.read(back.data(), *seg, 0, back.size());
+    REQUIRE(ctx.run_until(engine.transfer(w)).ok());
+    CHECK(engine.routed_bytes("shm") == buf.size());
+    first.kill();
+    auto second = child_target::spawn(address, 1 << 20, true);
+    REQUIRE(second.address == address);
+    auto again = ctx.run_until(engine.transfer(w));
+    REQUIRE_MESSAGE(again.ok(), again.first_error().message());
+    REQUIRE(ctx.run_until(engine.transfer(r)).ok());
+    CHECK(back == buf); // the new process has the bytes
+    CHECK(engine.routed_bytes("tcp") >= 2 * buf.size());
   }
 
   TEST_CASE("transfers to the engine's own segment are copies within the process") {

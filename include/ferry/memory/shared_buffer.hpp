@@ -11,8 +11,12 @@
 
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstddef>
+#include <cstdio>
 #include <fcntl.h>
+#include <filesystem>
+#include <mutex>
 #include <span>
 #include <string>
 #include <sys/mman.h>
@@ -40,6 +44,8 @@ public:
   /// Creates a zero-filled shared object of `size` bytes (rounded up to the page size) and maps it.
   static result<shared_buffer> create(std::size_t size) {
     static std::atomic<unsigned> counter{0};
+    static std::once_flag reaped;
+    std::call_once(reaped, remove_orphans);
     std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
     size = (size + page - 1) / page * page;
     shared_buffer b;
@@ -70,6 +76,19 @@ public:
   std::span<std::byte> bytes() const noexcept { return {data_, size_}; }
   /// The name peers open it by (shm_open).
   const std::string& name() const noexcept { return name_; }
+
+  /// Removes the shared objects of ferry processes that ended without removing them (killed, crashed).
+  static void remove_orphans() noexcept {
+    std::error_code ec;
+    for (auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
+      std::string name = entry.path().filename().string();
+      unsigned long pid = 0;
+      if (std::sscanf(name.c_str(), "ferry-%lu-", &pid) != 1 || pid == 0)
+        continue;
+      if (::kill(static_cast<pid_t>(pid), 0) < 0 && errno == ESRCH)
+        ::shm_unlink(("/" + name).c_str());
+    }
+  }
 
 private:
   void release() noexcept {

@@ -36,7 +36,8 @@ struct segment_descriptor {
 
   std::string name;
   std::uint64_t incarnation = 0;
-  std::string host; ///< identifies the machine (its boot id); equal hosts can share memory
+  std::string host;      ///< identifies the machine (its boot id); equal hosts can share memory
+  std::uint64_t pid = 0; ///< the serving process on that host (0: unknown); lets same-host peers see it end
   std::vector<transport_endpoint> endpoints;
   std::vector<region_descriptor> regions; ///< sorted by offset, not overlapping
 
@@ -68,6 +69,8 @@ struct segment_descriptor {
     j["name"] = name;
     j["incarnation"] = incarnation;
     j["host"] = host;
+    if (pid != 0)
+      j["pid"] = pid;
     auto& eps = j["endpoints"] = nlohmann::json::array();
     for (auto& e : endpoints)
       eps.push_back({{"transport", e.transport}, {"address", e.address}});
@@ -106,6 +109,11 @@ struct segment_descriptor {
     if (host == j.end() || !host->is_string() || host->get_ref<const std::string&>().size() > 256)
       return bad("segment descriptor: host missing");
     d.host = host->get<std::string>();
+    if (auto pid = j.find("pid"); pid != j.end()) {
+      if (!pid->is_number_unsigned() || pid->get<std::uint64_t>() > 0x7fffffff)
+        return bad("segment descriptor: pid must be a process id");
+      d.pid = pid->get<std::uint64_t>();
+    }
     auto eps = j.find("endpoints");
     if (eps == j.end() || !eps->is_array() || eps->size() > max_endpoints)
       return bad("segment descriptor: endpoints missing or too many");

@@ -60,6 +60,7 @@
 #include <thread>
 #include <tuple>
 #include <type_traits>
+#include <unistd.h>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -134,6 +135,7 @@ public:
     d.name = options_.name;
     d.incarnation = incarnation_;
     d.host = host_;
+    d.pid = static_cast<std::uint64_t>(::getpid());
     if (listening_)
       d.endpoints.push_back({"tcp", listening_->to_string()});
     d.regions = registry_.exposed();

@@ -22,10 +22,12 @@
 #include <fcntl.h>
 #include <map>
 #include <memory>
+#include <poll.h>
 #include <string>
 #include <string_view>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <unordered_map>
 #include <utility>
@@ -44,7 +46,24 @@ class shm_transport {
   struct peer_maps {
     std::uint64_t incarnation = 0;
     std::map<std::string, std::unique_ptr<mapping>> by_name;
-    bool unreachable = false; // its shared memory cannot be opened from here
+    bool unreachable = false; // its shared memory cannot be opened from here, or its process ended
+    int pidfd = -1;           // the owner process, to notice that it ended
+    peer_maps() = default;
+    peer_maps(peer_maps&& o) noexcept
+        : incarnation(o.incarnation), by_name(std::move(o.by_name)), unreachable(o.unreachable),
+          pidfd(std::exchange(o.pidfd, -1)) {}
+    peer_maps& operator=(peer_maps&&) = delete;
+    ~peer_maps() {
+      if (pidfd >= 0)
+        ::close(pidfd);
+    }
+    /// False once the owner process has exited (its memory would then reach nobody).
+    bool owner_alive() {
+      if (pidfd < 0)
+        return true;
+      ::pollfd p{pidfd, POLLIN, 0};
+      return ::poll(&p, 1, 0) == 0;
+    }
   };
 
 public:
@@ -111,6 +130,20 @@ private:
     if (maps.incarnation != p.descriptor.incarnation) {
       maps.by_name.clear();
       maps.incarnation = p.descriptor.incarnation;
+      if (maps.pidfd >= 0)
+        ::close(std::exchange(maps.pidfd, -1));
+      if (p.descriptor.pid != 0) {
+        maps.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(p.descriptor.pid), 0));
+        if (maps.pidfd < 0 && errno == ESRCH)
+          maps.unreachable = true;
+      }
+    }
+    // why: a process that ended (and perhaps restarted elsewhere) leaves its shared objects behind; copying
+    // into them would report success for bytes nobody will read. Such slices go to the next transport
+    // instead.
+    if (maps.unreachable || !maps.owner_alive()) {
+      maps.unreachable = true;
+      return fail(errc::peer_unreachable, "shm: the segment's process has ended");
     }
     auto& m = maps.by_name[r->shm_name];
     if (!m) {
