@@ -237,7 +237,7 @@ TEST_SUITE("tcp_socket") {
           auto n = co_await s.recv(buf);
           if (!n || *n == 0)
             co_return;
-          if (!co_await s.send_all(std::span(buf).first(*n)))
+          if (auto ok = co_await s.send_all(std::span(buf).first(*n)); !ok)
             co_return;
         }
       };
@@ -254,10 +254,10 @@ TEST_SUITE("tcp_socket") {
           co_return false;
         auto msg = pattern(1000, static_cast<unsigned>(id));
         for (int round = 0; round < 3; ++round) {
-          if (!co_await s->send_all(msg))
+          if (auto ok = co_await s->send_all(msg); !ok)
             co_return false;
           std::vector<std::byte> back(msg.size());
-          if (!co_await s->recv_all(back))
+          if (auto ok = co_await s->recv_all(back); !ok)
             co_return false;
           if (back != msg)
             co_return false;

@@ -146,7 +146,10 @@ struct silent_target {
     open.push_back(&s);
     std::array<std::byte, ferry::tcp::frame_header::size> raw;
     std::vector<std::byte> sink(1 << 20);
-    while (co_await s.recv_all(raw)) {
+    for (;;) {
+      auto got = co_await s.recv_all(raw); // why: g++ 12 miscompiles co_await inside a loop or if condition
+      if (!got)
+        break;
       auto h = ferry::tcp::decode_header(raw);
       if (!h)
         break;
@@ -160,7 +163,7 @@ struct silent_target {
         co_await s.send_all(raw);
         co_await s.send_all(std::as_bytes(std::span(d)));
       } else if (h->payload_length() > 0) {
-        if (!co_await s.recv_all(std::span(sink).first(h->payload_length())))
+        if (auto ok = co_await s.recv_all(std::span(sink).first(h->payload_length())); !ok)
           break;
       }
     }

@@ -193,7 +193,9 @@ private:
     constexpr std::size_t max_iov = 1024;
     while (first < rest.size()) {
       std::span<const ::iovec> window(rest.data() + first, std::min(rest.size() - first, max_iov));
-      auto n = sending ? co_await send(window, stop) : co_await recv(window, stop);
+      // why: one co_await outside the conditional; g++ 12 miscompiles co_await inside conditions
+      auto op = sending ? send(window, stop) : recv(window, stop);
+      auto n = co_await std::move(op);
       if (!n)
         co_return fail(n.error());
       if (*n == 0 && !sending)

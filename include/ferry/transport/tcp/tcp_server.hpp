@@ -91,7 +91,7 @@ private:
     std::array<std::byte, tcp::frame_header::size> raw, out;
     std::vector<std::byte> scratch;
     while (!stop_.stop_requested()) {
-      if (!co_await sock.recv_all(raw))
+      if (auto ok = co_await sock.recv_all(raw); !ok)
         co_return; // closed, reset or stopped
       auto h = tcp::decode_header(raw);
       if (!h || static_cast<int>(h->type) % 2 == 0)
@@ -104,28 +104,28 @@ private:
       case tcp::frame_type::hello: {
         std::string d = hooks_.descriptor();
         reply.length = d.size();
-        if (!co_await send(sock, reply, out, d.data(), d.size()))
+        if (auto ok = co_await send(sock, reply, out, d.data(), d.size()); !ok)
           co_return;
         break;
       }
       case tcp::frame_type::ping:
-        if (!co_await send(sock, reply, out, nullptr, 0))
+        if (auto ok = co_await send(sock, reply, out, nullptr, 0); !ok)
           co_return;
         break;
       case tcp::frame_type::notify: {
         std::string message(h->length, '\0');
-        if (!co_await sock.recv_all(std::as_writable_bytes(std::span(message))))
+        if (auto ok = co_await sock.recv_all(std::as_writable_bytes(std::span(message))); !ok)
           co_return;
         if (hooks_.notified)
           hooks_.notified(std::move(message));
-        if (!co_await send(sock, reply, out, nullptr, 0))
+        if (auto ok = co_await send(sock, reply, out, nullptr, 0); !ok)
           co_return;
         break;
       }
       case tcp::frame_type::write: {
         auto lease = registry_.pin_exposed(h->offset, h->length, access::write);
         if (lease) {
-          if (!co_await sock.recv_all(std::span(lease->data(), h->length)))
+          if (auto ok = co_await sock.recv_all(std::span(lease->data(), h->length)); !ok)
             co_return;
         } else {
           // why: the payload is already on its way; consume it so the stream stays in step, then refuse.
@@ -133,12 +133,12 @@ private:
           scratch.resize(std::min<std::uint64_t>(h->length, 256 * 1024));
           for (std::uint64_t left = h->length; left > 0;) {
             std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, scratch.size()));
-            if (!co_await sock.recv_all(std::span(scratch).first(n)))
+            if (auto ok = co_await sock.recv_all(std::span(scratch).first(n)); !ok)
               co_return;
             left -= n;
           }
         }
-        if (!co_await send(sock, reply, out, nullptr, 0))
+        if (auto ok = co_await send(sock, reply, out, nullptr, 0); !ok)
           co_return;
         break;
       }
@@ -146,11 +146,11 @@ private:
         auto lease = registry_.pin_exposed(h->offset, h->length, access::read);
         if (lease) {
           reply.length = h->length;
-          if (!co_await send(sock, reply, out, lease->data(), h->length))
+          if (auto ok = co_await send(sock, reply, out, lease->data(), h->length); !ok)
             co_return;
         } else {
           reply.status = status_of(lease.error());
-          if (!co_await send(sock, reply, out, nullptr, 0))
+          if (auto ok = co_await send(sock, reply, out, nullptr, 0); !ok)
             co_return;
         }
         break;
