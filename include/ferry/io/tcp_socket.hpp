@@ -85,41 +85,25 @@ public:
 
   /// Receives up to `buffer.size()` bytes; 0 means the peer closed its side.
   operation<std::size_t> recv(std::span<std::byte> buffer, std::stop_token stop = {}) {
-    detail::io_op d;
-    d.code_ = detail::op_code::recv;
-    d.fd_ = fd_;
-    d.buf_ = buffer.data();
-    d.len_ = clamp(buffer.size());
-    return operation<std::size_t>(*ctx_, d, "recv", std::move(stop));
+    return recv_with(buffer, 0, std::move(stop));
   }
   /// Sends some of `data`; yields how much the kernel took.
   operation<std::size_t> send(std::span<const std::byte> data, std::stop_token stop = {}) {
-    detail::io_op d;
-    d.code_ = detail::op_code::send;
-    d.fd_ = fd_;
-    d.buf_ = const_cast<std::byte*>(data.data());
-    d.len_ = clamp(data.size());
-    return operation<std::size_t>(*ctx_, d, "send", std::move(stop));
+    return send_with(data, 0, std::move(stop));
   }
   /// Scatter: receives into several buffers in order; 0 means the peer closed its side.
   vectored_operation recv(std::span<const ::iovec> buffers, std::stop_token stop = {}) {
-    detail::io_op d;
-    d.code_ = detail::op_code::recvmsg;
-    d.fd_ = fd_;
-    return vectored_operation(*ctx_, d, "recvmsg", buffers, std::move(stop));
+    return vectored(detail::op_code::recvmsg, buffers, 0, std::move(stop));
   }
   /// Gather: sends from several buffers in order; yields how much the kernel took.
   vectored_operation send(std::span<const ::iovec> buffers, std::stop_token stop = {}) {
-    detail::io_op d;
-    d.code_ = detail::op_code::sendmsg;
-    d.fd_ = fd_;
-    return vectored_operation(*ctx_, d, "sendmsg", buffers, std::move(stop));
+    return vectored(detail::op_code::sendmsg, buffers, 0, std::move(stop));
   }
 
   /// Receives exactly `buffer.size()` bytes; errc::closed if the peer closes first.
   task<result<void>> recv_all(std::span<std::byte> buffer, std::stop_token stop = {}) {
     while (!buffer.empty()) {
-      auto n = co_await recv(buffer, stop);
+      auto n = co_await recv_with(buffer, MSG_WAITALL, stop);
       if (!n)
         co_return fail(n.error());
       if (*n == 0)
@@ -131,7 +115,7 @@ public:
   /// Sends all of `data`.
   task<result<void>> send_all(std::span<const std::byte> data, std::stop_token stop = {}) {
     while (!data.empty()) {
-      auto n = co_await send(data, stop);
+      auto n = co_await send_with(data, MSG_WAITALL, stop);
       if (!n)
         co_return fail(n.error());
       data = data.subspan(*n);
@@ -182,6 +166,36 @@ public:
   io_context& context() const noexcept { return *ctx_; }
 
 private:
+  // why: MSG_WAITALL lets io_uring finish a whole buffer in one operation instead of one per arriving chunk;
+  // the readiness backend adds MSG_DONTWAIT, which takes precedence, and the *_all loops finish the rest.
+  operation<std::size_t> recv_with(std::span<std::byte> buffer, int flags, std::stop_token stop) {
+    detail::io_op d;
+    d.code_ = detail::op_code::recv;
+    d.fd_ = fd_;
+    d.flags_ = flags;
+    d.buf_ = buffer.data();
+    d.len_ = clamp(buffer.size());
+    return operation<std::size_t>(*ctx_, d, "recv", std::move(stop));
+  }
+  operation<std::size_t> send_with(std::span<const std::byte> data, int flags, std::stop_token stop) {
+    detail::io_op d;
+    d.code_ = detail::op_code::send;
+    d.fd_ = fd_;
+    d.flags_ = flags;
+    d.buf_ = const_cast<std::byte*>(data.data());
+    d.len_ = clamp(data.size());
+    return operation<std::size_t>(*ctx_, d, "send", std::move(stop));
+  }
+  vectored_operation vectored(detail::op_code code, std::span<const ::iovec> buffers, int flags,
+                              std::stop_token stop) {
+    detail::io_op d;
+    d.code_ = code;
+    d.fd_ = fd_;
+    d.flags_ = flags;
+    return vectored_operation(*ctx_, d, code == detail::op_code::sendmsg ? "sendmsg" : "recvmsg", buffers,
+                              std::move(stop));
+  }
+
   static std::uint32_t clamp(std::size_t n) noexcept {
     // why: one call moves at most 1 GiB; larger spans are finished by the *_all loops.
     return static_cast<std::uint32_t>(n < (std::size_t{1} << 30) ? n : (std::size_t{1} << 30));
@@ -194,7 +208,8 @@ private:
     while (first < rest.size()) {
       std::span<const ::iovec> window(rest.data() + first, std::min(rest.size() - first, max_iov));
       // why: one co_await outside the conditional; g++ 12 miscompiles co_await inside conditions
-      auto op = sending ? send(window, stop) : recv(window, stop);
+      auto op =
+          vectored(sending ? detail::op_code::sendmsg : detail::op_code::recvmsg, window, MSG_WAITALL, stop);
       auto n = co_await std::move(op);
       if (!n)
         co_return fail(n.error());

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs ferry-bench as a user would: a target on 127.0.0.2, then short initiator runs over tcp and shm, reading
+# and writing, with --verify (every byte checked end to end) and --json (the fields BENCHMARKS.md relies on).
+set -euo pipefail
+bench=${1:?path to ferry-bench}
+out=$(mktemp)
+"$bench" --mode target --listen 127.0.0.2:0 --buffer-size 64M >"$out" 2>&1 &
+target_pid=$!
+trap 'kill $target_pid 2>/dev/null; wait $target_pid 2>/dev/null; rm -f "$out"' EXIT
+for _ in $(seq 100); do grep -q "listening on" "$out" && break; sleep 0.1; done
+target=$(grep -o "127.0.0.2:[0-9]*" "$out")
+for protocol in tcp shm; do
+  for op in write read; do
+    json=$("$bench" --mode initiator --target "$target" --protocol "$protocol" --operation "$op" --block-size 64K \
+      --batch-size 32 --threads 2 --duration 0.5 --verify --json)
+    python3 - "$json" "$protocol" "$op" <<'PY'
+import json, sys
+j = json.loads(sys.argv[1])
+for key in ("throughput_gbps", "bytes", "seconds"):
+    assert key in j, key
+assert "p50" in j["latency_us"] and "p99" in j["latency_us"]
+assert j["protocol"] == sys.argv[2] and j["operation"] == sys.argv[3]
+assert j["bytes"] > 0 and j["throughput_gbps"] > 0
+print(f'{sys.argv[2]} {sys.argv[3]}: {j["throughput_gbps"]:.2f} GB/s, verified')
+PY
+  done
+done
+if "$bench" --mode initiator --target 127.0.0.2:1 --protocol tcp --duration 0.5 >/dev/null 2>&1; then
+  echo "an unreachable target must fail"; exit 1
+fi
+echo "unreachable target: refused with an error, as expected"
