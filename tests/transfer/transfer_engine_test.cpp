@@ -177,6 +177,24 @@ struct silent_target {
   }
 };
 
+/// A target serving `bytes` of read-write memory on 127.0.0.2 and a tcp-only initiator with as much local
+/// memory, on one io_context.
+struct served_pair {
+  std::vector<std::byte> remote, local; // first: they outlive the engines
+  ferry::io::io_context ctx;
+  ferry::default_engine target;
+  tcp_engine initiator;
+
+  explicit served_pair(std::size_t bytes, ferry::engine_options initiator_options = {.name = "initiator"})
+      : remote(bytes), local(bytes), target(ctx, {.name = "target", .listen = "127.0.0.2:0"}),
+        initiator(ctx, std::move(initiator_options)) {
+    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+  }
+  std::string address() const { return target.endpoint()->to_string(); }
+};
+
 } // namespace
 
 TEST_SUITE("transfer_engine") {
@@ -312,43 +330,32 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("the owner enforces bounds even when the initiator's descriptor is stale") {
-    ferry::io::io_context ctx;
-    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
-    tcp_engine initiator(ctx, {.name = "initiator"});
-    std::vector<std::byte> a(1 << 16), local(1 << 16);
-    REQUIRE(target.registry().add(a.data(), a.size(), access::read_write));
-    REQUIRE(target.start());
-    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
-    ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+    served_pair p(1 << 16);
+    p.ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await p.initiator.open_segment(p.address());
       REQUIRE(seg);
-      REQUIRE(target.registry().remove(a.data())); // the initiator still believes the region exists
+      REQUIRE(p.target.registry().remove(p.remote.data())); // the initiator still believes the region exists
       transfer_batch b;
-      b.write(local.data(), *seg, 0, 4096);
-      auto r = co_await initiator.transfer(b);
+      b.write(p.local.data(), *seg, 0, 4096);
+      auto r = co_await p.initiator.transfer(b);
       REQUIRE_FALSE(r.ok());
       CHECK(r.requests[0].error() == errc::out_of_bounds);
       CHECK(r.first_error().message().find("target refused") != std::string::npos);
-      REQUIRE(co_await initiator.refresh(*seg)); // the fresh descriptor has no region: refused up front
-      auto again = co_await initiator.transfer(b);
+      REQUIRE(co_await p.initiator.refresh(*seg)); // the fresh descriptor has no region: refused up front
+      auto again = co_await p.initiator.transfer(b);
       CHECK(again.requests[0].error() == errc::out_of_bounds);
     }());
   }
 
   TEST_CASE("a corrupt frame or an absurd length drops only that connection") {
-    ferry::io::io_context ctx;
-    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
-    tcp_engine initiator(ctx, {.name = "initiator"});
-    std::vector<std::byte> a(1 << 20), local(1 << 20);
-    REQUIRE(target.registry().add(a.data(), a.size(), access::read_write));
-    REQUIRE(target.start());
-    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    served_pair p(1 << 20);
+    auto& ctx = p.ctx;
     ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      auto seg = co_await p.initiator.open_segment(p.address());
       REQUIRE(seg);
       transfer_batch b;
-      b.write(local.data(), *seg, 0, local.size());
-      REQUIRE((co_await initiator.transfer(b)).ok()); // connections established
+      b.write(p.local.data(), *seg, 0, p.local.size());
+      REQUIRE((co_await p.initiator.transfer(b)).ok()); // connections established
       std::array<std::byte, ferry::tcp::frame_header::size> junk;
       junk.fill(std::byte{0x5a});
       ferry::tcp::frame_header absurd;
@@ -357,14 +364,14 @@ TEST_SUITE("transfer_engine") {
       std::array<std::byte, ferry::tcp::frame_header::size> huge;
       ferry::tcp::encode(absurd, huge);
       for (auto* bad : {&junk, &huge}) {
-        auto raw = co_await ferry::io::tcp_socket::connect(ctx, *target.endpoint());
+        auto raw = co_await ferry::io::tcp_socket::connect(ctx, *p.target.endpoint());
         REQUIRE(raw);
         REQUIRE(co_await raw->send_all(*bad));
         std::array<std::byte, 1> one;
         auto n = co_await raw->recv(one); // the target hangs up
         CHECK((!n || *n == 0));
       }
-      auto r = co_await initiator.transfer(b); // everyone else is still served
+      auto r = co_await p.initiator.transfer(b); // everyone else is still served
       CHECK(r.ok());
     }());
   }
@@ -572,76 +579,58 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("submit and wait serve code without coroutines") {
-    ferry::io::io_context ctx;
-    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
-    tcp_engine initiator(ctx, {.name = "initiator"});
-    std::vector<std::byte> remote(1 << 20), local(1 << 20);
-    fill(local, 2);
-    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
-    REQUIRE(target.start());
-    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
-    auto seg = ctx.run_until(initiator.open_segment(target.endpoint()->to_string()));
+    served_pair p(1 << 20);
+    fill(p.local, 2);
+    auto seg = p.ctx.run_until(p.initiator.open_segment(p.address()));
     REQUIRE(seg);
     transfer_batch b;
-    b.write(local.data(), *seg, 0, local.size());
-    auto handle = initiator.submit(b);
+    b.write(p.local.data(), *seg, 0, p.local.size());
+    auto handle = p.initiator.submit(b);
     int polls = 0;
     while (!handle.ready() && polls < 1000000)
       ++polls;
     auto r = handle.wait();
     CHECK(r.ok());
-    CHECK(remote == local);
-    auto again = initiator.submit(b);
+    CHECK(p.remote == p.local);
+    auto again = p.initiator.submit(b);
     CHECK(again.wait().ok());
   }
 
   TEST_CASE("an engine on a background thread serves coroutines and submit from other threads") {
-    ferry::io::io_context ctx;
-    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
-    tcp_engine initiator(ctx, {.name = "initiator"});
-    std::vector<std::byte> remote(1 << 20), local(1 << 20);
-    fill(local, 6);
-    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
-    REQUIRE(target.start());
-    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
-    initiator.run_in_background();
-    auto seg = ferry::sync_wait(initiator.open_segment(target.endpoint()->to_string()));
+    served_pair p(1 << 20);
+    fill(p.local, 6);
+    p.initiator.run_in_background();
+    auto seg = ferry::sync_wait(p.initiator.open_segment(p.address()));
     REQUIRE(seg);
     transfer_batch b;
-    b.write(local.data(), *seg, 0, local.size());
-    CHECK(initiator.submit(b).wait().ok());
-    CHECK(ferry::sync_wait(initiator.transfer(b)).ok());
-    CHECK(remote == local);
-    ferry::sync_wait(initiator.shutdown());
-    ferry::sync_wait(target.shutdown());
+    b.write(p.local.data(), *seg, 0, p.local.size());
+    CHECK(p.initiator.submit(b).wait().ok());
+    CHECK(ferry::sync_wait(p.initiator.transfer(b)).ok());
+    CHECK(p.remote == p.local);
+    ferry::sync_wait(p.initiator.shutdown());
+    ferry::sync_wait(p.target.shutdown());
   }
 
   TEST_CASE("a hundred concurrent batches of many small blocks all land") {
-    ferry::io::io_context ctx;
-    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
-    tcp_engine initiator(
-        ctx, {.name = "initiator", .tcp = {.connections_per_peer = 3, .in_flight_per_connection = 4}});
     constexpr std::size_t blocks = 16, block = 16 * 1024, batches = 100;
-    std::vector<std::byte> remote(batches * blocks * block), local(remote.size());
-    fill(local, 8);
-    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
-    REQUIRE(target.start());
-    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
-    auto seg = ctx.run_until(initiator.open_segment(target.endpoint()->to_string()));
+    served_pair p(batches * blocks * block,
+                  {.name = "initiator", .tcp = {.connections_per_peer = 3, .in_flight_per_connection = 4}});
+    fill(p.local, 8);
+    auto seg = p.ctx.run_until(p.initiator.open_segment(p.address()));
     REQUIRE(seg);
     std::vector<ferry::task<ferry::batch_result>> all;
     for (std::size_t i = 0; i < batches; ++i) {
       transfer_batch b;
       for (std::size_t j = 0; j < blocks; ++j) {
         std::size_t off = (j * batches + i) * block; // scattered
-        b.write(local.data() + off, *seg, off, block);
+        b.write(p.local.data() + off, *seg, off, block);
       }
-      all.push_back(initiator.transfer(std::move(b)));
+      all.push_back(p.initiator.transfer(std::move(b)));
     }
-    auto results = ctx.run_until(ferry::when_all(std::move(all)));
+    auto results = p.ctx.run_until(ferry::when_all(std::move(all)));
     for (auto& r : results)
       REQUIRE_MESSAGE(r.ok(), r.first_error().message());
-    CHECK(remote == local);
+    CHECK(p.remote == p.local);
   }
 }
 
