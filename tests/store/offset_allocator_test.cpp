@@ -65,6 +65,30 @@ TEST_SUITE("offset_allocator") {
     CHECK_FALSE(a.allocate(2048));
   }
 
+  TEST_CASE("a request is never refused while a large enough free range exists") {
+    // Twenty free ranges of 1000 bytes and one of 1023 share a size class; the 1023 one was freed first, so
+    // it sits last in the class's list, far past where a bounded look would stop.
+    REQUIRE(ferry::detail::bin_round_down(1000) == ferry::detail::bin_round_down(1023));
+    constexpr std::uint64_t small = 1000, large = 1023, pad = 8, count = 20;
+    offset_allocator a(large + pad + count * (small + pad));
+    auto big = a.allocate(large);
+    REQUIRE(big);
+    REQUIRE(a.allocate(pad));
+    std::vector<allocation> smalls;
+    for (std::uint64_t i = 0; i < count; ++i) {
+      smalls.push_back(*a.allocate(small));
+      REQUIRE(a.allocate(pad)); // keeps the free ranges from merging
+    }
+    CHECK_FALSE(a.can_allocate(1));
+    a.free(*big);
+    for (auto& s : smalls)
+      a.free(s);
+    auto fit = a.allocate(1020);
+    REQUIRE(fit);
+    CHECK(fit->offset == 0);
+    CHECK_FALSE(a.can_allocate(1001));
+  }
+
   TEST_CASE("freeing something that is not a live allocation is a logic error") {
     offset_allocator a(1024);
     auto x = *a.allocate(100);

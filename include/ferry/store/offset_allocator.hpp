@@ -195,13 +195,14 @@ private:
     --free_ranges_;
   }
 
-  // why: a bin at or above round_up(size) always fits; when there is none, a few ranges of the size's own
-  // bin may still fit (sizes that are not bin boundaries), so a bounded look there keeps allocate O(1).
+  // why: a bin at or above round_up(size) always fits and is found in O(1). Only when there is none can a
+  // range of the size's own bin still fit (sizes that are not bin boundaries); that bin is searched whole, so
+  // a request is never refused while a large enough range exists.
   std::uint32_t find_range(std::uint64_t size) const noexcept {
     if (auto bin = find_bin(detail::bin_round_up(size)); bin != detail::no_index)
       return bins_[bin].front();
-    auto id = bins_[detail::bin_round_down(size)].front();
-    for (int tries = 0; id != detail::no_index && tries < 8; ++tries, id = nodes_[id].bin.next)
+    for (auto id = bins_[detail::bin_round_down(size)].front(); id != detail::no_index;
+         id = nodes_[id].bin.next)
       if (nodes_[id].size >= size)
         return id;
     return detail::no_index;
