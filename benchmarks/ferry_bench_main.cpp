@@ -57,6 +57,7 @@ struct options {
   std::string operation = "write";
   std::uint64_t block_size = 1ull << 20;
   unsigned batch_size = 128;
+  unsigned local_blocks = 0; // distinct local blocks the requests of a batch cycle through (0: batch_size)
   unsigned threads = 1;
   unsigned connections = 0; // 0: max(threads, 4)
   unsigned in_flight = ferry::tcp_options{}.in_flight_per_connection;
@@ -236,7 +237,7 @@ task<bool> one_batch(Engine& engine, run_state& s, worker& w, bool measured) {
   batch.reserve(o.batch_size);
   for (unsigned i = 0; i < o.batch_size; ++i) {
     std::uint64_t at = w.area + (w.next_block + i) % w.blocks_in_area * o.block_size;
-    std::byte* local = w.local.data() + i * o.block_size;
+    std::byte* local = w.local.data() + (i % o.local_blocks) * o.block_size;
     w.offsets[i] = at;
     if (s.write && o.verify)
       fill_pattern(local, at, o.block_size, seed);
@@ -422,7 +423,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
   for (unsigned t = 0; t < o.threads; ++t) {
     worker& w = workers[t];
     w.index = t;
-    w.local = io::aligned_buffer(o.block_size * o.batch_size);
+    w.local = io::aligned_buffer(o.block_size * o.local_blocks);
     if (auto r = engine.registry().add(w.local.data(), w.local.size(), ferry::access::none); !r) {
       std::fprintf(stderr, "ferry-bench: cannot register local memory: %s\n", r.error().message().c_str());
       co_return 1;
@@ -498,6 +499,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
         {"operation", o.operation},
         {"block_size", o.block_size},
         {"batch_size", o.batch_size},
+        {"local_blocks", o.local_blocks},
         {"threads", o.threads},
         {"connections", connections},
         {"copy_threads", shm ? o.threads : 0u},
@@ -587,6 +589,10 @@ int main(int argc, char** argv) {
                  "seconds to run (initiator: default 10; target: until SIGINT/SIGTERM)")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--json", o.json, "initiator: print one JSON object instead of the table");
+  app.add_option(
+      "--local-blocks", o.local_blocks,
+      "initiator: distinct local blocks a batch's requests cycle through (default: one per request; "
+      "1 reuses one hot block, as iperf3 reuses its buffer)");
   app.add_flag("--verify", o.verify, "initiator: check every byte end to end");
   app.add_flag("!--no-restore", o.restore,
                "initiator: leave written data in place (default: rewrite the fill pattern)");
@@ -606,6 +612,13 @@ int main(int argc, char** argv) {
   }
   if (o.block_size == 0) {
     std::fprintf(stderr, "ferry-bench: --block-size must be at least 1\n");
+    return 2;
+  }
+  if (o.local_blocks == 0 || o.local_blocks > o.batch_size)
+    o.local_blocks = o.batch_size;
+  if (o.verify && o.local_blocks != o.batch_size) {
+    std::fprintf(stderr,
+                 "ferry-bench: --verify needs one local block per request (leave --local-blocks out)\n");
     return 2;
   }
   try {

@@ -25,26 +25,31 @@ done
 vals=(); for _ in $(seq "$runs"); do vals+=("$("$baselines/memcpy_limit" 1 | gbps)"); done
 limit[memcpy1]=$(median "${vals[@]}")
 
-echo "| protocol | operation | block | batch | threads | streams | ferry-bench GB/s (median of $runs) | limit GB/s | ratio |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-for protocol in tcp shm; do
-  for block in 1M 64K; do
-    for op in write read; do
-      for conns in 1 4; do
-        [[ $protocol == shm && $conns == 4 ]] && continue
-        vals=()
-        for _ in $(seq "$runs"); do
-          vals+=("$("$bench" --mode initiator --target "$target" --protocol "$protocol" --operation "$op" \
-            --block-size "$block" --batch-size 128 --threads 1 --connections "$conns" --duration "$secs" --json |
-            python3 -c 'import json,sys; print(json.load(sys.stdin)["throughput_gbps"])')")
-        done
-        m=$(median "${vals[@]}")
-        if [[ $protocol == tcp ]]; then l=${limit[tcp$conns]}; streams=$conns; else l=${limit[memcpy1]}; streams=-; fi
-        ratio=$(python3 -c "print('%.2f' % ($m / $l))")
-        echo "| $protocol | $op | $block | 128 | 1 | $streams | $m | $l | $ratio |"
-      done
-    done
+# One row: protocol operation block streams local_blocks (local_blocks 128: a distinct local block per request;
+# 1: every request reuses one hot local block, as iperf3 reuses its buffer).
+row() {
+  local protocol=$1 op=$2 block=$3 conns=$4 local_blocks=$5 vals=() m l streams ratio
+  for _ in $(seq "$runs"); do
+    vals+=("$("$bench" --mode initiator --target "$target" --protocol "$protocol" --operation "$op" \
+      --block-size "$block" --batch-size 128 --threads 1 --connections "$conns" --local-blocks "$local_blocks" \
+      --duration "$secs" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["throughput_gbps"])')")
   done
+  m=$(median "${vals[@]}")
+  if [[ $protocol == tcp ]]; then l=${limit[tcp$conns]}; streams=$conns; else l=${limit[memcpy1]}; streams=-; fi
+  ratio=$(python3 -c "print('%.2f' % ($m / $l))")
+  echo "| $protocol | $op | $block | 128 | $local_blocks | $streams | $m | $l | $ratio |"
+}
+
+echo "| protocol | operation | block | batch | local blocks | streams | ferry-bench GB/s (median of $runs) | limit GB/s | ratio |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+for block in 1M 64K; do
+  for op in write read; do
+    for conns in 1 4; do row tcp "$op" "$block" "$conns" 128; done
+    row tcp "$op" "$block" 1 1
+  done
+done
+for block in 1M 64K; do
+  for op in write read; do row shm "$op" "$block" 1 128; done
 done
 echo
 echo "limits: tcp_limit 1 stream ${limit[tcp1]} GB/s, 4 streams ${limit[tcp4]} GB/s (iperf3, medians); memcpy_limit 1 thread ${limit[memcpy1]} GB/s"

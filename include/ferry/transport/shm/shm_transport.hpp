@@ -11,6 +11,7 @@
 #include "ferry/core/task.hpp"
 #include "ferry/core/thread_pool.hpp"
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/detail/stream_copy.hpp"
 #include "ferry/transfer/detail/batch_state.hpp"
 #include "ferry/transfer/peer.hpp"
 #include "ferry/transport/slice.hpp"
@@ -189,9 +190,9 @@ private:
       co_await pool_->schedule();
     if (!s->batch->aborted() && !stopping_) {
       if (s->op == transfer_op::write)
-        std::memcpy(target.remote, s->local, s->length);
+        detail::stream_copy(target.remote, s->local, s->length);
       else
-        std::memcpy(s->local, target.remote, s->length);
+        detail::stream_copy(s->local, target.remote, s->length);
     }
     if (pool_)
       co_await tc_.io.schedule();
