@@ -513,6 +513,7 @@ private:
     if (!metadata_get_)
       co_return fail(errc::unknown_segment, "open_segment: not host:port and no metadata store");
     auto text = co_await metadata_get_(metadata_prefix_ + locator);
+    co_await enter(); // why: a metadata store may complete on a thread of its own; the engine's state is the loop's
     if (!text)
       co_return fail(text.error());
     if (!*text)
