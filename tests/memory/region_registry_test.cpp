@@ -44,6 +44,21 @@ TEST_SUITE("region_registry") {
     CHECK(regs.size() == 0);
   }
 
+  TEST_CASE("only an address where a registration starts can be unregistered, in any order") {
+    region_registry regs;
+    std::vector<std::byte> a(1 << 16);
+    REQUIRE(regs.add(a.data(), a.size(), access::read_write));
+    REQUIRE(regs.add(a.data() + 8192, 4096, access::read_write));
+    CHECK(regs.remove(a.data() + 100).error() == ferry::errc::not_found); // inside, but nothing starts there
+    REQUIRE(regs.remove(a.data()));                                       // the outer registration first
+    CHECK(regs.size() == 1);                                              // the covered one keeps the region
+    CHECK(regs.exposed().size() == 1);
+    CHECK(regs.remove(a.data()).error() == ferry::errc::not_found);
+    REQUIRE(regs.remove(a.data() + 8192)); // the last registration takes the region with it
+    CHECK(regs.size() == 0);
+    CHECK(regs.exposed().empty());
+  }
+
   TEST_CASE("partial overlaps and empty regions are refused") {
     region_registry regs;
     std::vector<std::byte> a(8192);

@@ -376,6 +376,51 @@ TEST_SUITE("transfer_engine") {
     }());
   }
 
+  TEST_CASE("cancelling one batch does not fail another batch that shares its connection") {
+    // Both batches' slices are in flight on the one connection to a target that never answers. Cancelling B
+    // drops that connection; A's slices are retried, so A ends at its own deadline, not as "cancelled".
+    ferry::io::io_context ctx;
+    silent_target silent(ctx);
+    tcp_engine initiator(ctx, {.name = "initiator",
+                               .slice_size = 64 * 1024,
+                               .tcp = {.connections_per_peer = 1, .in_flight_per_connection = 8}});
+    std::vector<std::byte> local(1 << 20);
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    auto seg = ctx.run_until(initiator.open_segment(silent.address));
+    REQUIRE(seg);
+    std::stop_source stop;
+    transfer_batch a, b;
+    a.write(local.data(), *seg, 0, 128 * 1024);
+    b.write(local.data() + (128 << 10), *seg, 128 * 1024, 128 * 1024);
+    auto canceller = [&]() -> ferry::task<> {
+      co_await ctx.sleep_for(50ms);
+      stop.request_stop();
+    };
+    auto [ra, rb, unused] = ctx.run_until(ferry::when_all(
+        initiator.transfer(a, ferry::transfer_options().with_timeout(500ms)),
+        initiator.transfer(b, ferry::transfer_options().with_stop(stop.get_token())), canceller()));
+    (void)unused;
+    REQUIRE_FALSE(rb.ok());
+    CHECK(rb.first_error() == errc::cancelled);
+    REQUIRE_FALSE(ra.ok());
+    CHECK(ra.first_error() == errc::timed_out);
+    silent.close();
+  }
+
+  TEST_CASE("an engine that has shut down moves nothing and says so") {
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "self"});
+    std::vector<std::byte> exposed(1 << 20), local(1 << 20);
+    REQUIRE(engine.registry().add(exposed.data(), exposed.size(), access::read_write));
+    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+    ctx.run_until(engine.shutdown());
+    transfer_batch w;
+    w.write(local.data(), engine.self, 0, local.size());
+    auto r = ctx.run_until(engine.transfer(w));
+    CHECK_FALSE(r.ok());
+    CHECK(r.bytes() == 0);
+  }
+
   TEST_CASE("a target that never answers fails the batch at its deadline") {
     ferry::io::io_context ctx;
     silent_target silent(ctx);

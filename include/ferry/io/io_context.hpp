@@ -173,6 +173,12 @@ public:
         });
   }
 
+  /// Makes `thread` the one that drives the loop from now on (call it when handing the loop to a new thread,
+  /// before that thread starts running it, so that no other thread touches the backend meanwhile).
+  void hand_over(std::thread::id thread) noexcept {
+    owner_.store(thread, std::memory_order_release);
+  }
+
   /// True on the thread that is driving this loop right now.
   bool running_in_this_thread() const noexcept {
     return current() == this;
@@ -463,8 +469,14 @@ private:
       cancels.swap(pending_cancels_);
     }
     ready_.splice(incoming.ready);
-    for (auto* t : incoming.timers)
-      timers_.push(t);
+    for (auto* t : incoming.timers) {
+      if (cancel_requested(t)) {
+        t->result_ = -ECANCELED;
+        ready_.push(t);
+      } else {
+        timers_.push(t);
+      }
+    }
     while (auto* op = static_cast<detail::io_op*>(incoming.starts.pop())) {
       if (cancel_requested(op)) {
         op->result_ = -ECANCELED;
@@ -543,6 +555,11 @@ private:
       if (timers_.remove(t)) {
         t->result_ = -ECANCELED;
         ready_.push(t);
+      } else {
+        // why: a timer started from another thread may still be on its way here; without its entry it is
+        // failed on arrival (gather) instead of sleeping out its time
+        std::lock_guard lock(cancel_mutex_);
+        cancellable_.erase(id);
       }
       return;
     }

@@ -14,6 +14,7 @@
 #include "ferry/memory/access.hpp"
 #include "ferry/memory/region_descriptor.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -29,8 +30,9 @@ class region_registry {
   struct entry {
     std::byte* base = nullptr;
     std::uint64_t length = 0;
-    region_descriptor exposed; // permissions == none: local only
-    std::uint32_t references = 0;
+    region_descriptor exposed;           // permissions == none: local only
+    bool outer_live = true;              // the registration that created the region has not been removed
+    std::vector<std::uintptr_t> covered; // starts of later registrations inside it (one per registration)
     std::uint32_t uses = 0;
   };
 
@@ -86,7 +88,7 @@ public:
     if (entry* covering = find_local(b, length)) {
       if (covering->exposed.permissions != permissions)
         return fail(errc::already_exists, "register: range already registered with other access");
-      ++covering->references;
+      covering->covered.push_back(key);
       return covering->exposed.offset + static_cast<std::uint64_t>(b - covering->base);
     }
     auto next = by_address_.lower_bound(key);
@@ -100,7 +102,6 @@ public:
     entry e;
     e.base = b;
     e.length = length;
-    e.references = 1;
     e.exposed = {permissions == access::none ? 0 : next_offset_, length, permissions, std::move(shm_name),
                  shm_offset};
     auto& stored = by_address_.emplace(key, std::move(e)).first->second;
@@ -113,26 +114,32 @@ public:
     return stored.exposed.offset;
   }
 
-  /// Drops one registration of the region that starts at `base`. Refused with errc::busy while a transfer
-  /// uses it; errc::not_found if nothing is registered there.
+  /// Drops the registration that starts at `base` (the region's own, or a covered range registered later).
+  /// The region goes when its last registration does; that is refused with errc::busy while a transfer uses
+  /// it. errc::not_found if no registration starts there.
   result<void> remove(const void* base) {
     auto key = reinterpret_cast<std::uintptr_t>(base);
     std::lock_guard lock(mutex_);
-    auto it = by_address_.find(key);
-    if (it == by_address_.end()) {
-      entry* covering = find_local(static_cast<const std::byte*>(base), 1);
-      if (!covering || covering->references < 2)
-        return fail(errc::not_found, "unregister: no region starts there");
-      --covering->references; // a covered sub-range registered earlier
-      return {};
-    }
+    auto it = by_address_.upper_bound(key);
+    if (it == by_address_.begin())
+      return fail(errc::not_found, "unregister: no registration starts there");
+    --it;
     entry& e = it->second;
-    if (e.references > 1) {
-      --e.references;
-      return {};
-    }
-    if (e.uses > 0)
+    if (key - it->first >= e.length)
+      return fail(errc::not_found, "unregister: no registration starts there");
+    auto sub = std::find(e.covered.begin(), e.covered.end(), key);
+    bool is_covered = sub != e.covered.end();
+    if (!is_covered && !(key == it->first && e.outer_live))
+      return fail(errc::not_found, "unregister: no registration starts there");
+    bool last = is_covered ? !e.outer_live && e.covered.size() == 1 : e.covered.empty();
+    if (last && e.uses > 0)
       return fail(errc::busy, "unregister: a transfer is using the region");
+    if (is_covered)
+      e.covered.erase(sub);
+    else
+      e.outer_live = false;
+    if (!last)
+      return {};
     if (e.exposed.permissions != access::none) {
       by_offset_.erase(e.exposed.offset);
       ++generation_;

@@ -309,6 +309,7 @@ public:
       return;
     guard_.emplace(io_);
     background_ = std::thread([this] { io_.run(); });
+    io_.hand_over(background_.get_id());
   }
 
   // ---- notifications and liveness ----
@@ -513,7 +514,8 @@ private:
     if (!metadata_get_)
       co_return fail(errc::unknown_segment, "open_segment: not host:port and no metadata store");
     auto text = co_await metadata_get_(metadata_prefix_ + locator);
-    co_await enter(); // why: a metadata store may complete on a thread of its own; the engine's state is the loop's
+    co_await enter(); // why: a metadata store may complete on a thread of its own; the engine's state is the
+                      // loop's
     if (!text)
       co_return fail(text.error());
     if (!*text)

@@ -90,8 +90,8 @@ public:
     ::epoll_event events[64];
     int n = ::epoll_pwait2(epoll_fd_, events, 64, timeout, nullptr);
     if (n < 0 && errno == ENOSYS) {
-      int ms =
-          timeout ? static_cast<int>(timeout->tv_sec * 1000 + (timeout->tv_nsec + 999'999) / 1'000'000) : -1;
+      long long wanted = timeout ? timeout->tv_sec * 1000LL + (timeout->tv_nsec + 999'999) / 1'000'000 : -1;
+      int ms = wanted > 0x7fffffff ? 0x7fffffff : static_cast<int>(wanted);
       n = ::epoll_wait(epoll_fd_, events, 64, ms);
     }
     if (n < 0) {

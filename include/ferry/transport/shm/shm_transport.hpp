@@ -46,7 +46,7 @@ class shm_transport {
   };
   struct peer_maps {
     std::uint64_t incarnation = 0;
-    std::map<std::string, std::unique_ptr<mapping>> by_name;
+    std::map<std::string, std::shared_ptr<mapping>> by_name; // key: object name and its protection
     bool unreachable = false; // its shared memory cannot be opened from here, or its process ended
     int pidfd = -1;           // the owner process, to notice that it ended
     peer_maps() = default;
@@ -108,7 +108,8 @@ public:
 private:
   struct target_ref {
     std::byte* remote = nullptr;
-    region_registry::lease lease; // own segment: holds the region while copying
+    region_registry::lease lease;    // own segment: holds the region while copying
+    std::shared_ptr<mapping> mapped; // a peer's memory: stays mapped until the copy is done
   };
 
   result<target_ref> resolve(const peer& p, slice* s) {
@@ -146,7 +147,8 @@ private:
       maps.unreachable = true;
       return fail(errc::peer_unreachable, "shm: the segment's process has ended");
     }
-    auto& m = maps.by_name[r->shm_name];
+    // why: a read-only mapping must not serve a later write to a writable region of the same object
+    auto& m = maps.by_name[r->shm_name + (allows(r->permissions, access::write) ? "#rw" : "#ro")];
     if (!m) {
       auto opened = open_mapping(*r);
       if (!opened) {
@@ -161,10 +163,11 @@ private:
       return fail(errc::out_of_bounds, "shm: the shared object is smaller than the region");
     target_ref t;
     t.remote = m->base + at;
+    t.mapped = m;
     return t;
   }
 
-  static result<std::unique_ptr<mapping>> open_mapping(const region_descriptor& r) {
+  static result<std::shared_ptr<mapping>> open_mapping(const region_descriptor& r) {
     bool writable = allows(r.permissions, access::write);
     int fd = ::shm_open(r.shm_name.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0);
     if (fd < 0)
@@ -179,25 +182,29 @@ private:
     ::close(fd);
     if (p == MAP_FAILED)
       return fail(errc::peer_unreachable, "shm: cannot map the peer's shared memory");
-    auto m = std::make_unique<mapping>();
+    auto m = std::make_shared<mapping>();
     m->base = static_cast<std::byte*>(p);
     m->length = static_cast<std::size_t>(st.st_size);
     return m;
   }
 
   task<> copy(slice* s, target_ref target) {
-    if (pool_)
-      co_await pool_->schedule();
-    if (!s->batch->aborted() && !stopping_) {
-      if (s->op == transfer_op::write)
-        detail::stream_copy(target.remote, s->local, s->length);
-      else
-        detail::stream_copy(s->local, target.remote, s->length);
+    // why: decided here, on the loop's thread, which owns the batch and the transport's state; a copy that
+    // has started cannot be interrupted and is reported as done
+    if (s->batch->aborted() || stopping_) {
+      s->settle(error(errc::cancelled, "shm"));
+      co_return;
     }
     if (pool_)
+      co_await pool_->schedule();
+    if (s->op == transfer_op::write)
+      detail::stream_copy(target.remote, s->local, s->length);
+    else
+      detail::stream_copy(s->local, target.remote, s->length);
+    if (pool_)
       co_await tc_.io.schedule();
-    target.lease = {};
-    s->settle(s->batch->aborted() ? error(errc::cancelled, "shm") : error{});
+    target = {};
+    s->settle();
   }
 
   transport_context& tc_;

@@ -56,6 +56,7 @@ class tcp_transport {
   };
 
   struct connection {
+    bool retired = false; // its peer's descriptor was replaced: it takes no new work and never reconnects
     io::endpoint address;
     std::deque<slice*> queue; // accepted, not yet sent
     session* current = nullptr;
@@ -180,28 +181,32 @@ public:
   }
 
   void abort(detail::batch_state* b) {
-    for (auto& [id, ps] : peers_)
-      for (auto& c : ps.connections) {
-        std::deque<slice*> keep, drop;
-        for (slice* s : c->queue)
-          (s->batch == b ? drop : keep).push_back(s);
-        c->queue.swap(keep);
-        for (slice* s : drop)
-          s->settle(error(errc::cancelled, "tcp"));
-        if (session* sn = c->current)
-          if (std::any_of(sn->in_flight.begin(), sn->in_flight.end(),
-                          [&](slice* s) { return s->batch == b; }))
-            break_session(*c, error(errc::cancelled, "tcp"));
-      }
+    for (connection* c : every_connection()) {
+      std::deque<slice*> keep, drop;
+      for (slice* s : c->queue)
+        (s->batch == b ? drop : keep).push_back(s);
+      c->queue.swap(keep);
+      for (slice* s : drop)
+        s->settle(error(errc::cancelled, "tcp"));
+      if (session* sn = c->current)
+        if (std::any_of(sn->in_flight.begin(), sn->in_flight.end(), [&](slice* s) { return s->batch == b; }))
+          // why: other batches' slices on this connection are retried; the aborted batch reports its reason
+          break_current(*c, error(errc::closed, "tcp: connection dropped to abort a batch"));
+    }
   }
 
   void forget(const peer& p) {
     auto it = peers_.find(p.id);
     if (it == peers_.end())
       return;
-    for (auto& c : it->second.connections)
-      if (c->current)
-        break_session(*c, error(errc::closed, "tcp: peer changed"));
+    for (auto& c : it->second.connections) {
+      c->retired = true;
+      auto q = std::move(c->queue);
+      c->queue.clear();
+      for (slice* s : q)
+        s->settle(error(errc::closed, "tcp: the peer's descriptor changed")); // retried with the new one
+      break_current(*c, error(errc::closed, "tcp: the peer's descriptor changed"));
+    }
     // why: keep the connection objects: reader/writer coroutines may still refer to them; new ones are
     // addressed from the refreshed descriptor.
     retired_.push_back(std::move(it->second));
@@ -219,7 +224,7 @@ public:
         for (slice* s : q)
           s->settle(error(errc::cancelled, "tcp: engine shutting down"));
         if (c->current)
-          break_session(*c, error(errc::cancelled, "tcp: engine shutting down"));
+          break_current(*c, error(errc::cancelled, "tcp: engine shutting down"));
       }
     };
     for (auto& [id, ps] : peers_)
@@ -231,6 +236,18 @@ public:
   }
 
 private:
+  /// The connections of current and of retired peers (whose sessions may still hold slices).
+  std::vector<connection*> every_connection() {
+    std::vector<connection*> out;
+    for (auto& [id, ps] : peers_)
+      for (auto& c : ps.connections)
+        out.push_back(c.get());
+    for (auto& ps : retired_)
+      for (auto& c : ps.connections)
+        out.push_back(c.get());
+    return out;
+  }
+
   peer_state* state_for(const peer& p) {
     if (auto it = peers_.find(p.id); it != peers_.end())
       return &it->second;
@@ -269,6 +286,10 @@ private:
     io::deadline within(tc_.io, tc_.options.tcp.connect_timeout, stop_.get_token());
     auto sock = co_await io::tcp_socket::connect(tc_.io, c.address, within.token());
     c.connecting = false;
+    if (c.retired && sock) {
+      // the peer's descriptor changed meanwhile: this address may no longer serve that segment
+      sock = fail(errc::closed, "tcp: the peer's descriptor changed");
+    }
     if (!sock || stopping_) {
       error e = !sock ? (within.expired() ? error(errc::timed_out, "tcp connect") : sock.error())
                       : error(errc::cancelled, "tcp: engine shutting down");
@@ -332,9 +353,10 @@ private:
         continue;
       auto sent = co_await sn.sock.send_all(iov);
       if (!sent) {
-        break_session(c, sent.error());
+        break_session(c, sn, sent.error());
         break;
       }
+      sn.last_progress = clock::now(); // why: a long send is progress too; only silence counts as a stall
     }
     if (c.current == &sn)
       c.writing = false;
@@ -348,12 +370,12 @@ private:
       if (sn.broken)
         break;
       if (!got) {
-        break_session(c, got.error());
+        break_session(c, sn, got.error());
         break;
       }
       auto h = tcp::decode_header(raw);
       if (!h) {
-        break_session(c, h.error());
+        break_session(c, sn, h.error());
         break;
       }
       slice* s = sn.in_flight.empty() ? nullptr : sn.in_flight.front();
@@ -361,7 +383,7 @@ private:
           s && s->op == transfer_op::write ? tcp::frame_type::write_reply : tcp::frame_type::read_reply;
       if (!s || h->request_id != s->wire_id || h->type != expected ||
           (h->type == tcp::frame_type::read_reply && h->status == 0 && h->length != s->length)) {
-        break_session(c, error(errc::malformed_frame, "tcp: reply does not match the request"));
+        break_session(c, sn, error(errc::malformed_frame, "tcp: reply does not match the request"));
         break;
       }
       if (h->payload_length() > 0) {
@@ -369,7 +391,7 @@ private:
         if (sn.broken)
           break; // released below, after the kernel is done with s->local
         if (!body) {
-          break_session(c, body.error());
+          break_session(c, sn, body.error());
           break;
         }
       }
@@ -382,18 +404,19 @@ private:
   }
 
   /// Marks the session broken and detaches it from its connection; queued slices go to a fresh connection.
-  void break_session(connection& c, error reason) {
-    session* sn = c.current;
-    if (!sn)
+  /// Marks `sn` broken; if it is still the connection's current session, detaches it, and queued slices go
+  /// to a fresh connection. A session that was already replaced leaves its successor alone.
+  void break_session(connection& c, session& sn, error reason) {
+    if (!sn.broken) {
+      sn.broken = true;
+      sn.reason = reason;
+      sn.sock.shutdown();
+    }
+    if (c.current != &sn)
       return;
     c.current = nullptr;
     c.writing = false;
-    if (!sn->broken) {
-      sn->broken = true;
-      sn->reason = reason;
-      sn->sock.shutdown();
-    }
-    if (!c.queue.empty() && !c.connecting && !stopping_) {
+    if (!c.queue.empty() && !c.connecting && !stopping_ && !c.retired) {
       c.connecting = true;
       tc_.scope.spawn(connect(c));
     } else if (stopping_) {
@@ -402,6 +425,10 @@ private:
       for (slice* s : q)
         s->settle(error(errc::cancelled, "tcp: engine shutting down"));
     }
+  }
+  void break_current(connection& c, error reason) {
+    if (c.current)
+      break_session(c, *c.current, reason);
   }
 
   /// The last user of a session settles what it still holds and closes it.
@@ -426,10 +453,9 @@ private:
       if (!slept)
         break;
       auto now = clock::now();
-      for (auto& [id, ps] : peers_)
-        for (auto& c : ps.connections)
-          if (session* sn = c->current; sn && !sn->in_flight.empty() && now - sn->last_progress > timeout)
-            break_session(*c, error(errc::timed_out, "tcp: no reply from the target"));
+      for (connection* c : every_connection())
+        if (session* sn = c->current; sn && !sn->in_flight.empty() && now - sn->last_progress > timeout)
+          break_current(*c, error(errc::timed_out, "tcp: no reply from the target"));
     }
   }
 
