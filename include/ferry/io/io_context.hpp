@@ -15,6 +15,7 @@
 #include "ferry/io/detail/epoll_backend.hpp"
 #include "ferry/io/detail/io_op.hpp"
 #include "ferry/io/detail/op_queue.hpp"
+#include "ferry/io/detail/resume_op.hpp"
 #include "ferry/io/detail/timer_heap.hpp"
 #include "ferry/io/io_backend.hpp"
 
@@ -209,19 +210,14 @@ public:
     explicit schedule_awaiter(io_context& ctx) noexcept : ctx_(ctx) {}
     bool await_ready() const noexcept { return false; }
     void await_suspend(std::coroutine_handle<> h) noexcept {
-      op_.handle_ = h;
-      op_.complete_ = &resume;
+      op_.handle = h;
       ctx_.post(&op_);
     }
     void await_resume() const noexcept {}
 
   private:
-    struct op : detail::op_base {
-      std::coroutine_handle<> handle_;
-    };
-    static void resume(detail::op_base* o) noexcept { static_cast<op*>(o)->handle_.resume(); }
     io_context& ctx_;
-    op op_;
+    detail::resume_op op_;
   };
 
   /// Continues the awaiting coroutine on this loop's thread (from any thread).
@@ -601,6 +597,15 @@ private:
 
   std::vector<::iovec> registered_;
 };
+
+namespace detail {
+/// The stop_callback of a cancellable operation: asks its io_context, from any thread, to cancel it.
+struct cancel_on_stop {
+  io_context* ctx_;
+  std::uint64_t id_;
+  void operator()() const noexcept { ctx_->request_cancel(id_); }
+};
+} // namespace detail
 
 } // namespace ferry::io
 

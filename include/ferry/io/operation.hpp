@@ -50,7 +50,7 @@ public:
     op_.complete_ = &on_complete;
     if (stop_.stop_possible()) {
       std::uint64_t id = ctx_.arm_cancel(&op_, false);
-      callback_.emplace(stop_, canceller{&ctx_, id});
+      callback_.emplace(stop_, detail::cancel_on_stop{&ctx_, id});
     }
     if (!ctx_.start(&op_))
       return true;
@@ -81,11 +81,6 @@ protected:
   void set_message(::msghdr* msg) noexcept { op_.msg_ = msg; }
 
 private:
-  struct canceller {
-    io_context* ctx_;
-    std::uint64_t id_;
-    void operator()() const noexcept { ctx_->request_cancel(id_); }
-  };
   struct op : detail::io_op {
     std::coroutine_handle<> handle_;
   };
@@ -96,7 +91,7 @@ private:
   std::stop_token stop_;
   errc preset_{};
   op op_;
-  std::optional<std::stop_callback<canceller>> callback_;
+  std::optional<std::stop_callback<detail::cancel_on_stop>> callback_;
 };
 
 } // namespace ferry::io

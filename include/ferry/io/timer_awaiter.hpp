@@ -32,7 +32,7 @@ public:
     op_.complete_ = &on_complete;
     if (stop_.stop_possible()) {
       std::uint64_t id = ctx_.arm_cancel(&op_, true);
-      callback_.emplace(stop_, canceller{&ctx_, id});
+      callback_.emplace(stop_, detail::cancel_on_stop{&ctx_, id});
     }
     ctx_.start_timer(&op_);
   }
@@ -46,11 +46,6 @@ public:
   }
 
 private:
-  struct canceller {
-    io_context* ctx_;
-    std::uint64_t id_;
-    void operator()() const noexcept { ctx_->request_cancel(id_); }
-  };
   struct op : detail::timer_op {
     std::coroutine_handle<> handle_;
   };
@@ -59,7 +54,7 @@ private:
   io_context& ctx_;
   std::stop_token stop_;
   op op_;
-  std::optional<std::stop_callback<canceller>> callback_;
+  std::optional<std::stop_callback<detail::cancel_on_stop>> callback_;
 };
 
 inline io_context::timer_awaiter io_context::sleep_for(clock::duration d, std::stop_token stop) noexcept {

@@ -74,11 +74,7 @@ public:
     auto it = fds_.find(fd);
     if (it == fds_.end())
       return;
-    for (auto* q : {&it->second.readers_, &it->second.writers_})
-      while (auto* op = q->pop()) {
-        op->result_ = -ECANCELED;
-        sink_(op);
-      }
+    fail_waiters(it->second, ECANCELED);
     if (it->second.armed_)
       ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
     fds_.erase(it);
@@ -134,6 +130,15 @@ private:
     std::uint32_t armed_ = 0; // the events registered with epoll; 0 when not registered
   };
 
+  /// Completes every operation waiting on the descriptor with -err.
+  void fail_waiters(fd_state& st, int err) noexcept {
+    for (auto* q : {&st.readers_, &st.writers_})
+      while (auto* op = q->pop()) {
+        op->result_ = -err;
+        sink_(op);
+      }
+  }
+
   std::size_t drain(op_queue& q) {
     std::size_t n = 0;
     while (!q.empty()) {
@@ -172,11 +177,7 @@ private:
     if (r < 0) {
       // The descriptor cannot be watched (closed, or not pollable): fail its waiters rather than hang them.
       int err = errno;
-      for (auto* q : {&st.readers_, &st.writers_})
-        while (auto* op = q->pop()) {
-          op->result_ = -err;
-          sink_(op);
-        }
+      fail_waiters(st, err);
       fds_.erase(fd);
       return;
     }
