@@ -6,6 +6,12 @@
 //   ferry-bench --mode initiator --target 127.0.0.2:7000 --protocol tcp|shm --operation read|write
 //               --block-size 1M --batch-size 128 --threads 1 --duration 10 [--json] [--verify]
 //
+// Through a metadata service instead of an address: both sides name it and the segment,
+//   ferry-bench --mode target --listen 127.0.0.2:0 --metadata etcd://127.0.0.1:2379 --segment bench-0
+//   ferry-bench --mode initiator --metadata etcd://127.0.0.1:2379 --segment bench-0 ...
+// (memory://, http://HOST:PORT for ferry-metad, etcd://, redis://, or p2p with --segment HOST:PORT).
+// --mode both runs the target and the initiator in one process (what memory:// is for).
+//
 // The target fills its buffer with a pattern derived from each byte's segment offset, so `--verify` of reads
 // checks every byte that arrives; `--verify` of writes writes a pattern derived from (offset, iteration),
 // reads the same blocks back and compares. After a write run the initiator writes the fill pattern back over
@@ -15,6 +21,7 @@
 // mismatch.
 #include <ferry/core.hpp>
 #include <ferry/io.hpp>
+#include <ferry/metadata/connect_metadata.hpp>
 #include <ferry/transfer.hpp>
 
 #include <CLI/CLI.hpp>
@@ -33,6 +40,7 @@
 #include <stop_token>
 #include <string>
 #include <sys/mman.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -51,6 +59,9 @@ struct options {
   std::string listen;
   std::uint64_t buffer_size = 1ull << 30;
   std::string name = "ferry-bench-target";
+  // both sides: find the segment through a metadata service (a connection string) by name
+  std::string metadata;
+  std::string segment;
   // initiator
   std::string target;
   std::string protocol = "tcp";
@@ -125,11 +136,35 @@ task<> serve(io::io_context& ctx, double duration) {
   }
 }
 
+// Set by a target running in this process (--mode both) once its segment can be opened.
+std::atomic<bool> target_ready{false};
+
+// The metadata client named by --metadata (p2p when none), or nullopt after printing why not.
+std::optional<ferry::metadata_client> connect_metadata(const options& o) {
+  if (o.metadata.empty())
+    return ferry::metadata_client();
+  auto client = ferry::connect_metadata(o.metadata);
+  if (!client) {
+    std::fprintf(stderr, "ferry-bench: --metadata %s: %s\n", o.metadata.c_str(),
+                 client.error().message().c_str());
+    return std::nullopt;
+  }
+  return std::move(*client);
+}
+
+// What the initiator opens: the segment's name with a metadata service, else the target's address.
+const std::string& locator(const options& o) {
+  return o.metadata.empty() ? o.target : o.segment;
+}
+
 int run_target(const options& o) {
   if (o.listen.empty()) {
     std::fprintf(stderr, "ferry-bench: --mode target needs --listen HOST:PORT\n");
     return 2;
   }
+  auto meta = connect_metadata(o);
+  if (!meta)
+    return 1;
   auto buffer = ferry::shared_buffer::create(o.buffer_size);
   if (!buffer) {
     std::fprintf(stderr, "ferry-bench: cannot allocate %llu bytes of shared memory: %s\n",
@@ -150,8 +185,17 @@ int run_target(const options& o) {
                  started.error().message().c_str());
     return 1;
   }
+  if (!o.metadata.empty()) {
+    engine.use_metadata(*meta);
+    if (auto published = ctx.run_until(engine.publish()); !published) {
+      std::fprintf(stderr, "ferry-bench: cannot publish segment %s in %s: %s\n", o.name.c_str(),
+                   o.metadata.c_str(), published.error().message().c_str());
+      return 1;
+    }
+  }
   std::printf("target listening on %s segment %s\n", engine.endpoint()->to_string().c_str(), o.name.c_str());
   std::fflush(stdout);
+  target_ready = true;
   std::fprintf(stderr,
                "ferry-bench: serving %zu bytes of shared memory %s (io backend %s); stop with Ctrl-C\n",
                buffer->size(), buffer->name().c_str(), io::to_string(ctx.backend()));
@@ -388,10 +432,10 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
   ferry::result<ferry::segment_id> seg;
   {
     io::deadline within(ctx, timeout);
-    seg = co_await engine.open_segment(o.target, within.token());
+    seg = co_await engine.open_segment(locator(o), within.token());
   }
   if (!seg) {
-    std::fprintf(stderr, "ferry-bench: cannot open the target segment at %s: %s\n", o.target.c_str(),
+    std::fprintf(stderr, "ferry-bench: cannot open the target segment at %s: %s\n", locator(o).c_str(),
                  seg.error().message().c_str());
     co_return 1;
   }
@@ -400,7 +444,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
       pick_region(target, write ? ferry::access::write : ferry::access::read);
   if (!region) {
     std::fprintf(stderr, "ferry-bench: segment %s at %s exposes no region that permits %s\n",
-                 target.name.c_str(), o.target.c_str(), o.operation.c_str());
+                 target.name.c_str(), locator(o).c_str(), o.operation.c_str());
     co_return 1;
   }
   if (shm)
@@ -505,7 +549,8 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
         {"copy_threads", shm ? o.threads : 0u},
         {"slice_size", o.slice_size},
         {"verify", o.verify},
-        {"target", o.target},
+        {"target", locator(o)},
+        {"metadata", o.metadata.empty() ? "p2p" : o.metadata},
         {"io_backend", io::to_string(ctx.backend())},
     };
     std::printf("%s\n", j.dump().c_str());
@@ -513,7 +558,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
     std::string paths = shm ? std::to_string(o.threads) + " copy thread(s)"
                             : std::to_string(connections) + " tcp connection(s)";
     std::printf("ferry-bench: %s %s to %s (segment %s), io backend %s, %s, slice %llu B%s\n", protocol,
-                o.operation.c_str(), o.target.c_str(), target.name.c_str(), io::to_string(ctx.backend()),
+                o.operation.c_str(), locator(o).c_str(), target.name.c_str(), io::to_string(ctx.backend()),
                 paths.c_str(), static_cast<unsigned long long>(o.slice_size),
                 o.verify ? ", verified (throughput includes checking)" : "");
     std::printf("%-8s %-9s %10s %6s %7s %9s %10s %10s %10s %14s %8s\n", "protocol", "operation", "block_size",
@@ -527,6 +572,9 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
 
 template<class Engine>
 int run_initiator(const options& o, bool shm) {
+  auto meta = connect_metadata(o);
+  if (!meta)
+    return 1;
   io::io_context ctx;
   ferry::engine_options eo;
   eo.name = "ferry-bench-initiator-" + std::to_string(::getpid());
@@ -535,6 +583,8 @@ int run_initiator(const options& o, bool shm) {
   eo.tcp.in_flight_per_connection = o.in_flight;
   eo.shm.copy_threads = o.threads;
   Engine engine(ctx, eo);
+  if (!o.metadata.empty())
+    engine.use_metadata(*meta);
   int code = ctx.run_until(initiate(ctx, engine, o, shm));
   ctx.run_until(engine.shutdown());
   return code;
@@ -549,13 +599,19 @@ int main(int argc, char** argv) {
                "ferry-bench"};
   app.add_option("--mode", o.mode, "target: serve a segment; initiator: drive transfers into one")
       ->required()
-      ->check(CLI::IsMember({"target", "initiator"}));
+      ->check(CLI::IsMember({"target", "initiator", "both"}));
   app.add_option("--listen", o.listen, "target: HOST:PORT to serve on (port 0: any)");
   app.add_option("--buffer-size", o.buffer_size, "target: bytes of shared memory to serve (suffixes K, M, G)")
       ->transform(CLI::AsSizeValue(false))
       ->capture_default_str();
   app.add_option("--name", o.name, "target: the segment's name")->capture_default_str();
   app.add_option("--target", o.target, "initiator: HOST:PORT of the target");
+  app.add_option("--metadata", o.metadata,
+                 "both sides: find the segment through this metadata service (memory://, http://HOST:PORT, "
+                 "etcd://HOST:PORT[,...][/PREFIX], redis://HOST:PORT, p2p) instead of --target");
+  app.add_option(
+      "--segment", o.segment,
+      "with --metadata: the segment's name (target: publishes it; initiator: opens it; p2p: HOST:PORT)");
   app.add_option("--protocol", o.protocol, "initiator: tcp (even on the same host) or shm (same host only)")
       ->check(CLI::IsMember({"tcp", "shm"}))
       ->capture_default_str();
@@ -604,12 +660,42 @@ int main(int argc, char** argv) {
   }
 
   ::signal(SIGPIPE, SIG_IGN);
-  if (o.mode == "target")
-    return run_target(o);
-  if (o.target.empty()) {
-    std::fprintf(stderr, "ferry-bench: --mode initiator needs --target HOST:PORT\n");
+  if (!o.metadata.empty() && o.segment.empty()) {
+    std::fprintf(stderr, "ferry-bench: --metadata needs --segment NAME\n");
     return 2;
   }
+  if (!o.metadata.empty() && o.mode != "initiator")
+    o.name = o.segment;
+  if (o.mode == "target")
+    return run_target(o);
+  std::thread local_target;
+  std::atomic<int> local_target_code{0};
+  if (o.mode == "both") {
+    if (o.metadata.empty() || o.metadata == "p2p") {
+      std::fprintf(stderr, "ferry-bench: --mode both needs --metadata (memory:// is the usual one)\n");
+      return 2;
+    }
+    if (o.listen.empty())
+      o.listen = "127.0.0.1:0";
+    local_target = std::thread([&] { local_target_code = run_target(o); });
+    while (!target_ready && local_target_code == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  } else if (locator(o).empty()) {
+    std::fprintf(stderr,
+                 "ferry-bench: --mode initiator needs --target HOST:PORT or --metadata with --segment\n");
+    return 2;
+  }
+  struct stop_local_target {
+    std::thread& t;
+    ~stop_local_target() {
+      if (t.joinable()) {
+        stop_requested = 1;
+        t.join();
+      }
+    }
+  } stop_local{local_target};
+  if (local_target_code != 0)
+    return local_target_code;
   if (o.block_size == 0) {
     std::fprintf(stderr, "ferry-bench: --block-size must be at least 1\n");
     return 2;

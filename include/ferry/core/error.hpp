@@ -6,6 +6,7 @@
 ///   if (!n) std::puts(n.error().message().c_str());   // "recv: Connection reset by peer"
 
 #include <cerrno>
+#include <memory>
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -107,12 +108,17 @@ inline std::error_code make_error_code(errc e) noexcept {
   return {static_cast<int>(e), ferry_category()};
 }
 
-/// An error code with a static note on what failed ("connect", "io_uring_setup" ...). Cheap to copy.
+/// An error code with a note on what failed: a static one ("connect", "io_uring_setup" ...) or, where the
+/// message must name something (an endpoint, a key), a shared string. Cheap to copy either way.
 class error {
 public:
   error() = default;
   error(std::error_code code, const char* what = "") noexcept : code_(code), what_(what ? what : "") {}
   error(errc e, const char* what = "") noexcept : error(make_error_code(e), what) {}
+  /// With a note made at run time ("etcd 127.0.0.1:2379: connection refused").
+  error(std::error_code code, std::string what)
+      : code_(code), owned_(std::make_shared<const std::string>(std::move(what))), what_(owned_->c_str()) {}
+  error(errc e, std::string what) : error(make_error_code(e), std::move(what)) {}
 
   /// An error from a kernel errno (positive, e.g. ECONNRESET).
   static error from_errno(int errno_value, const char* what) noexcept {
@@ -135,6 +141,7 @@ public:
 
 private:
   std::error_code code_;
+  std::shared_ptr<const std::string> owned_; // why: keeps a run-time note alive; empty for static notes
   const char* what_ = "";
 };
 

@@ -6,7 +6,9 @@
 
 #include "ferry/core/error.hpp"
 
+#include <string>
 #include <tl/expected.hpp>
+#include <utility>
 
 namespace ferry {
 
@@ -20,6 +22,10 @@ inline tl::unexpected<error> fail(error e) noexcept {
 }
 inline tl::unexpected<error> fail(errc e, const char* what = "") noexcept {
   return tl::unexpected<error>(error(e, what));
+}
+/// With a note made at run time (it names what failed: an endpoint, a key ...).
+inline tl::unexpected<error> fail(errc e, std::string what) {
+  return tl::unexpected<error>(error(e, std::move(what)));
 }
 
 /// Converts a negative kernel return (-errno) into an error; non-negative values are not errors.

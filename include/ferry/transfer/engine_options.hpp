@@ -35,6 +35,9 @@ struct engine_options {
   std::uint32_t slice_size = 1u << 20;
   /// Times a failed slice is retried on another path before its request fails.
   unsigned retry_budget = 3;
+  /// Lifetime of this segment's key in a metadata store with leases, renewed every third of it while the
+  /// engine lives: a process that dies vanishes from the store within this time. Zero: no lease.
+  std::chrono::milliseconds metadata_ttl{10000};
   tcp_options tcp{};
   shm_options shm{};
 };

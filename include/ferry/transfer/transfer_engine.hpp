@@ -144,27 +144,85 @@ public:
 
   // ---- finding peers ----
 
-  /// Looks segments up by name in `store` (keys: prefix + name). Any ferry::metadata_store will do.
+  /// Looks segments up by name in `store` (keys: prefix + name). Any ferry::metadata_store will do; one with
+  /// leases (etcd, Redis, ferry-metad, the memory store, ferry::metadata_client) keeps this segment's key
+  /// alive while the engine lives, so that a crashed process's segment disappears within
+  /// engine_options::metadata_ttl. A ferry::metadata_client made from "p2p" leaves peers to be opened by
+  /// address. The store must outlive the engine.
   template<metadata_store Store>
   void use_metadata(Store& store, std::string prefix = "ferry/segments/") {
     metadata_prefix_ = std::move(prefix);
-    metadata_get_ = [&store](std::string key) -> task<result<std::optional<std::string>>> {
+    if constexpr (requires { store.direct(); }) {
+      if (store.direct()) {
+        metadata_ = {};
+        metadata_direct_ = true;
+        return;
+      }
+    }
+    metadata_direct_ = false;
+    metadata_.get = [&store](std::string key) -> task<result<std::optional<std::string>>> {
       co_return co_await store.get(std::move(key));
     };
-    metadata_put_ = [&store](std::string key, std::string value) -> task<result<void>> {
+    metadata_.put = [&store](std::string key, std::string value) -> task<result<void>> {
       co_return co_await store.put(std::move(key), std::move(value));
     };
-    metadata_remove_ = [&store](std::string key) -> task<result<void>> {
+    metadata_.remove = [&store](std::string key) -> task<result<void>> {
       co_return co_await store.remove(std::move(key));
     };
+    if constexpr (leasing_metadata_store<Store>) {
+      metadata_.grant = [&store](std::chrono::milliseconds ttl) -> task<result<lease_id>> {
+        co_return co_await store.grant(ttl);
+      };
+      metadata_.put_leased = [&store](std::string key, std::string value,
+                                      lease_id lease) -> task<result<void>> {
+        co_return co_await store.put(std::move(key), std::move(value), lease);
+      };
+      metadata_.keep_alive = [&store](lease_id lease) -> task<result<void>> {
+        co_return co_await store.keep_alive(lease);
+      };
+      metadata_.revoke = [&store](lease_id lease) -> task<result<void>> {
+        co_return co_await store.revoke(lease);
+      };
+    }
   }
 
   /// Publishes this segment's descriptor in the metadata store (call again after registering more regions).
+  /// With a leasing store the key lives under a lease that the engine renews in the background; if the
+  /// store loses it (it was down longer than the TTL, or restarted empty), the engine registers again.
   task<result<void>> publish() {
-    if (!metadata_put_)
+    co_await enter();
+    if (metadata_direct_)
+      co_return result<void>{}; // p2p: peers ask this engine itself (the hello handshake)
+    if (!metadata_.put)
       co_return fail(errc::unsupported, "publish: no metadata store (use_metadata)");
-    co_return co_await metadata_put_(metadata_prefix_ + options_.name, descriptor().to_json());
+    auto r = co_await register_segment();
+    if (r && metadata_.grant && options_.metadata_ttl.count() > 0 && !renewing_) {
+      renewing_ = true;
+      scope_.spawn(keep_registered());
+    }
+    co_return r;
   }
+
+  /// Removes this segment from the metadata store (shutdown() does it too).
+  task<result<void>> unpublish() {
+    co_await enter();
+    if (!published_)
+      co_return result<void>{};
+    published_ = false;
+    renewal_stop_.request_stop();
+    result<void> r;
+    if (lease_) {
+      lease_id lease = *std::exchange(lease_, std::nullopt);
+      r = co_await metadata_.revoke(lease);
+    } else {
+      r = co_await metadata_.remove(metadata_prefix_ + options_.name);
+    }
+    co_await enter();
+    co_return r;
+  }
+
+  /// The last error of keeping this segment registered (empty while the registration is current).
+  error registration_error() const noexcept { return registration_error_; }
 
   /// Opens a segment: "host:port" asks the engine serving there for its descriptor (no server needed);
   /// any other text is a segment name looked up in the metadata store. Opening again refreshes it.
@@ -216,12 +274,80 @@ public:
   // ---- moving bytes ----
 
   /// Runs a batch; completes when every request has completed or failed, on the engine's loop thread.
+  /// Requests that failed because their target restarted or moved (it cannot be reached, or a new process
+  /// answers at its address) get the target's descriptor again (by address, or from the metadata store) and,
+  /// if it changed, run once more against it.
   task<batch_result> transfer(transfer_batch batch, transfer_options opts = {}) {
     co_await enter();
+    auto started = std::chrono::steady_clock::now();
+    batch_result out = co_await run_batch(batch, opts);
+    if (!out.ok() && !opts.stop.stop_requested())
+      co_await retry_stale(batch, opts, started, out);
+    if (opts.notify && out.ok()) {
+      std::vector<segment_id> targets;
+      for (auto& r : batch.requests())
+        if (std::find(targets.begin(), targets.end(), r.target) == targets.end())
+          targets.push_back(r.target);
+      for (segment_id t : targets)
+        if (auto n = co_await notify(t, *opts.notify, opts.stop); !n) {
+          out.notify_error = n.error();
+          break;
+        }
+    }
+    co_return out;
+  }
+
+private:
+  /// Whether a request's error may come from a stale descriptor (the target restarted or moved).
+  static bool stale_descriptor_error(const error& e) noexcept {
+    return e == errc::peer_unreachable || e == errc::version_mismatch || e == errc::closed ||
+           e.code().category() == std::system_category();
+  }
+
+  task<> retry_stale(const transfer_batch& batch, const transfer_options& opts,
+                     std::chrono::steady_clock::time_point started, batch_result& out) {
+    std::vector<segment_id> changed;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      segment_id t = batch.requests()[i].target;
+      if (out.requests[i] || !stale_descriptor_error(out.requests[i].error()) || t == self ||
+          t >= peers_.size() || std::find(changed.begin(), changed.end(), t) != changed.end())
+        continue;
+      std::uint64_t before = peers_[t].descriptor.incarnation;
+      auto version = peers_[t].version;
+      auto r = co_await refresh(t, opts.stop);
+      if (r && (peers_[t].descriptor.incarnation != before || peers_[t].version != version))
+        changed.push_back(t);
+    }
+    if (changed.empty())
+      co_return;
+    transfer_batch again;
+    std::vector<std::size_t> which;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& r = batch.requests()[i];
+      if (!out.requests[i] && std::find(changed.begin(), changed.end(), r.target) != changed.end()) {
+        again.add(r);
+        which.push_back(i);
+      }
+    }
+    transfer_options rest;
+    rest.stop = opts.stop;
+    if (opts.timeout.count() > 0) {
+      auto left = opts.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     std::chrono::steady_clock::now() - started);
+      if (left.count() <= 0)
+        co_return;
+      rest.timeout = left;
+    }
+    batch_result redo = co_await run_batch(again, rest);
+    for (std::size_t k = 0; k < which.size(); ++k)
+      out.requests[which[k]] = std::move(redo.requests[k]);
+  }
+
+  /// One pass over a batch: validate, cut into slices, route, wait (no refresh, no notification).
+  task<batch_result> run_batch(const transfer_batch& batch, const transfer_options& opts) {
     detail::batch_state state(io_, batch.size(), options_.retry_budget, this, &retry_slice);
     std::vector<region_registry::lease> local_leases;
     local_leases.reserve(batch.size());
-    std::vector<segment_id> targets;
 
     // Validate and cut into slices.
     std::size_t slice_count = 0;
@@ -238,8 +364,6 @@ public:
         continue;
       }
       local_leases.push_back(std::move(*lease));
-      if (std::find(targets.begin(), targets.end(), r.target) == targets.end())
-        targets.push_back(r.target);
       slice_count += (r.length + slice_size - 1) / slice_size;
     }
     state.slices.resize(slice_count);
@@ -278,18 +402,10 @@ public:
     co_await state.wait();
     co_await relay.retire();
     local_leases.clear();
-    batch_result out = state.take_result();
-
-    if (opts.notify && out.ok()) {
-      for (segment_id t : targets)
-        if (auto n = co_await notify(t, *opts.notify, opts.stop); !n) {
-          out.notify_error = n.error();
-          break;
-        }
-    }
-    co_return out;
+    co_return state.take_result();
   }
 
+public:
   /// Starts a batch without a coroutine; poll or wait on the handle. Drive the loop yourself (wait() does) or
   /// run it on another thread (run_in_background()).
   transfer_handle submit(transfer_batch batch, transfer_options opts = {}) {
@@ -395,6 +511,9 @@ public:
       co_return;
     shut_down_ = true;
     co_await enter();
+    renewal_stop_.request_stop();
+    if (published_)
+      (void)co_await unpublish(); // why: best effort; a store that is down lets the lease run out instead
     if (server_)
       server_->stop();
     std::apply([](auto&... t) { (t.shutdown(), ...); }, transports_);
@@ -405,6 +524,63 @@ public:
   }
 
 private:
+  /// Puts the descriptor, under a (new, if needed) lease when the store has leases.
+  task<result<void>> register_segment() {
+    std::string key = metadata_prefix_ + options_.name;
+    if (!metadata_.grant || options_.metadata_ttl.count() <= 0) {
+      auto r = co_await metadata_.put(key, descriptor().to_json());
+      co_await enter();
+      if (r)
+        published_ = true;
+      co_return r;
+    }
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      if (!lease_) {
+        auto granted = co_await metadata_.grant(options_.metadata_ttl);
+        co_await enter();
+        if (!granted)
+          co_return fail(granted.error());
+        lease_ = *granted;
+      }
+      auto r = co_await metadata_.put_leased(key, descriptor().to_json(), *lease_);
+      co_await enter();
+      if (r) {
+        published_ = true;
+        co_return r;
+      }
+      if (r.error() != errc::not_found)
+        co_return r;
+      lease_.reset(); // the lease ran out meanwhile: take a new one
+    }
+    co_return fail(errc::invalid_state, "publish: the metadata store keeps losing this segment's lease");
+  }
+
+  /// Renews the lease every third of its TTL; registers again when the store lost it.
+  task<> keep_registered() {
+    auto period =
+        std::max<std::chrono::milliseconds>(options_.metadata_ttl / 3, std::chrono::milliseconds(10));
+    auto stop = renewal_stop_.get_token();
+    while (!stop.stop_requested()) {
+      if (auto slept = co_await io_.sleep_for(period, stop); !slept)
+        break;
+      if (!published_)
+        continue;
+      result<void> r = fail(errc::not_found, "no lease");
+      if (lease_) {
+        r = co_await metadata_.keep_alive(*lease_);
+        co_await enter();
+      }
+      if (stop.stop_requested() || !published_)
+        break;
+      if (!r && r.error() == errc::not_found) {
+        lease_.reset();
+        r = co_await register_segment();
+        co_await enter();
+      }
+      registration_error_ = r ? error{} : r.error();
+    }
+  }
+
   struct inbox_waiter {
     std::coroutine_handle<> handle;
     std::optional<notification> value;
@@ -511,16 +687,24 @@ private:
         co_return fail(errc::unsupported, "open_segment: a direct handshake needs the tcp transport");
       }
     }
-    if (!metadata_get_)
-      co_return fail(errc::unknown_segment, "open_segment: not host:port and no metadata store");
-    auto text = co_await metadata_get_(metadata_prefix_ + locator);
+    if (!metadata_.get)
+      co_return fail(errc::unknown_segment,
+                     "open_segment: '" + locator +
+                         "' is not HOST:PORT and there is no metadata store (use_metadata)");
+    auto text = co_await metadata_.get(metadata_prefix_ + locator);
     co_await enter(); // why: a metadata store may complete on a thread of its own; the engine's state is the
                       // loop's
     if (!text)
       co_return fail(text.error());
     if (!*text)
-      co_return fail(errc::unknown_segment, "open_segment: no such segment in the metadata store");
-    co_return segment_descriptor::parse(**text);
+      co_return fail(errc::unknown_segment,
+                     "open_segment: no segment '" + locator + "' in the metadata store");
+    auto d = segment_descriptor::parse(**text);
+    if (!d)
+      co_return fail(
+          error(d.error().code(), "open_segment: the metadata store holds a malformed descriptor for '" +
+                                      locator + "': " + d.error().message()));
+    co_return d;
   }
 
   void replace(peer& p, segment_descriptor d, std::string locator) {
@@ -567,9 +751,22 @@ private:
   std::unique_ptr<tcp_server> server_;
   std::optional<io::endpoint> listening_;
   std::string metadata_prefix_ = "ferry/segments/";
-  std::function<task<result<std::optional<std::string>>>(std::string)> metadata_get_;
-  std::function<task<result<void>>(std::string, std::string)> metadata_put_;
-  std::function<task<result<void>>(std::string)> metadata_remove_;
+  struct metadata_calls {
+    std::function<task<result<std::optional<std::string>>>(std::string)> get;
+    std::function<task<result<void>>(std::string, std::string)> put;
+    std::function<task<result<void>>(std::string)> remove;
+    std::function<task<result<lease_id>>(std::chrono::milliseconds)> grant;
+    std::function<task<result<void>>(std::string, std::string, lease_id)> put_leased;
+    std::function<task<result<void>>(lease_id)> keep_alive;
+    std::function<task<result<void>>(lease_id)> revoke;
+  };
+  metadata_calls metadata_;
+  bool metadata_direct_ = false;
+  bool published_ = false;
+  bool renewing_ = false;
+  std::optional<lease_id> lease_;
+  std::stop_source renewal_stop_;
+  error registration_error_;
   std::deque<notification> inbox_;
   std::vector<inbox_waiter*> inbox_waiters_;
   std::thread background_;

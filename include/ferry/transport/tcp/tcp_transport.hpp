@@ -58,7 +58,8 @@ class tcp_transport {
   struct connection {
     bool retired = false; // its peer's descriptor was replaced: it takes no new work and never reconnects
     io::endpoint address;
-    std::deque<slice*> queue; // accepted, not yet sent
+    std::uint64_t incarnation = 0; // of the process the descriptor describes; checked on every connect
+    std::deque<slice*> queue;      // accepted, not yet sent
     session* current = nullptr;
     bool connecting = false;
     bool writing = false;
@@ -260,6 +261,7 @@ private:
     for (unsigned i = 0; i < n; ++i) {
       ps.connections.push_back(std::make_unique<connection>());
       ps.connections.back()->address = *address;
+      ps.connections.back()->incarnation = p.descriptor.incarnation;
     }
     if (!sweeping_ && !stopping_) {
       sweeping_ = true;
@@ -285,6 +287,18 @@ private:
   task<> connect(connection& c) {
     io::deadline within(tc_.io, tc_.options.tcp.connect_timeout, stop_.get_token());
     auto sock = co_await io::tcp_socket::connect(tc_.io, c.address, within.token());
+    if (sock && !stopping_) {
+      // why: the address may now be served by a restarted process whose regions differ; bytes must never
+      // land by a stale descriptor. One hello per connection confirms who answers.
+      auto hello = co_await exchange_on(*sock, tcp::frame_type::hello, {}, within.token());
+      auto d =
+          hello ? segment_descriptor::parse(hello->payload) : result<segment_descriptor>(fail(hello.error()));
+      if (!d)
+        sock = fail(within.expired() ? error(errc::timed_out, "tcp connect: hello") : d.error());
+      else if (d->incarnation != c.incarnation)
+        sock = fail(errc::version_mismatch,
+                    "tcp: the segment at this address restarted; its descriptor is stale");
+    }
     c.connecting = false;
     if (c.retired && sock) {
       // the peer's descriptor changed meanwhile: this address may no longer serve that segment

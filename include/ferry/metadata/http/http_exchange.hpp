@@ -1,0 +1,105 @@
+#pragma once
+/// `ferry::http_exchange`: POSTs JSON bodies to one of a list of HTTP endpoints (cpp-httplib) and hands the
+/// reply back to a coroutine. The blocking HTTP call runs on a worker thread of its own, so the caller's loop
+/// never waits on the network; the awaiting coroutine resumes on that worker. An endpoint that cannot be
+/// reached is skipped for the next one in the list (etcd clusters); failures name the endpoints tried.
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/core/thread_pool.hpp"
+#include "ferry/metadata/metadata_options.hpp"
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ferry {
+
+class http_exchange {
+public:
+  struct reply {
+    int status = 0;
+    std::string body;
+  };
+
+  /// `what` names the service in messages ("etcd", "ferry-metad"); `hosts` are "host:port".
+  http_exchange(std::string what, std::vector<std::string> hosts, metadata_options options)
+      : what_(std::move(what)), options_(options), worker_(1) {
+    for (auto& h : hosts) {
+      auto colon = h.rfind(':');
+      auto c = std::make_unique<httplib::Client>(h.substr(0, colon), std::stoi(h.substr(colon + 1)));
+      auto seconds = std::chrono::duration_cast<std::chrono::seconds>(options_.timeout);
+      auto micros = std::chrono::duration_cast<std::chrono::microseconds>(options_.timeout - seconds);
+      c->set_connection_timeout(seconds.count(), micros.count());
+      c->set_read_timeout(seconds.count(), micros.count());
+      c->set_write_timeout(seconds.count(), micros.count());
+      // why: one connection per request. A kept-alive connection that the server closed (or, with etcd's
+      // streaming lease keep-alive, left in a state of its own) fails the next request after it was sent,
+      // and a compare-and-set cannot be retried blindly; lookups are rare enough to pay a loopback handshake.
+      c->set_keep_alive(false);
+      endpoints_.push_back({h, std::move(c)});
+    }
+  }
+  http_exchange(const http_exchange&) = delete;
+  http_exchange& operator=(const http_exchange&) = delete;
+
+  /// POSTs `body` to `path`; the reply of the first endpoint that answers, or errc::peer_unreachable.
+  task<result<reply>> post(std::string path, std::string body) {
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    std::string tried;
+    for (std::size_t n = 0; n < endpoints_.size(); ++n) {
+      auto& e = endpoints_[(current_ + n) % endpoints_.size()];
+      // why: the body is collected as it arrives. etcd's gateway ends its error replies with an HTTP trailer
+      // (Grpc-Trailer-Content-Type) that cpp-httplib 0.11 fails to read after the last chunk; a reply whose
+      // status line came and whose body is a whole JSON document is complete despite that.
+      httplib::Request req;
+      req.method = "POST";
+      req.path = path;
+      req.body = body;
+      req.set_header("Content-Type", "application/json");
+      int status = 0;
+      std::string received;
+      req.response_handler = [&](const httplib::Response& r) {
+        status = r.status;
+        return true;
+      };
+      req.content_receiver = [&](const char* data, std::size_t length, std::uint64_t, std::uint64_t) {
+        received.append(data, length);
+        return true;
+      };
+      httplib::Response res;
+      httplib::Error err = httplib::Error::Success;
+      bool sent = e.client->send(req, res, err);
+      if (sent || (err == httplib::Error::Read && status != 0 && nlohmann::json::accept(received))) {
+        current_ = (current_ + n) % endpoints_.size();
+        co_return reply{sent ? res.status : status, std::move(received)};
+      }
+      if (!tried.empty())
+        tried += ", ";
+      tried += e.host + " (" + httplib::to_string(err) + ")";
+    }
+    co_return fail(errc::peer_unreachable, what_ + " unreachable: " + tried);
+  }
+
+private:
+  struct endpoint {
+    std::string host;
+    std::unique_ptr<httplib::Client> client;
+  };
+  std::string what_;
+  metadata_options options_;
+  std::vector<endpoint> endpoints_;
+  std::size_t current_ = 0;
+  std::mutex mutex_;
+  thread_pool worker_; // why: last member: its thread finishes queued requests before the clients go
+};
+
+} // namespace ferry

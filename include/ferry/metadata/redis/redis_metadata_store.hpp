@@ -1,0 +1,264 @@
+#pragma once
+/// `ferry::redis_metadata_store`: Redis as a metadata store (hiredis). Leases are kept the Redis way: a key
+/// put under a lease carries the lease's TTL (PX) and keep_alive renews it (PEXPIRE) on every key of the
+/// lease; a key that has expired ends the lease (errc::not_found: grant and put again). Compare-and-set runs
+/// as a Lua script, atomically on the server. Operations run on a worker thread of the store's own and resume
+/// there.
+///
+///   ferry::redis_metadata_store redis("127.0.0.1:6379");
+///   co_await redis.put("ferry/segments/decode-0", json);
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/core/thread_pool.hpp"
+#include "ferry/metadata/lease_id.hpp"
+#include "ferry/metadata/metadata_options.hpp"
+
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <sys/time.h>
+#include <utility>
+#include <vector>
+
+namespace ferry {
+
+class redis_metadata_store {
+public:
+  /// `host` is "host:port".
+  explicit redis_metadata_store(std::string host, metadata_options options = {})
+      : host_(std::move(host)), options_(options), worker_(1) {}
+  redis_metadata_store(const redis_metadata_store&) = delete;
+  redis_metadata_store& operator=(const redis_metadata_store&) = delete;
+
+  task<result<std::optional<std::string>>> get(std::string key) {
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    auto r = command({"GET", key});
+    if (!r)
+      co_return fail(r.error());
+    if (r->get()->type == REDIS_REPLY_NIL)
+      co_return std::optional<std::string>();
+    if (r->get()->type != REDIS_REPLY_STRING)
+      co_return fail(errc::malformed_frame, "redis: GET answered something other than a string");
+    co_return std::optional<std::string>(std::string(r->get()->str, r->get()->len));
+  }
+  task<result<void>> put(std::string key, std::string value) {
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    auto r = command({"SET", key, value});
+    if (!r)
+      co_return fail(r.error());
+    forget_key(key);
+    co_return result<void>{};
+  }
+  task<result<void>> put(std::string key, std::string value, lease_id lease) {
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    auto it = leases_.find(lease);
+    if (it == leases_.end())
+      co_return fail(errc::not_found,
+                     "redis: put: lease " + std::to_string(lease) + " has expired or never was");
+    auto r = command({"SET", key, value, "PX", std::to_string(it->second.ttl.count())});
+    if (!r)
+      co_return fail(r.error());
+    forget_key(key);
+    it->second.keys.insert(key);
+    co_return result<void>{};
+  }
+  task<result<void>> remove(std::string key) {
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    auto r = command({"DEL", key});
+    if (!r)
+      co_return fail(r.error());
+    forget_key(key);
+    co_return result<void>{};
+  }
+  task<result<std::vector<std::pair<std::string, std::string>>>> list(std::string prefix) {
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    std::string pattern;
+    for (char c : prefix) {
+      if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\')
+        pattern += '\\';
+      pattern += c;
+    }
+    pattern += '*';
+    std::vector<std::string> keys;
+    std::string cursor = "0";
+    do {
+      auto r = command({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"});
+      if (!r)
+        co_return fail(r.error());
+      redisReply* reply = r->get();
+      if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+          reply->element[0]->type != REDIS_REPLY_STRING || reply->element[1]->type != REDIS_REPLY_ARRAY)
+        co_return fail(errc::malformed_frame, "redis: SCAN answered an unexpected shape");
+      cursor.assign(reply->element[0]->str, reply->element[0]->len);
+      for (std::size_t i = 0; i < reply->element[1]->elements; ++i) {
+        redisReply* k = reply->element[1]->element[i];
+        if (k->type == REDIS_REPLY_STRING)
+          keys.emplace_back(k->str, k->len);
+      }
+    } while (cursor != "0");
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    std::vector<std::pair<std::string, std::string>> out;
+    for (std::size_t first = 0; first < keys.size(); first += 512) {
+      std::vector<std::string> args{"MGET"};
+      std::size_t last = std::min(keys.size(), first + 512);
+      args.insert(args.end(), keys.begin() + static_cast<std::ptrdiff_t>(first),
+                  keys.begin() + static_cast<std::ptrdiff_t>(last));
+      auto r = command(args);
+      if (!r)
+        co_return fail(r.error());
+      redisReply* reply = r->get();
+      if (reply->type != REDIS_REPLY_ARRAY || reply->elements != last - first)
+        co_return fail(errc::malformed_frame, "redis: MGET answered an unexpected shape");
+      for (std::size_t i = 0; i < reply->elements; ++i)
+        if (reply->element[i]->type == REDIS_REPLY_STRING) // nil: expired between SCAN and MGET
+          out.emplace_back(keys[first + i], std::string(reply->element[i]->str, reply->element[i]->len));
+    }
+    co_return out;
+  }
+  task<result<bool>> compare_and_set(std::string key, std::optional<std::string> expected,
+                                     std::string value) {
+    static constexpr const char* script = R"lua(
+local v = redis.call('GET', KEYS[1])
+if (ARGV[1] == '0' and v == false) or (ARGV[1] == '1' and v == ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[3])
+  return 1
+end
+return 0)lua";
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    auto r = command({"EVAL", script, "1", key, expected ? "1" : "0", expected.value_or(""), value});
+    if (!r)
+      co_return fail(r.error());
+    if (r->get()->type != REDIS_REPLY_INTEGER)
+      co_return fail(errc::malformed_frame,
+                     "redis: compare-and-set answered something other than an integer");
+    if (r->get()->integer == 1)
+      forget_key(key);
+    co_return r->get()->integer == 1;
+  }
+  task<result<lease_id>> grant(std::chrono::milliseconds ttl) {
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    if (ttl.count() <= 0)
+      co_return fail(errc::invalid_argument, "redis: grant: the TTL must be positive");
+    lease_id id = ++last_lease_;
+    leases_[id] = lease_state{ttl, {}};
+    co_return id;
+  }
+  task<result<void>> keep_alive(lease_id lease) {
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    auto it = leases_.find(lease);
+    if (it == leases_.end())
+      co_return fail(errc::not_found, "redis: keep_alive: lease " + std::to_string(lease) + " has expired");
+    for (auto& key : it->second.keys) {
+      auto r = command({"PEXPIRE", key, std::to_string(it->second.ttl.count())});
+      if (!r)
+        co_return fail(r.error());
+      if (r->get()->type != REDIS_REPLY_INTEGER || r->get()->integer != 1) {
+        // why: the key expired (we were cut off longer than the TTL): the lease is over, as etcd would say
+        std::set<std::string> keys = std::move(it->second.keys);
+        leases_.erase(it);
+        for (auto& k : keys)
+          (void)command({"DEL", k});
+        co_return fail(errc::not_found, "redis: keep_alive: lease " + std::to_string(lease) + " has expired");
+      }
+    }
+    co_return result<void>{};
+  }
+  task<result<void>> revoke(lease_id lease) {
+    co_await worker_.schedule();
+    std::lock_guard lock(mutex_);
+    auto it = leases_.find(lease);
+    if (it == leases_.end())
+      co_return result<void>{};
+    for (auto& key : it->second.keys)
+      if (auto r = command({"DEL", key}); !r)
+        co_return fail(r.error());
+    leases_.erase(it);
+    co_return result<void>{};
+  }
+
+private:
+  struct reply_deleter {
+    void operator()(redisReply* r) const noexcept { ::freeReplyObject(r); }
+  };
+  using reply_ptr = std::unique_ptr<redisReply, reply_deleter>;
+  struct context_deleter {
+    void operator()(redisContext* c) const noexcept { ::redisFree(c); }
+  };
+  struct lease_state {
+    std::chrono::milliseconds ttl{0};
+    std::set<std::string> keys;
+  };
+
+  /// Runs one command (binary-safe arguments), connecting first if needed; a broken connection is dropped
+  /// and the next command reconnects.
+  result<reply_ptr> command(const std::vector<std::string>& args) {
+    if (!ctx_) {
+      auto colon = host_.rfind(':');
+      auto seconds = std::chrono::duration_cast<std::chrono::seconds>(options_.timeout);
+      ::timeval tv{
+          static_cast<::time_t>(seconds.count()),
+          static_cast<::suseconds_t>(
+              std::chrono::duration_cast<std::chrono::microseconds>(options_.timeout - seconds).count())};
+      ctx_.reset(
+          ::redisConnectWithTimeout(host_.substr(0, colon).c_str(), std::stoi(host_.substr(colon + 1)), tv));
+      if (!ctx_ || ctx_->err) {
+        std::string why = ctx_ ? ctx_->errstr : "cannot allocate a context";
+        ctx_.reset();
+        return fail(errc::peer_unreachable, "redis " + host_ + " unreachable: " + why);
+      }
+      ::redisSetTimeout(ctx_.get(), tv);
+    }
+    std::vector<const char*> argv;
+    std::vector<std::size_t> lengths;
+    for (auto& a : args) {
+      argv.push_back(a.data());
+      lengths.push_back(a.size());
+    }
+    auto* raw = static_cast<redisReply*>(
+        ::redisCommandArgv(ctx_.get(), static_cast<int>(argv.size()), argv.data(), lengths.data()));
+    if (!raw) {
+      std::string why = ctx_->errstr;
+      ctx_.reset();
+      return fail(errc::peer_unreachable, "redis " + host_ + ": " + args[0] + ": " + why);
+    }
+    reply_ptr r(raw);
+    if (r->type == REDIS_REPLY_ERROR)
+      return fail(errc::invalid_state,
+                  "redis " + host_ + ": " + args[0] + ": " + std::string(r->str, r->len));
+    return r;
+  }
+
+  /// A key written anew no longer belongs to the lease it had.
+  void forget_key(const std::string& key) {
+    for (auto& [id, l] : leases_)
+      l.keys.erase(key);
+  }
+
+  std::string host_;
+  metadata_options options_;
+  std::unique_ptr<redisContext, context_deleter> ctx_;
+  std::map<lease_id, lease_state> leases_;
+  lease_id last_lease_ = 0;
+  std::mutex mutex_;
+  thread_pool worker_; // why: last member: its thread finishes queued commands before the rest goes
+};
+
+} // namespace ferry

@@ -1,0 +1,437 @@
+// The metadata backends against real servers (ferry-metad, etcd, redis-server started by the tests on random
+// loopback ports), their faults, and the engine's use of them: leases that outlive no process, lookups that
+// fail clearly while transfers go on, descriptors refreshed after a restart.
+#include "servers.hpp"
+
+#include "ferry/core/sync_wait.hpp"
+#include "ferry/io/io_context.hpp"
+#include "ferry/metadata/connect_metadata.hpp"
+#include "ferry/metadata/http/etcd_metadata_store.hpp"
+#include "ferry/metadata/http/http_metadata_store.hpp"
+#include "ferry/metadata/redis/redis_metadata_store.hpp"
+#include "ferry/transfer.hpp"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+using namespace std::chrono_literals;
+using ferry::sync_wait;
+
+static_assert(ferry::leasing_metadata_store<ferry::metadata_client>);
+static_assert(ferry::cas_metadata_store<ferry::metadata_client>);
+static_assert(ferry::leasing_metadata_store<ferry::memory_metadata_store>);
+static_assert(ferry::leasing_metadata_store<ferry::http_metadata_store>);
+static_assert(ferry::cas_metadata_store<ferry::http_metadata_store>);
+static_assert(ferry::leasing_metadata_store<ferry::etcd_metadata_store>);
+static_assert(ferry::cas_metadata_store<ferry::etcd_metadata_store>);
+static_assert(ferry::leasing_metadata_store<ferry::redis_metadata_store>);
+static_assert(ferry::cas_metadata_store<ferry::redis_metadata_store>);
+
+namespace {
+
+ferry::metadata_client connect(const std::string& conn) {
+  auto m = ferry::connect_metadata(conn);
+  REQUIRE_MESSAGE(m, conn << ": " << m.error().message());
+  return std::move(*m);
+}
+
+/// Polls `key` until it is absent; how long that took, or nullopt after `limit`.
+std::optional<std::chrono::milliseconds> wait_until_gone(ferry::metadata_client& m, const std::string& key,
+                                                         std::chrono::milliseconds limit) {
+  auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < limit) {
+    auto v = sync_wait(m.get(key));
+    REQUIRE_MESSAGE(v, v.error().message());
+    if (!*v)
+      return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    std::this_thread::sleep_for(50ms);
+  }
+  return std::nullopt;
+}
+
+/// What every backend must do the same way.
+void exercise(const std::string& conn, std::chrono::milliseconds ttl) {
+  auto m = connect(conn);
+  const std::string odd("{\"json\": [1, 2]}\nline two \xc3\xa9 \0 end", 34);
+  CHECK_FALSE(sync_wait(m.get("t/a")).value().has_value());
+  REQUIRE(sync_wait(m.put("t/a", "1")));
+  REQUIRE(sync_wait(m.put("t/b*[glob]?", odd)));
+  REQUIRE(sync_wait(m.put("t0", "outside the prefix")));
+  REQUIRE(sync_wait(m.put("t/a", "2"))); // replaces
+  CHECK(sync_wait(m.get("t/a")).value() == "2");
+  CHECK(sync_wait(m.get("t/b*[glob]?")).value() == odd);
+  auto listed = sync_wait(m.list("t/")).value();
+  REQUIRE(listed.size() == 2);
+  CHECK(listed[0] == std::pair<std::string, std::string>("t/a", "2"));
+  CHECK(listed[1] == std::pair<std::string, std::string>("t/b*[glob]?", odd));
+  REQUIRE(sync_wait(m.remove("t/a")));
+  REQUIRE(sync_wait(m.remove("t/a"))); // absent: no error
+  CHECK(sync_wait(m.list("t/")).value().size() == 1);
+
+  // compare-and-set
+  CHECK(sync_wait(m.compare_and_set("cas", std::nullopt, "v1")).value());
+  CHECK_FALSE(sync_wait(m.compare_and_set("cas", std::nullopt, "v2")).value()); // exists now
+  CHECK_FALSE(sync_wait(m.compare_and_set("cas", std::string("wrong"), "v2")).value());
+  CHECK(sync_wait(m.get("cas")).value() == "v1");
+  CHECK(sync_wait(m.compare_and_set("cas", std::string("v1"), "v2")).value());
+  CHECK(sync_wait(m.get("cas")).value() == "v2");
+
+  // leases: renewed, revoked, expired
+  auto lease = sync_wait(m.grant(ttl));
+  REQUIRE_MESSAGE(lease, lease.error().message());
+  REQUIRE(sync_wait(m.put("leased/a", "x", *lease)));
+  REQUIRE(sync_wait(m.keep_alive(*lease)));
+  CHECK(sync_wait(m.get("leased/a")).value() == "x");
+  REQUIRE(sync_wait(m.revoke(*lease)));
+  CHECK_FALSE(sync_wait(m.get("leased/a")).value().has_value());
+
+  auto short_lease = sync_wait(m.grant(ttl));
+  REQUIRE(short_lease);
+  REQUIRE(sync_wait(m.put("leased/b", "y", *short_lease)));
+  REQUIRE(sync_wait(m.put("plain", "stays")));
+  auto gone = wait_until_gone(m, "leased/b", ttl + 5s);
+  REQUIRE_MESSAGE(gone, "a key outlived its lease by more than 5 s");
+  MESSAGE(conn << ": a key under a " << ttl.count() << " ms lease vanished " << gone->count()
+               << " ms after it was put");
+  auto renewed = sync_wait(m.keep_alive(*short_lease));
+  REQUIRE_FALSE(renewed);
+  CHECK(renewed.error() == ferry::errc::not_found);
+  auto late = sync_wait(m.put("leased/c", "z", *short_lease));
+  REQUIRE_FALSE(late);
+  CHECK(late.error() == ferry::errc::not_found);
+  CHECK(sync_wait(m.get("plain")).value() == "stays");
+}
+
+std::byte pattern_at(std::size_t i, unsigned seed) {
+  return static_cast<std::byte>((i * 131 + seed) & 0xff);
+}
+
+/// A target engine in a child process (forked before this process starts threads) that publishes itself as
+/// `name` in `conn` with a lease of `ttl`; its buffer holds pattern(seed). Serves until killed.
+struct published_target {
+  pid_t pid = -1;
+  std::string address;
+
+  static constexpr std::size_t size = 1 << 20;
+
+  static published_target spawn(const std::string& conn, const std::string& name, unsigned seed,
+                                std::chrono::milliseconds ttl, const std::string& listen = "127.0.0.1:0",
+                                int attempt = 0) {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::close(fds[0]);
+      auto meta = ferry::connect_metadata(conn);
+      ferry::io::io_context ctx;
+      ferry::default_engine engine(ctx, {.name = name, .listen = listen, .metadata_ttl = ttl});
+      std::vector<std::byte> data(size);
+      for (std::size_t i = 0; i < size; ++i)
+        data[i] = pattern_at(i, seed);
+      auto added = engine.registry().add(data.data(), size, ferry::access::read_write);
+      auto started = added ? engine.start() : ferry::result<void>(ferry::fail(added.error()));
+      if (!meta || !started) {
+        std::fprintf(stderr, "target child: %s\n",
+                     (!meta ? meta.error() : started.error()).message().c_str());
+        ::_exit(3);
+      }
+      engine.use_metadata(*meta);
+      if (auto published = ctx.run_until(engine.publish()); !published) {
+        std::fprintf(stderr, "target child: publish: %s\n", published.error().message().c_str());
+        ::_exit(4);
+      }
+      std::string where = engine.endpoint()->to_string() + "\n";
+      if (::write(fds[1], where.data(), where.size()) < 0)
+        ::_exit(5);
+      ::close(fds[1]);
+      ferry::io::io_context::work_guard forever(ctx);
+      ctx.run();
+      ::_exit(0);
+    }
+    ::close(fds[1]);
+    char buf[128] = {};
+    std::size_t got = 0;
+    while (got < sizeof buf - 1) {
+      auto n = ::read(fds[0], buf + got, sizeof buf - 1 - got);
+      if (n <= 0)
+        break;
+      got += static_cast<std::size_t>(n);
+      if (std::memchr(buf, '\n', got))
+        break;
+    }
+    ::close(fds[0]);
+    std::string line(buf, got);
+    if (line.find('\n') == std::string::npos) {
+      int status;
+      ::waitpid(pid, &status, 0);
+      // why: a killed process's io_uring releases its listening socket asynchronously; the port frees up soon
+      REQUIRE_MESSAGE(attempt < 100, "the target process did not start");
+      std::this_thread::sleep_for(20ms);
+      return spawn(conn, name, seed, ttl, listen, attempt + 1);
+    }
+    return {pid, line.substr(0, line.find('\n'))};
+  }
+
+  published_target(pid_t p, std::string a) : pid(p), address(std::move(a)) {}
+  published_target(published_target&& o) noexcept
+      : pid(std::exchange(o.pid, -1)), address(std::move(o.address)) {}
+  published_target& operator=(published_target&&) = delete;
+
+  void kill() {
+    if (pid <= 0)
+      return;
+    ::kill(pid, SIGKILL);
+    int status;
+    ::waitpid(pid, &status, 0);
+    pid = -1;
+  }
+  ~published_target() { kill(); }
+};
+
+/// Reads the whole target through `engine` and checks it holds pattern(seed).
+ferry::task<ferry::batch_result> read_all(ferry::default_engine& engine, ferry::segment_id seg,
+                                          std::vector<std::byte>& into) {
+  ferry::transfer_batch batch;
+  batch.read(into.data(), seg, 0, into.size());
+  co_return co_await engine.transfer(std::move(batch), ferry::transfer_options().with_timeout(5s));
+}
+
+bool holds_pattern(const std::vector<std::byte>& data, unsigned seed) {
+  for (std::size_t i = 0; i < data.size(); ++i)
+    if (data[i] != pattern_at(i, seed))
+      return false;
+  return true;
+}
+
+} // namespace
+
+TEST_SUITE("metadata backends") {
+  TEST_CASE("memory:// stores, lists, compares-and-sets and expires leases") {
+    exercise("memory://conformance", 300ms);
+  }
+  TEST_CASE("http:// (a ferry-metad process) stores, lists, compares-and-sets and expires leases") {
+    ferry_test::metad_server metad;
+    exercise(metad.connection(), 500ms);
+  }
+  TEST_CASE("etcd:// (a real etcd) stores, lists, compares-and-sets and expires leases") {
+    ferry_test::etcd_server etcd;
+    exercise(etcd.connection(), 1000ms);
+  }
+  TEST_CASE("redis:// (a real redis-server) stores, lists, compares-and-sets and expires leases") {
+    ferry_test::redis_server redis;
+    exercise(redis.connection(), 300ms);
+  }
+
+  TEST_CASE("connection strings: bad ones are refused with the reason") {
+    for (const char* bad : {"etcd://", "etcd://host", "etcd://host:notaport", "redis://a:1,b:2",
+                            "zookeeper://x:1", "127.0.0.1:2379", "http://:80", "etcd://h:99999"}) {
+      auto m = ferry::connect_metadata(bad);
+      CHECK_MESSAGE(!m, bad);
+      if (!m)
+        CHECK(m.error() == ferry::errc::invalid_argument);
+    }
+    auto a = ferry::metadata_address::parse("etcd://127.0.0.1:2379,127.0.0.1:2381/cluster-a/");
+    REQUIRE(a);
+    CHECK(a->hosts.size() == 2);
+    CHECK(a->prefix == "cluster-a/");
+    CHECK(connect("p2p").direct());
+  }
+
+  TEST_CASE("a service that is down fails every operation quickly, naming the endpoint") {
+    int port = ferry_test::free_port();
+    std::string where = "127.0.0.1:" + std::to_string(port);
+    for (std::string scheme : {"etcd://", "redis://", "http://"}) {
+      CAPTURE(scheme);
+      auto m = connect(scheme + where);
+      auto t0 = std::chrono::steady_clock::now();
+      auto got = sync_wait(m.get("anything"));
+      REQUIRE_FALSE(got);
+      CHECK(got.error() == ferry::errc::peer_unreachable);
+      CHECK_MESSAGE(std::string(got.error().what()).find(where) != std::string::npos, got.error().message());
+      CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+      MESSAGE(got.error().message());
+
+      ferry::io::io_context ctx;
+      ferry::default_engine engine(ctx, {.name = "lonely"});
+      engine.use_metadata(m);
+      auto seg = ctx.run_until(engine.open_segment("someone"));
+      REQUIRE_FALSE(seg);
+      CHECK(std::string(seg.error().what()).find(where) != std::string::npos);
+      auto published = ctx.run_until(engine.publish());
+      REQUIRE_FALSE(published);
+      CHECK(published.error() == ferry::errc::peer_unreachable);
+    }
+  }
+
+  TEST_CASE("a malformed descriptor in the store is rejected with a message, never a crash") {
+    ferry_test::etcd_server etcd;
+    auto m = connect(etcd.connection());
+    REQUIRE(sync_wait(m.put("ferry/segments/garbage", "{not json")));
+    REQUIRE(sync_wait(m.put("ferry/segments/wrong-types", R"({"name": 7, "regions": "many"})")));
+    REQUIRE(sync_wait(m.put("ferry/segments/empty", "")));
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "reader"});
+    engine.use_metadata(m);
+    for (const char* name : {"garbage", "wrong-types", "empty"}) {
+      auto seg = ctx.run_until(engine.open_segment(name));
+      REQUIRE_FALSE(seg);
+      CHECK(seg.error() == ferry::errc::malformed_frame);
+      CHECK(std::string(seg.error().what()).find("malformed descriptor") != std::string::npos);
+      MESSAGE(seg.error().message());
+    }
+    auto missing = ctx.run_until(engine.open_segment("nobody"));
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error() == ferry::errc::unknown_segment);
+  }
+
+  TEST_CASE("two clusters with different prefixes on one etcd never see each other's keys") {
+    ferry_test::etcd_server etcd;
+    auto a = connect(etcd.connection("cluster-a"));
+    auto b = connect(etcd.connection("cluster-b"));
+    REQUIRE(sync_wait(a.put("ferry/segments/x", "A")));
+    REQUIRE(sync_wait(b.put("ferry/segments/x", "B")));
+    CHECK(sync_wait(a.get("ferry/segments/x")).value() == "A");
+    CHECK(sync_wait(b.get("ferry/segments/x")).value() == "B");
+    auto listed = sync_wait(a.list("")).value();
+    REQUIRE(listed.size() == 1);
+    CHECK(listed[0].first == "ferry/segments/x");
+
+    ferry::io::io_context ctx;
+    ferry::default_engine in_a(ctx, {.name = "only-in-a", .listen = "127.0.0.1:0"});
+    ferry::default_engine in_b(ctx, {.name = "looks-in-b"});
+    REQUIRE(in_a.start());
+    in_a.use_metadata(a);
+    in_b.use_metadata(b);
+    REQUIRE(ctx.run_until(in_a.publish()));
+    auto seg = ctx.run_until(in_b.open_segment("only-in-a"));
+    REQUIRE_FALSE(seg);
+    CHECK(seg.error() == ferry::errc::unknown_segment);
+    CHECK(ctx.run_until(in_a.open_segment("only-in-a")).value() == in_a.self);
+  }
+
+  TEST_CASE("a process killed with SIGKILL vanishes from etcd, redis and ferry-metad within its lease") {
+    ferry_test::etcd_server etcd;
+    ferry_test::redis_server redis;
+    ferry_test::metad_server metad;
+    constexpr auto ttl = 2000ms;
+    std::vector<std::string> conns{etcd.connection(), redis.connection(), metad.connection()};
+    std::vector<published_target> targets;
+    for (auto& c : conns) // all forked before this process starts a thread
+      targets.push_back(published_target::spawn(c, "doomed", 7, ttl));
+    for (std::size_t i = 0; i < conns.size(); ++i) {
+      CAPTURE(conns[i]);
+      auto m = connect(conns[i]);
+      auto there = sync_wait(m.get("ferry/segments/doomed"));
+      REQUIRE(there);
+      REQUIRE(there->has_value());
+      // it outlives several renewals while its process lives
+      std::this_thread::sleep_for(i == 0 ? ttl + 500ms : 0ms);
+      REQUIRE(sync_wait(m.get("ferry/segments/doomed")).value().has_value());
+      targets[i].kill();
+      auto gone = wait_until_gone(m, "ferry/segments/doomed", ttl + 4s);
+      REQUIRE_MESSAGE(gone, "the killed process's segment stayed more than 4 s past its TTL");
+      CHECK(*gone <= ttl + 2500ms);
+      MESSAGE(conns[i] << ": gone " << gone->count() << " ms after SIGKILL (TTL " << ttl.count() << " ms)");
+    }
+  }
+
+  TEST_CASE("etcd killed and restarted empty: established transfers continue, lookups fail clearly, the "
+            "registration comes back") {
+    ferry_test::etcd_server etcd;
+    constexpr auto ttl = 2000ms;
+    auto target = published_target::spawn(etcd.connection(), "kv-target", 7, ttl);
+    auto m = connect(etcd.connection());
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "kv-reader"});
+    engine.use_metadata(m);
+    auto seg = ctx.run_until(engine.open_segment("kv-target"));
+    REQUIRE_MESSAGE(seg, seg.error().message());
+    std::vector<std::byte> got(published_target::size);
+    REQUIRE(engine.registry().add(got.data(), got.size(), ferry::access::read_write));
+    REQUIRE(ctx.run_until(read_all(engine, *seg, got)).ok());
+    CHECK(holds_pattern(got, 7));
+
+    etcd.process.stop();
+    auto until = std::chrono::steady_clock::now() + 1s;
+    int transfers = 0;
+    while (std::chrono::steady_clock::now() < until) {
+      std::fill(got.begin(), got.end(), std::byte{0});
+      auto r = ctx.run_until(read_all(engine, *seg, got));
+      REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+      REQUIRE(holds_pattern(got, 7));
+      ++transfers;
+    }
+    MESSAGE(transfers << " transfers completed while etcd was down");
+    auto lookup = ctx.run_until(engine.open_segment("someone-new"));
+    REQUIRE_FALSE(lookup);
+    CHECK(lookup.error() == ferry::errc::peer_unreachable);
+    CHECK(std::string(lookup.error().what()).find(etcd.process.address()) != std::string::npos);
+
+    etcd.restart_empty();
+    auto t0 = std::chrono::steady_clock::now();
+    bool back = false;
+    while (!back && std::chrono::steady_clock::now() - t0 < ttl + 8s) {
+      auto v = sync_wait(m.get("ferry/segments/kv-target"));
+      back = v && v->has_value();
+      if (!back)
+        std::this_thread::sleep_for(100ms);
+    }
+    REQUIRE_MESSAGE(back, "the target did not register again after etcd came back empty");
+    MESSAGE("registered again " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       std::chrono::steady_clock::now() - t0)
+                                       .count()
+                                << " ms after etcd came back empty");
+    ferry::default_engine fresh(ctx, {.name = "kv-reader-2"});
+    fresh.use_metadata(m);
+    std::vector<std::byte> again(published_target::size);
+    REQUIRE(fresh.registry().add(again.data(), again.size(), ferry::access::read_write));
+    auto seg2 = ctx.run_until(fresh.open_segment("kv-target"));
+    REQUIRE_MESSAGE(seg2, seg2.error().message());
+    REQUIRE(ctx.run_until(read_all(fresh, *seg2, again)).ok());
+    CHECK(holds_pattern(again, 7));
+  }
+
+  TEST_CASE("a transfer to a segment whose owner restarted refreshes its descriptor and succeeds") {
+    ferry_test::metad_server metad;
+    constexpr auto ttl = 5000ms;
+    auto first = published_target::spawn(metad.connection(), "restarts", 7, ttl);
+    auto m = connect(metad.connection());
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "follower"});
+    engine.use_metadata(m);
+    auto seg = ctx.run_until(engine.open_segment("restarts"));
+    REQUIRE(seg);
+    std::vector<std::byte> got(published_target::size);
+    REQUIRE(engine.registry().add(got.data(), got.size(), ferry::access::read_write));
+    REQUIRE(ctx.run_until(read_all(engine, *seg, got)).ok());
+    CHECK(holds_pattern(got, 7));
+    auto old_incarnation = engine.find(*seg)->descriptor.incarnation;
+
+    SUBCASE("at a new address") {
+      first.kill();
+      auto second = published_target::spawn(metad.connection(), "restarts", 9, ttl);
+      auto r = ctx.run_until(read_all(engine, *seg, got));
+      REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(holds_pattern(got, 9));
+      CHECK(engine.find(*seg)->descriptor.incarnation != old_incarnation);
+    }
+    SUBCASE("at the same address: the new process is noticed before any byte moves") {
+      std::string address = first.address;
+      first.kill();
+      auto second = published_target::spawn(metad.connection(), "restarts", 9, ttl, address);
+      REQUIRE(second.address == address);
+      auto r = ctx.run_until(read_all(engine, *seg, got));
+      REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(holds_pattern(got, 9));
+      CHECK(engine.find(*seg)->descriptor.incarnation != old_incarnation);
+    }
+  }
+}
