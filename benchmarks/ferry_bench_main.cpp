@@ -193,8 +193,11 @@ int run_target(const options& o) {
       return 1;
     }
   }
-  std::printf("target listening on %s segment %s\n", engine.endpoint()->to_string().c_str(), o.name.c_str());
-  std::fflush(stdout);
+  // why: with --mode both, stdout carries the initiator's report (--json) alone
+  std::FILE* announce = o.mode == "both" ? stderr : stdout;
+  std::fprintf(announce, "target listening on %s segment %s\n", engine.endpoint()->to_string().c_str(),
+               o.name.c_str());
+  std::fflush(announce);
   target_ready = true;
   std::fprintf(stderr,
                "ferry-bench: serving %zu bytes of shared memory %s (io backend %s); stop with Ctrl-C\n",
@@ -677,7 +680,10 @@ int main(int argc, char** argv) {
     }
     if (o.listen.empty())
       o.listen = "127.0.0.1:0";
-    local_target = std::thread([&] { local_target_code = run_target(o); });
+    options target_options = o;
+    target_options.duration = -1; // serves until the initiator is done
+    local_target =
+        std::thread([&local_target_code, target_options] { local_target_code = run_target(target_options); });
     while (!target_ready && local_target_code == 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
   } else if (locator(o).empty()) {

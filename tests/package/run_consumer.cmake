@@ -2,7 +2,7 @@
 # consumer project with find_package(ferry CONFIG REQUIRED COMPONENTS ...).
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}")
-string(REPLACE ";" "\\;" components "${COMPONENTS}")
+string(REPLACE "," "\\;" components "${COMPONENTS}")
 
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)

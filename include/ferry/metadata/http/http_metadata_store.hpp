@@ -109,7 +109,14 @@ public:
 
 private:
   task<result<nlohmann::json>> call(metad::request r) {
-    auto reply = co_await http_.post(metad::path_of(r.op), metad::encode_request(r));
+    std::string body;
+    try {
+      body = metad::encode_request(r);
+    } catch (const nlohmann::json::exception&) {
+      // why: the protocol is JSON, whose strings are UTF-8; refuse rather than alter the bytes
+      co_return fail(errc::invalid_argument, "ferry-metad: keys and values must be UTF-8 text");
+    }
+    auto reply = co_await http_.post(metad::path_of(r.op), std::move(body));
     if (!reply)
       co_return fail(reply.error());
     co_return metad::decode_reply(reply->status, reply->body);
