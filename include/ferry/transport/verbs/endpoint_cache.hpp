@@ -78,6 +78,14 @@ public:
     retire(it->second);
   }
 
+  /// Removes `which` if it is still the endpoint for `key` (it may have been evicted and replaced).
+  void erase(const Key& key, const Endpoint* which) {
+    auto it = index_.find(key);
+    if (it == index_.end() || it->second->endpoint.get() != which)
+      return;
+    retire(it->second);
+  }
+
   /// Removes every endpoint for which `pred(key)` holds.
   template<class Pred>
   void erase_if(Pred&& pred) {

@@ -89,7 +89,7 @@ class path_health {
 
 public:
   path_health(std::size_t paths, health_options options, Clock& clock)
-      : options_(options), clock_(clock), paths_(paths) {
+      : options_(options), clock_(&clock), paths_(paths) {
     options_.pause_after = std::max(options_.pause_after, 1u);
   }
 
@@ -105,7 +105,7 @@ public:
   /// A request on `path` failed through the path; true when this pauses it.
   bool on_failure(std::size_t path) noexcept {
     auto& p = paths_[path];
-    if (p.paused && clock_.now() < p.paused_until)
+    if (p.paused && clock_->now() < p.paused_until)
       return false; // already paused: late completions of its queue do not extend the pause
     p.paused = false;
     if (++p.faults < options_.pause_after && p.pauses == 0)
@@ -115,7 +115,7 @@ public:
     if (cool > options_.max_cooldown)
       cool = options_.max_cooldown;
     p.paused = true;
-    p.paused_until = clock_.now() + cool;
+    p.paused_until = clock_->now() + cool;
     ++p.pauses;
     p.faults = 0;
     return true;
@@ -132,7 +132,7 @@ public:
   /// Whether `path` may carry new slices now (not paused, or its cooldown has passed).
   bool usable(std::size_t path) const noexcept {
     auto& p = paths_[path];
-    return !p.paused || clock_.now() >= p.paused_until;
+    return !p.paused || clock_->now() >= p.paused_until;
   }
 
   bool any_usable() const noexcept {
@@ -149,7 +149,7 @@ public:
 
 private:
   health_options options_;
-  Clock& clock_;
+  Clock* clock_;
   std::vector<state> paths_;
 };
 
