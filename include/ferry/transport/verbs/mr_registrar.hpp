@@ -18,10 +18,9 @@ namespace ferry::verbs {
 
 struct mr_registrar {
   ::ibv_pd* pd = nullptr;
-  /// Local write and remote read/write: the peer's NIC enforces the region's permissions through which
-  /// rkey it was given (see verbs_transport), not through this registration of local buffers.
-  int access =
-      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_RELAXED_ORDERING;
+  /// Local access only: these registrations serve this process's own READs and WRITEs, whose keys never
+  /// leave the process. Exposed regions are registered separately, with exactly the remote access they grant.
+  int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_RELAXED_ORDERING;
 
   result<registration> register_range(std::byte* p, std::size_t n) {
     ::ibv_mr* mr = ::ibv_reg_mr(pd, p, n, access);

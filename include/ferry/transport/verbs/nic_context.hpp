@@ -11,6 +11,7 @@
 #include "ferry/core/result.hpp"
 #include "ferry/transport/verbs/gid_selection.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdint>

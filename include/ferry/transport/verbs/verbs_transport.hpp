@@ -131,6 +131,9 @@ class verbs_transport {
     std::unique_ptr<verbs::completion_worker> worker;
     // Exposed regions registered for peers: (base, length, access) -> memory region.
     std::map<std::tuple<std::uintptr_t, std::uint64_t, std::uint8_t>, ::ibv_mr*> exposed;
+    // Requests posted and not yet completed on all of its queue pairs. why: a flush completes every one of
+    // them, signaled or not, so their total must fit the completion queue or it overflows.
+    std::size_t outstanding = 0;
   };
 
   struct posted {
@@ -259,6 +262,7 @@ public:
       s->settle(error(errc::peer_unreachable, "verbs: the peer's RDMA endpoint is malformed"));
       return;
     }
+    // why: one move_pages call per slice (about a microsecond) against slices of a megabyte or so
     verbs::buffer_place place{verbs::numa_node_of(s->local), -1};
     std::optional<std::size_t> avoid;
     if (s->attempt > 0)
@@ -415,10 +419,12 @@ private:
       if (!r && !stopping_)
         peer_paused_[e->key.peer] = clock_.now() + options_.peer_cooldown;
       e->state = endpoint::phase::failed;
-      // why: the peer cannot be reached over RDMA now; peer_unreachable hands the slices to the next
-      // transport
+      // why: a peer that cannot be reached over RDMA now gets its slices through the next transport
+      // (peer_unreachable); an endpoint evicted while connecting lets them try verbs again (closed)
+      error why = !r ? error(errc::peer_unreachable, "verbs: connecting to the peer failed")
+                     : error(errc::closed, "verbs: the endpoint was retired while connecting");
       for (slice* s : std::exchange(e->waiting, {}))
-        s->settle(error(errc::peer_unreachable, "verbs: connecting to the peer failed"));
+        s->settle(why);
       (void)e->control.shutdown();
       --e->tasks;
       endpoints_.erase(e->key, e);
@@ -546,6 +552,9 @@ private:
       std::size_t q = e.next_qp++ % e.qps.size();
       auto& qp = *e.qps[q];
       std::size_t room = qp.limits().max_wr > e.fifo[q].size() ? qp.limits().max_wr - e.fifo[q].size() : 0;
+      std::size_t cq_room = static_cast<std::size_t>(nic.ctx->cq_entries());
+      cq_room = cq_room > nic.outstanding ? cq_room - nic.outstanding : 0;
+      room = std::min(room, cq_room);
       if (room == 0)
         continue;
       verbs::chain_limits limits = qp.limits();
@@ -596,6 +605,7 @@ private:
         if (i < accepted) {
           e.fifo[q].push_back(std::move(batch[i]));
           ++e.posted_count;
+          ++nic.outstanding;
         } else {
           slice* s = batch[i].s;
           batch[i].reg.reset();
@@ -625,6 +635,7 @@ private:
         posted x = std::move(fifo.front());
         fifo.pop_front();
         --e.posted_count;
+        --self->nics_[nic].outstanding;
         bool mine = reinterpret_cast<std::uint64_t>(x.s) == wc.wr_id;
         x.reg.reset();
         if (!mine || wc.status == IBV_WC_SUCCESS) {
@@ -777,11 +788,12 @@ private:
         mr = it->second;
         slot.exposed.erase(it);
       } else {
-        int flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_RELAXED_ORDERING;
+        // why: the NIC enforces the region's permissions; remote write needs local write as well
+        int flags = IBV_ACCESS_RELAXED_ORDERING;
         if (allows(r.permissions, access::read))
           flags |= IBV_ACCESS_REMOTE_READ;
         if (allows(r.permissions, access::write))
-          flags |= IBV_ACCESS_REMOTE_WRITE;
+          flags |= IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE;
         mr = ::ibv_reg_mr(nic.pd(), l->data(), r.length, flags);
         if (!mr)
           continue; // not reachable over RDMA; the peer's slices for it fail over to another transport
