@@ -192,7 +192,8 @@ TEST_SUITE("verbs_transport") {
     verbs_engine initiator(ctx, {.name = "initiator", .slice_size = 128 * 1024});
     REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
     REQUIRE(target.start());
-    auto* rdma = target.descriptor().endpoint_for("rdma");
+    auto described = target.descriptor();
+    auto* rdma = described.endpoint_for("rdma");
     REQUIRE(rdma);
     CHECK(rdma->address == "127.0.0.1:1#2");
     round_trip(ctx, initiator, target.endpoint()->to_string(), remote, 1 << 20);
