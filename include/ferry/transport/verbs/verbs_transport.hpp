@@ -38,6 +38,7 @@
 #include "ferry/transport/verbs/path_health.hpp"
 #include "ferry/transport/verbs/rc_queue_pair.hpp"
 #include "ferry/transport/verbs/registration_cache.hpp"
+#include "ferry/transport/verbs/send_queue_tracker.hpp"
 #include "ferry/transport/verbs/verbs_options.hpp"
 #include "ferry/transport/verbs/wr_chain.hpp"
 
@@ -160,7 +161,7 @@ class verbs_transport {
     phase state = phase::connecting;
     endpoint_key key;
     std::vector<std::unique_ptr<verbs::rc_queue_pair>> qps;
-    std::vector<std::deque<posted>> fifo; // per queue pair, in posting order
+    std::vector<verbs::send_queue_tracker<posted>> fifo; // per queue pair, in posting order
     verbs::handshake_message remote;
     io::tcp_socket control;
     std::deque<slice*> waiting; // accepted, not yet posted
@@ -467,7 +468,8 @@ private:
       req.qps.push_back({(*q)->qpn(), (*q)->psn()});
       e->qps.push_back(std::move(*q));
     }
-    e->fifo.resize(e->qps.size());
+    e->fifo =
+        decltype(e->fifo)(e->qps.size()); // why: not resize: a tracker is move-only and its move may throw
     auto sent = co_await verbs::detail::send_handshake(e->control, req, within.token());
     if (!sent)
       co_return fail(sent.error());
@@ -603,7 +605,7 @@ private:
         accepted = bad ? static_cast<std::size_t>(bad - head) : 0;
       for (std::size_t i = 0; i < batch.size(); ++i) {
         if (i < accepted) {
-          e.fifo[q].push_back(std::move(batch[i]));
+          e.fifo[q].push(std::move(batch[i]));
           ++e.posted_count;
           ++nic.outstanding;
         } else {
@@ -629,29 +631,23 @@ private:
       endpoint& e = *it->second.ep;
       auto& fifo = e.fifo[it->second.qp];
       ++e.tasks;
-      // why: on a reliable-connected queue pair, completions come in posting order; a completion reports
-      // every unsignaled request posted before it as done, and an error hits exactly its own request
-      while (!fifo.empty()) {
-        posted x = std::move(fifo.front());
-        fifo.pop_front();
-        --e.posted_count;
-        --self->nics_[nic].outstanding;
-        bool mine = reinterpret_cast<std::uint64_t>(x.s) == wc.wr_id;
-        x.reg.reset();
-        if (!mine || wc.status == IBV_WC_SUCCESS) {
-          self->health_.on_success(nic);
-          x.s->settle();
-          if (mine)
-            break;
-          continue;
-        }
-        if (verbs::is_path_fault(wc.status))
-          self->health_.on_failure(nic);
-        if (verbs::classify(wc.status) == verbs::completion_verdict::retry_elsewhere)
-          self->endpoint_failed(e);
-        x.s->settle(verbs::completion_error(wc.status));
-        break;
-      }
+      fifo.complete(
+          wc.wr_id, wc.status, [](const posted& x) { return reinterpret_cast<std::uint64_t>(x.s); },
+          [&](posted& x, ::ibv_wc_status status) {
+            --e.posted_count;
+            --self->nics_[nic].outstanding;
+            x.reg.reset();
+            if (status == IBV_WC_SUCCESS) {
+              self->health_.on_success(nic);
+              x.s->settle();
+              return;
+            }
+            if (verbs::is_path_fault(status))
+              self->health_.on_failure(nic);
+            if (verbs::classify(status) == verbs::completion_verdict::retry_elsewhere)
+              self->endpoint_failed(e);
+            x.s->settle(verbs::completion_error(status));
+          });
       --e.tasks;
     }
     self->close_idle_retired();
