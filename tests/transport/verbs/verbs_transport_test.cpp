@@ -202,6 +202,18 @@ TEST_SUITE("verbs_transport") {
       CHECK(initiator.routed_bytes("verbs") == 0);
   }
 
+  TEST_CASE("engines take their verbs options from the process-wide defaults") {
+    auto saved = ferry::verbs_transport::defaults();
+    ferry::verbs_transport::defaults().enabled = false;
+    {
+      ferry::io::io_context ctx;
+      verbs_engine engine(ctx, {.name = "configured"});
+      CHECK(engine.transport<ferry::verbs_transport>().disabled_reason() ==
+            "verbs: disabled by configuration");
+    }
+    ferry::verbs_transport::defaults() = saved;
+  }
+
   TEST_CASE("opening a NIC that does not exist fails with a clear error") {
     auto nic = ferry::verbs::nic_context::open("no-such-hca");
     REQUIRE_FALSE(nic);

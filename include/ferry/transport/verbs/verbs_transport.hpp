@@ -197,8 +197,14 @@ class verbs_transport {
 public:
   static constexpr std::string_view name = "verbs";
 
-  explicit verbs_transport(transport_context& tc)
-      : verbs_transport(tc, verbs::verbs_options::from_environment()) {}
+  /// The options engines give their verbs transport (read from the environment on first use). Set them
+  /// before constructing an engine: `ferry::verbs_transport::defaults().qps_per_endpoint = 4;`
+  static verbs::verbs_options& defaults() {
+    static verbs::verbs_options options = verbs::verbs_options::from_environment();
+    return options;
+  }
+
+  explicit verbs_transport(transport_context& tc) : verbs_transport(tc, defaults()) {}
 
   verbs_transport(transport_context& tc, verbs::verbs_options options)
       : tc_(tc), options_(std::move(options)), selector_(std::vector<verbs::nic_place>{}),
