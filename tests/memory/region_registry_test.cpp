@@ -135,3 +135,22 @@ TEST_SUITE("shared_buffer") {
     CHECK(left_by_child() == 0);
   }
 }
+
+TEST_SUITE("region_registry extent") {
+  TEST_CASE("local_extent reports the whole region holding a range") {
+    ferry::region_registry regs;
+    std::vector<std::byte> a(8192), b(4096);
+    REQUIRE(regs.add(a.data(), a.size(), ferry::access::none));
+    REQUIRE(regs.add(b.data(), b.size(), ferry::access::read));
+    auto e = regs.local_extent(a.data() + 100, 50);
+    REQUIRE(e);
+    CHECK(e->first == a.data());
+    CHECK(e->second == a.size());
+    auto f = regs.local_extent(b.data() + 4095, 1);
+    REQUIRE(f);
+    CHECK(f->first == b.data());
+    auto out = regs.local_extent(a.data() + 8000, 500);
+    REQUIRE_FALSE(out);
+    CHECK(out.error() == ferry::errc::out_of_bounds);
+  }
+}

@@ -173,6 +173,16 @@ public:
     return lease(this, e, e->base + (offset - e->exposed.offset));
   }
 
+  /// The whole registered region holding [p, p + length): its start and length (what a NIC registers at
+  /// once, so that every later slice of it is a registration-cache hit).
+  result<std::pair<std::byte*, std::size_t>> local_extent(const void* p, std::size_t length) {
+    std::lock_guard lock(mutex_);
+    entry* e = find_local(static_cast<const std::byte*>(p), length);
+    if (!e)
+      return fail(errc::out_of_bounds, "local buffer is not inside a registered region");
+    return std::pair<std::byte*, std::size_t>(e->base, static_cast<std::size_t>(e->length));
+  }
+
   /// The exposed regions, in offset order (what a segment descriptor lists).
   std::vector<region_descriptor> exposed() const {
     std::lock_guard lock(mutex_);

@@ -138,6 +138,8 @@ public:
     d.pid = static_cast<std::uint64_t>(::getpid());
     if (listening_)
       d.endpoints.push_back({"tcp", listening_->to_string()});
+    // Transports that serve peers on their own endpoint (verbs: its handshake listener) add it here.
+    std::apply([&](const auto&... t) { (describe_with(t, d), ...); }, transports_);
     d.regions = registry_.exposed();
     return d;
   }
@@ -270,6 +272,12 @@ public:
 
   /// The peer behind an id, or nullptr.
   const peer* find(segment_id id) const noexcept { return id < peers_.size() ? &peers_[id] : nullptr; }
+
+  /// The engine's transport of type T (to inspect or configure it).
+  template<class T>
+  T& transport() noexcept {
+    return std::get<T>(transports_);
+  }
 
   // ---- moving bytes ----
 
@@ -729,6 +737,12 @@ private:
       return;
     }
     inbox_.push_back(std::move(n));
+  }
+
+  template<class T>
+  static void describe_with(const T& t, segment_descriptor& d) {
+    if constexpr (requires { t.describe(d); })
+      t.describe(d);
   }
 
   static std::string read_host_id() {
