@@ -68,13 +68,14 @@ TEST_SUITE("metadata codecs") {
       const char* path;
       const char* body;
     };
-    for (auto [path, body] : {bad_case{"/v1/nope", "{}"}, bad_case{"/v1/get", "not json"},
-                              bad_case{"/v1/get", "[]"}, bad_case{"/v1/get", R"({"key": 5})"},
-                              bad_case{"/v1/get", R"({"key": ""})"}, bad_case{"/v1/put", R"({"key": "k"})"},
-                              bad_case{"/v1/put", R"({"key":"k","value":"v","lease":"x"})"},
-                              bad_case{"/v1/cas", R"({"key":"k","value":"v","expected":3})"},
-                              bad_case{"/v1/grant", R"({"ttl_ms": -1})"},
-                              bad_case{"/v1/grant", R"({"ttl_ms": 1e30})"}, bad_case{"/v1/revoke", "{}"}}) {
+    for (auto bad : {bad_case{"/v1/nope", "{}"}, bad_case{"/v1/get", "not json"}, bad_case{"/v1/get", "[]"},
+                     bad_case{"/v1/get", R"({"key": 5})"}, bad_case{"/v1/get", R"({"key": ""})"},
+                     bad_case{"/v1/put", R"({"key": "k"})"},
+                     bad_case{"/v1/put", R"({"key":"k","value":"v","lease":"x"})"},
+                     bad_case{"/v1/cas", R"({"key":"k","value":"v","expected":3})"},
+                     bad_case{"/v1/grant", R"({"ttl_ms": -1})"}, bad_case{"/v1/grant", R"({"ttl_ms": 1e30})"},
+                     bad_case{"/v1/revoke", "{}"}}) {
+      std::string path = bad.path, body = bad.body;
       auto got = ferry::metad::decode_request(path, body);
       CHECK_MESSAGE(!got, path << " " << body);
       if (!got)

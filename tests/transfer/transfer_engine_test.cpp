@@ -340,13 +340,33 @@ TEST_SUITE("transfer_engine") {
       REQUIRE(p.target.registry().remove(p.remote.data())); // the initiator still believes the region exists
       transfer_batch b;
       b.write(p.local.data(), *seg, 0, 4096);
+      auto version = p.initiator.find(*seg)->version;
       auto r = co_await p.initiator.transfer(b);
       REQUIRE_FALSE(r.ok());
       CHECK(r.requests[0].error() == errc::out_of_bounds);
-      CHECK(r.first_error().message().find("target refused") != std::string::npos);
-      REQUIRE(co_await p.initiator.refresh(*seg)); // the fresh descriptor has no region: refused up front
-      auto again = co_await p.initiator.transfer(b);
+      // the owner refused; the initiator then fetched the descriptor again, which has no region any more
+      CHECK(p.initiator.find(*seg)->version > version);
+      CHECK(p.initiator.find(*seg)->descriptor.regions.empty());
+      auto again = co_await p.initiator.transfer(b); // refused up front now
       CHECK(again.requests[0].error() == errc::out_of_bounds);
+      CHECK(again.first_error().message().find("outside the target's regions") != std::string::npos);
+    }());
+  }
+
+  TEST_CASE("a region the target registered after it was opened is reached by refreshing its descriptor") {
+    std::vector<std::byte> later(1 << 16); // outlives the engines
+    served_pair p(1 << 16);
+    p.ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await p.initiator.open_segment(p.address());
+      REQUIRE(seg);
+      auto at = p.target.registry().add(later.data(), later.size(), access::read_write);
+      REQUIRE(at);
+      fill(p.local, 77);
+      transfer_batch b;
+      b.write(p.local.data(), *seg, *at, 4096);
+      auto r = co_await p.initiator.transfer(b);
+      REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(std::equal(later.begin(), later.begin() + 4096, p.local.begin()));
     }());
   }
 

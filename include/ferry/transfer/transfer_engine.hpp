@@ -283,8 +283,8 @@ public:
 
   /// Runs a batch; completes when every request has completed or failed, on the engine's loop thread.
   /// Requests that failed because their target restarted or moved (it cannot be reached, or a new process
-  /// answers at its address) get the target's descriptor again (by address, or from the metadata store) and,
-  /// if it changed, run once more against it.
+  /// answers at its address) or lay outside the regions the engine knew of get the target's descriptor again
+  /// (by address, or from the metadata store) and, if it changed, run once more against it.
   task<batch_result> transfer(transfer_batch batch, transfer_options opts = {}) {
     co_await enter();
     auto started = std::chrono::steady_clock::now();
@@ -306,10 +306,11 @@ public:
   }
 
 private:
-  /// Whether a request's error may come from a stale descriptor (the target restarted or moved).
+  /// Whether a request's error may come from a stale descriptor: the target restarted or moved, or it
+  /// registered the region asked for after its descriptor was fetched.
   static bool stale_descriptor_error(const error& e) noexcept {
     return e == errc::peer_unreachable || e == errc::version_mismatch || e == errc::closed ||
-           e.code().category() == std::system_category();
+           e == errc::out_of_bounds || e.code().category() == std::system_category();
   }
 
   task<> retry_stale(const transfer_batch& batch, const transfer_options& opts,
