@@ -5,6 +5,8 @@
 #include "ferry/io/tcp_socket.hpp"
 #include "ferry/transfer.hpp"
 
+#include "../support/forked_child.hpp"
+
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -37,79 +39,33 @@ void fill(std::span<std::byte> s, unsigned seed, std::size_t base = 0) {
 }
 
 /// A target engine in a child process (forked before the parent starts threads). Its buffer holds
-/// pattern(seed 7); it serves until killed.
-struct child_target {
-  pid_t pid = -1;
-  std::string address;
-
-  static child_target spawn(const std::string& listen, std::size_t size, bool shared, int attempt = 0) {
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::close(fds[0]);
-      ferry::io::io_context ctx;
-      ferry::default_engine engine(ctx, {.name = "child", .listen = listen});
-      ferry::shared_buffer shm;
-      std::vector<std::byte> plain;
-      std::byte* data;
-      if (shared) {
-        shm = std::move(*ferry::shared_buffer::create(size));
-        data = shm.data();
-      } else {
-        plain.resize(size);
-        data = plain.data();
-      }
-      fill({data, size}, 7);
-      auto added = engine.registry().add(data, size, access::read_write, shared ? shm.name() : std::string());
-      auto started = added ? engine.start() : ferry::result<void>(ferry::fail(added.error()));
-      if (!started) {
-        std::fprintf(stderr, "target child: %s\n", started.error().message().c_str());
-        ::_exit(3);
-      }
-      std::string where = engine.endpoint()->to_string() + "\n";
-      if (::write(fds[1], where.data(), where.size()) < 0)
-        ::_exit(4);
-      ::close(fds[1]);
-      ferry::io::io_context::work_guard forever(ctx);
-      ctx.run();
-      ::_exit(0);
+/// pattern(seed 7); it serves until killed; its line is the address it serves on.
+ferry_test::forked_child spawn_target(const std::string& listen, std::size_t size, bool shared) {
+  return ferry_test::forked_child::start([&](auto report) {
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "child", .listen = listen});
+    ferry::shared_buffer shm;
+    std::vector<std::byte> plain;
+    std::byte* data;
+    if (shared) {
+      shm = std::move(*ferry::shared_buffer::create(size));
+      data = shm.data();
+    } else {
+      plain.resize(size);
+      data = plain.data();
     }
-    ::close(fds[1]);
-    char buf[128] = {};
-    std::size_t got = 0;
-    while (got < sizeof buf - 1) {
-      auto n = ::read(fds[0], buf + got, sizeof buf - 1 - got);
-      if (n <= 0)
-        break;
-      got += static_cast<std::size_t>(n);
-      if (std::memchr(buf, '\n', got))
-        break;
+    fill({data, size}, 7);
+    auto added = engine.registry().add(data, size, access::read_write, shared ? shm.name() : std::string());
+    auto started = added ? engine.start() : ferry::result<void>(ferry::fail(added.error()));
+    if (!started) {
+      std::fprintf(stderr, "target child: %s\n", started.error().message().c_str());
+      ::_exit(3);
     }
-    ::close(fds[0]);
-    std::string line(buf, got);
-    if (line.find('\n') == std::string::npos) {
-      int status;
-      ::waitpid(pid, &status, 0);
-      // why: a killed process's io_uring releases its listening socket asynchronously; the port frees up soon
-      REQUIRE_MESSAGE(attempt < 100, "the target process did not start");
-      std::this_thread::sleep_for(20ms);
-      return spawn(listen, size, shared, attempt + 1);
-    }
-    return {pid, line.substr(0, line.find('\n'))};
-  }
-
-  void kill(int sig = SIGKILL) {
-    if (pid <= 0)
-      return;
-    ::kill(pid, sig);
-    int status;
-    ::waitpid(pid, &status, 0);
-    pid = -1;
-  }
-  ~child_target() { kill(); }
-};
+    report(engine.endpoint()->to_string());
+    ferry::io::io_context::work_guard forever(ctx);
+    ctx.run();
+  });
+}
 
 /// A server that completes the handshake with a valid descriptor and then never answers anything: a hung
 /// peer.
@@ -229,7 +185,7 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("a same-host peer in another process is reached through shared memory, never tcp") {
-    auto child = child_target::spawn("127.0.0.2:0", 8 << 20, true);
+    auto child = spawn_target("127.0.0.2:0", 8 << 20, true);
     ferry::io::io_context ctx;
     ferry::default_engine engine(ctx, {.name = "local", .shm = {.copy_threads = 2}});
     std::vector<std::byte> buf(4 << 20), back(4 << 20);
@@ -237,7 +193,7 @@ TEST_SUITE("transfer_engine") {
     REQUIRE(engine.registry().add(buf.data(), buf.size(), access::none));
     REQUIRE(engine.registry().add(back.data(), back.size(), access::none));
     ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await engine.open_segment(child.address);
+      auto seg = co_await engine.open_segment(child.line());
       REQUIRE(seg);
       transfer_batch before;
       before.read(back.data(), *seg, 0, back.size());
@@ -256,8 +212,8 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("bytes for a same-host target that restarted go to the new process, not the old memory") {
-    auto first = child_target::spawn("127.0.0.2:0", 1 << 20, true);
-    std::string address = first.address;
+    auto first = spawn_target("127.0.0.2:0", 1 << 20, true);
+    std::string address = first.line();
     ferry::io::io_context ctx;
     ferry::default_engine engine(ctx, {.name = "local"});
     std::vector<std::byte> buf(1 << 20), back(1 << 20);
@@ -272,15 +228,15 @@ TEST_SUITE("transfer_engine") {
     REQUIRE(ctx.run_until(engine.transfer(w)).ok());
     CHECK(engine.routed_bytes("shm") == buf.size());
     first.kill();
-    auto second = child_target::spawn(address, 1 << 20, true);
-    REQUIRE(second.address == address);
+    auto second = spawn_target(address, 1 << 20, true);
+    REQUIRE(second.line() == address);
     auto again = ctx.run_until(engine.transfer(w));
     REQUIRE_MESSAGE(again.ok(), again.first_error().message());
     REQUIRE(ctx.run_until(engine.transfer(r)).ok());
     CHECK(back == buf); // the new process has the bytes
     // the engine noticed the restart (the old process is gone; a new one answers at its address) and took
     // the new descriptor, whose shared memory it then uses
-    CHECK(engine.find(*seg)->descriptor.pid == static_cast<std::uint64_t>(second.pid));
+    CHECK(engine.find(*seg)->descriptor.pid == static_cast<std::uint64_t>(second.pid()));
     CHECK(engine.routed_bytes("shm") >= 3 * buf.size());
   }
 
@@ -512,8 +468,8 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("a target killed mid-batch fails it before its deadline, and a restarted one serves the next") {
-    auto child = child_target::spawn("127.0.0.2:0", 64 << 20, false);
-    std::string address = child.address;
+    auto child = spawn_target("127.0.0.2:0", 64 << 20, false);
+    std::string address = child.line();
     ferry::io::io_context ctx;
     tcp_engine initiator(ctx, {.name = "initiator",
                                .slice_size = 256 * 1024,
@@ -541,8 +497,8 @@ TEST_SUITE("transfer_engine") {
     CHECK(clock_type::now() - t0 < 15s);
     REQUIRE_FALSE(killed.ok());
     MESSAGE("batch to a killed target: ", killed.first_error().message());
-    auto restarted = child_target::spawn(address, 64 << 20, false);
-    REQUIRE(restarted.address == address);
+    auto restarted = spawn_target(address, 64 << 20, false);
+    REQUIRE(restarted.line() == address);
     transfer_batch next;
     next.write(local.data(), *seg, 0, 1 << 20).read(local.data() + (1 << 20), *seg, 8 << 20, 1 << 20);
     auto r = ctx.run_until(initiator.transfer(next, ferry::transfer_options().with_timeout(10s)));
