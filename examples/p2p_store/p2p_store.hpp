@@ -126,6 +126,20 @@ public:
     }
     if (m.size == 0)
       co_return fail(errc::invalid_argument, "p2p: publish: the payload is empty");
+    // why: nothing of an existing payload may be touched, so look before writing anything; the first holder
+    // list, created only if absent, settles a race between two publishers of one name
+    auto existing = co_await meta(meta_.get(payload_key(name)));
+    if (!existing)
+      co_return fail(existing.error());
+    const std::string only_origin = "[" + nlohmann::json(m.origin).dump() + "]";
+    auto claimed =
+        *existing ? result<bool>(false)
+                  : co_await meta(meta_.compare_and_set(holders_key(name, 0), std::nullopt, only_origin));
+    if (!claimed)
+      co_return fail(claimed.error());
+    if (!*claimed)
+      co_return fail(errc::already_exists,
+                     "p2p: publish: a payload of that name exists (unpublish it first)");
     auto extents = co_await expose(name, writable);
     if (!extents)
       co_return fail(extents.error());
@@ -139,8 +153,7 @@ public:
     }
     if (auto r = co_await meta(meta_.put(replica_key(name, m.origin), extents_json(*extents))); !r)
       co_return fail(r.error());
-    const std::string only_origin = "[" + nlohmann::json(m.origin).dump() + "]";
-    for (std::size_t i = 0; i < m.shard_count(); ++i)
+    for (std::size_t i = 1; i < m.shard_count(); ++i)
       if (auto r = co_await meta(meta_.put(holders_key(name, i), only_origin)); !r)
         co_return fail(r.error());
     auto created = co_await meta(meta_.compare_and_set(payload_key(name), std::nullopt, m.to_json()));
