@@ -132,9 +132,9 @@ public:
     if (!existing)
       co_return fail(existing.error());
     const std::string only_origin = "[" + nlohmann::json(m.origin).dump() + "]";
-    auto claimed =
-        *existing ? result<bool>(false)
-                  : co_await meta(meta_.compare_and_set(holders_key(name, 0), std::nullopt, only_origin));
+    result<bool> claimed = false;
+    if (!*existing)
+      claimed = co_await meta(meta_.compare_and_set(holders_key(name, 0), std::nullopt, only_origin));
     if (!claimed)
       co_return fail(claimed.error());
     if (!*claimed)
