@@ -12,6 +12,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_descriptor.hpp"
 
 #include <algorithm>
@@ -54,6 +55,8 @@ public:
     }
     ~lease() { release(); }
     std::byte* data() const noexcept { return data_; }
+    /// What kind of memory the held range is (plain host memory unless registered with a location).
+    const memory_location& location() const noexcept { return entry_->exposed.location; }
     explicit operator bool() const noexcept { return owner_ != nullptr; }
 
   private:
@@ -80,6 +83,13 @@ public:
   /// registration with the same access only adds a reference; a partial overlap is refused.
   result<std::uint64_t> add(void* base, std::size_t length, access permissions, std::string shm_name = {},
                             std::uint64_t shm_offset = 0) {
+    return add(base, length, permissions, memory_location{}, std::move(shm_name), shm_offset);
+  }
+
+  /// Registers memory that is not plain host memory (GPU or pinned memory, see ferry::cuda::register_memory):
+  /// `where` is recorded in the region's descriptor, so that peers know what it is and how to open it.
+  result<std::uint64_t> add(void* base, std::size_t length, access permissions, memory_location where,
+                            std::string shm_name = {}, std::uint64_t shm_offset = 0) {
     if (!base || length == 0)
       return fail(errc::invalid_argument, "register: empty region");
     auto* b = static_cast<std::byte*>(base);
@@ -102,8 +112,12 @@ public:
     entry e;
     e.base = b;
     e.length = length;
-    e.exposed = {permissions == access::none ? 0 : next_offset_, length, permissions, std::move(shm_name),
-                 shm_offset};
+    e.exposed = {permissions == access::none ? 0 : next_offset_,
+                 length,
+                 permissions,
+                 std::move(shm_name),
+                 shm_offset,
+                 std::move(where)};
     auto& stored = by_address_.emplace(key, std::move(e)).first->second;
     if (permissions != access::none) {
       by_offset_.emplace(next_offset_, &stored);
@@ -171,6 +185,14 @@ public:
       return fail(errc::permission_denied, "the region does not permit this access");
     ++e->uses;
     return lease(this, e, e->base + (offset - e->exposed.offset));
+  }
+
+  /// What kind of memory the registered range [p, p + length) was registered as (plain host memory if it was
+  /// registered without a location, or is not registered).
+  memory_location location_of(const void* p, std::size_t length) {
+    std::lock_guard lock(mutex_);
+    entry* e = find_local(static_cast<const std::byte*>(p), length);
+    return e ? e->exposed.location : memory_location{};
   }
 
   /// The exposed regions, in offset order (what a segment descriptor lists).
