@@ -7,9 +7,11 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <cuda_runtime_api.h>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <signal.h>
@@ -137,6 +139,17 @@ const char* method_name(cuda_copy_method m) {
     return "copy_engine";
   }
   return "?";
+}
+
+// Waits up to `limit` for `pid` to exit; false if it is still running.
+bool wait_exit(pid_t pid, std::chrono::seconds limit, int& status) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    if (::waitpid(pid, &status, WNOHANG) == pid)
+      return true;
+    ::usleep(20000);
+  }
+  return false;
 }
 
 constexpr cuda_copy_method all_methods[] = {cuda_copy_method::automatic, cuda_copy_method::kernel,
@@ -410,22 +423,24 @@ TEST_SUITE("cuda_transport") {
     std::string address = line.substr(10);
 
     ferry::io::io_context ctx;
-    ferry::transfer_engine<ferry::cuda_transport, ferry::tcp_transport> engine(ctx);
-    auto seg = ctx.run_until(engine.open_segment(address));
+    using ipc_engine = ferry::transfer_engine<ferry::cuda_transport, ferry::tcp_transport>;
+    auto engine = std::make_unique<ipc_engine>(ctx);
+    auto seg = ctx.run_until(engine->open_segment(address));
     REQUIRE_MESSAGE(seg, seg.error().message());
-    auto& desc = engine.find(*seg)->descriptor;
+    const ferry::segment_descriptor desc = engine->find(*seg)->descriptor;
     REQUIRE(desc.regions.size() == 1);
     CHECK(desc.regions[0].location.kind == memory_kind::cuda_device);
+    CHECK(desc.regions[0].location.device == child_dev);
     CHECK_FALSE(desc.regions[0].location.ipc_handle.empty());
     std::string stale = desc.to_json();
 
     gpu_buffer mine(0, n), back(0, n);
-    region_offset(engine, mine.p, n, access::none);
-    region_offset(engine, back.p, n, access::none);
+    region_offset(*engine, mine.p, n, access::none);
+    region_offset(*engine, back.p, n, access::none);
     // read what the peer holds, write new bytes, read them back
     transfer_batch r1;
     r1.read(back.data(), *seg, desc.regions[0].offset, n);
-    auto got1 = ctx.run_until(engine.transfer(std::move(r1)));
+    auto got1 = ctx.run_until(engine->transfer(std::move(r1)));
     REQUIRE_MESSAGE(got1.ok(), got1.first_error().message());
     CHECK(download(back.p, n) == pattern(n, 4));
     auto fresh = pattern(n, 12);
@@ -433,31 +448,44 @@ TEST_SUITE("cuda_transport") {
     transfer_batch w;
     for (std::size_t i = 0; i < 64; ++i) // scattered 128 KiB blocks
       w.write(mine.data() + i * (n / 64), *seg, desc.regions[0].offset + (63 - i) * (n / 64), n / 64);
-    auto wr = ctx.run_until(engine.transfer(std::move(w)));
+    auto wr = ctx.run_until(engine->transfer(std::move(w)));
     REQUIRE_MESSAGE(wr.ok(), wr.first_error().message());
     transfer_batch r2;
     r2.read(back.data(), *seg, desc.regions[0].offset, n);
-    REQUIRE(ctx.run_until(engine.transfer(std::move(r2))).ok());
+    REQUIRE(ctx.run_until(engine->transfer(std::move(r2))).ok());
     auto got2 = download(back.p, n);
     bool all = true;
     for (std::size_t i = 0; i < 64; ++i)
       all = all && std::equal(fresh.begin() + i * (n / 64), fresh.begin() + (i + 1) * (n / 64),
                               got2.begin() + (63 - i) * (n / 64));
     CHECK(all);
-    CHECK(engine.routed_bytes("cuda") >= 3 * n);
-    CHECK(engine.routed_bytes("tcp") == 0);
+    CHECK(engine->routed_bytes("cuda") >= 3 * n);
+    CHECK(engine->routed_bytes("tcp") == 0);
 
     // The peer exits: its GPU memory is gone, and nothing may be reported as copied into it.
     ::close(to_child[1]);
     int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    bool exited = wait_exit(pid, std::chrono::seconds(20), status);
+    if (exited) {
+      transfer_batch after;
+      after.write(mine.data(), *seg, desc.regions[0].offset, 4096);
+      auto how = ferry::transfer_options().with_timeout(std::chrono::seconds(5));
+      auto dead = ctx.run_until(engine->transfer(std::move(after), how));
+      REQUIRE_FALSE(dead.ok());
+      MESSAGE("write to the exited process (cached handle): ", dead.first_error().message());
+    } else {
+      MESSAGE("the peer has not exited while this process keeps its memory open; closing the mapping");
+    }
+    engine.reset(); // closes the IPC mapping
+    if (!exited) {
+      exited = wait_exit(pid, std::chrono::seconds(20), status);
+      if (!exited) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+      }
+    }
+    REQUIRE(exited);
     CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
-    transfer_batch after;
-    after.write(mine.data(), *seg, desc.regions[0].offset, 4096);
-    auto dead = ctx.run_until(
-        engine.transfer(std::move(after), ferry::transfer_options().with_timeout(std::chrono::seconds(5))));
-    REQUIRE_FALSE(dead.ok());
-    MESSAGE("write to the exited process (cached handle): ", dead.first_error().message());
 
     // A fresh engine given the stale descriptor, without the pid that would tell it the process ended:
     // opening the IPC handle itself must fail, and say which call failed.

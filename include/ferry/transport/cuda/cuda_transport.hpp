@@ -90,12 +90,14 @@ class cuda_transport {
   // A slice waiting for the next flush, with what keeps its target alive.
   struct entry {
     slice* s = nullptr;
-    std::byte* src = nullptr;
+    std::byte* src = nullptr; // own segment: resolved at the flush
     std::byte* dst = nullptr;
-    memory_location local_registered; // what the local side was registered as
-    memory_location remote_registered;
-    region_registry::lease lease;         // own segment: holds the region while copying
-    std::shared_ptr<ipc_mapping> mapping; // another process's GPU memory: stays open while copying
+    std::uint64_t region = 0; // own segment: the region's offset
+    memory_kind remote_kind = memory_kind::host;
+    std::int32_t remote_device = -1;
+    bool self = false;
+    // why: one lease per region and flush (not per slice) keeps the per-block cost of a batch low
+    std::shared_ptr<void> keep; // the region's lease, or the open IPC mapping, until the copy is done
   };
 
   struct side {
@@ -159,8 +161,9 @@ public:
   /// an IPC handle.
   bool reaches(const peer& p, std::uint64_t offset, std::uint64_t length) const {
     if (p.is_self) {
-      auto l = tc_.registry.pin_exposed(offset, length, access::none);
-      return l && l->location().kind != memory_kind::host;
+      // why: a range outside every region is taken too, so that it fails as out_of_bounds, not unroutable
+      auto* r = own_region(offset, length);
+      return !r || r->location.kind != memory_kind::host;
     }
     if (p.descriptor.host.empty() || p.descriptor.host != tc_.host)
       return false;
@@ -174,29 +177,33 @@ public:
     entry e;
     e.s = s;
     access wanted = s->op == transfer_op::write ? access::write : access::read;
-    std::byte* remote = nullptr;
     if (p.is_self) {
-      auto l = tc_.registry.pin_exposed(s->remote_offset, s->length, wanted);
-      if (!l) {
-        s->settle(l.error());
+      auto* r = own_region(s->remote_offset, s->length);
+      if (!r) {
+        s->settle(error(errc::out_of_bounds, "cuda: range outside the segment's exposed regions"));
         return;
       }
-      remote = l->data();
-      e.remote_registered = l->location();
-      e.lease = std::move(*l);
+      if (!allows(r->permissions, wanted)) {
+        s->settle(error(errc::permission_denied, "cuda: the region does not permit this access"));
+        return;
+      }
+      e.self = true;
+      e.region = r->offset;
+      e.remote_kind = r->location.kind;
+      e.remote_device = r->location.device;
     } else {
       auto opened = open_remote(p, s, wanted);
       if (!opened) {
         s->settle(opened.error());
         return;
       }
-      remote = opened->first;
-      e.mapping = std::move(opened->second);
-      e.remote_registered.kind = memory_kind::cuda_device;
+      e.src = s->op == transfer_op::write ? s->local : opened->first;
+      e.dst = s->op == transfer_op::write ? opened->first : s->local;
+      e.keep = std::move(opened->second);
+      e.remote_kind = memory_kind::cuda_device;
     }
-    e.local_registered = tc_.registry.location_of(s->local, s->length);
-    e.src = s->op == transfer_op::write ? s->local : remote;
-    e.dst = s->op == transfer_op::write ? remote : s->local;
+    if (pending_.empty())
+      pending_.reserve(256);
     pending_.push_back(std::move(e));
     if (!flush_scheduled_) {
       flush_scheduled_ = true;
@@ -215,6 +222,18 @@ public:
   void shutdown() noexcept { stopping_ = true; }
 
 private:
+  // The exposed region of the own segment holding [offset, offset + length), from a copy of the registry's
+  // list that is refreshed when the registry changes.
+  const region_descriptor* own_region(std::uint64_t offset, std::uint64_t length) const {
+    std::uint64_t g = tc_.registry.generation();
+    if (g != own_generation_ || !own_valid_) {
+      own_.regions = tc_.registry.exposed();
+      own_generation_ = g;
+      own_valid_ = true;
+    }
+    return own_.regions.empty() ? nullptr : own_.region_for(offset, length);
+  }
+
   // ---- remote (CUDA IPC) ----
 
   result<std::pair<std::byte*, std::shared_ptr<ipc_mapping>>> open_remote(const peer& p, slice* s,
@@ -319,21 +338,56 @@ private:
       out = {info->kind, info->device, info->device_delta};
       return {};
     };
+    struct held {
+      std::uint64_t region;
+      access wanted;
+      std::shared_ptr<region_registry::lease> lease;
+    };
+    std::vector<held> leases; // one per region of the own segment that this flush touches
     std::vector<group> groups;
     for (auto& e : work) {
       if (e.s->batch->aborted() || stopping_) {
         settle(e, error(errc::cancelled, "cuda"));
         continue;
       }
+      const bool write = e.s->op == transfer_op::write;
+      if (e.self) {
+        access wanted = write ? access::write : access::read;
+        auto h = std::find_if(leases.begin(), leases.end(),
+                              [&](const held& x) { return x.region == e.region && x.wanted == wanted; });
+        if (h == leases.end()) {
+          auto* r = own_region(e.s->remote_offset, e.s->length);
+          auto l =
+              r ? tc_.registry.pin_exposed(r->offset, r->length, wanted)
+                : result<region_registry::lease>(fail(errc::out_of_bounds, "cuda: the region was removed"));
+          if (!l) {
+            settle(e, l.error());
+            continue;
+          }
+          leases.push_back({e.region, wanted, std::make_shared<region_registry::lease>(std::move(*l))});
+          h = leases.end() - 1;
+        }
+        std::byte* remote = h->lease->data() + (e.s->remote_offset - e.region);
+        e.src = write ? e.s->local : remote;
+        e.dst = write ? remote : e.s->local;
+        e.keep = h->lease;
+      }
       side src, dst;
       error bad = classify(e.src, e.s->length, src);
       if (!bad)
         bad = classify(e.dst, e.s->length, dst);
       if (!bad) {
-        bool write = e.s->op == transfer_op::write;
-        bad = still_there(write ? src : dst, e.local_registered);
-        if (!bad)
-          bad = still_there(write ? dst : src, e.remote_registered);
+        side& local = write ? src : dst;
+        side& remote = write ? dst : src;
+        // why: freed GPU memory reads as host memory; only then is the registry asked what it was
+        if (local.kind == memory_kind::host &&
+            tc_.registry.location_of(e.s->local, e.s->length).kind != memory_kind::host)
+          bad = freed();
+        else if (e.remote_kind != memory_kind::host && remote.kind != e.remote_kind)
+          bad = freed();
+        else if (e.self && e.remote_kind == memory_kind::cuda_device && e.remote_device >= 0 &&
+                 remote.device != e.remote_device)
+          bad = error(errc::invalid_argument, "cuda: the memory is now on another device than registered");
       }
       if (bad) {
         settle(e, bad);
@@ -345,6 +399,8 @@ private:
         groups.push_back({src, dst, {}, 0});
         g = groups.end() - 1;
       }
+      if (g->entries.empty())
+        g->entries.reserve(work.size());
       g->bytes += e.s->length;
       g->entries.push_back(std::move(e));
     }
@@ -352,17 +408,10 @@ private:
       run_group(g);
   }
 
-  // Memory registered as GPU or pinned memory must still be that (a freed buffer reads as host memory).
-  static error still_there(const side& actual, const memory_location& registered) {
-    if (registered.kind == memory_kind::host)
-      return {};
-    if (actual.kind != registered.kind)
-      return error(errc::invalid_argument,
-                   "cuda: memory registered as GPU or pinned memory is no longer a CUDA allocation (freed?)");
-    if (registered.kind == memory_kind::cuda_device && registered.device >= 0 &&
-        actual.device != registered.device && registered.ipc_handle.empty())
-      return error(errc::invalid_argument, "cuda: the memory is now on another device than registered");
-    return {};
+  // Memory registered as GPU or pinned memory that is no longer that.
+  static error freed() {
+    return error(errc::invalid_argument,
+                 "cuda: memory registered as GPU or pinned memory is no longer a CUDA allocation (freed?)");
   }
 
   void run_group(group& g) {
@@ -653,13 +702,15 @@ private:
 
   static void settle(entry& e, error why) {
     slice* s = e.s;
-    e.lease = {};
-    e.mapping.reset();
+    e.keep.reset();
     s->settle(why);
   }
 
   transport_context& tc_;
   cuda_options opts_;
+  mutable segment_descriptor own_; // the own segment's exposed regions, as of own_generation_
+  mutable std::uint64_t own_generation_ = 0;
+  mutable bool own_valid_ = false;
   std::vector<entry> pending_;
   bool flush_scheduled_ = false;
   std::uint64_t flush_count_ = 0;
