@@ -78,6 +78,12 @@ struct pinned_buffer {
   std::byte* data() const { return static_cast<std::byte*>(p); }
 };
 
+// The error of a failed result, "" for a successful one (doctest prints messages of passing checks too).
+template<class T>
+std::string why(const ferry::result<T>& r) {
+  return r ? std::string() : r.error().message();
+}
+
 std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
   std::vector<std::byte> v(n);
   for (std::size_t i = 0; i < n; ++i)
@@ -98,7 +104,7 @@ std::vector<std::byte> download(const void* src, std::size_t n) {
 template<class Engine>
 std::uint64_t region_offset(Engine& e, const void* p, std::size_t n, ferry::access a, int device = -1) {
   auto r = ferry::cuda::register_memory(e.registry(), const_cast<void*>(p), n, a, device);
-  REQUIRE_MESSAGE(r, r.error().message());
+  REQUIRE_MESSAGE(r, why(r));
   return *r;
 }
 
@@ -176,7 +182,7 @@ TEST_SUITE("cuda_transport") {
     pinned.location.kind = memory_kind::cuda_host;
     d.regions.push_back(pinned);
     auto back = ferry::segment_descriptor::parse(d.to_json());
-    REQUIRE_MESSAGE(back, back.error().message());
+    REQUIRE_MESSAGE(back, why(back));
     CHECK(*back == d);
     CHECK(back->regions[0].location.device == 1);
     CHECK(back->regions[1].location.kind == memory_kind::cuda_host);
@@ -235,9 +241,9 @@ TEST_SUITE("cuda_transport") {
     gpu_buffer g(0, 1 << 20);
     pinned_buffer h(1 << 20);
     auto off = ferry::cuda::register_memory(registry, g.p, g.size, access::read_write, 0);
-    REQUIRE_MESSAGE(off, off.error().message());
+    REQUIRE_MESSAGE(off, why(off));
     auto on_host = ferry::cuda::register_memory(registry, h.p, h.size, access::read);
-    REQUIRE_MESSAGE(on_host, on_host.error().message());
+    REQUIRE_MESSAGE(on_host, why(on_host));
     auto regions = registry.exposed();
     REQUIRE(regions.size() == 2);
     CHECK(regions[0].location.kind == memory_kind::cuda_device);
@@ -426,7 +432,7 @@ TEST_SUITE("cuda_transport") {
     using ipc_engine = ferry::transfer_engine<ferry::cuda_transport, ferry::tcp_transport>;
     auto engine = std::make_unique<ipc_engine>(ctx);
     auto seg = ctx.run_until(engine->open_segment(address));
-    REQUIRE_MESSAGE(seg, seg.error().message());
+    REQUIRE_MESSAGE(seg, why(seg));
     const ferry::segment_descriptor desc = engine->find(*seg)->descriptor;
     REQUIRE(desc.regions.size() == 1);
     CHECK(desc.regions[0].location.kind == memory_kind::cuda_device);
@@ -499,7 +505,7 @@ TEST_SUITE("cuda_transport") {
     late.use_metadata(store);
     REQUIRE(ctx2.run_until(store.put("ferry/segments/" + parsed->name, parsed->to_json())));
     auto seg2 = ctx2.run_until(late.open_segment(parsed->name));
-    REQUIRE_MESSAGE(seg2, seg2.error().message());
+    REQUIRE_MESSAGE(seg2, why(seg2));
     region_offset(late, mine.p, n, access::none);
     transfer_batch w2;
     w2.write(mine.data(), *seg2, parsed->regions[0].offset, 4096);

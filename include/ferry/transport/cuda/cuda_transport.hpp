@@ -96,8 +96,7 @@ class cuda_transport {
     memory_kind remote_kind = memory_kind::host;
     std::int32_t remote_device = -1;
     bool self = false;
-    // why: one lease per region and flush (not per slice) keeps the per-block cost of a batch low
-    std::shared_ptr<void> keep; // the region's lease, or the open IPC mapping, until the copy is done
+    std::shared_ptr<void> keep; // another process: its open IPC mapping, until the copy is done
   };
 
   struct side {
@@ -114,7 +113,8 @@ class cuda_transport {
     ::cudaStream_t stream = nullptr;
     ::cudaEvent_t done = nullptr;
     std::vector<entry> entries;
-    piece* host_pieces = nullptr; // pinned staging of the kernel's descriptors
+    std::vector<std::shared_ptr<void>> keep; // leases of the own segment's regions its copies touch
+    piece* host_pieces = nullptr;            // pinned staging of the kernel's descriptors
     piece* device_pieces = nullptr;
     std::size_t capacity = 0;
     io::detail::resume_op resume;
@@ -162,7 +162,8 @@ public:
   bool reaches(const peer& p, std::uint64_t offset, std::uint64_t length) const {
     if (p.is_self) {
       // why: a range outside every region is taken too, so that it fails as out_of_bounds, not unroutable
-      auto* r = own_region(offset, length);
+      // why: the registry is read once per batch (when nothing is pending), not once per block
+      auto* r = own_region(offset, length, pending_.empty());
       return !r || r->location.kind != memory_kind::host;
     }
     if (p.descriptor.host.empty() || p.descriptor.host != tc_.host)
@@ -178,19 +179,7 @@ public:
     e.s = s;
     access wanted = s->op == transfer_op::write ? access::write : access::read;
     if (p.is_self) {
-      auto* r = own_region(s->remote_offset, s->length);
-      if (!r) {
-        s->settle(error(errc::out_of_bounds, "cuda: range outside the segment's exposed regions"));
-        return;
-      }
-      if (!allows(r->permissions, wanted)) {
-        s->settle(error(errc::permission_denied, "cuda: the region does not permit this access"));
-        return;
-      }
-      e.self = true;
-      e.region = r->offset;
-      e.remote_kind = r->location.kind;
-      e.remote_device = r->location.device;
+      e.self = true; // resolved at the flush
     } else {
       auto opened = open_remote(p, s, wanted);
       if (!opened) {
@@ -202,8 +191,6 @@ public:
       e.keep = std::move(opened->second);
       e.remote_kind = memory_kind::cuda_device;
     }
-    if (pending_.empty())
-      pending_.reserve(256);
     pending_.push_back(std::move(e));
     if (!flush_scheduled_) {
       flush_scheduled_ = true;
@@ -224,12 +211,14 @@ public:
 private:
   // The exposed region of the own segment holding [offset, offset + length), from a copy of the registry's
   // list that is refreshed when the registry changes.
-  const region_descriptor* own_region(std::uint64_t offset, std::uint64_t length) const {
-    std::uint64_t g = tc_.registry.generation();
-    if (g != own_generation_ || !own_valid_) {
-      own_.regions = tc_.registry.exposed();
-      own_generation_ = g;
-      own_valid_ = true;
+  const region_descriptor* own_region(std::uint64_t offset, std::uint64_t length, bool refresh) const {
+    if (refresh || !own_valid_) {
+      std::uint64_t g = tc_.registry.generation();
+      if (g != own_generation_ || !own_valid_) {
+        own_.regions = tc_.registry.exposed();
+        own_generation_ = g;
+        own_valid_ = true;
+      }
     }
     return own_.regions.empty() ? nullptr : own_.region_for(offset, length);
   }
@@ -311,8 +300,9 @@ private:
   void flush() {
     flush_scheduled_ = false;
     ++flush_count_;
-    std::vector<entry> work = std::move(pending_);
-    pending_.clear();
+    std::vector<entry> work;
+    work.swap(pending_);
+    own_region(0, 0, true);                        // the registry as of this flush
     std::vector<cuda::detail::pointer_info> known; // one CUDA query per allocation per flush
     auto classify = [&](const std::byte* p, std::size_t n, side& out) -> error {
       auto at = reinterpret_cast<std::uintptr_t>(p);
@@ -352,25 +342,36 @@ private:
       }
       const bool write = e.s->op == transfer_op::write;
       if (e.self) {
+        // Bounds and permissions, checked here before anything is launched.
         access wanted = write ? access::write : access::read;
+        auto* r = own_region(e.s->remote_offset, e.s->length, false);
+        if (!r) {
+          settle(e, error(errc::out_of_bounds, "cuda: range outside the segment's exposed regions"));
+          continue;
+        }
+        if (!allows(r->permissions, wanted)) {
+          settle(e, error(errc::permission_denied, "cuda: the region does not permit this access"));
+          continue;
+        }
+        e.region = r->offset;
+        e.remote_kind = r->location.kind;
+        e.remote_device = r->location.device;
+        // why: one lease per region and flush (not per block) keeps the per-block cost of a batch low
         auto h = std::find_if(leases.begin(), leases.end(),
                               [&](const held& x) { return x.region == e.region && x.wanted == wanted; });
         if (h == leases.end()) {
-          auto* r = own_region(e.s->remote_offset, e.s->length);
-          auto l =
-              r ? tc_.registry.pin_exposed(r->offset, r->length, wanted)
-                : result<region_registry::lease>(fail(errc::out_of_bounds, "cuda: the region was removed"));
+          auto l = tc_.registry.pin_exposed(r->offset, r->length, wanted);
           if (!l) {
             settle(e, l.error());
             continue;
           }
           leases.push_back({e.region, wanted, std::make_shared<region_registry::lease>(std::move(*l))});
+          flush_keep_.push_back(leases.back().lease);
           h = leases.end() - 1;
         }
         std::byte* remote = h->lease->data() + (e.s->remote_offset - e.region);
         e.src = write ? e.s->local : remote;
         e.dst = write ? remote : e.s->local;
-        e.keep = h->lease;
       }
       side src, dst;
       error bad = classify(e.src, e.s->length, src);
@@ -406,6 +407,10 @@ private:
     }
     for (auto& g : groups)
       run_group(g);
+    flush_keep_.clear();
+    work.clear();
+    if (pending_.empty())
+      pending_.swap(work); // keeps the capacity for the next batch
   }
 
   // Memory registered as GPU or pinned memory that is no longer that.
@@ -482,6 +487,7 @@ private:
         failed = cuda::cuda_error(q, "cudaEventQuery (after the batch's copies)");
       }
     }
+    l->keep.clear(); // why: before settling, so that whoever the batch wakes may unregister the memory
     for (auto& e : l->entries)
       settle(e, failed);
     l->entries.clear();
@@ -646,6 +652,7 @@ private:
       l->owner = this;
       l->device = device;
     }
+    l->keep = flush_keep_;
     return l;
   }
 
@@ -712,6 +719,7 @@ private:
   mutable std::uint64_t own_generation_ = 0;
   mutable bool own_valid_ = false;
   std::vector<entry> pending_;
+  std::vector<std::shared_ptr<void>> flush_keep_; // the leases of the flush under way
   bool flush_scheduled_ = false;
   std::uint64_t flush_count_ = 0;
   std::vector<device_state> devices_;
