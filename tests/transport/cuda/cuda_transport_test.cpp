@@ -431,7 +431,14 @@ TEST_SUITE("cuda_transport") {
     ferry::io::io_context ctx;
     using ipc_engine = ferry::transfer_engine<ferry::cuda_transport, ferry::tcp_transport>;
     auto engine = std::make_unique<ipc_engine>(ctx);
-    auto seg = ctx.run_until(engine->open_segment(address));
+    MESSAGE("ipc peer at ", address);
+    // why: every step has a deadline, so that a fault shows up as an error instead of a hang
+    const auto within = ferry::transfer_options().with_timeout(std::chrono::seconds(10));
+    ferry::result<ferry::segment_id> seg = ferry::fail(errc::timed_out, "open_segment");
+    {
+      ferry::io::deadline limit(ctx, std::chrono::seconds(10));
+      seg = ctx.run_until(engine->open_segment(address, limit.token()));
+    }
     REQUIRE_MESSAGE(seg, why(seg));
     const ferry::segment_descriptor desc = engine->find(*seg)->descriptor;
     REQUIRE(desc.regions.size() == 1);
@@ -446,7 +453,8 @@ TEST_SUITE("cuda_transport") {
     // read what the peer holds, write new bytes, read them back
     transfer_batch r1;
     r1.read(back.data(), *seg, desc.regions[0].offset, n);
-    auto got1 = ctx.run_until(engine->transfer(std::move(r1)));
+    MESSAGE("opened; reading the peer's GPU memory");
+    auto got1 = ctx.run_until(engine->transfer(std::move(r1), within));
     REQUIRE_MESSAGE(got1.ok(), got1.first_error().message());
     CHECK(download(back.p, n) == pattern(n, 4));
     auto fresh = pattern(n, 12);
@@ -454,11 +462,13 @@ TEST_SUITE("cuda_transport") {
     transfer_batch w;
     for (std::size_t i = 0; i < 64; ++i) // scattered 128 KiB blocks
       w.write(mine.data() + i * (n / 64), *seg, desc.regions[0].offset + (63 - i) * (n / 64), n / 64);
-    auto wr = ctx.run_until(engine->transfer(std::move(w)));
+    MESSAGE("read; writing scattered blocks");
+    auto wr = ctx.run_until(engine->transfer(std::move(w), within));
     REQUIRE_MESSAGE(wr.ok(), wr.first_error().message());
     transfer_batch r2;
     r2.read(back.data(), *seg, desc.regions[0].offset, n);
-    REQUIRE(ctx.run_until(engine->transfer(std::move(r2))).ok());
+    REQUIRE(ctx.run_until(engine->transfer(std::move(r2), within)).ok());
+    MESSAGE("written and read back; the peer exits");
     auto got2 = download(back.p, n);
     bool all = true;
     for (std::size_t i = 0; i < 64; ++i)
@@ -509,7 +519,8 @@ TEST_SUITE("cuda_transport") {
     region_offset(late, mine.p, n, access::none);
     transfer_batch w2;
     w2.write(mine.data(), *seg2, parsed->regions[0].offset, 4096);
-    auto refused = ctx2.run_until(late.transfer(std::move(w2)));
+    MESSAGE("peer gone; opening its stale handle");
+    auto refused = ctx2.run_until(late.transfer(std::move(w2), within));
     REQUIRE_FALSE(refused.ok());
     MESSAGE("stale IPC handle: ", refused.first_error().message());
     CHECK(std::string(refused.first_error().what()) == "cudaIpcOpenMemHandle");
