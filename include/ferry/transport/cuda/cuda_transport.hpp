@@ -103,6 +103,7 @@ class cuda_transport {
     memory_kind kind = memory_kind::host;
     int device = -1;
     std::intptr_t device_delta = 0;
+    bool ipc = false; // another process's memory, opened through CUDA IPC on `device`
     friend bool operator==(const side&, const side&) = default;
   };
 
@@ -380,6 +381,7 @@ private:
       if (!bad) {
         side& local = write ? src : dst;
         side& remote = write ? dst : src;
+        remote.ipc = !e.self;
         // why: freed GPU memory reads as host memory; only then is the registry asked what it was
         if (local.kind == memory_kind::host &&
             tc_.registry.location_of(e.s->local, e.s->length).kind != memory_kind::host)
@@ -430,6 +432,12 @@ private:
       return;
     }
     int device = g.src.kind == memory_kind::cuda_device ? g.src.device : g.dst.device;
+    // why: memory opened through CUDA IPC is mapped on the device it was opened on; copies into or out of it
+    // run there, with the other side reached through peer access
+    if (g.dst.ipc && g.dst.kind == memory_kind::cuda_device)
+      device = g.dst.device;
+    else if (g.src.ipc && g.src.kind == memory_kind::cuda_device)
+      device = g.src.device;
     int other = g.src.kind == memory_kind::cuda_device && g.dst.kind == memory_kind::cuda_device
                     ? (device == g.src.device ? g.dst.device : g.src.device)
                     : device;
