@@ -396,7 +396,7 @@ TEST_SUITE("cuda_transport") {
     CHECK(::cudaDeviceSynchronize() == ::cudaSuccess); // the context is still healthy
   }
 
-  TEST_CASE("GPU memory of another process is reached through CUDA IPC, and refused once that process exited") {
+  TEST_CASE("GPU memory of another process is reached through CUDA IPC and refused once it exited") {
     if (skip_unless_gpus(1))
       return;
     int count = 0;
