@@ -55,8 +55,6 @@ public:
     }
     ~lease() { release(); }
     std::byte* data() const noexcept { return data_; }
-    /// What kind of memory the held range is (plain host memory unless registered with a location).
-    const memory_location& location() const noexcept { return entry_->exposed.location; }
     explicit operator bool() const noexcept { return owner_ != nullptr; }
 
   private:

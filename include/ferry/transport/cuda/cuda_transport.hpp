@@ -202,7 +202,8 @@ public:
   }
 
   /// Copies already launched finish (a GPU copy cannot be recalled); slices not launched yet are cancelled at
-  /// the next flush.
+  /// the next flush. A batch therefore ends only when its launched copies are done, also past its deadline;
+  /// a GPU fault that breaks the device's context would leave them waiting (nothing checks for that yet).
   void abort(detail::batch_state*) noexcept {}
 
   void forget(const peer& p) { peers_.erase(p.id); }
