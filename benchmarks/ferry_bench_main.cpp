@@ -44,6 +44,10 @@
 #include <unistd.h>
 #include <vector>
 
+#if FERRY_WITH_CUDA
+#include "cuda_bench.hpp"
+#endif
+
 namespace {
 
 using ferry::task;
@@ -75,6 +79,9 @@ struct options {
   std::uint64_t slice_size = ferry::engine_options{}.slice_size;
   double timeout = 10;
   bool json = false;
+  int src_device = 0; // --protocol cuda
+  int dst_device = 1;
+  std::string cuda_method = "automatic";
   bool verify = false;
   bool restore = true;
   bool progress = true;
@@ -616,7 +623,7 @@ int main(int argc, char** argv) {
       "--segment", o.segment,
       "with --metadata: the segment's name (target: publishes it; initiator: opens it; p2p: HOST:PORT)");
   app.add_option("--protocol", o.protocol, "initiator: tcp (even on the same host) or shm (same host only)")
-      ->check(CLI::IsMember({"tcp", "shm"}))
+      ->check(CLI::IsMember({"tcp", "shm", "cuda"}))
       ->capture_default_str();
   app.add_option("--operation", o.operation, "initiator: read or write")
       ->check(CLI::IsMember({"read", "write"}))
@@ -648,6 +655,13 @@ int main(int argc, char** argv) {
                  "seconds to run (initiator: default 10; target: until SIGINT/SIGTERM)")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--json", o.json, "initiator: print one JSON object instead of the table");
+  app.add_option("--src-device", o.src_device, "cuda: GPU the bytes come from (-1: pinned host memory)")
+      ->capture_default_str();
+  app.add_option("--dst-device", o.dst_device, "cuda: GPU the bytes go to (-1: pinned host memory)")
+      ->capture_default_str();
+  app.add_option("--cuda-method", o.cuda_method, "cuda: how batches move")
+      ->check(CLI::IsMember({"automatic", "kernel", "memcpy_batch", "copy_engine"}))
+      ->capture_default_str();
   app.add_option(
       "--local-blocks", o.local_blocks,
       "initiator: distinct local blocks a batch's requests cycle through (default: one per request; "
@@ -671,6 +685,18 @@ int main(int argc, char** argv) {
     o.name = o.segment;
   if (o.mode == "target")
     return run_target(o);
+  if (o.protocol == "cuda") {
+#if FERRY_WITH_CUDA
+    // why: both memories live in this process; no target process is involved
+    ferry_bench_cuda::params p{o.src_device, o.dst_device, o.operation, o.cuda_method,
+                               o.block_size, o.batch_size, o.threads,   o.duration < 0 ? 10 : o.duration,
+                               o.slice_size, o.verify,     o.json};
+    return ferry_bench_cuda::run(p);
+#else
+    std::fprintf(stderr, "ferry-bench: built without the CUDA toolkit; --protocol cuda is not available\n");
+    return 2;
+#endif
+  }
   std::thread local_target;
   std::atomic<int> local_target_code{0};
   if (o.mode == "both") {

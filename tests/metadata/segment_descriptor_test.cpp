@@ -11,8 +11,8 @@ ferry::segment_descriptor sample() {
   d.incarnation = 0xfeedface12345678ull;
   d.host = "boot-id";
   d.endpoints = {{"tcp", "127.0.0.2:7000"}};
-  d.regions = {{0, 4096, ferry::access::read_write, "/ferry-1-0", 0},
-               {8192, 100, ferry::access::read, "", 0}};
+  d.regions = {{0, 4096, ferry::access::read_write, "/ferry-1-0", 0, {}},
+               {8192, 100, ferry::access::read, "", 0, {}}};
   return d;
 }
 } // namespace

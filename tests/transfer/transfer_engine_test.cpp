@@ -87,7 +87,7 @@ struct silent_target {
     d.incarnation = 1;
     d.host = "elsewhere";
     d.endpoints = {{"tcp", address}};
-    d.regions = {{0, 1 << 20, access::read_write, "", 0}};
+    d.regions = {{0, 1 << 20, access::read_write, "", 0, {}}};
     return d.to_json();
   }
   ferry::task<> accept_loop() {

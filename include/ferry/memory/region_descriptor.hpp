@@ -1,11 +1,12 @@
 #pragma once
 /// `ferry::region_descriptor`: what a peer learns about one exposed region of a segment: where it sits in the
 /// segment's offset space, how long it is, what peers may do, and — for shared-memory regions — the object a
-/// same-host peer can map.
+/// same-host peer can map; for GPU memory, its device and the CUDA IPC handle a same-host peer can open.
 ///
 ///   for (auto& r : descriptor.regions) if (r.contains(offset, length)) ...
 
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/memory_kind.hpp"
 
 #include <cstdint>
 #include <string>
@@ -18,6 +19,7 @@ struct region_descriptor {
   access permissions = access::none;
   std::string shm_name;         ///< shared-memory object backing the region; empty when it is private memory
   std::uint64_t shm_offset = 0; ///< where the region starts inside that object
+  memory_location location;     ///< GPU or pinned memory: its kind, device and IPC handle
 
   /// True when [offset, offset + length) lies inside this region (no overflow).
   bool contains(std::uint64_t at, std::uint64_t len) const noexcept {

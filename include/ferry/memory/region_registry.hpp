@@ -12,6 +12,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_descriptor.hpp"
 
 #include <algorithm>
@@ -80,6 +81,13 @@ public:
   /// registration with the same access only adds a reference; a partial overlap is refused.
   result<std::uint64_t> add(void* base, std::size_t length, access permissions, std::string shm_name = {},
                             std::uint64_t shm_offset = 0) {
+    return add(base, length, permissions, memory_location{}, std::move(shm_name), shm_offset);
+  }
+
+  /// Registers memory that is not plain host memory (GPU or pinned memory, see ferry::cuda::register_memory):
+  /// `where` is recorded in the region's descriptor, so that peers know what it is and how to open it.
+  result<std::uint64_t> add(void* base, std::size_t length, access permissions, memory_location where,
+                            std::string shm_name = {}, std::uint64_t shm_offset = 0) {
     if (!base || length == 0)
       return fail(errc::invalid_argument, "register: empty region");
     auto* b = static_cast<std::byte*>(base);
@@ -102,8 +110,12 @@ public:
     entry e;
     e.base = b;
     e.length = length;
-    e.exposed = {permissions == access::none ? 0 : next_offset_, length, permissions, std::move(shm_name),
-                 shm_offset};
+    e.exposed = {permissions == access::none ? 0 : next_offset_,
+                 length,
+                 permissions,
+                 std::move(shm_name),
+                 shm_offset,
+                 std::move(where)};
     auto& stored = by_address_.emplace(key, std::move(e)).first->second;
     if (permissions != access::none) {
       by_offset_.emplace(next_offset_, &stored);
@@ -181,6 +193,14 @@ public:
     if (!e)
       return fail(errc::out_of_bounds, "local buffer is not inside a registered region");
     return std::pair<std::byte*, std::size_t>(e->base, static_cast<std::size_t>(e->length));
+  }
+
+  /// What kind of memory the registered range [p, p + length) was registered as (plain host memory if it was
+  /// registered without a location, or is not registered).
+  memory_location location_of(const void* p, std::size_t length) {
+    std::lock_guard lock(mutex_);
+    entry* e = find_local(static_cast<const std::byte*>(p), length);
+    return e ? e->exposed.location : memory_location{};
   }
 
   /// The exposed regions, in offset order (what a segment descriptor lists).

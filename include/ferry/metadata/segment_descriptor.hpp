@@ -11,6 +11,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_descriptor.hpp"
 
 #include <cstdint>
@@ -83,6 +84,14 @@ struct segment_descriptor {
         rj["shm_name"] = r.shm_name;
         rj["shm_offset"] = r.shm_offset;
       }
+      if (r.location.kind != memory_kind::host) {
+        rj["memory"] = std::string(ferry::to_string(r.location.kind));
+        rj["device"] = r.location.device;
+        if (!r.location.ipc_handle.empty()) {
+          rj["ipc_handle"] = r.location.ipc_handle;
+          rj["ipc_offset"] = r.location.ipc_offset;
+        }
+      }
       regs.push_back(std::move(rj));
     }
     return j.dump();
@@ -149,6 +158,24 @@ struct segment_descriptor {
         if (so == r.end() || !so->is_number_unsigned())
           return bad("segment descriptor: shm_offset missing");
         rd.shm_offset = so->get<std::uint64_t>();
+      }
+      if (auto mem = r.find("memory"); mem != r.end()) {
+        if (!mem->is_string() || !parse_memory_kind(mem->get_ref<const std::string&>(), rd.location.kind))
+          return bad("segment descriptor: memory must be host, cuda_device or cuda_host");
+        auto dev = r.find("device");
+        if (dev == r.end() || !dev->is_number_integer() || dev->get<std::int64_t>() < -1 ||
+            dev->get<std::int64_t>() > 1023)
+          return bad("segment descriptor: device must be a device ordinal");
+        rd.location.device = static_cast<std::int32_t>(dev->get<std::int64_t>());
+        if (auto ipc = r.find("ipc_handle"); ipc != r.end()) {
+          if (!ipc->is_string() || ipc->get_ref<const std::string&>().size() > 512)
+            return bad("segment descriptor: ipc_handle must be a short string");
+          rd.location.ipc_handle = ipc->get<std::string>();
+          auto io = r.find("ipc_offset");
+          if (io == r.end() || !io->is_number_unsigned())
+            return bad("segment descriptor: ipc_offset missing");
+          rd.location.ipc_offset = io->get<std::uint64_t>();
+        }
       }
       if (!d.regions.empty() && d.regions.back().offset + d.regions.back().length > rd.offset)
         return bad("segment descriptor: regions unsorted or overlapping");

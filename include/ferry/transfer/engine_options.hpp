@@ -26,6 +26,25 @@ struct shm_options {
   unsigned copy_threads = 1;
 };
 
+/// How the cuda transport moves a batch of blocks between two memories (GPU or pinned host).
+enum class cuda_copy_method : std::uint8_t {
+  automatic,    ///< per batch: copy engines for large blocks, one kernel launch for small ones
+  kernel,       ///< always one copy-kernel launch per batch
+  memcpy_batch, ///< always one cudaMemcpyBatchAsync call per batch (CUDA 12.8+)
+  copy_engine,  ///< always one cudaMemcpyAsync per block, spread over the device's streams
+};
+
+struct cuda_options {
+  /// Streams per device that copies are spread over.
+  unsigned streams_per_device = 4;
+  /// automatic: a batch whose blocks average at least this many bytes goes to the copy engines.
+  std::uint64_t copy_engine_threshold = 2u << 20;
+  /// automatic: how batches of small blocks move (kernel or memcpy_batch).
+  cuda_copy_method small_blocks = cuda_copy_method::kernel;
+  /// Forces one method for every batch (benchmarks); automatic chooses per batch.
+  cuda_copy_method method = cuda_copy_method::automatic;
+};
+
 struct engine_options {
   /// The name of this engine's segment (how peers find it in a metadata store).
   std::string name = "ferry";
@@ -40,6 +59,7 @@ struct engine_options {
   std::chrono::milliseconds metadata_ttl{10000};
   tcp_options tcp{};
   shm_options shm{};
+  cuda_options cuda{};
 };
 
 } // namespace ferry

@@ -1,0 +1,323 @@
+#pragma once
+// ferry-bench --protocol cuda: batches of blocks between two memories of this process (GPU memory, or pinned
+// host memory for device -1) through ferry::cuda_transport, and, in the same run, the raw figure: the same
+// blocks copied one cudaMemcpyPeerAsync (cudaMemcpyAsync for host memory) at a time on one stream.
+//
+//   ferry-bench --mode initiator --protocol cuda --src-device 0 --dst-device 1 --block-size 64K
+//               --batch-size 4096 --duration 3 --json
+
+#include <ferry/core.hpp>
+#include <ferry/io.hpp>
+#include <ferry/transfer.hpp>
+#include <ferry/transport/cuda/cuda_transport.hpp>
+#include <ferry/transport/cuda/device_list.hpp>
+#include <ferry/transport/cuda/register_memory.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <cuda_runtime_api.h>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace ferry_bench_cuda {
+
+struct params {
+  int src_device = 0; ///< -1: pinned host memory
+  int dst_device = 1;
+  std::string operation = "write"; ///< write: local = src, target = dst; read: local = dst, target = src
+  std::string method = "automatic";
+  std::uint64_t block_size = 64 << 10;
+  unsigned batch_size = 4096;
+  unsigned threads = 1;
+  double duration = 3;
+  std::uint64_t slice_size = 1 << 20;
+  bool verify = false;
+  bool json = false;
+};
+
+using clock_type = std::chrono::steady_clock;
+
+// GPU memory on `device`, or pinned host memory for -1.
+struct memory {
+  void* p = nullptr;
+  int device = -1;
+  std::string error;
+  memory(int dev, std::size_t n) : device(dev) {
+    ::cudaError_t e;
+    if (dev < 0) {
+      e = ::cudaMallocHost(&p, n);
+    } else {
+      e = ::cudaSetDevice(dev);
+      if (e == ::cudaSuccess)
+        e = ::cudaMalloc(&p, n);
+    }
+    if (e != ::cudaSuccess) {
+      error = std::string(dev < 0 ? "cudaMallocHost" : "cudaMalloc") + ": " + ::cudaGetErrorString(e);
+      p = nullptr;
+    }
+  }
+  memory(const memory&) = delete;
+  ~memory() {
+    if (!p)
+      return;
+    if (device < 0) {
+      ::cudaFreeHost(p);
+    } else {
+      ::cudaSetDevice(device);
+      ::cudaFree(p);
+    }
+  }
+  std::byte* data() const { return static_cast<std::byte*>(p); }
+};
+
+struct worker {
+  std::unique_ptr<memory> src, dst; // dst holds 2 * batch blocks; block i of a batch lands at slot[i]
+  std::vector<std::uint64_t> slots;
+  std::uint64_t local_base = 0, target_base = 0;
+};
+
+inline double percentile(std::vector<double>& sorted, double p) {
+  if (sorted.empty())
+    return 0;
+  auto rank = static_cast<std::size_t>(p * static_cast<double>(sorted.size()) + 0.999999);
+  return sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1];
+}
+
+// The raw figure: every block of one batch copied with its own cudaMemcpyPeerAsync on one stream.
+inline double raw_copy_gbps(const params& o, worker& w, double seconds) {
+  int exec = o.src_device >= 0 ? o.src_device : o.dst_device;
+  ::cudaSetDevice(exec);
+  if (o.src_device >= 0 && o.dst_device >= 0 && o.src_device != o.dst_device) {
+    int can = 0;
+    ::cudaDeviceCanAccessPeer(&can, o.src_device, o.dst_device);
+    if (can)
+      ::cudaDeviceEnablePeerAccess(o.dst_device, 0);
+    ::cudaGetLastError();
+  }
+  ::cudaStream_t st;
+  ::cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+  auto one = [&] {
+    for (unsigned i = 0; i < o.batch_size; ++i) {
+      void* d = w.dst->data() + w.slots[i] * o.block_size;
+      const void* s = w.src->data() + i * o.block_size;
+      if (o.src_device >= 0 && o.dst_device >= 0)
+        ::cudaMemcpyPeerAsync(d, o.dst_device, s, o.src_device, o.block_size, st);
+      else
+        ::cudaMemcpyAsync(d, s, o.block_size, ::cudaMemcpyDefault, st);
+    }
+  };
+  one();
+  ::cudaStreamSynchronize(st);
+  std::uint64_t bytes = 0;
+  auto t0 = clock_type::now();
+  double elapsed = 0;
+  while (elapsed < seconds) {
+    one();
+    ::cudaStreamSynchronize(st);
+    bytes += std::uint64_t{o.batch_size} * o.block_size;
+    elapsed = std::chrono::duration<double>(clock_type::now() - t0).count();
+  }
+  ::cudaStreamDestroy(st);
+  return static_cast<double>(bytes) / elapsed / 1e9;
+}
+
+inline ferry::transfer_batch make_batch(const params& o, worker& w) {
+  bool write = o.operation == "write";
+  ferry::transfer_batch b;
+  b.reserve(o.batch_size);
+  for (unsigned i = 0; i < o.batch_size; ++i) {
+    std::uint64_t at = w.slots[i] * o.block_size;
+    if (write)
+      b.write(w.src->data() + i * o.block_size, ferry::transfer_engine<ferry::cuda_transport>::self,
+              w.target_base + at, o.block_size);
+    else
+      b.read(w.dst->data() + at, ferry::transfer_engine<ferry::cuda_transport>::self,
+             w.target_base + i * o.block_size, o.block_size);
+  }
+  return b;
+}
+
+inline int run(const params& o) {
+  auto devices = ferry::cuda::list_devices();
+  if (!devices) {
+    std::fprintf(stderr, "ferry-bench: --protocol cuda: %s\n", devices.error().message().c_str());
+    return 1;
+  }
+  for (int d : {o.src_device, o.dst_device})
+    if (d < -1 || d >= static_cast<int>(devices->size())) {
+      std::fprintf(stderr,
+                   "ferry-bench: device %d does not exist (this host has %zu GPUs; -1 is pinned host)\n", d,
+                   devices->size());
+      return 2;
+    }
+  ferry::cuda_copy_method method = ferry::cuda_copy_method::automatic;
+  if (o.method == "kernel")
+    method = ferry::cuda_copy_method::kernel;
+  else if (o.method == "memcpy_batch")
+    method = ferry::cuda_copy_method::memcpy_batch;
+  else if (o.method == "copy_engine")
+    method = ferry::cuda_copy_method::copy_engine;
+
+  ferry::io::io_context ctx;
+  ferry::engine_options eo;
+  eo.name = "ferry-bench-cuda";
+  eo.slice_size = static_cast<std::uint32_t>(o.slice_size);
+  eo.cuda.method = method;
+  ferry::transfer_engine<ferry::cuda_transport> engine(ctx, eo);
+  bool write = o.operation == "write";
+  std::vector<worker> workers(o.threads);
+  std::uint64_t batch_bytes = std::uint64_t{o.batch_size} * o.block_size;
+  for (unsigned t = 0; t < o.threads; ++t) {
+    auto& w = workers[t];
+    w.src = std::make_unique<memory>(o.src_device, batch_bytes);
+    w.dst = std::make_unique<memory>(o.dst_device, 2 * batch_bytes);
+    for (auto* m : {w.src.get(), w.dst.get()})
+      if (!m->p) {
+        std::fprintf(stderr, "ferry-bench: %s\n", m->error.c_str());
+        return 1;
+      }
+    // the local side is private; the target side is the engine's own segment
+    memory& local = write ? *w.src : *w.dst;
+    memory& target = write ? *w.dst : *w.src;
+    std::size_t local_len = write ? batch_bytes : 2 * batch_bytes;
+    std::size_t target_len = write ? 2 * batch_bytes : batch_bytes;
+    auto l = ferry::cuda::register_memory(engine.registry(), local.p, local_len, ferry::access::none);
+    auto r = ferry::cuda::register_memory(engine.registry(), target.p, target_len, ferry::access::read_write);
+    if (!l || !r) {
+      std::fprintf(stderr, "ferry-bench: cannot register memory: %s\n",
+                   (!l ? l.error() : r.error()).message().c_str());
+      return 1;
+    }
+    w.target_base = *r;
+    w.slots.resize(o.batch_size * 2);
+    std::iota(w.slots.begin(), w.slots.end(), 0);
+    std::shuffle(w.slots.begin(), w.slots.end(), std::mt19937(t + 1)); // scattered over twice the batch
+    w.slots.resize(o.batch_size);
+  }
+
+  if (o.verify) {
+    auto& w = workers[0];
+    std::vector<std::byte> pat(batch_bytes);
+    for (std::size_t i = 0; i < pat.size(); ++i)
+      pat[i] = static_cast<std::byte>((i * 131 + (i >> 16)) & 0xff);
+    ::cudaMemcpy(w.src->data(), pat.data(), batch_bytes, ::cudaMemcpyDefault);
+    auto b = make_batch(o, w);
+    auto res = ctx.run_until(engine.transfer(std::move(b)));
+    if (!res.ok()) {
+      std::fprintf(stderr, "ferry-bench: verify batch failed: %s\n", res.first_error().message().c_str());
+      return 1;
+    }
+    std::vector<std::byte> got(o.block_size);
+    for (unsigned i = 0; i < o.batch_size; ++i) {
+      // either way block i of the source lands in slot i of the destination
+      ::cudaMemcpy(got.data(), w.dst->data() + w.slots[i] * o.block_size, o.block_size, ::cudaMemcpyDefault);
+      if (std::memcmp(got.data(), pat.data() + i * o.block_size, o.block_size) != 0) {
+        std::fprintf(stderr, "ferry-bench: verify failed at block %u\n", i);
+        return 3;
+      }
+    }
+  }
+
+  // warm up, then measure
+  std::uint64_t bytes = 0, batches = 0;
+  std::vector<double> latencies;
+  std::string failure;
+  auto loop = [&](worker& w, clock_type::time_point end, bool measured) -> ferry::task<> {
+    do {
+      auto b = make_batch(o, w);
+      auto t0 = clock_type::now();
+      auto res = co_await engine.transfer(std::move(b));
+      auto t1 = clock_type::now();
+      if (!res.ok()) {
+        failure = res.first_error().message();
+        co_return;
+      }
+      if (measured) {
+        bytes += res.bytes();
+        ++batches;
+        latencies.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+      }
+    } while (clock_type::now() < end && failure.empty());
+  };
+  auto run_all = [&](double seconds, bool measured) {
+    auto end = clock_type::now() +
+               std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(seconds));
+    std::vector<ferry::task<>> loops;
+    for (auto& w : workers)
+      loops.push_back(loop(w, end, measured));
+    ctx.run_until(ferry::when_all(std::move(loops)));
+  };
+  run_all(0.3, false);
+  auto t0 = clock_type::now();
+  run_all(o.duration, true);
+  double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
+  if (!failure.empty()) {
+    std::fprintf(stderr, "ferry-bench: a batch failed: %s\n", failure.c_str());
+    return 1;
+  }
+  double raw = raw_copy_gbps(o, workers[0], std::min(o.duration, 2.0));
+  std::sort(latencies.begin(), latencies.end());
+  double gbps = static_cast<double>(bytes) / seconds / 1e9;
+  auto name_of = [&](int d) {
+    return d < 0 ? std::string("pinned host") : (*devices)[static_cast<std::size_t>(d)].name;
+  };
+  if (o.json) {
+    double mean = 0;
+    for (double l : latencies)
+      mean += l / static_cast<double>(latencies.size());
+    nlohmann::json j{
+        {"throughput_gbps", gbps},
+        {"bytes", bytes},
+        {"seconds", seconds},
+        {"batches", batches},
+        {"batches_per_second", static_cast<double>(batches) / seconds},
+        {"latency_us",
+         {{"p50", percentile(latencies, 0.5)},
+          {"p99", percentile(latencies, 0.99)},
+          {"mean", mean},
+          {"min", latencies.empty() ? 0.0 : latencies.front()},
+          {"max", latencies.empty() ? 0.0 : latencies.back()}}},
+        {"protocol", "cuda"},
+        {"operation", o.operation},
+        {"block_size", o.block_size},
+        {"batch_size", o.batch_size},
+        {"local_blocks", o.batch_size},
+        {"threads", o.threads},
+        {"connections", 0},
+        {"copy_threads", 0},
+        {"slice_size", o.slice_size},
+        {"verify", o.verify},
+        {"target", "self"},
+        {"io_backend", ferry::io::to_string(ctx.backend())},
+        {"src_device", o.src_device},
+        {"dst_device", o.dst_device},
+        {"src", name_of(o.src_device)},
+        {"dst", name_of(o.dst_device)},
+        {"method", o.method},
+        {"raw_copy_gbps", raw},
+        {"ratio_to_raw", raw > 0 ? gbps / raw : 0.0},
+    };
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("ferry-bench: cuda %s, %s (%d) to %s (%d), method %s, slice %llu B\n", o.operation.c_str(),
+                name_of(o.src_device).c_str(), o.src_device, name_of(o.dst_device).c_str(), o.dst_device,
+                o.method.c_str(), static_cast<unsigned long long>(o.slice_size));
+    std::printf("%-8s %-9s %10s %6s %7s %9s %9s %10s %10s %10s\n", "protocol", "operation", "block_size",
+                "batch", "threads", "GB/s", "raw_GB/s", "batches/s", "p50_us", "p99_us");
+    std::printf("%-8s %-9s %10llu %6u %7u %9.3f %9.3f %10.1f %10.0f %10.0f\n", "cuda", o.operation.c_str(),
+                static_cast<unsigned long long>(o.block_size), o.batch_size, o.threads, gbps, raw,
+                static_cast<double>(batches) / seconds, percentile(latencies, 0.5),
+                percentile(latencies, 0.99));
+  }
+  return 0;
+}
+
+} // namespace ferry_bench_cuda
