@@ -1,3 +1,4 @@
+#include "../../io/backends.hpp"
 #include "uring_test_util.hpp"
 
 #include "ferry/core/task.hpp"
@@ -24,59 +25,60 @@ using ferry::io::io_context;
 using namespace ferry_test;
 
 TEST_SUITE("uring_file") {
-  TEST_CASE("aligned and unaligned reads and writes round-trip every byte") {
-    io_context ctx;
-    temp_dir dir;
-    const std::string path = dir / "data.bin";
-    constexpr std::size_t size = (4 << 20) + 1000; // the last block is partial
-    make_file(path, size, 1);
-    auto f = uring_file::open(ctx, path, {.queue_depth = 8});
-    REQUIRE(f);
-    if (!(*f)->direct())
-      MESSAGE("O_DIRECT is refused under ", dir.path.string(), " (", (*f)->note(),
-              "): the round trips run buffered");
-    CHECK((*f)->length() == size);
+  TEST_CASE("aligned and unaligned reads and writes round-trip every byte, on io_uring and on epoll") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      temp_dir dir;
+      const std::string path = dir / "data.bin";
+      constexpr std::size_t size = (4 << 20) + 1000; // the last block is partial
+      make_file(path, size, 1);
+      auto f = uring_file::open(ctx, path, {.queue_depth = 8});
+      REQUIRE(f);
+      if (!(*f)->direct())
+        MESSAGE("O_DIRECT is refused under ", dir.path.string(), " (", (*f)->note(),
+                "): the round trips run buffered");
+      CHECK((*f)->length() == size);
 
-    aligned_buffer aligned(1 << 20);
-    std::vector<std::byte> odd(300000 + 7);
-    ctx.run_until([&]() -> ferry::task<> {
-      // Aligned: straight to the device.
-      fill(aligned.bytes(), 2, 8192);
-      auto w1 = co_await (*f)->write(8192, aligned.bytes());
-      REQUIRE_MESSAGE(w1, w1.error().message());
-      // Unaligned buffer, offset and length: bounced, with the partial end blocks read and patched.
-      fill(odd, 3, 2 * (1 << 20) + 123);
-      auto w2 = co_await (*f)->write(2 * (1 << 20) + 123, std::span(odd).subspan(0, odd.size()));
-      REQUIRE_MESSAGE(w2, w2.error().message());
-      // Into the partial last block of the file: the file must not grow.
-      std::vector<std::byte> tail(1500);
-      fill(tail, 4, size - 1500);
-      auto w3 = co_await (*f)->write(size - 1500, tail);
-      REQUIRE_MESSAGE(w3, w3.error().message());
+      aligned_buffer aligned(1 << 20);
+      std::vector<std::byte> odd(300000 + 7);
+      ctx.run_until([&]() -> ferry::task<> {
+        // Aligned: straight to the device.
+        fill(aligned.bytes(), 2, 8192);
+        auto w1 = co_await (*f)->write(8192, aligned.bytes());
+        REQUIRE_MESSAGE(w1, w1.error().message());
+        // Unaligned buffer, offset and length: bounced, with the partial end blocks read and patched.
+        fill(odd, 3, 2 * (1 << 20) + 123);
+        auto w2 = co_await (*f)->write(2 * (1 << 20) + 123, std::span(odd).subspan(0, odd.size()));
+        REQUIRE_MESSAGE(w2, w2.error().message());
+        // Into the partial last block of the file: the file must not grow.
+        std::vector<std::byte> tail(1500);
+        fill(tail, 4, size - 1500);
+        auto w3 = co_await (*f)->write(size - 1500, tail);
+        REQUIRE_MESSAGE(w3, w3.error().message());
 
-      // Reads of every shape give back exactly what is on disk.
-      std::vector<std::byte> back(odd.size());
-      auto r1 = co_await (*f)->read(2 * (1 << 20) + 123, back);
-      REQUIRE_MESSAGE(r1, r1.error().message());
-      CHECK(back == odd);
-      aligned_buffer ab(1 << 20);
-      auto r2 = co_await (*f)->read(8192, ab.bytes());
-      REQUIRE_MESSAGE(r2, r2.error().message());
-      CHECK(std::memcmp(ab.data(), aligned.data(), ab.size()) == 0);
-      std::vector<std::byte> last(1500 + 17);
-      auto r3 = co_await (*f)->read(size - last.size(), last);
-      REQUIRE_MESSAGE(r3, r3.error().message());
-      CHECK(std::equal(tail.begin(), tail.end(), last.end() - 1500));
-    }());
-    CHECK(std::filesystem::file_size(path) == size);
-    auto disk = file_bytes(path, 0, size);
-    std::vector<std::byte> expect(size);
-    fill(expect, 1);
-    fill(std::span(expect).subspan(8192, 1 << 20), 2, 8192);
-    fill(std::span(expect).subspan(2 * (1 << 20) + 123, odd.size()), 3, 2 * (1 << 20) + 123);
-    fill(std::span(expect).subspan(size - 1500), 4, size - 1500);
-    CHECK(disk == expect);
-    CHECK((*f)->in_flight() == 0);
+        // Reads of every shape give back exactly what is on disk.
+        std::vector<std::byte> back(odd.size());
+        auto r1 = co_await (*f)->read(2 * (1 << 20) + 123, back);
+        REQUIRE_MESSAGE(r1, r1.error().message());
+        CHECK(back == odd);
+        aligned_buffer ab(1 << 20);
+        auto r2 = co_await (*f)->read(8192, ab.bytes());
+        REQUIRE_MESSAGE(r2, r2.error().message());
+        CHECK(std::memcmp(ab.data(), aligned.data(), ab.size()) == 0);
+        std::vector<std::byte> last(1500 + 17);
+        auto r3 = co_await (*f)->read(size - last.size(), last);
+        REQUIRE_MESSAGE(r3, r3.error().message());
+        CHECK(std::equal(tail.begin(), tail.end(), last.end() - 1500));
+      }());
+      CHECK(std::filesystem::file_size(path) == size);
+      auto disk = file_bytes(path, 0, size);
+      std::vector<std::byte> expect(size);
+      fill(expect, 1);
+      fill(std::span(expect).subspan(8192, 1 << 20), 2, 8192);
+      fill(std::span(expect).subspan(2 * (1 << 20) + 123, odd.size()), 3, 2 * (1 << 20) + 123);
+      fill(std::span(expect).subspan(size - 1500), 4, size - 1500);
+      CHECK(disk == expect);
+      CHECK((*f)->in_flight() == 0);
+    });
   }
 
   TEST_CASE("unaligned writes that share a block, issued together, all land") {

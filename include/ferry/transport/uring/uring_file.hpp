@@ -5,7 +5,8 @@
 /// bounce buffer (a partial block written is read, modified and written back, never racing another such write
 /// of the same block). At most `queue_depth` operations are in flight on the file; short reads and writes are
 /// continued; a file that ends before the range asked for is an error (errc::out_of_bounds), never data.
-/// A filesystem that refuses O_DIRECT (tmpfs) gets buffered I/O, said once on stderr and in note().
+/// A filesystem that refuses O_DIRECT (tmpfs before Linux 6.6, ramfs) gets buffered I/O, said once on stderr
+/// and in note(). Use it from the loop's thread only, and let it go before its io_context.
 ///
 ///   auto f = ferry::uring_file::open(ctx, "/nvme/kv.bin", {.permissions = ferry::access::read_write});
 ///   auto at = engine.registry().add_file(*f, ferry::access::read_write);   // a region of this segment
@@ -175,34 +176,30 @@ public:
         done += *n;
         continue;
       }
-      if (!buffered_.is_open()) {
-        // why: a partial last block would be written whole with O_DIRECT and grow the file; a second,
-        // buffered descriptor writes exactly the bytes asked for (the kernel keeps it coherent with O_DIRECT)
-        auto b = io::file::open(ctx_, path_, O_RDWR);
-        if (!b)
-          co_return fail(b.error());
-        buffered_ = std::move(*b);
-      }
       std::uint64_t lo = at / alignment * alignment;
       std::uint64_t end = std::min<std::uint64_t>(at + rest.size(), lo + bounce_size_);
       std::uint64_t hi = round_up(end);
-      if (hi > file_end()) {
-        auto n = co_await run_io(buffered_, true, at, const_cast<std::byte*>(rest.data()),
-                                 static_cast<std::size_t>(std::min<std::uint64_t>(rest.size(), max_io)));
-        if (!n)
-          co_return fail(n.error());
-        if (*n == 0)
-          co_return fail(errc::short_transfer, "uring_file write: the device accepted no bytes");
-        done += *n;
-        continue;
+      bool tail = hi > file_end();
+      if (tail) {
+        if (!buffered_.is_open()) {
+          // why: a partial last block would be written whole with O_DIRECT and grow the file; a second,
+          // buffered descriptor writes exactly the bytes asked for (the kernel keeps it coherent with
+          // O_DIRECT)
+          auto b = io::file::open(ctx_, path_, O_RDWR);
+          if (!b)
+            co_return fail(b.error());
+          buffered_ = std::move(*b);
+        }
+        end = at + std::min<std::uint64_t>(rest.size(), max_io);
+        hi = round_up(end);
       }
       auto piece = rest.first(static_cast<std::size_t>(end - at));
       // An unaligned buffer over whole blocks only needs staging; partial blocks need read-modify-write.
       result<std::size_t> n;
-      if (lo == at && hi == end)
+      if (!tail && lo == at && hi == end)
         n = co_await patch(lo, hi, at, piece);
       else
-        n = co_await read_modify_write(lo, hi, at, piece);
+        n = co_await locked_write(lo, hi, at, piece, tail);
       if (!n)
         co_return fail(n.error());
       done += *n;
@@ -271,10 +268,11 @@ private:
     return run_io(file_, true, at, const_cast<std::byte*>(from.data()), from.size());
   }
 
-  // Writes `data` (at `at`, inside the aligned window [lo, hi)) by reading the window's partial end blocks,
-  // patching them and writing the window whole. Yields the bytes of `data` written.
-  task<result<std::size_t>> read_modify_write(std::uint64_t lo, std::uint64_t hi, std::uint64_t at,
-                                              std::span<const std::byte> data) {
+  // Writes `data` (at `at`, inside the aligned window [lo, hi)) while no other such write touches the window:
+  // through the buffered descriptor (the file's partial last block), or by reading the window's partial end
+  // blocks, patching them and writing the window whole. Yields the bytes of `data` written.
+  task<result<std::size_t>> locked_write(std::uint64_t lo, std::uint64_t hi, std::uint64_t at,
+                                         std::span<const std::byte> data, bool buffered) {
     // why: two writes that share a block must not both read it, patch and write it back: the second would
     // undo the first. Windows in flight are serialized.
     while (std::any_of(windows_.begin(), windows_.end(),
@@ -284,7 +282,14 @@ private:
       co_await w;
     }
     windows_.push_back({lo, hi});
-    auto out = co_await patch(lo, hi, at, data);
+    result<std::size_t> out;
+    if (buffered) {
+      out = co_await run_io(buffered_, true, at, const_cast<std::byte*>(data.data()), data.size());
+      if (out && *out == 0)
+        out = fail(errc::short_transfer, "uring_file write: the device accepted no bytes");
+    } else {
+      out = co_await patch(lo, hi, at, data);
+    }
     windows_.erase(std::find_if(windows_.begin(), windows_.end(),
                                 [&](const window& w) { return w.lo == lo && w.hi == hi; }));
     for (auto* waiter : std::exchange(window_waiters_, {}))
