@@ -72,7 +72,8 @@ public:
     bool direct = options.direct;
     auto opened = io::file::open(ctx, path, flags | (direct ? O_DIRECT : 0));
     if (!opened && direct && opened.error() == std::errc::invalid_argument) {
-      // why: tmpfs (and some FUSE filesystems) refuse O_DIRECT; the data is in memory there anyway
+      // why: tmpfs before Linux 6.6, ramfs and some FUSE filesystems refuse O_DIRECT; the data is in memory
+      // there anyway
       direct = false;
       opened = io::file::open(ctx, path, flags);
       if (opened) {
@@ -127,7 +128,10 @@ public:
       std::uint64_t at = offset + done;
       auto rest = into.subspan(done);
       if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
-        auto n = co_await io_read(at, rest.first(std::min(rest.size(), max_io)));
+        // why: the hot path (aligned, O_DIRECT) awaits the operation here, without a coroutine of its own
+        co_await slots_.acquire();
+        auto n = co_await file_.read_at(at, rest.first(std::min(rest.size(), max_io)));
+        slots_.release();
         if (!n)
           co_return fail(n.error());
         if (*n == 0)
@@ -168,7 +172,9 @@ public:
       std::uint64_t at = offset + done;
       auto rest = from.subspan(done);
       if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
-        auto n = co_await io_write(at, rest.first(std::min(rest.size(), max_io)));
+        co_await slots_.acquire();
+        auto n = co_await file_.write_at(at, rest.first(std::min(rest.size(), max_io)));
+        slots_.release();
         if (!n)
           co_return fail(n.error());
         if (*n == 0)

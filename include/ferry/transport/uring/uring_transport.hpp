@@ -5,6 +5,8 @@
 /// many of them, and each file bounds its own queue depth. Peers reach the same file regions through the tcp
 /// transport: the owner's tcp server serves them, so a caller's code is the same for a local and a remote
 /// file (`ferry::file_engine`). Bounds and permissions are checked against the registry before any I/O.
+/// The ring is the io_context's: SQPOLL is `io_context_options::sqpoll`, the queue depth per file
+/// `uring_file_options::queue_depth`.
 ///
 ///   ferry::transfer_engine<ferry::uring_transport, ferry::shm_transport, ferry::tcp_transport> engine(ctx);
 
@@ -51,8 +53,8 @@ public:
     tc_.scope.spawn(run(s, std::move(*lease)));
   }
 
-  /// File operations already submitted finish (the kernel may have moved their bytes); the slices of `b`
-  /// that have not started are settled as cancelled when their turn comes.
+  /// Slices already handed to their file finish (the kernel may already have moved their bytes; the batch
+  /// completes once they have): file I/O is not interrupted.
   void abort(detail::batch_state*) noexcept {}
 
   void forget(const peer&) noexcept {}
