@@ -43,6 +43,7 @@ namespace detail {
 using clock_type = std::chrono::steady_clock;
 
 struct file_run {
+  file_run(const file_options& options, ferry::file_engine& e) : o(options), engine(e) {}
   const file_options& o;
   ferry::file_engine& engine;
   std::uint64_t region = 0;     // segment offset of the file region
