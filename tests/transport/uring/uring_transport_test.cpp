@@ -174,7 +174,8 @@ TEST_SUITE("uring_transport") {
     } unmount_later{dir.path.string()};
     io_context ctx;
     const std::string path = dir / "full.bin";
-    file_engine engine(ctx, {.name = "full"});
+    file_engine engine(ctx, {.name = "full", .listen = "127.0.0.2:0"});
+    ferry::default_engine peer(ctx, {.name = "peer"});
     // A sparse 8 MiB file on a 1 MiB filesystem: its first blocks are written, later ones find no space.
     auto f = uring_file::open(ctx, path, {.length = 8 << 20, .create = true});
     REQUIRE(f);
@@ -201,6 +202,20 @@ TEST_SUITE("uring_transport") {
       CHECK(r2.requests[1].error() == std::errc::no_space_on_device);
       MESSAGE("the full filesystem's write: ", r2.requests[1].error().message());
       CHECK(r2.requests[2].value() == 256 * 1024);
+
+      // A peer writing to the full disk over tcp learns that it is full; its other requests succeed.
+      REQUIRE(engine.start());
+      REQUIRE(peer.registry().add(local.data(), local.size(), access::none));
+      auto seg = co_await peer.open_segment(engine.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch remote;
+      remote.write(local.data(), *seg, *at + (5 << 20), 2 << 20)
+          .read(local.data() + (3 << 20), *seg, *at, 4096);
+      auto r3 = co_await peer.transfer(remote);
+      CHECK_FALSE(r3.ok());
+      REQUIRE_FALSE(r3.requests[0]);
+      CHECK(r3.requests[0].error() == errc::out_of_space);
+      CHECK(r3.requests[1].value() == 4096);
     }());
     CHECK(std::memcmp(back.data(), local.data(), 256 * 1024) == 0);
   }

@@ -28,6 +28,7 @@
 #include <stop_token>
 #include <string>
 #include <sys/uio.h>
+#include <system_error>
 #include <vector>
 
 namespace ferry {
@@ -200,6 +201,8 @@ private:
   static std::int32_t status_of(const error& e) noexcept {
     if (e.code().category() == ferry_category())
       return e.code().value();
+    if (e.code() == std::errc::no_space_on_device) // a file region's disk is full
+      return static_cast<std::int32_t>(errc::out_of_space);
     return static_cast<std::int32_t>(errc::invalid_state);
   }
 
