@@ -5,6 +5,9 @@
 //   ferry-bench --mode target --listen 127.0.0.2:7000 [--buffer-size 1G] [--duration SECONDS]
 //   ferry-bench --mode initiator --target 127.0.0.2:7000 --protocol tcp|shm --operation read|write
 //               --block-size 1M --batch-size 128 --threads 1 --duration 10 [--json] [--verify]
+//   ferry-bench --mode local --protocol file --file PATH --operation read|write|randread --block-size 1M
+//               --queue-depth 32 --duration 10 [--json]      (a file through the uring transport;
+//               file_bench.hpp)
 //
 // Through a metadata service instead of an address: both sides name it and the segment,
 //   ferry-bench --mode target --listen 127.0.0.2:0 --metadata etcd://127.0.0.1:2379 --segment bench-0
@@ -46,6 +49,9 @@
 
 #if FERRY_WITH_CUDA
 #include "cuda_bench.hpp"
+#endif
+#if FERRY_WITH_URING
+#include "file_bench.hpp"
 #endif
 
 namespace {
@@ -609,7 +615,7 @@ int main(int argc, char** argv) {
                "ferry-bench"};
   app.add_option("--mode", o.mode, "target: serve a segment; initiator: drive transfers into one")
       ->required()
-      ->check(CLI::IsMember({"target", "initiator", "both"}));
+      ->check(CLI::IsMember({"target", "initiator", "both", "local"}));
   app.add_option("--listen", o.listen, "target: HOST:PORT to serve on (port 0: any)");
   app.add_option("--buffer-size", o.buffer_size, "target: bytes of shared memory to serve (suffixes K, M, G)")
       ->transform(CLI::AsSizeValue(false))
@@ -623,10 +629,10 @@ int main(int argc, char** argv) {
       "--segment", o.segment,
       "with --metadata: the segment's name (target: publishes it; initiator: opens it; p2p: HOST:PORT)");
   app.add_option("--protocol", o.protocol, "initiator: tcp (even on the same host) or shm (same host only)")
-      ->check(CLI::IsMember({"tcp", "shm", "cuda"}))
+      ->check(CLI::IsMember({"tcp", "shm", "cuda", "file"}))
       ->capture_default_str();
   app.add_option("--operation", o.operation, "initiator: read or write")
-      ->check(CLI::IsMember({"read", "write"}))
+      ->check(CLI::IsMember({"read", "write", "randread"}))
       ->capture_default_str();
   app.add_option("--block-size", o.block_size, "initiator: bytes per request (suffixes K, M, G)")
       ->transform(CLI::AsSizeValue(false))
@@ -670,6 +676,17 @@ int main(int argc, char** argv) {
   app.add_flag("!--no-restore", o.restore,
                "initiator: leave written data in place (default: rewrite the fill pattern)");
   app.add_flag("!--no-progress", o.progress, "initiator: no progress line, even on a terminal");
+  // --mode local --protocol file (file_bench.hpp)
+  std::string file_path;
+  unsigned queue_depth = 32;
+  std::uint64_t file_size = 0;
+  bool sqpoll = false, buffered = false;
+  app.add_option("--file", file_path, "local: the file or block device to read or write");
+  app.add_option("--queue-depth", queue_depth, "local: requests in flight")->check(CLI::Range(1u, 4096u));
+  app.add_option("--file-size", file_size, "local: bytes of the file to use (a new file for writes: 1G)")
+      ->transform(CLI::AsSizeValue(false));
+  app.add_flag("--sqpoll", sqpoll, "local: a kernel thread polls the io_uring submission queue");
+  app.add_flag("--buffered", buffered, "local: no O_DIRECT");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -685,6 +702,33 @@ int main(int argc, char** argv) {
     o.name = o.segment;
   if (o.mode == "target")
     return run_target(o);
+  if (o.mode == "local" || o.protocol == "file" || o.operation == "randread") {
+#if FERRY_WITH_URING
+    if (o.mode != "local" || o.protocol != "file" || file_path.empty()) {
+      std::fprintf(stderr, "ferry-bench: files are measured with --mode local --protocol file --file PATH\n");
+      return 2;
+    }
+    ferry_bench::file_options fo{file_path,
+                                 o.operation,
+                                 o.block_size,
+                                 queue_depth,
+                                 app.count("--batch-size") ? o.batch_size : 1u,
+                                 file_size,
+                                 !buffered,
+                                 sqpoll,
+                                 o.duration < 0 ? 10 : o.duration,
+                                 o.json};
+    try {
+      return ferry_bench::run_file_bench(fo);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ferry-bench: %s\n", e.what());
+      return 1;
+    }
+#else
+    std::fprintf(stderr, "ferry-bench: built without ferry::uring (liburing); no file benchmarks\n");
+    return 2;
+#endif
+  }
   if (o.protocol == "cuda") {
 #if FERRY_WITH_CUDA
     // why: both memories live in this process; no target process is involved

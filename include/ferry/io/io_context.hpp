@@ -439,6 +439,10 @@ private:
         if (op->cancel_id_ != 0)
           disarm_cancel(op);
         op->complete_(op);
+#if FERRY_WITH_URING
+        if (uring_)
+          uring_->flush_files();
+#endif
         return 1;
       }
       if (!block)

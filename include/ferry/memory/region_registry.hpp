@@ -8,10 +8,14 @@
 ///   ferry::region_registry regs;
 ///   auto id = regs.add(buf.data(), buf.size(), ferry::access::read_write);
 ///   auto use = regs.pin_exposed(offset, length, ferry::access::write);   // bounds + permission check
+///
+/// A file or block device can be exposed too (`add_file`): its region has no address, only a file_backing
+/// that moves its bytes; pin_exposed refuses it unless the caller says it handles files.
 
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/file_backing.hpp"
 #include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_descriptor.hpp"
 
@@ -20,6 +24,7 @@
 #include <cstdint>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -35,6 +40,7 @@ class region_registry {
     bool outer_live = true;              // the registration that created the region has not been removed
     std::vector<std::uintptr_t> covered; // starts of later registrations inside it (one per registration)
     std::uint32_t uses = 0;
+    std::shared_ptr<file_backing> file; // a file region: no base, bytes move through the file
   };
 
 public:
@@ -43,23 +49,31 @@ public:
   class lease {
   public:
     lease() = default;
-    lease(lease&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), entry_(o.entry_), data_(o.data_) {}
+    lease(lease&& o) noexcept
+        : owner_(std::exchange(o.owner_, nullptr)), entry_(o.entry_), data_(o.data_),
+          file_offset_(o.file_offset_) {}
     lease& operator=(lease&& o) noexcept {
       if (this != &o) {
         release();
         owner_ = std::exchange(o.owner_, nullptr);
         entry_ = o.entry_;
         data_ = o.data_;
+        file_offset_ = o.file_offset_;
       }
       return *this;
     }
     ~lease() { release(); }
     std::byte* data() const noexcept { return data_; }
+    /// For a file region (pin_exposed with files_too): the file, else nullptr. The lease keeps it open.
+    file_backing* file() const noexcept { return owner_ && entry_->file ? entry_->file.get() : nullptr; }
+    /// For a file region: where the range asked for starts in the file.
+    std::uint64_t file_offset() const noexcept { return file_offset_; }
     explicit operator bool() const noexcept { return owner_ != nullptr; }
 
   private:
     friend class region_registry;
-    lease(region_registry* r, entry* e, std::byte* d) noexcept : owner_(r), entry_(e), data_(d) {}
+    lease(region_registry* r, entry* e, std::byte* d, std::uint64_t file_offset = 0) noexcept
+        : owner_(r), entry_(e), data_(d), file_offset_(file_offset) {}
     void release() noexcept {
       if (!owner_)
         return;
@@ -70,6 +84,7 @@ public:
     region_registry* owner_ = nullptr;
     entry* entry_ = nullptr;
     std::byte* data_ = nullptr;
+    std::uint64_t file_offset_ = 0;
   };
 
   region_registry() = default;
@@ -126,6 +141,40 @@ public:
     return stored.exposed.offset;
   }
 
+  /// Exposes a file (its first `file->length()` bytes) as a region of the segment with `permissions` (not
+  /// `none`: a file region is reached only through segment offsets). Yields the region's segment offset.
+  result<std::uint64_t> add_file(std::shared_ptr<file_backing> file, access permissions) {
+    if (!file || file->length() == 0)
+      return fail(errc::invalid_argument, "register file: empty file region");
+    if (permissions == access::none)
+      return fail(errc::invalid_argument,
+                  "register file: a file region must be exposed (read, write or both)");
+    std::lock_guard lock(mutex_);
+    entry e;
+    e.length = file->length();
+    e.file = std::move(file);
+    e.exposed = {next_offset_, e.length, permissions, {}, 0};
+    auto& stored = files_.emplace(next_offset_, std::move(e)).first->second;
+    by_offset_.emplace(next_offset_, &stored);
+    next_offset_ += (stored.length + 4095) / 4096 * 4096;
+    ++generation_;
+    return stored.exposed.offset;
+  }
+
+  /// Drops the file region at segment offset `offset`; errc::busy while a transfer uses it.
+  result<void> remove_file(std::uint64_t offset) {
+    std::lock_guard lock(mutex_);
+    auto it = files_.find(offset);
+    if (it == files_.end())
+      return fail(errc::not_found, "unregister file: no file region starts there");
+    if (it->second.uses > 0)
+      return fail(errc::busy, "unregister file: a transfer is using the region");
+    by_offset_.erase(offset);
+    files_.erase(it);
+    ++generation_;
+    return {};
+  }
+
   /// Drops the registration that starts at `base` (the region's own, or a covered range registered later).
   /// The region goes when its last registration does; that is refused with errc::busy while a transfer uses
   /// it. errc::not_found if no registration starts there.
@@ -171,7 +220,9 @@ public:
   }
 
   /// Checks a peer's access to [offset, offset + length) of this segment and holds the region while it runs.
-  result<lease> pin_exposed(std::uint64_t offset, std::uint64_t length, access wanted) {
+  /// A file region is refused (errc::unsupported) unless `files_too`; then the lease names its file.
+  result<lease> pin_exposed(std::uint64_t offset, std::uint64_t length, access wanted,
+                            bool files_too = false) {
     std::lock_guard lock(mutex_);
     auto it = by_offset_.upper_bound(offset);
     if (it == by_offset_.begin())
@@ -181,6 +232,13 @@ public:
       return fail(errc::out_of_bounds, "remote range is outside every exposed region");
     if (!allows(e->exposed.permissions, wanted))
       return fail(errc::permission_denied, "the region does not permit this access");
+    if (e->file) {
+      if (!files_too)
+        return fail(errc::unsupported, "the region is a file: its owner moves it through the uring transport "
+                                       "(add ferry::uring_transport to the engine)");
+      ++e->uses;
+      return lease(this, e, nullptr, offset - e->exposed.offset);
+    }
     ++e->uses;
     return lease(this, e, e->base + (offset - e->exposed.offset));
   }
@@ -203,6 +261,16 @@ public:
     return e ? e->exposed.location : memory_location{};
   }
 
+  /// Whether [offset, offset + length) lies inside one exposed file region.
+  bool is_file(std::uint64_t offset, std::uint64_t length) const {
+    std::lock_guard lock(mutex_);
+    auto it = by_offset_.upper_bound(offset);
+    if (it == by_offset_.begin())
+      return false;
+    const entry* e = std::prev(it)->second;
+    return e->file && e->exposed.contains(offset, length);
+  }
+
   /// The exposed regions, in offset order (what a segment descriptor lists).
   std::vector<region_descriptor> exposed() const {
     std::lock_guard lock(mutex_);
@@ -219,10 +287,10 @@ public:
     return generation_;
   }
 
-  /// How many distinct regions are registered.
+  /// How many distinct regions are registered (file regions included).
   std::size_t size() const {
     std::lock_guard lock(mutex_);
-    return by_address_.size();
+    return by_address_.size() + files_.size();
   }
 
 private:
@@ -241,6 +309,7 @@ private:
 
   mutable std::mutex mutex_;
   std::map<std::uintptr_t, entry> by_address_;
+  std::map<std::uint64_t, entry> files_; // file regions, by segment offset
   std::map<std::uint64_t, entry*> by_offset_;
   std::uint64_t next_offset_ = 0;
   std::uint64_t generation_ = 0;

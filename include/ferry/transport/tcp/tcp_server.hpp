@@ -3,6 +3,8 @@
 /// requests in order: descriptor handshakes, reads and writes checked against the registry (bounds and
 /// permissions, for every request), notifications and pings. Writes are received straight into the region and
 /// reads sent straight from it. A connection that sends anything malformed is dropped; the others carry on.
+/// File regions (region_registry::add_file) are served too: a write is received into a staging buffer and
+/// then written to the file, a read is read from the file and then sent (remote file segments).
 ///
 ///   ferry::tcp_server server(ctx, registry, scope, hooks);
 ///   auto where = server.listen(*ferry::io::endpoint::parse("127.0.0.2:0"));
@@ -10,6 +12,7 @@
 #include "ferry/core/async_scope.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/task.hpp"
+#include "ferry/io/aligned_buffer.hpp"
 #include "ferry/io/endpoint.hpp"
 #include "ferry/io/io_context.hpp"
 #include "ferry/io/tcp_listener.hpp"
@@ -25,6 +28,7 @@
 #include <stop_token>
 #include <string>
 #include <sys/uio.h>
+#include <system_error>
 #include <vector>
 
 namespace ferry {
@@ -90,6 +94,7 @@ private:
   task<> serve_requests(io::tcp_socket& sock) {
     std::array<std::byte, tcp::frame_header::size> raw, out;
     std::vector<std::byte> scratch;
+    io::aligned_buffer staging; // file regions: what travels between the socket and the file
     while (!stop_.stop_requested()) {
       if (auto ok = co_await sock.recv_all(raw); !ok)
         co_return; // closed, reset or stopped
@@ -123,8 +128,16 @@ private:
         break;
       }
       case tcp::frame_type::write: {
-        auto lease = registry_.pin_exposed(h->offset, h->length, access::write);
-        if (lease) {
+        auto lease = registry_.pin_exposed(h->offset, h->length, access::write, true);
+        if (lease && lease->file()) {
+          stage(staging, h->length);
+          if (auto ok = co_await sock.recv_all(staging.bytes().first(h->length)); !ok)
+            co_return;
+          auto written =
+              co_await lease->file()->write(lease->file_offset(), staging.bytes().first(h->length));
+          if (!written)
+            reply.status = status_of(written.error());
+        } else if (lease) {
           if (auto ok = co_await sock.recv_all(std::span(lease->data(), h->length)); !ok)
             co_return;
         } else {
@@ -143,8 +156,17 @@ private:
         break;
       }
       case tcp::frame_type::read: {
-        auto lease = registry_.pin_exposed(h->offset, h->length, access::read);
-        if (lease) {
+        auto lease = registry_.pin_exposed(h->offset, h->length, access::read, true);
+        if (lease && lease->file()) {
+          stage(staging, h->length);
+          auto got = co_await lease->file()->read(lease->file_offset(), staging.bytes().first(h->length));
+          if (got)
+            reply.length = h->length;
+          else
+            reply.status = status_of(got.error());
+          if (auto ok = co_await send(sock, reply, out, staging.data(), got ? h->length : 0); !ok)
+            co_return;
+        } else if (lease) {
           reply.length = h->length;
           if (auto ok = co_await send(sock, reply, out, lease->data(), h->length); !ok)
             co_return;
@@ -170,9 +192,17 @@ private:
     co_return sent.has_value();
   }
 
+  /// Grows the staging buffer to hold `length` bytes (the engine's slices bound it).
+  static void stage(io::aligned_buffer& b, std::uint64_t length) {
+    if (b.size() < length)
+      b = io::aligned_buffer(static_cast<std::size_t>(length));
+  }
+
   static std::int32_t status_of(const error& e) noexcept {
     if (e.code().category() == ferry_category())
       return e.code().value();
+    if (e.code() == std::errc::no_space_on_device) // a file region's disk is full
+      return static_cast<std::int32_t>(errc::out_of_space);
     return static_cast<std::int32_t>(errc::invalid_state);
   }
 

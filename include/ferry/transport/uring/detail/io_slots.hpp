@@ -1,0 +1,73 @@
+#pragma once
+// A counting limit for one io_context's coroutines: at most `limit` holders at a time, the others wait in
+// arrival order and are resumed through the loop (never inline, so a release never nests a resumption).
+// Loop-thread only.
+
+#include "ferry/io/detail/resume_op.hpp"
+#include "ferry/io/io_context.hpp"
+
+#include <coroutine>
+#include <cstddef>
+
+namespace ferry::detail {
+
+class io_slots {
+public:
+  io_slots(io::io_context& io, std::size_t limit) noexcept : io_(io), limit_(limit ? limit : 1) {}
+  io_slots(const io_slots&) = delete;
+  io_slots& operator=(const io_slots&) = delete;
+
+  struct waiter {
+    io::detail::resume_op op;
+    waiter* next = nullptr;
+  };
+
+  /// `co_await slots.acquire()`; pair with release().
+  [[nodiscard]] auto acquire() noexcept {
+    struct awaiter {
+      io_slots& s;
+      waiter w;
+      bool await_ready() noexcept {
+        if (s.used_ < s.limit_) {
+          ++s.used_;
+          return true;
+        }
+        return false;
+      }
+      void await_suspend(std::coroutine_handle<> h) noexcept {
+        w.op.handle = h;
+        if (s.tail_)
+          s.tail_->next = &w;
+        else
+          s.head_ = &w;
+        s.tail_ = &w;
+      }
+      void await_resume() const noexcept {}
+    };
+    return awaiter{*this, {}};
+  }
+
+  /// Gives a slot back: to the first waiter (it keeps the count), else to the pool.
+  void release() noexcept {
+    if (waiter* w = head_) {
+      head_ = w->next;
+      if (!head_)
+        tail_ = nullptr;
+      io_.post(&w->op);
+      return;
+    }
+    --used_;
+  }
+
+  std::size_t in_use() const noexcept { return used_; }
+  std::size_t limit() const noexcept { return limit_; }
+
+private:
+  io::io_context& io_;
+  std::size_t limit_;
+  std::size_t used_ = 0;
+  waiter* head_ = nullptr;
+  waiter* tail_ = nullptr;
+};
+
+} // namespace ferry::detail

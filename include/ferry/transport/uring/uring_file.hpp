@@ -1,0 +1,370 @@
+#pragma once
+/// `ferry::uring_file`: a file or block device opened for a segment's file region. Reads and writes go
+/// through the io_context's ring (io_uring; epoll contexts run them as plain pread/pwrite) with O_DIRECT:
+/// aligned buffers, offsets and lengths go straight to the device; anything unaligned goes through an aligned
+/// bounce buffer (a partial block written is read, modified and written back, never racing another such write
+/// of the same block). At most `queue_depth` operations are in flight on the file; short reads and writes are
+/// continued; a file that ends before the range asked for is an error (errc::out_of_bounds), never data.
+/// A filesystem that refuses O_DIRECT (tmpfs before Linux 6.6, ramfs) gets buffered I/O, said once on stderr
+/// and in note(). Use it from the loop's thread only, and let it go before its io_context.
+///
+///   auto f = ferry::uring_file::open(ctx, "/nvme/kv.bin", {.permissions = ferry::access::read_write});
+///   auto at = engine.registry().add_file(*f, ferry::access::read_write);   // a region of this segment
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/io/aligned_buffer.hpp"
+#include "ferry/io/detail/resume_op.hpp"
+#include "ferry/io/file.hpp"
+#include "ferry/io/io_context.hpp"
+#include "ferry/memory/access.hpp"
+#include "ferry/memory/file_backing.hpp"
+#include "ferry/transport/uring/detail/io_slots.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <memory>
+#include <span>
+#include <string>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <utility>
+#include <vector>
+
+namespace ferry {
+
+/// How a file is opened for a file region.
+struct uring_file_options {
+  /// `read`: opened read-only (writes fail with errc::permission_denied); `write`/`read_write`: read-write.
+  access permissions = access::read_write;
+  /// Bytes the region covers; 0: the file's size. A writable file shorter than this is extended.
+  std::uint64_t length = 0;
+  /// Create the file if it does not exist (writable files only).
+  bool create = false;
+  /// O_DIRECT (bypass the page cache); where the filesystem refuses it, buffered I/O is used instead.
+  bool direct = true;
+  /// Operations in flight on this file at most.
+  unsigned queue_depth = 64;
+  /// Largest piece of an unaligned request staged in one bounce buffer.
+  std::size_t bounce_size = std::size_t{1} << 20;
+};
+
+class uring_file final : public file_backing {
+  struct private_tag {};
+
+public:
+  /// Opens `path`. Fails with the kernel's reason (ENOENT, EACCES ...) or errc::invalid_argument for an
+  /// empty region.
+  static result<std::shared_ptr<uring_file>> open(io::io_context& ctx, const std::string& path,
+                                                  uring_file_options options = {}) {
+    bool writable = allows(options.permissions, access::write);
+    if (options.create && !writable)
+      return fail(errc::invalid_argument, "uring_file: create needs a writable file");
+    int flags = (writable ? O_RDWR : O_RDONLY) | (options.create ? O_CREAT : 0);
+    auto f = std::make_shared<uring_file>(private_tag{}, ctx, path, options);
+    bool direct = options.direct;
+    auto opened = io::file::open(ctx, path, flags | (direct ? O_DIRECT : 0));
+    if (!opened && direct && opened.error() == std::errc::invalid_argument) {
+      // why: tmpfs before Linux 6.6, ramfs and some FUSE filesystems refuse O_DIRECT; the data is in memory
+      // there anyway
+      direct = false;
+      opened = io::file::open(ctx, path, flags);
+      if (opened) {
+        f->note_ = "uring_file: " + path + ": the filesystem refuses O_DIRECT; using buffered I/O";
+        std::fprintf(stderr, "ferry: %s\n", f->note_.c_str());
+      }
+    }
+    if (!opened)
+      return fail(opened.error());
+    f->file_ = std::move(*opened);
+    f->direct_ = direct;
+    auto size = f->device_size();
+    if (!size)
+      return fail(size.error());
+    f->length_ = options.length ? options.length : *size;
+    if (f->length_ == 0)
+      return fail(errc::invalid_argument, "uring_file: the file is empty (give a length to extend it)");
+    if (f->length_ > *size) {
+      if (!writable)
+        return fail(errc::out_of_bounds, "uring_file: the file is shorter than the length asked for");
+      if (auto t = f->file_.truncate(f->length_); !t)
+        return fail(t.error());
+    }
+    return f;
+  }
+
+  uring_file(private_tag, io::io_context& ctx, std::string path, const uring_file_options& o)
+      : ctx_(ctx), path_(std::move(path)), options_(o), slots_(ctx, o.queue_depth),
+        bounce_size_(std::max<std::size_t>(o.bounce_size, alignment)) {}
+  uring_file(const uring_file&) = delete;
+  uring_file& operator=(const uring_file&) = delete;
+
+  /// O_DIRECT requires buffers, offsets and lengths aligned to this (a multiple of every logical block size
+  /// in use: 512 or 4096).
+  static constexpr std::uint64_t alignment = 4096;
+
+  std::uint64_t length() const noexcept override { return length_; }
+  const std::string& path() const noexcept { return path_; }
+  /// Whether O_DIRECT is in use.
+  bool direct() const noexcept { return direct_; }
+  /// Why I/O is buffered although O_DIRECT was asked for ("" when it is not).
+  const std::string& note() const noexcept { return note_; }
+  int native_handle() const noexcept { return file_.native_handle(); }
+  /// Operations in flight now (at most the queue depth).
+  std::size_t in_flight() const noexcept { return slots_.in_use(); }
+
+  task<result<void>> read(std::uint64_t offset, std::span<std::byte> into) override {
+    if (offset > length_ || into.size() > length_ - offset)
+      co_return fail(errc::out_of_bounds, "uring_file read: range past the end of the file region");
+    std::size_t done = 0;
+    while (done < into.size()) {
+      std::uint64_t at = offset + done;
+      auto rest = into.subspan(done);
+      if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
+        // why: the hot path (aligned, O_DIRECT) awaits the operation here, without a coroutine of its own
+        co_await slots_.acquire();
+        auto n = co_await file_.read_at(at, rest.first(std::min(rest.size(), max_io)));
+        slots_.release();
+        if (!n)
+          co_return fail(n.error());
+        if (*n == 0)
+          co_return fail(errc::out_of_bounds, "uring_file read: the file ends before the range (it shrank)");
+        done += *n;
+        continue;
+      }
+      // Unaligned: read the aligned window around the next piece into a bounce buffer and copy it out.
+      std::uint64_t lo = at / alignment * alignment;
+      std::uint64_t end = std::min<std::uint64_t>(at + rest.size(), lo + bounce_size_);
+      std::uint64_t hi = round_up(end);
+      auto buf = take_bounce();
+      auto n = co_await io_read(lo, std::span(buf.data(), static_cast<std::size_t>(hi - lo)));
+      if (!n) {
+        give_back(std::move(buf));
+        co_return fail(n.error());
+      }
+      std::uint64_t got_end = lo + *n;
+      if (got_end <= at) {
+        give_back(std::move(buf));
+        co_return fail(errc::out_of_bounds, "uring_file read: the file ends before the range (it shrank)");
+      }
+      std::uint64_t take = std::min(end, got_end) - at;
+      std::memcpy(rest.data(), buf.data() + (at - lo), static_cast<std::size_t>(take));
+      give_back(std::move(buf));
+      done += static_cast<std::size_t>(take);
+    }
+    co_return result<void>{};
+  }
+
+  task<result<void>> write(std::uint64_t offset, std::span<const std::byte> from) override {
+    if (!allows(options_.permissions, access::write))
+      co_return fail(errc::permission_denied, "uring_file write: the file was opened read-only");
+    if (offset > length_ || from.size() > length_ - offset)
+      co_return fail(errc::out_of_bounds, "uring_file write: range past the end of the file region");
+    std::size_t done = 0;
+    while (done < from.size()) {
+      std::uint64_t at = offset + done;
+      auto rest = from.subspan(done);
+      if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
+        co_await slots_.acquire();
+        auto n = co_await file_.write_at(at, rest.first(std::min(rest.size(), max_io)));
+        slots_.release();
+        if (!n)
+          co_return fail(n.error());
+        if (*n == 0)
+          co_return fail(errc::short_transfer, "uring_file write: the device accepted no bytes");
+        done += *n;
+        continue;
+      }
+      std::uint64_t lo = at / alignment * alignment;
+      std::uint64_t end = std::min<std::uint64_t>(at + rest.size(), lo + bounce_size_);
+      std::uint64_t hi = round_up(end);
+      bool tail = hi > file_end();
+      if (tail) {
+        if (!buffered_.is_open()) {
+          // why: a partial last block would be written whole with O_DIRECT and grow the file; a second,
+          // buffered descriptor writes exactly the bytes asked for (the kernel keeps it coherent with
+          // O_DIRECT)
+          auto b = io::file::open(ctx_, path_, O_RDWR);
+          if (!b)
+            co_return fail(b.error());
+          buffered_ = std::move(*b);
+        }
+        end = at + std::min<std::uint64_t>(rest.size(), max_io);
+        hi = round_up(end);
+      }
+      auto piece = rest.first(static_cast<std::size_t>(end - at));
+      // An unaligned buffer over whole blocks only needs staging; partial blocks need read-modify-write.
+      result<std::size_t> n;
+      if (!tail && lo == at && hi == end)
+        n = co_await patch(lo, hi, at, piece);
+      else
+        n = co_await locked_write(lo, hi, at, piece, tail);
+      if (!n)
+        co_return fail(n.error());
+      done += *n;
+    }
+    co_return result<void>{};
+  }
+
+private:
+  static constexpr std::size_t max_io = std::size_t{1} << 30; // one operation moves at most 1 GiB
+
+  static constexpr std::uint64_t round_up(std::uint64_t x) noexcept {
+    return (x + alignment - 1) / alignment * alignment;
+  }
+  static bool is_aligned(std::uint64_t at, const void* p, std::size_t len) noexcept {
+    return at % alignment == 0 && reinterpret_cast<std::uintptr_t>(p) % alignment == 0 &&
+           len % alignment == 0;
+  }
+
+  result<std::uint64_t> device_size() const {
+    struct ::stat st {};
+    if (::fstat(file_.native_handle(), &st) < 0)
+      return fail_errno(-errno, "uring_file: fstat");
+    if (S_ISBLK(st.st_mode)) {
+      std::uint64_t bytes = 0;
+      if (::ioctl(file_.native_handle(), BLKGETSIZE64, &bytes) < 0)
+        return fail_errno(-errno, "uring_file: BLKGETSIZE64");
+      return bytes;
+    }
+    return static_cast<std::uint64_t>(st.st_size);
+  }
+  // The end of the file as it is now (a block device: its capacity).
+  std::uint64_t file_end() const {
+    auto s = device_size();
+    return s ? *s : 0;
+  }
+
+  io::aligned_buffer take_bounce() {
+    if (!bounce_pool_.empty()) {
+      auto b = std::move(bounce_pool_.back());
+      bounce_pool_.pop_back();
+      return b;
+    }
+    return io::aligned_buffer(bounce_size_ + alignment, alignment);
+  }
+  void give_back(io::aligned_buffer b) {
+    if (bounce_pool_.size() < options_.queue_depth)
+      bounce_pool_.push_back(std::move(b));
+  }
+
+  // One read or write of `f`, holding one of the file's queue slots.
+  task<result<std::size_t>> run_io(io::file& f, bool is_write, std::uint64_t at, std::byte* p,
+                                   std::size_t len) {
+    co_await slots_.acquire();
+    result<std::size_t> n;
+    if (is_write)
+      n = co_await f.write_at(at, std::span<const std::byte>(p, len));
+    else
+      n = co_await f.read_at(at, std::span(p, len));
+    slots_.release();
+    co_return n;
+  }
+  task<result<std::size_t>> io_read(std::uint64_t at, std::span<std::byte> into) {
+    return run_io(file_, false, at, into.data(), into.size());
+  }
+  task<result<std::size_t>> io_write(std::uint64_t at, std::span<const std::byte> from) {
+    return run_io(file_, true, at, const_cast<std::byte*>(from.data()), from.size());
+  }
+
+  // Writes `data` (at `at`, inside the aligned window [lo, hi)) while no other such write touches the window:
+  // through the buffered descriptor (the file's partial last block), or by reading the window's partial end
+  // blocks, patching them and writing the window whole. Yields the bytes of `data` written.
+  task<result<std::size_t>> locked_write(std::uint64_t lo, std::uint64_t hi, std::uint64_t at,
+                                         std::span<const std::byte> data, bool buffered) {
+    // why: two writes that share a block must not both read it, patch and write it back: the second would
+    // undo the first. Windows in flight are serialized.
+    while (std::any_of(windows_.begin(), windows_.end(),
+                       [&](const window& w) { return w.lo < hi && lo < w.hi; })) {
+      window_waiter w;
+      window_waiters_.push_back(&w);
+      co_await w;
+    }
+    windows_.push_back({lo, hi});
+    result<std::size_t> out;
+    if (buffered) {
+      out = co_await run_io(buffered_, true, at, const_cast<std::byte*>(data.data()), data.size());
+      if (out && *out == 0)
+        out = fail(errc::short_transfer, "uring_file write: the device accepted no bytes");
+    } else {
+      out = co_await patch(lo, hi, at, data);
+    }
+    windows_.erase(std::find_if(windows_.begin(), windows_.end(),
+                                [&](const window& w) { return w.lo == lo && w.hi == hi; }));
+    for (auto* waiter : std::exchange(window_waiters_, {}))
+      ctx_.post(&waiter->op);
+    co_return out;
+  }
+
+  task<result<std::size_t>> patch(std::uint64_t lo, std::uint64_t hi, std::uint64_t at,
+                                  std::span<const std::byte> data) {
+    auto buf = take_bounce();
+    std::uint64_t end = at + data.size();
+    // The first and last blocks keep bytes that are not ours: read them.
+    std::uint64_t heads[2] = {lo, hi - alignment};
+    int count = 0;
+    if (at != lo)
+      heads[count++] = lo;
+    if (end != hi && !(at != lo && hi - alignment == lo)) // the same block is read once
+      heads[count++] = hi - alignment;
+    for (int i = 0; i < count; ++i) {
+      auto n = co_await io_read(heads[i], std::span(buf.data() + (heads[i] - lo), alignment));
+      if (!n) {
+        give_back(std::move(buf));
+        co_return fail(n.error());
+      }
+      if (*n < alignment) // past the end of the file: those bytes read as zeros
+        std::memset(buf.data() + (heads[i] - lo) + *n, 0, alignment - *n);
+    }
+    std::memcpy(buf.data() + (at - lo), data.data(), data.size());
+    std::size_t done = 0;
+    std::size_t window = static_cast<std::size_t>(hi - lo);
+    while (done < window) {
+      auto n = co_await io_write(lo + done, std::span<const std::byte>(buf.data() + done, window - done));
+      if (!n) {
+        give_back(std::move(buf));
+        co_return fail(n.error());
+      }
+      if (*n == 0 || *n % alignment != 0) {
+        give_back(std::move(buf));
+        co_return fail(errc::short_transfer, "uring_file write: the device took part of a block");
+      }
+      done += *n;
+    }
+    give_back(std::move(buf));
+    co_return static_cast<std::size_t>(end - at);
+  }
+
+  struct window {
+    std::uint64_t lo, hi;
+  };
+  struct window_waiter {
+    io::detail::resume_op op;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) noexcept { op.handle = h; }
+    void await_resume() const noexcept {}
+  };
+
+  io::io_context& ctx_;
+  std::string path_;
+  uring_file_options options_;
+  detail::io_slots slots_;
+  std::size_t bounce_size_;
+  io::file file_;
+  io::file buffered_; // opened on the first unaligned write that reaches the file's last partial block
+  bool direct_ = false;
+  std::uint64_t length_ = 0;
+  std::string note_;
+  std::vector<io::aligned_buffer> bounce_pool_;
+  std::vector<window> windows_;
+  std::vector<window_waiter*> window_waiters_;
+};
+
+} // namespace ferry

@@ -1,0 +1,84 @@
+#pragma once
+/// `ferry::uring_transport`: the engine's path to its own file regions (region_registry::add_file). Each
+/// slice becomes reads or writes of the region's file on the engine's loop (io_uring with O_DIRECT, see
+/// ferry::uring_file); all slices of a batch are queued before the ring is entered, so one submission carries
+/// many of them, and each file bounds its own queue depth. Peers reach the same file regions through the tcp
+/// transport: the owner's tcp server serves them, so a caller's code is the same for a local and a remote
+/// file (`ferry::file_engine`). Bounds and permissions are checked against the registry before any I/O.
+/// The ring is the io_context's: SQPOLL is `io_context_options::sqpoll`, the queue depth per file
+/// `uring_file_options::queue_depth`.
+///
+///   ferry::transfer_engine<ferry::uring_transport, ferry::shm_transport, ferry::tcp_transport> engine(ctx);
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/task.hpp"
+#include "ferry/memory/access.hpp"
+#include "ferry/memory/region_registry.hpp"
+#include "ferry/transfer/detail/batch_state.hpp"
+#include "ferry/transfer/peer.hpp"
+#include "ferry/transport/slice.hpp"
+#include "ferry/transport/transport_context.hpp"
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <utility>
+
+namespace ferry {
+
+class uring_transport {
+public:
+  static constexpr std::string_view name = "uring";
+
+  explicit uring_transport(transport_context& tc) noexcept : tc_(tc) {}
+  uring_transport(const uring_transport&) = delete;
+  uring_transport& operator=(const uring_transport&) = delete;
+
+  /// This engine's own file regions.
+  bool reaches(const peer& p, std::uint64_t offset, std::uint64_t length) const {
+    return p.is_self && tc_.registry.is_file(offset, length);
+  }
+
+  void submit(const peer&, slice* s) {
+    access wanted = s->op == transfer_op::write ? access::write : access::read;
+    auto lease = tc_.registry.pin_exposed(s->remote_offset, s->length, wanted, true);
+    if (!lease) {
+      s->settle(lease.error());
+      return;
+    }
+    if (!lease->file()) {
+      s->settle(error(errc::invalid_state, "uring: the region is no longer a file region"));
+      return;
+    }
+    tc_.scope.spawn(run(s, std::move(*lease)));
+  }
+
+  /// Slices already handed to their file finish (the kernel may already have moved their bytes; the batch
+  /// completes once they have): file I/O is not interrupted.
+  void abort(detail::batch_state*) noexcept {}
+
+  void forget(const peer&) noexcept {}
+
+  void shutdown() noexcept { stopping_ = true; }
+
+private:
+  task<> run(slice* s, region_registry::lease lease) {
+    if (s->batch->aborted() || stopping_) {
+      s->settle(error(errc::cancelled, "uring"));
+      co_return;
+    }
+    file_backing* f = lease.file();
+    result<void> r;
+    if (s->op == transfer_op::write)
+      r = co_await f->write(lease.file_offset(), std::span<const std::byte>(s->local, s->length));
+    else
+      r = co_await f->read(lease.file_offset(), std::span<std::byte>(s->local, s->length));
+    lease = {};
+    s->settle(r ? error() : r.error());
+  }
+
+  transport_context& tc_;
+  bool stopping_ = false;
+};
+
+} // namespace ferry

@@ -1,0 +1,222 @@
+#include "uring_test_util.hpp"
+
+#include "ferry/core/task.hpp"
+#include "ferry/io/aligned_buffer.hpp"
+#include "ferry/io/io_context.hpp"
+#include "ferry/transfer.hpp"
+#include "ferry/transport/uring/file_engine.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <sys/mount.h>
+#include <vector>
+
+using ferry::access;
+using ferry::errc;
+using ferry::file_engine;
+using ferry::transfer_batch;
+using ferry::uring_file;
+using ferry::io::aligned_buffer;
+using ferry::io::io_context;
+using namespace ferry_test;
+
+namespace {
+
+/// Writes then reads back through `engine` to `target` (a file region at `base`), with aligned and unaligned
+/// requests in one batch each; the caller's code is the same whether the file is local or remote.
+ferry::task<> round_trip(file_engine& engine, ferry::segment_id target, std::uint64_t base,
+                         aligned_buffer& src, aligned_buffer& back) {
+  transfer_batch w;
+  w.write(src.data(), target, base, 1 << 20)                                     // aligned: direct
+      .write(src.data() + (1 << 20) + 5, target, base + (1 << 20) + 777, 300001) // unaligned: bounced
+      .write(src.data() + (2 << 20), target, base + (2 << 20), 3 * 4096);        // many slices per batch
+  auto wr = co_await engine.transfer(w);
+  REQUIRE_MESSAGE(wr.ok(), wr.first_error().message());
+  CHECK(wr.bytes() == (1 << 20) + 300001 + 3 * 4096);
+  transfer_batch r;
+  r.read(back.data(), target, base, 1 << 20)
+      .read(back.data() + (1 << 20) + 5, target, base + (1 << 20) + 777, 300001)
+      .read(back.data() + (2 << 20), target, base + (2 << 20), 3 * 4096);
+  auto rr = co_await engine.transfer(r);
+  REQUIRE_MESSAGE(rr.ok(), rr.first_error().message());
+  CHECK(std::memcmp(back.data(), src.data(), 1 << 20) == 0);
+  CHECK(std::memcmp(back.data() + (1 << 20) + 5, src.data() + (1 << 20) + 5, 300001) == 0);
+  CHECK(std::memcmp(back.data() + (2 << 20), src.data() + (2 << 20), 3 * 4096) == 0);
+}
+
+} // namespace
+
+TEST_SUITE("uring_transport") {
+  TEST_CASE("the engine reads and writes its own file region through io_uring") {
+    io_context ctx;
+    temp_dir dir;
+    const std::string path = dir / "segment.bin";
+    make_file(path, 8 << 20, 1);
+    file_engine engine(ctx, {.name = "local", .slice_size = 256 * 1024});
+    auto f = uring_file::open(ctx, path);
+    REQUIRE(f);
+    auto at = engine.registry().add_file(*f, access::read_write);
+    REQUIRE(at);
+    aligned_buffer src(3 << 20), back(3 << 20);
+    fill(src.bytes(), 7);
+    REQUIRE(engine.registry().add(src.data(), src.size(), access::none));
+    REQUIRE(engine.registry().add(back.data(), back.size(), access::none));
+    ctx.run_until(round_trip(engine, engine.self, *at + 4096, src, back));
+    CHECK(engine.routed_bytes("uring") == 2 * ((1 << 20) + 300001 + 3 * 4096));
+    CHECK(engine.routed_bytes("shm") == 0);
+    auto disk = file_bytes(path, 4096, 1 << 20);
+    CHECK(std::memcmp(disk.data(), src.data(), 1 << 20) == 0);
+    CHECK(engine.registry().remove_file(*at));
+  }
+
+  TEST_CASE("a remote file segment is served over tcp: the caller's code is the same as for a local file") {
+    io_context ctx;
+    temp_dir dir;
+    const std::string path = dir / "remote.bin";
+    make_file(path, 8 << 20, 1);
+    file_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    file_engine initiator(ctx, {.name = "initiator", .slice_size = 256 * 1024});
+    std::vector<std::byte> memory(1 << 16); // a memory region first: the file's offset is not 0
+    REQUIRE(target.registry().add(memory.data(), memory.size(), access::read_write));
+    auto f = uring_file::open(ctx, path);
+    REQUIRE(f);
+    auto at = target.registry().add_file(*f, access::read_write);
+    REQUIRE(at);
+    CHECK(*at == memory.size());
+    REQUIRE(target.start());
+    aligned_buffer src(3 << 20), back(3 << 20);
+    fill(src.bytes(), 8);
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      co_await round_trip(initiator, *seg, *at, src, back);
+      // Bounds and permissions of the file region are checked by its owner.
+      transfer_batch bad;
+      bad.read(back.data(), *seg, *at + (8 << 20) - 100, 4096);
+      auto br = co_await initiator.transfer(bad);
+      CHECK_FALSE(br.ok());
+      CHECK(br.requests[0].error() == errc::out_of_bounds);
+    }());
+    CHECK(initiator.routed_bytes("tcp") == 2 * ((1 << 20) + 300001 + 3 * 4096));
+    CHECK(initiator.routed_bytes("uring") == 0);
+    auto disk = file_bytes(path, 0, 1 << 20);
+    CHECK(std::memcmp(disk.data(), src.data(), 1 << 20) == 0);
+  }
+
+  TEST_CASE("a read-only file registration refuses writes, locally and from peers") {
+    io_context ctx;
+    temp_dir dir;
+    const std::string path = dir / "ro.bin";
+    make_file(path, 1 << 20, 1);
+    file_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    ferry::default_engine initiator(ctx, {.name = "initiator"});
+    auto f = uring_file::open(ctx, path, {.permissions = access::read});
+    REQUIRE(f);
+    auto at = target.registry().add_file(*f, access::read);
+    REQUIRE(at);
+    REQUIRE(target.start());
+    aligned_buffer local(1 << 16);
+    fill(local.bytes(), 3);
+    REQUIRE(target.registry().add(local.data(), local.size(), access::none));
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      transfer_batch own;
+      own.write(local.data(), target.self, *at, 4096).read(local.data(), target.self, *at + 4096, 4096);
+      auto r = co_await target.transfer(own);
+      CHECK(r.requests[0].error() == errc::permission_denied);
+      CHECK(r.requests[1].value() == 4096);
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch remote;
+      remote.write(local.data(), *seg, *at, 4096);
+      auto rr = co_await initiator.transfer(remote);
+      CHECK(rr.requests[0].error() == errc::permission_denied);
+    }());
+    std::vector<std::byte> expect(1 << 20);
+    fill(expect, 1);
+    CHECK(file_bytes(path, 0, 1 << 20) == expect);
+  }
+
+  TEST_CASE("an engine without the uring transport refuses its own file region clearly") {
+    io_context ctx;
+    temp_dir dir;
+    const std::string path = dir / "plain.bin";
+    make_file(path, 1 << 16, 1);
+    ferry::default_engine engine(ctx, {.name = "plain"});
+    auto f = uring_file::open(ctx, path);
+    REQUIRE(f);
+    auto at = engine.registry().add_file(*f, access::read_write);
+    REQUIRE(at);
+    std::vector<std::byte> local(4096);
+    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+    transfer_batch b;
+    b.read(local.data(), engine.self, *at, 4096);
+    auto r = ctx.run_until(engine.transfer(b));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.requests[0].error() == errc::unsupported);
+    MESSAGE("without uring_transport: ", r.first_error().message());
+  }
+
+  TEST_CASE("ENOSPC fails the write that hit it while the rest of the batch succeeds") {
+    temp_dir dir;
+    if (::mount("tmpfs", dir.path.c_str(), "tmpfs", 0, "size=1m") != 0) {
+      MESSAGE("skipped: cannot mount a small tmpfs here (", std::strerror(errno), "); needs root");
+      return;
+    }
+    struct unmount {
+      std::string at;
+      ~unmount() { ::umount2(at.c_str(), MNT_DETACH); }
+    } unmount_later{dir.path.string()};
+    io_context ctx;
+    const std::string path = dir / "full.bin";
+    file_engine engine(ctx, {.name = "full", .listen = "127.0.0.2:0"});
+    ferry::default_engine peer(ctx, {.name = "peer"});
+    // A sparse 8 MiB file on a 1 MiB filesystem: its first blocks are written, later ones find no space.
+    auto f = uring_file::open(ctx, path, {.length = 8 << 20, .create = true});
+    REQUIRE(f);
+    auto at = engine.registry().add_file(*f, access::read_write);
+    REQUIRE(at);
+    aligned_buffer local(4 << 20), back(256 * 1024);
+    fill(local.bytes(), 4);
+    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+    REQUIRE(engine.registry().add(back.data(), back.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      transfer_batch first;
+      first.write(local.data(), engine.self, *at, 256 * 1024);
+      auto r1 = co_await engine.transfer(first);
+      REQUIRE_MESSAGE(r1.ok(), r1.first_error().message());
+      transfer_batch mixed;
+      mixed
+          .write(local.data() + 4096, engine.self, *at + 4096, 128 * 1024) // rewrites blocks it owns: fits
+          .write(local.data(), engine.self, *at + (2 << 20), 3 << 20)      // 3 MiB more: no space
+          .read(back.data(), engine.self, *at, 256 * 1024);
+      auto r2 = co_await engine.transfer(mixed);
+      CHECK_FALSE(r2.ok());
+      CHECK(r2.requests[0].value() == 128 * 1024);
+      REQUIRE_FALSE(r2.requests[1]);
+      CHECK(r2.requests[1].error() == std::errc::no_space_on_device);
+      MESSAGE("the full filesystem's write: ", r2.requests[1].error().message());
+      CHECK(r2.requests[2].value() == 256 * 1024);
+
+      // A peer writing to the full disk over tcp learns that it is full; its other requests succeed.
+      REQUIRE(engine.start());
+      REQUIRE(peer.registry().add(local.data(), local.size(), access::none));
+      auto seg = co_await peer.open_segment(engine.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch remote;
+      remote.write(local.data(), *seg, *at + (5 << 20), 2 << 20)
+          .read(local.data() + (3 << 20), *seg, *at, 4096);
+      auto r3 = co_await peer.transfer(remote);
+      CHECK_FALSE(r3.ok());
+      REQUIRE_FALSE(r3.requests[0]);
+      CHECK(r3.requests[0].error() == errc::out_of_space);
+      CHECK(r3.requests[1].value() == 4096);
+    }());
+    CHECK(std::memcmp(back.data(), local.data(), 256 * 1024) == 0);
+  }
+}
