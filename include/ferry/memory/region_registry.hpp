@@ -153,7 +153,7 @@ public:
     entry e;
     e.length = file->length();
     e.file = std::move(file);
-    e.exposed = {next_offset_, e.length, permissions, {}, 0};
+    e.exposed = {next_offset_, e.length, permissions, {}, 0, {}};
     auto& stored = files_.emplace(next_offset_, std::move(e)).first->second;
     by_offset_.emplace(next_offset_, &stored);
     next_offset_ += (stored.length + 4095) / 4096 * 4096;
