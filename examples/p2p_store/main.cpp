@@ -48,6 +48,7 @@ struct options {
   std::string metadata;
   bool json = false;
   bool kill_holder = false;
+  double timeout = 600;
   // publisher / fetcher
   std::string name;
   std::string listen;
@@ -107,7 +108,10 @@ int run_peer(const options& o) {
     auto m = ferry::sync_wait(store.publish(o.payload, {std::span<const std::byte>(buffer)}, o.shard_size));
     if (!m) {
       std::fprintf(stderr, "publisher: %s\n", m.error().message().c_str());
-      code = 1;
+      std::printf("failed %s\n", m.error().message().c_str());
+      std::fflush(stdout);
+      ferry::sync_wait(engine.shutdown());
+      return 1;
     } else {
       std::printf("ready %zu shards\n", m->shard_count());
       std::fflush(stdout);
@@ -150,6 +154,7 @@ struct child {
   std::optional<nlohmann::json> result;
   std::size_t progress = 0, total = 0;
   bool ready = false;
+  bool failed = false;
 };
 
 child spawn(const std::vector<std::string>& args, std::string name) {
@@ -212,6 +217,8 @@ bool pump(std::vector<child>& children, int timeout_ms) {
           c.pending.erase(0, nl + 1);
           if (line.starts_with("ready"))
             c.ready = true;
+          else if (line.starts_with("failed"))
+            c.failed = true;
           else if (line.starts_with("progress "))
             std::sscanf(line.c_str(), "progress %zu %zu", &c.progress, &c.total);
           else if (line.starts_with("result "))
@@ -276,7 +283,12 @@ int run_coordinator(options o) {
   };
   std::vector<child> publisher;
   publisher.push_back(spawn(common("publisher", "origin", "127.0.0.2:0"), "origin"));
-  while (!publisher[0].ready && pump(publisher, 100)) {
+  // why: every wait below ends by --timeout at the latest, whatever a peer does
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                             std::chrono::duration<double>(o.timeout));
+  auto in_time = [&] { return std::chrono::steady_clock::now() < deadline; };
+  while (!publisher[0].ready && !publisher[0].failed && in_time() && pump(publisher, 100)) {
   }
   if (!publisher[0].ready) {
     std::fprintf(stderr, "ferry-p2p-demo: the publisher did not start\n");
@@ -292,16 +304,17 @@ int run_coordinator(options o) {
   std::vector<std::string> killed;
   if (o.kill_holder && o.peers >= 2) {
     start_fetcher(0);
-    while (!fetchers[0].result && pump(fetchers, 100)) {
+    while (!fetchers[0].result && in_time() && pump(fetchers, 100)) {
     }
     for (unsigned i = 1; i < o.peers; ++i)
       start_fetcher(i);
     // peer-0 holds every shard and is the least used holder: the others pull from it first. Kill it once
     // they are under way.
     bool under_way = false;
-    while (!under_way && pump(fetchers, 20)) {
+    while (!under_way && in_time() && pump(fetchers, 20)) {
       for (unsigned i = 1; i < o.peers; ++i)
-        under_way = under_way || fetchers[i].progress * 10 >= std::max<std::size_t>(fetchers[i].total, 1);
+        under_way = under_way || fetchers[i].progress * 10 >= std::max<std::size_t>(fetchers[i].total, 1) ||
+                    fetchers[i].result.has_value(); // a fetcher that ended (even failing) ends the wait
     }
     ::kill(fetchers[0].pid, SIGKILL);
     killed.push_back(fetchers[0].name);
@@ -315,8 +328,10 @@ int run_coordinator(options o) {
         return false;
     return true;
   };
-  while (!all_done() && pump(fetchers, 100)) {
+  while (!all_done() && in_time() && pump(fetchers, 100)) {
   }
+  if (!in_time())
+    std::fprintf(stderr, "ferry-p2p-demo: gave up after --timeout %.0f s\n", o.timeout);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   bool verified = true;
@@ -385,6 +400,9 @@ int main(int argc, char** argv) {
   app.add_option("--metadata", o.metadata, "http://, etcd:// or redis:// (default: an embedded ferry-metad)");
   app.add_flag("--json", o.json, "print one JSON object");
   app.add_flag("--kill-holder", o.kill_holder, "kill a holder (SIGKILL) while the others pull from it");
+  app.add_option("--timeout", o.timeout, "seconds the whole demo may take")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--role", o.role)->group("")->check(CLI::IsMember({"coordinator", "publisher", "fetcher"}));
   app.add_option("--name", o.name)->group("");
   app.add_option("--listen", o.listen)->group("");

@@ -115,6 +115,8 @@ public:
     co_await engine_.context().schedule();
     if (shard_size == 0)
       co_return fail(errc::invalid_argument, "p2p: publish: the shard size must be positive");
+    if (name.empty() || name.find('/') != std::string::npos)
+      co_return fail(errc::invalid_argument, "p2p: publish: a payload name is not empty and has no '/'");
     manifest m;
     m.name = name;
     m.shard_size = shard_size;
@@ -141,8 +143,10 @@ public:
       co_return fail(errc::already_exists,
                      "p2p: publish: a payload of that name exists (unpublish it first)");
     auto extents = co_await expose(name, writable);
-    if (!extents)
+    if (!extents) {
+      (void)co_await meta(meta_.remove(holders_key(name, 0)));
       co_return fail(extents.error());
+    }
     for (std::uint64_t off = 0; off < m.size; off += shard_size) {
       XXH3_state_t* st = XXH3_createState();
       XXH3_64bits_reset(st);
@@ -151,17 +155,24 @@ public:
       m.checksums.push_back(XXH3_64bits_digest(st));
       XXH3_freeState(st);
     }
-    if (auto r = co_await meta(meta_.put(replica_key(name, m.origin), extents_json(*extents))); !r)
-      co_return fail(r.error());
-    for (std::size_t i = 1; i < m.shard_count(); ++i)
-      if (auto r = co_await meta(meta_.put(holders_key(name, i), only_origin)); !r)
-        co_return fail(r.error());
-    auto created = co_await meta(meta_.compare_and_set(payload_key(name), std::nullopt, m.to_json()));
-    if (!created)
-      co_return fail(created.error());
-    if (!*created)
+    result<void> written = co_await meta(meta_.put(replica_key(name, m.origin), extents_json(*extents)));
+    for (std::size_t i = 1; written && i < m.shard_count(); ++i)
+      written = co_await meta(meta_.put(holders_key(name, i), only_origin));
+    result<bool> created = false;
+    if (written)
+      created = co_await meta(meta_.compare_and_set(payload_key(name), std::nullopt, m.to_json()));
+    if (!written || !created || !*created) {
+      // why: a publish that failed leaves nothing behind: no holder list, no replica, no registration
+      (void)co_await withdraw(name, m);
+      for (std::size_t i = 0; i < m.shard_count(); ++i)
+        (void)co_await meta(meta_.remove(holders_key(name, i)));
+      if (!written)
+        co_return fail(written.error());
+      if (!created)
+        co_return fail(created.error());
       co_return fail(errc::already_exists,
                      "p2p: publish: a payload of that name exists (unpublish it first)");
+    }
     co_return m;
   }
 
@@ -190,8 +201,11 @@ public:
     if (!extents)
       co_return fail(extents.error());
     auto me = engine_.options().name;
-    if (auto r = co_await meta(meta_.put(replica_key(name, me), extents_json(*extents))); !r)
-      co_return fail(r.error());
+    auto announced = co_await meta(meta_.put(replica_key(name, me), extents_json(*extents)));
+    if (!announced) {
+      (void)co_await withdraw(name, *m);
+      co_return fail(announced.error());
+    }
 
     fetch_state st{*m, into, opts, {}, {}, 0, 0, {}, {}};
     std::vector<task<result<void>>> workers;
@@ -200,8 +214,11 @@ public:
     auto results = co_await ferry::when_all(std::move(workers));
     co_await engine_.context().schedule();
     for (auto& r : results)
-      if (!r)
+      if (!r) {
+        // why: the caller may free `into` after an error; nobody may be sent to it any more
+        (void)co_await withdraw(name, *m);
         co_return fail(r.error());
+      }
     st.report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     co_return std::move(st.report);
   }
@@ -225,7 +242,8 @@ public:
   task<result<void>> unpublish(std::string name) {
     if (auto r = co_await meta(meta_.remove(payload_key(name))); !r)
       co_return fail(r.error());
-    for (const char* kind : {"holders/", "replicas/"}) {
+    static constexpr const char* kinds[] = {"holders/", "replicas/"};
+    for (const char* kind : kinds) {
       auto keys = co_await meta(meta_.list(prefix_ + kind + name + "/"));
       if (!keys)
         co_return fail(keys.error());
@@ -236,6 +254,21 @@ public:
     co_await engine_.context().schedule();
     unexpose(name);
     co_return result<void>{};
+  }
+
+  /// Leaves every holder list of `m`, removes this segment's replica entry and releases its buffers.
+  task<result<void>> withdraw(std::string name, const manifest& m) {
+    auto me = engine_.options().name;
+    result<void> out;
+    for (std::size_t i = 0; i < m.shard_count(); ++i)
+      if (auto r = co_await change_holders(name, i, me, false); !r && r.error() != errc::not_found && out)
+        out = r;
+    auto removed = co_await meta(meta_.remove(replica_key(name, me)));
+    if (!removed && out)
+      out = removed;
+    co_await engine_.context().schedule();
+    unexpose(name);
+    co_return out;
   }
 
   /// Stops serving this segment's copy of `name`: leaves every holder list, then releases the buffers.
@@ -427,8 +460,9 @@ private:
       ++st.report.retries;
       st.given_up.insert(holder);
       auto e = pulled.error();
-      if (e == errc::peer_unreachable || e == errc::closed || e == errc::version_mismatch ||
-          e.code().category() == std::system_category())
+      // why: only evidence that the holder is gone (unreachable, connection refused or reset) removes it for
+      // everyone; anything else (a timeout, a dropped connection, bad bytes) gives it up in this fetch only
+      if (e == errc::peer_unreachable || e.code().category() == std::system_category())
         (void)co_await change_holders(st.m.name, shard, holder, false);
     }
     co_return fail(errc::peer_unreachable, "p2p: fetch: shard " + std::to_string(shard) + " failed " +
@@ -441,8 +475,8 @@ private:
     std::vector<std::string> best;
     std::uint64_t least = ~0ull;
     for (auto& c : candidates) {
-      std::uint64_t load =
-          st.report.pulled_from[c] + (c == st.m.origin && candidates.size() > 1 ? st.m.shard_size * 4 : 0);
+      std::uint64_t load = (st.report.pulled_from.contains(c) ? st.report.pulled_from.at(c) : 0) +
+                           (c == st.m.origin && candidates.size() > 1 ? st.m.shard_size * 4 : 0);
       if (load < least) {
         least = load;
         best.clear();

@@ -9,6 +9,7 @@
 
 #include <doctest/doctest.h>
 
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -56,6 +57,17 @@ TEST_SUITE("schedulers") {
     }());
     CHECK(on_worker);
     CHECK_FALSE(pool.on_worker());
+  }
+
+  TEST_CASE("a pool destroyed by work running on one of its own workers lets that worker go") {
+    auto pool = std::make_unique<ferry::thread_pool>(2);
+    bool done = ferry::sync_wait([&]() -> ferry::task<bool> {
+      co_await pool->schedule();
+      pool.reset(); // on a worker of the pool being destroyed: no join of itself, no terminate
+      co_return true;
+    }());
+    CHECK(done);
+    CHECK(pool == nullptr);
   }
 
   TEST_CASE("resume_on continues on the named scheduler instead of inline") {

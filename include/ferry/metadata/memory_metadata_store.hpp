@@ -77,6 +77,7 @@ public:
   }
   task<result<lease_id>> grant(std::chrono::milliseconds ttl) {
     std::lock_guard lock(mutex_);
+    expire();
     lease_id id = ++last_lease_;
     leases_[id] = lease_state{ttl, clock::now() + ttl};
     co_return id;

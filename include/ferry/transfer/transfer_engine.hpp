@@ -151,9 +151,17 @@ public:
   /// alive while the engine lives, so that a crashed process's segment disappears within
   /// engine_options::metadata_ttl. A ferry::metadata_client made from "p2p" leaves peers to be opened by
   /// address. The store must outlive the engine.
+  /// Call it before publish(); switching stores later forgets the registration in the old one (its lease
+  /// runs out).
   template<metadata_store Store>
   void use_metadata(Store& store, std::string prefix = "ferry/segments/") {
     metadata_prefix_ = std::move(prefix);
+    // why: nothing of a previous store may outlive the switch (its calls capture that store)
+    ++registration_generation_;
+    renewal_stop_.request_stop();
+    published_ = false;
+    lease_.reset();
+    metadata_ = {};
     if constexpr (requires { store.direct(); }) {
       if (store.direct()) {
         metadata_ = {};
@@ -198,9 +206,11 @@ public:
     if (!metadata_.put)
       co_return fail(errc::unsupported, "publish: no metadata store (use_metadata)");
     auto r = co_await register_segment();
-    if (r && metadata_.grant && options_.metadata_ttl.count() > 0 && !renewing_) {
+    // why: a loop told to stop may still be finishing its last metadata call; start a new one regardless
+    if (r && lease_ && (!renewing_ || renewal_stop_.stop_requested()) && !shut_down_) {
       renewing_ = true;
-      scope_.spawn(keep_registered());
+      renewal_stop_ = std::stop_source(); // why: a previous unpublish() stopped the last one for good
+      scope_.spawn(keep_registered(renewal_stop_.get_token()));
     }
     co_return r;
   }
@@ -208,10 +218,13 @@ public:
   /// Removes this segment from the metadata store (shutdown() does it too).
   task<result<void>> unpublish() {
     co_await enter();
+    // why: a registration still in flight (a renewal that re-registers) sees the new generation and undoes
+    // itself instead of publishing again
+    ++registration_generation_;
+    renewal_stop_.request_stop();
     if (!published_)
       co_return result<void>{};
     published_ = false;
-    renewal_stop_.request_stop();
     result<void> r;
     if (lease_) {
       lease_id lease = *std::exchange(lease_, std::nullopt);
@@ -315,15 +328,25 @@ private:
 
   task<> retry_stale(const transfer_batch& batch, const transfer_options& opts,
                      std::chrono::steady_clock::time_point started, batch_result& out) {
-    std::vector<segment_id> changed;
+    std::vector<segment_id> tried, changed;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       segment_id t = batch.requests()[i].target;
       if (out.requests[i] || !stale_descriptor_error(out.requests[i].error()) || t == self ||
-          t >= peers_.size() || std::find(changed.begin(), changed.end(), t) != changed.end())
+          t >= peers_.size() || std::find(tried.begin(), tried.end(), t) != tried.end())
         continue;
+      tried.push_back(t);
+      // why: the lookup counts against the batch's deadline like everything else the batch does
+      std::optional<io::deadline> within;
+      if (opts.timeout.count() > 0) {
+        auto left = opts.timeout - (std::chrono::steady_clock::now() - started);
+        if (left <= std::chrono::steady_clock::duration::zero())
+          co_return;
+        within.emplace(io_, std::chrono::duration_cast<io::io_context::clock::duration>(left), opts.stop);
+      }
       std::uint64_t before = peers_[t].descriptor.incarnation;
       auto version = peers_[t].version;
-      auto r = co_await refresh(t, opts.stop);
+      std::stop_token token = within ? within->token() : opts.stop;
+      auto r = co_await refresh(t, token);
       if (r && (peers_[t].descriptor.incarnation != before || peers_[t].version != version))
         changed.push_back(t);
     }
@@ -503,7 +526,7 @@ public:
     if constexpr (has_tcp) {
       auto t0 = std::chrono::steady_clock::now();
       auto reply = co_await std::get<tcp_transport>(transports_)
-                       .control(peers_[target], tcp::frame_type::ping, {}, stop);
+                       .control(peers_[target], tcp::frame_type::ping, std::string(), stop);
       if (!reply)
         co_return fail(reply.error());
       co_return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
@@ -533,44 +556,69 @@ public:
   }
 
 private:
-  /// Puts the descriptor, under a (new, if needed) lease when the store has leases.
+  /// Puts the descriptor, under a (new, if needed) lease when the store has leases (a store that turns out to
+  /// have none gets a plain put). Gives up, undoing what it did, if unpublish() came meanwhile.
   task<result<void>> register_segment() {
+    const std::uint64_t generation = registration_generation_;
     std::string key = metadata_prefix_ + options_.name;
-    if (!metadata_.grant || options_.metadata_ttl.count() <= 0) {
-      auto r = co_await metadata_.put(key, descriptor().to_json());
-      co_await enter();
-      if (r)
-        published_ = true;
-      co_return r;
-    }
-    for (int attempt = 0; attempt < 2; ++attempt) {
-      if (!lease_) {
-        auto granted = co_await metadata_.grant(options_.metadata_ttl);
+    auto superseded = [&] { return generation != registration_generation_ || shut_down_; };
+    if (metadata_.grant && options_.metadata_ttl.count() > 0) {
+      for (int attempt = 0; attempt < 2; ++attempt) {
+        std::optional<lease_id> fresh;
+        if (!lease_) {
+          auto granted = co_await metadata_.grant(options_.metadata_ttl);
+          co_await enter();
+          if (!granted && granted.error() == errc::unsupported)
+            break; // a metadata_client over a backend without leases
+          if (!granted)
+            co_return fail(granted.error());
+          if (superseded()) {
+            (void)co_await metadata_.revoke(*granted);
+            co_await enter();
+            co_return fail(errc::cancelled, "publish: unpublished meanwhile");
+          }
+          lease_ = fresh = *granted;
+        }
+        lease_id lease = *lease_;
+        auto r = co_await metadata_.put_leased(key, descriptor().to_json(), lease);
         co_await enter();
-        if (!granted)
-          co_return fail(granted.error());
-        lease_ = *granted;
+        if (superseded()) {
+          if (r && fresh)
+            (void)co_await metadata_.revoke(lease);
+          co_await enter();
+          co_return fail(errc::cancelled, "publish: unpublished meanwhile");
+        }
+        if (r) {
+          published_ = true;
+          co_return r;
+        }
+        if (r.error() != errc::not_found)
+          co_return r;
+        lease_.reset(); // the lease ran out meanwhile: take a new one
       }
-      auto r = co_await metadata_.put_leased(key, descriptor().to_json(), *lease_);
-      co_await enter();
-      if (r) {
-        published_ = true;
-        co_return r;
-      }
-      if (r.error() != errc::not_found)
-        co_return r;
-      lease_.reset(); // the lease ran out meanwhile: take a new one
+      if (lease_)
+        co_return fail(errc::invalid_state, "publish: the metadata store keeps losing this segment's lease");
     }
-    co_return fail(errc::invalid_state, "publish: the metadata store keeps losing this segment's lease");
+    auto r = co_await metadata_.put(key, descriptor().to_json());
+    co_await enter();
+    if (superseded()) {
+      if (r)
+        (void)co_await metadata_.remove(key);
+      co_await enter();
+      co_return fail(errc::cancelled, "publish: unpublished meanwhile");
+    }
+    if (r)
+      published_ = true;
+    co_return r;
   }
 
   /// Renews the lease every third of its TTL; registers again when the store lost it.
-  task<> keep_registered() {
+  task<> keep_registered(std::stop_token stop) {
     auto period =
         std::max<std::chrono::milliseconds>(options_.metadata_ttl / 3, std::chrono::milliseconds(10));
-    auto stop = renewal_stop_.get_token();
     while (!stop.stop_requested()) {
-      if (auto slept = co_await io_.sleep_for(period, stop); !slept)
+      auto slept = co_await io_.sleep_for(period, stop);
+      if (!slept || stop.stop_requested())
         break;
       if (!published_)
         continue;
@@ -588,6 +636,9 @@ private:
       }
       registration_error_ = r ? error{} : r.error();
     }
+    // why: only the loop of the current renewal clears the flag; a stopped one may end after a new one began
+    if (stop == renewal_stop_.get_token())
+      renewing_ = false;
   }
 
   struct inbox_waiter {
@@ -687,7 +738,7 @@ private:
     std::apply([&](auto&... t) { (t.abort(a->state), ...); }, a->engine->transports_);
   }
 
-  task<result<segment_descriptor>> fetch(const std::string& locator, std::stop_token stop) {
+  task<result<segment_descriptor>> fetch(std::string locator, std::stop_token stop) {
     if (auto address = io::endpoint::parse(locator)) {
       if constexpr (has_tcp) {
         co_return co_await tcp_transport::fetch_descriptor(
@@ -779,6 +830,7 @@ private:
   bool metadata_direct_ = false;
   bool published_ = false;
   bool renewing_ = false;
+  std::uint64_t registration_generation_ = 0;
   std::optional<lease_id> lease_;
   std::stop_source renewal_stop_;
   error registration_error_;

@@ -181,6 +181,24 @@ TEST_SUITE("metadata backends") {
     exercise(redis.connection(), 1000ms);
   }
 
+  TEST_CASE("publish, unpublish and publish again: the second registration is renewed too") {
+    auto m = connect("memory://republish");
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "again", .listen = "127.0.0.1:0", .metadata_ttl = 300ms});
+    REQUIRE(engine.start());
+    engine.use_metadata(m);
+    const std::string key = "ferry/segments/again";
+    REQUIRE(ctx.run_until(engine.publish()));
+    REQUIRE(ctx.run_until(engine.unpublish()));
+    CHECK_FALSE(sync_wait(m.get(key)).value().has_value());
+    REQUIRE(ctx.run_until(engine.publish()));
+    ctx.run_until([&]() -> ferry::task<> { (void)co_await ctx.sleep_for(1200ms); }()); // four TTLs
+    CHECK(sync_wait(m.get(key)).value().has_value());
+    CHECK_FALSE(engine.registration_error());
+    ctx.run_until(engine.shutdown());
+    CHECK_FALSE(sync_wait(m.get(key)).value().has_value()); // shutdown unpublishes
+  }
+
   TEST_CASE("connection strings: bad ones are refused with the reason") {
     for (const char* bad : {"etcd://", "etcd://host", "etcd://host:notaport", "redis://a:1,b:2",
                             "zookeeper://x:1", "127.0.0.1:2379", "http://:80", "etcd://h:99999"}) {

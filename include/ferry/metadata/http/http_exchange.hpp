@@ -2,7 +2,8 @@
 /// `ferry::http_exchange`: POSTs JSON bodies to one of a list of HTTP endpoints (cpp-httplib) and hands the
 /// reply back to a coroutine. The blocking HTTP call runs on a worker thread of its own, so the caller's loop
 /// never waits on the network; the awaiting coroutine resumes on that worker. An endpoint that cannot be
-/// reached is skipped for the next one in the list (etcd clusters); failures name the endpoints tried.
+/// reached is skipped for the next one in the list (etcd clusters); failures name the endpoints tried. A
+/// request that was sent and then failed is not sent again: its outcome is unknown, and the error says so.
 
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
@@ -85,6 +86,11 @@ public:
       if (!tried.empty())
         tried += ", ";
       tried += e.host + " (" + httplib::to_string(err) + ")";
+      // why: only a request that never reached the server may go to the next endpoint; one that was sent
+      // may have taken effect (a compare-and-set, a lease grant), and sending it again could answer wrongly
+      if (err != httplib::Error::Connection)
+        co_return fail(errc::peer_unreachable, what_ + " " + e.host + ": " + httplib::to_string(err) +
+                                                   " after the request was sent (its outcome is unknown)");
     }
     co_return fail(errc::peer_unreachable, what_ + " unreachable: " + tried);
   }

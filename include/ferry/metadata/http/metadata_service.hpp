@@ -37,6 +37,8 @@ public:
     if (thread_.joinable())
       return fail(errc::invalid_state, "metadata_service: already serving");
     server_ = std::make_unique<httplib::Server>();
+    // why: a request is read whole before it is decoded; bound it (values are at most 64 MiB)
+    server_->set_payload_max_length(std::size_t(65) << 20);
     server_->Post(R"(/v1/[a-z_]+)",
                   [this](const httplib::Request& req, httplib::Response& res) { serve(req, res); });
     int bound = port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);

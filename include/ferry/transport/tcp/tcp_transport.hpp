@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <deque>
@@ -88,7 +89,7 @@ public:
   /// Sends one request on `sock` and reads its reply (hello, notify, ping: the control requests).
   static task<result<control_reply>> exchange_on(io::tcp_socket& sock, tcp::frame_type type,
                                                  std::string payload, std::stop_token stop) {
-    static std::uint64_t next_id = 0;
+    static std::atomic<std::uint64_t> next_id{0};
     tcp::frame_header h;
     h.type = type;
     h.request_id = ++next_id;
@@ -121,7 +122,7 @@ public:
     auto sock = co_await io::tcp_socket::connect(io, address, within.token());
     if (!sock)
       co_return fail(within.expired() ? error(errc::timed_out, "handshake: connect") : sock.error());
-    auto reply = co_await exchange_on(*sock, tcp::frame_type::hello, {}, within.token());
+    auto reply = co_await exchange_on(*sock, tcp::frame_type::hello, std::string(), within.token());
     if (!reply)
       co_return fail(within.expired() ? error(errc::timed_out, "handshake") : reply.error());
     co_return segment_descriptor::parse(reply->payload);
@@ -290,7 +291,7 @@ private:
     if (sock && !stopping_) {
       // why: the address may now be served by a restarted process whose regions differ; bytes must never
       // land by a stale descriptor. One hello per connection confirms who answers.
-      auto hello = co_await exchange_on(*sock, tcp::frame_type::hello, {}, within.token());
+      auto hello = co_await exchange_on(*sock, tcp::frame_type::hello, std::string(), within.token());
       auto d =
           hello ? segment_descriptor::parse(hello->payload) : result<segment_descriptor>(fail(hello.error()));
       if (!d)
