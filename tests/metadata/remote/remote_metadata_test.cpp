@@ -199,6 +199,28 @@ TEST_SUITE("metadata backends") {
     CHECK_FALSE(sync_wait(m.get(key)).value().has_value()); // shutdown unpublishes
   }
 
+  TEST_CASE(
+      "a key put again by another writer leaves the old lease: revoking it never deletes the new value") {
+    ferry_test::etcd_server etcd;
+    ferry_test::redis_server redis;
+    ferry_test::metad_server metad;
+    for (const auto& conn : {etcd.connection(), redis.connection(), metad.connection()}) {
+      CAPTURE(conn);
+      auto a = connect(conn), b = connect(conn);
+      auto lease = sync_wait(a.grant(5000ms));
+      REQUIRE(lease);
+      REQUIRE(sync_wait(a.put("ferry/segments/decode-0", "old", *lease)));
+      REQUIRE(sync_wait(b.put("ferry/segments/decode-0", "new"))); // a restarted owner, say
+      REQUIRE(sync_wait(a.revoke(*lease)));
+      CHECK(sync_wait(b.get("ferry/segments/decode-0")).value() == "new");
+      auto listed = sync_wait(b.list("ferry/")).value();
+      REQUIRE(listed.size() == 1); // no bookkeeping keys show
+      CHECK(listed[0].first == "ferry/segments/decode-0");
+      auto everything = sync_wait(b.list("")).value();
+      CHECK(everything.size() == 1);
+    }
+  }
+
   TEST_CASE("connection strings: bad ones are refused with the reason") {
     for (const char* bad : {"etcd://", "etcd://host", "etcd://host:notaport", "redis://a:1,b:2",
                             "zookeeper://x:1", "127.0.0.1:2379", "http://:80", "etcd://h:99999"}) {

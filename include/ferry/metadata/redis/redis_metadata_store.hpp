@@ -1,9 +1,10 @@
 #pragma once
 /// `ferry::redis_metadata_store`: Redis as a metadata store (hiredis). Leases are kept the Redis way: a key
-/// put under a lease carries the lease's TTL (PX) and keep_alive renews it (PEXPIRE) on every key of the
-/// lease; a key that has expired ends the lease (errc::not_found: grant and put again). Compare-and-set runs
-/// as a Lua script, atomically on the server. Operations run on a worker thread of the store's own and resume
-/// there.
+/// put under a lease carries the lease's TTL (PX), next to an owner key holding the lease's token, and
+/// keep_alive renews both (PEXPIRE) on every key of the lease, atomically and only while the token is still
+/// the owner's; a key that expired or that another writer put since ends the lease (errc::not_found: grant
+/// and put again), and revoking never deletes such a key. Compare-and-set runs as a Lua script, atomically on
+/// the server. Operations run on a worker thread of the store's own and resume there.
 ///
 ///   ferry::redis_metadata_store redis("127.0.0.1:6379");
 ///   co_await redis.put("ferry/segments/decode-0", json);
@@ -19,12 +20,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
+#include <string_view>
 #include <sys/time.h>
 #include <utility>
 #include <vector>
@@ -54,7 +58,9 @@ public:
   task<result<void>> put(std::string key, std::string value) {
     co_await worker_.schedule();
     std::lock_guard lock(mutex_);
-    auto r = command({"SET", key, value});
+    // why: a plain put ends any lease's claim on the key (as in etcd), so its owner key goes too
+    auto r = command({"EVAL", "redis.call('SET', KEYS[1], ARGV[1]) redis.call('DEL', KEYS[2]) return 1", "2",
+                      key, owner_key(key), value});
     if (!r)
       co_return fail(r.error());
     forget_key(key);
@@ -67,7 +73,13 @@ public:
     if (it == leases_.end())
       co_return fail(errc::not_found,
                      "redis: put: lease " + std::to_string(lease) + " has expired or never was");
-    auto r = command({"SET", key, value, "PX", std::to_string(it->second.ttl.count())});
+    // why: the owner key (the lease's token, same TTL) says whose lease the key is under, so that renewing or
+    // revoking never touches a key that another writer has put since
+    auto r =
+        command({"EVAL",
+                 "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) "
+                 "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) return 1",
+                 "2", key, owner_key(key), value, it->second.token, std::to_string(it->second.ttl.count())});
     if (!r)
       co_return fail(r.error());
     forget_key(key);
@@ -77,7 +89,7 @@ public:
   task<result<void>> remove(std::string key) {
     co_await worker_.schedule();
     std::lock_guard lock(mutex_);
-    auto r = command({"DEL", key});
+    auto r = command({"DEL", key, owner_key(key)});
     if (!r)
       co_return fail(r.error());
     forget_key(key);
@@ -106,7 +118,7 @@ public:
       cursor.assign(reply->element[0]->str, reply->element[0]->len);
       for (std::size_t i = 0; i < reply->element[1]->elements; ++i) {
         redisReply* k = reply->element[1]->element[i];
-        if (k->type == REDIS_REPLY_STRING)
+        if (k->type == REDIS_REPLY_STRING && !std::string_view(k->str, k->len).starts_with(owner_prefix))
           keys.emplace_back(k->str, k->len);
       }
     } while (cursor != "0");
@@ -136,12 +148,14 @@ public:
 local v = redis.call('GET', KEYS[1])
 if (ARGV[1] == '0' and v == false) or (ARGV[1] == '1' and v == ARGV[2]) then
   redis.call('SET', KEYS[1], ARGV[3])
+  redis.call('DEL', KEYS[2])
   return 1
 end
 return 0)lua";
     co_await worker_.schedule();
     std::lock_guard lock(mutex_);
-    auto r = command({"EVAL", script, "1", key, expected ? "1" : "0", expected.value_or(""), value});
+    auto r = command(
+        {"EVAL", script, "2", key, owner_key(key), expected ? "1" : "0", expected.value_or(""), value});
     if (!r)
       co_return fail(r.error());
     if (r->get()->type != REDIS_REPLY_INTEGER)
@@ -157,7 +171,7 @@ return 0)lua";
     if (ttl.count() <= 0)
       co_return fail(errc::invalid_argument, "redis: grant: the TTL must be positive");
     lease_id id = ++last_lease_;
-    leases_[id] = lease_state{ttl, {}};
+    leases_[id] = lease_state{ttl, token_ + ":" + std::to_string(id), {}};
     co_return id;
   }
   task<result<void>> keep_alive(lease_id lease) {
@@ -167,15 +181,21 @@ return 0)lua";
     if (it == leases_.end())
       co_return fail(errc::not_found, "redis: keep_alive: lease " + std::to_string(lease) + " has expired");
     for (auto& key : it->second.keys) {
-      auto r = command({"PEXPIRE", key, std::to_string(it->second.ttl.count())});
+      auto r =
+          command({"EVAL",
+                   "if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+                   "redis.call('PEXPIRE', KEYS[2], ARGV[2]) return 1 end return 0",
+                   "2", key, owner_key(key), it->second.token, std::to_string(it->second.ttl.count())});
       if (!r)
         co_return fail(r.error());
       if (r->get()->type != REDIS_REPLY_INTEGER || r->get()->integer != 1) {
-        // why: the key expired (we were cut off longer than the TTL): the lease is over, as etcd would say
+        // why: the key expired (we were cut off longer than the TTL) or was put again by someone else: the
+        // lease is over, as etcd would say; what is still ours goes with it
         std::set<std::string> keys = std::move(it->second.keys);
+        std::string token = it->second.token;
         leases_.erase(it);
         for (auto& k : keys)
-          (void)command({"DEL", k});
+          (void)delete_if_owned(k, token);
         co_return fail(errc::not_found, "redis: keep_alive: lease " + std::to_string(lease) + " has expired");
       }
     }
@@ -188,7 +208,7 @@ return 0)lua";
     if (it == leases_.end())
       co_return result<void>{};
     for (auto& key : it->second.keys)
-      if (auto r = command({"DEL", key}); !r)
+      if (auto r = delete_if_owned(key, it->second.token); !r)
         co_return fail(r.error());
     leases_.erase(it);
     co_return result<void>{};
@@ -204,8 +224,22 @@ private:
   };
   struct lease_state {
     std::chrono::milliseconds ttl{0};
+    std::string token; // this client's random token and the lease id: unique across processes
     std::set<std::string> keys;
   };
+
+  static constexpr std::string_view owner_prefix{"\x01"
+                                                 "ferry-lease-owner"
+                                                 "\x01"};
+  static std::string owner_key(const std::string& key) { return std::string(owner_prefix) + key; }
+
+  /// Deletes `key` (and its owner key) only while the lease with `token` still owns it.
+  result<reply_ptr> delete_if_owned(const std::string& key, const std::string& token) {
+    return command(
+        {"EVAL",
+         "if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[1], KEYS[2]) end return 1",
+         "2", key, owner_key(key), token});
+  }
 
   /// Runs one command (binary-safe arguments), connecting first if needed; a broken connection is dropped
   /// and the next command reconnects.
@@ -246,6 +280,13 @@ private:
     return r;
   }
 
+  static std::string random_token() {
+    std::random_device rd;
+    char text[40];
+    std::snprintf(text, sizeof text, "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
+    return text;
+  }
+
   /// A key written anew no longer belongs to the lease it had.
   void forget_key(const std::string& key) {
     for (auto& [id, l] : leases_)
@@ -257,6 +298,7 @@ private:
   std::unique_ptr<redisContext, context_deleter> ctx_;
   std::map<lease_id, lease_state> leases_;
   lease_id last_lease_ = 0;
+  std::string token_ = random_token();
   std::mutex mutex_;
   thread_pool worker_; // why: last member: its thread finishes queued commands before the rest goes
 };
