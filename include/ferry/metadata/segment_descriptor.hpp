@@ -11,6 +11,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/detail/region_holding.hpp"
 #include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_descriptor.hpp"
 
@@ -51,18 +52,7 @@ struct segment_descriptor {
   }
   /// The region holding [offset, offset + length), or nullptr.
   const region_descriptor* region_for(std::uint64_t offset, std::uint64_t length) const noexcept {
-    std::size_t lo = 0, hi = regions.size();
-    while (lo < hi) { // first region starting after offset
-      std::size_t mid = (lo + hi) / 2;
-      if (regions[mid].offset <= offset)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    if (lo == 0)
-      return nullptr;
-    const auto& r = regions[lo - 1];
-    return r.contains(offset, length) ? &r : nullptr;
+    return detail::region_holding(regions, offset, length);
   }
 
   std::string to_json() const {

@@ -45,16 +45,10 @@ public:
     co_return co_await put(std::move(key), std::move(value), 0);
   }
   task<result<void>> put(std::string key, std::string value, lease_id lease) {
-    auto j = co_await call("/v3/kv/put", etcd::put_body(key, value, lease));
-    if (!j)
-      co_return fail(j.error());
-    co_return result<void>{};
+    co_return co_await done("/v3/kv/put", etcd::put_body(key, value, lease));
   }
   task<result<void>> remove(std::string key) {
-    auto j = co_await call("/v3/kv/deleterange", etcd::delete_body(key));
-    if (!j)
-      co_return fail(j.error());
-    co_return result<void>{};
+    co_return co_await done("/v3/kv/deleterange", etcd::delete_body(key));
   }
   task<result<std::vector<std::pair<std::string, std::string>>>> list(std::string prefix) {
     auto j = co_await call("/v3/kv/range", etcd::prefix_range_body(prefix));
@@ -96,6 +90,14 @@ public:
   }
 
 private:
+  /// A request whose reply carries nothing but success.
+  task<result<void>> done(const char* path, std::string body) {
+    auto j = co_await call(path, std::move(body));
+    if (!j)
+      co_return fail(j.error());
+    co_return result<void>{};
+  }
+
   task<result<nlohmann::json>> call(const char* path, std::string body) {
     auto reply = co_await http_.post(path, std::move(body));
     if (!reply)

@@ -44,19 +44,13 @@ public:
     r.key = std::move(key);
     r.value = std::move(value);
     r.lease = lease;
-    auto j = co_await call(std::move(r));
-    if (!j)
-      co_return fail(j.error());
-    co_return result<void>{};
+    co_return co_await done(std::move(r));
   }
   task<result<void>> remove(std::string key) {
     metad::request r;
     r.op = metad::operation::remove;
     r.key = std::move(key);
-    auto j = co_await call(std::move(r));
-    if (!j)
-      co_return fail(j.error());
-    co_return result<void>{};
+    co_return co_await done(std::move(r));
   }
   task<result<std::vector<std::pair<std::string, std::string>>>> list(std::string prefix) {
     metad::request r;
@@ -92,22 +86,24 @@ public:
     metad::request r;
     r.op = metad::operation::keep_alive;
     r.lease = lease;
-    auto j = co_await call(std::move(r));
-    if (!j)
-      co_return fail(j.error());
-    co_return result<void>{};
+    co_return co_await done(std::move(r));
   }
   task<result<void>> revoke(lease_id lease) {
     metad::request r;
     r.op = metad::operation::revoke;
     r.lease = lease;
+    co_return co_await done(std::move(r));
+  }
+
+private:
+  /// An operation whose reply carries nothing but success.
+  task<result<void>> done(metad::request r) {
     auto j = co_await call(std::move(r));
     if (!j)
       co_return fail(j.error());
     co_return result<void>{};
   }
 
-private:
   task<result<nlohmann::json>> call(metad::request r) {
     std::string body;
     try {

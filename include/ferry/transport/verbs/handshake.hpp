@@ -11,6 +11,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/detail/region_holding.hpp"
 
 #include <array>
 #include <cstddef>
@@ -214,19 +215,7 @@ struct handshake_message {
 
   /// The region holding [offset, offset + length), or nullptr.
   const remote_region* region_for(std::uint64_t offset, std::uint64_t length) const noexcept {
-    std::size_t lo = 0, hi = regions.size();
-    while (lo < hi) {
-      std::size_t mid = (lo + hi) / 2;
-      if (regions[mid].offset <= offset)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    if (lo == 0)
-      return nullptr;
-    const auto& g = regions[lo - 1];
-    bool inside = offset >= g.offset && length <= g.length && offset - g.offset <= g.length - length;
-    return inside ? &g : nullptr;
+    return ferry::detail::region_holding(regions, offset, length);
   }
 
   friend bool operator==(const handshake_message&, const handshake_message&) = default;
