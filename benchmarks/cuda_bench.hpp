@@ -25,6 +25,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <time.h>
 #include <vector>
 
 namespace ferry_bench_cuda {
@@ -41,6 +42,7 @@ struct params {
   std::uint64_t slice_size = 1 << 20;
   bool verify = false;
   bool json = false;
+  ferry::cuda_kernel_shape kernel{};
 };
 
 using clock_type = std::chrono::steady_clock;
@@ -129,6 +131,13 @@ inline double raw_copy_gbps(const params& o, worker& w, double seconds) {
   return static_cast<double>(bytes) / elapsed / 1e9;
 }
 
+// CPU seconds used so far by the calling thread.
+inline double thread_cpu_seconds() {
+  ::timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
 inline ferry::transfer_batch make_batch(const params& o, worker& w) {
   bool write = o.operation == "write";
   ferry::transfer_batch b;
@@ -171,6 +180,7 @@ inline int run(const params& o) {
   eo.name = "ferry-bench-cuda";
   eo.slice_size = static_cast<std::uint32_t>(o.slice_size);
   eo.cuda.method = method;
+  eo.cuda.kernel = o.kernel;
   ferry::transfer_engine<ferry::cuda_transport> engine(ctx, eo);
   bool write = o.operation == "write";
   std::vector<worker> workers(o.threads);
@@ -257,7 +267,9 @@ inline int run(const params& o) {
   };
   run_all(0.3, false);
   auto t0 = clock_type::now();
+  double cpu0 = thread_cpu_seconds();
   run_all(o.duration, true);
+  double loop_cpu = thread_cpu_seconds() - cpu0;
   double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
   if (!failure.empty()) {
     std::fprintf(stderr, "ferry-bench: a batch failed: %s\n", failure.c_str());
@@ -302,8 +314,18 @@ inline int run(const params& o) {
         {"src", name_of(o.src_device)},
         {"dst", name_of(o.dst_device)},
         {"method", o.method},
+        {"kernel",
+         {{"name", o.kernel.kernel == ferry::cuda_copy_kernel::warp_per_piece         ? "warp"
+                   : o.kernel.kernel == ferry::cuda_copy_kernel::block_per_piece_deep ? "block8"
+                                                                                       : "block"},
+          {"threads", o.kernel.threads},
+          {"blocks_per_sm", o.kernel.blocks_per_sm},
+          {"piece_bytes", o.kernel.piece_bytes}}},
         {"raw_copy_gbps", raw},
         {"ratio_to_raw", raw > 0 ? gbps / raw : 0.0},
+        // CPU time of the thread that runs the engine's loop (all the host work of the batches)
+        {"loop_cpu_us_per_batch", batches ? loop_cpu * 1e6 / static_cast<double>(batches) : 0.0},
+        {"loop_cpu_share", seconds > 0 ? loop_cpu / seconds : 0.0},
     };
     std::printf("%s\n", j.dump().c_str());
   } else {

@@ -88,6 +88,10 @@ struct options {
   int src_device = 0; // --protocol cuda
   int dst_device = 1;
   std::string cuda_method = "automatic";
+  std::string cuda_kernel = "block";     // block | block8 | warp
+  unsigned cuda_kernel_threads = ferry::cuda_kernel_shape{}.threads;
+  unsigned cuda_blocks_per_sm = ferry::cuda_kernel_shape{}.blocks_per_sm;
+  std::uint64_t cuda_piece_size = ferry::cuda_kernel_shape{}.piece_bytes;
   bool verify = false;
   bool restore = true;
   bool progress = true;
@@ -668,6 +672,20 @@ int main(int argc, char** argv) {
   app.add_option("--cuda-method", o.cuda_method, "cuda: how batches move")
       ->check(CLI::IsMember({"automatic", "kernel", "memcpy_batch", "copy_engine"}))
       ->capture_default_str();
+  app.add_option("--cuda-kernel", o.cuda_kernel,
+                 "cuda: the copy kernel (block: a CUDA block per piece, block8: the same with deeper loads, "
+                 "warp: a warp per piece)")
+      ->check(CLI::IsMember({"block", "block8", "warp"}))
+      ->capture_default_str();
+  app.add_option("--cuda-kernel-threads", o.cuda_kernel_threads, "cuda: threads per CUDA block of the kernel")
+      ->check(CLI::Range(32u, 1024u))
+      ->capture_default_str();
+  app.add_option("--cuda-blocks-per-sm", o.cuda_blocks_per_sm,
+                 "cuda: the kernel's CUDA blocks per SM (0: one per piece)")
+      ->capture_default_str();
+  app.add_option("--cuda-piece-size", o.cuda_piece_size, "cuda: the kernel's unit of work, in bytes")
+      ->transform(CLI::AsSizeValue(false))
+      ->capture_default_str();
   app.add_option(
       "--local-blocks", o.local_blocks,
       "initiator: distinct local blocks a batch's requests cycle through (default: one per request; "
@@ -735,6 +753,12 @@ int main(int argc, char** argv) {
     ferry_bench_cuda::params p{o.src_device, o.dst_device, o.operation, o.cuda_method,
                                o.block_size, o.batch_size, o.threads,   o.duration < 0 ? 10 : o.duration,
                                o.slice_size, o.verify,     o.json};
+    p.kernel.kernel = o.cuda_kernel == "warp"     ? ferry::cuda_copy_kernel::warp_per_piece
+                      : o.cuda_kernel == "block8" ? ferry::cuda_copy_kernel::block_per_piece_deep
+                                                  : ferry::cuda_copy_kernel::block_per_piece;
+    p.kernel.threads = o.cuda_kernel_threads;
+    p.kernel.blocks_per_sm = o.cuda_blocks_per_sm;
+    p.kernel.piece_bytes = static_cast<std::uint32_t>(o.cuda_piece_size);
     return ferry_bench_cuda::run(p);
 #else
     std::fprintf(stderr, "ferry-bench: built without the CUDA toolkit; --protocol cuda is not available\n");

@@ -255,6 +255,56 @@ TEST_SUITE("transfer_engine") {
     CHECK(engine.routed_bytes("shm") == local.size());
   }
 
+  TEST_CASE("memory registered as GPU memory is never handed to the shm or tcp transport") {
+    // why: host memory stands in for GPU memory here (only the registration says what it is), so that the
+    // refusal is checked on hosts without a GPU; on a real GPU a CPU copy or send() of it would fault
+    ferry::io::io_context ctx;
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    std::vector<std::byte> gpu_like(1 << 16), host(1 << 16), local_gpu_like(1 << 16), local(1 << 16);
+    const ferry::memory_location on_gpu{ferry::memory_kind::cuda_device, 0, {}, 0};
+    auto gpu_off = target.registry().add(gpu_like.data(), gpu_like.size(), access::read_write, on_gpu);
+    REQUIRE(gpu_off);
+    auto host_off = target.registry().add(host.data(), host.size(), access::read_write);
+    REQUIRE(host_off);
+    REQUIRE(target.registry().add(local.data(), local.size(), access::none));
+    REQUIRE(target.registry().add(local_gpu_like.data(), local_gpu_like.size(), access::none, on_gpu));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    REQUIRE(initiator.registry().add(local_gpu_like.data(), local_gpu_like.size(), access::none, on_gpu));
+    fill(local, 9);
+    ctx.run_until([&]() -> ferry::task<> {
+      // In process (the shm transport copies with the CPU).
+      transfer_batch self;
+      self.write(local.data(), target.self, *gpu_off, 4096);          // 0: into GPU memory
+      self.write(local_gpu_like.data(), target.self, *host_off, 4096); // 1: out of GPU memory
+      self.write(local.data(), target.self, *host_off, 4096);          // 2: host to host: fine
+      auto r = co_await target.transfer(self);
+      CHECK_FALSE(r.ok());
+      CHECK(r.requests[0].error() == errc::unsupported);
+      MESSAGE("into GPU memory, in process: ", r.requests[0].error().message());
+      CHECK(r.requests[1].error() == errc::unsupported);
+      MESSAGE("out of GPU memory, in process: ", r.requests[1].error().message());
+      CHECK(r.requests[2].value() == 4096);
+      // Over tcp: the owner refuses to send() or recv() GPU memory; the initiator refuses to send from it.
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch remote;
+      remote.write(local.data(), *seg, *gpu_off, 4096);              // 0
+      remote.read(local.data(), *seg, *gpu_off, 4096);               // 1
+      remote.write(local_gpu_like.data(), *seg, *host_off, 4096);    // 2
+      remote.write(local.data(), *seg, *host_off, 4096);             // 3: fine
+      auto t = co_await initiator.transfer(remote);
+      CHECK_FALSE(t.ok());
+      for (int i : {0, 1, 2}) {
+        CHECK(t.requests[i].error() == errc::unsupported);
+        MESSAGE("over tcp, request ", i, ": ", t.requests[i].error().message());
+      }
+      CHECK(t.requests[3].value() == 4096);
+    }());
+    CHECK(std::equal(host.begin(), host.begin() + 4096, local.begin()));
+  }
+
   TEST_CASE("bad requests fail precisely while the rest of the batch succeeds") {
     ferry::io::io_context ctx;
     ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});

@@ -69,6 +69,16 @@ public:
     /// For a file region: where the range asked for starts in the file.
     std::uint64_t file_offset() const noexcept { return file_offset_; }
     explicit operator bool() const noexcept { return owner_ != nullptr; }
+    /// Where the held region's memory lives (host, pinned host, a GPU).
+    const memory_location& location() const noexcept { return entry_->exposed.location; }
+    /// Whether [p, p + n) lies in the held region too (a second pin of it would hold nothing more).
+    bool covers(const void* p, std::size_t n) const noexcept {
+      if (!owner_ || !entry_->base)
+        return false;
+      auto at = reinterpret_cast<std::uintptr_t>(p);
+      auto base = reinterpret_cast<std::uintptr_t>(entry_->base);
+      return at >= base && at - base <= entry_->length && n <= entry_->length - (at - base);
+    }
 
   private:
     friend class region_registry;
@@ -220,9 +230,10 @@ public:
   }
 
   /// Checks a peer's access to [offset, offset + length) of this segment and holds the region while it runs.
-  /// A file region is refused (errc::unsupported) unless `files_too`; then the lease names its file.
+  /// A file region is refused (errc::unsupported) unless `files_too`; then the lease names its file. GPU
+  /// memory is refused (errc::unsupported) unless `gpu_too`.
   result<lease> pin_exposed(std::uint64_t offset, std::uint64_t length, access wanted,
-                            bool files_too = false) {
+                            bool files_too = false, bool gpu_too = false) {
     std::lock_guard lock(mutex_);
     auto it = by_offset_.upper_bound(offset);
     if (it == by_offset_.begin())
@@ -239,6 +250,10 @@ public:
       ++e->uses;
       return lease(this, e, nullptr, offset - e->exposed.offset);
     }
+    // why: the CPU cannot touch GPU memory; a transport that would memcpy or send() it must not get it
+    if (e->exposed.location.kind == memory_kind::cuda_device && !gpu_too)
+      return fail(errc::unsupported, "the region is GPU memory: its owner moves it through the cuda transport "
+                                     "(add ferry::cuda_transport to the engine)");
     ++e->uses;
     return lease(this, e, e->base + (offset - e->exposed.offset));
   }

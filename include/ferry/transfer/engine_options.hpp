@@ -34,6 +34,24 @@ enum class cuda_copy_method : std::uint8_t {
   copy_engine,  ///< always one cudaMemcpyAsync per block, spread over the device's streams
 };
 
+/// Which copy kernel moves a batch of small blocks (see transport/cuda/detail/copy_kernel.cu).
+enum class cuda_copy_kernel : std::uint8_t {
+  block_per_piece,      ///< one CUDA block copies a piece, 4 loads in flight per thread
+  block_per_piece_deep, ///< one CUDA block copies a piece, 8 loads in flight per thread
+  warp_per_piece,       ///< one warp copies a piece, 8 loads in flight per lane
+};
+
+/// How the copy kernel is launched.
+struct cuda_kernel_shape {
+  cuda_copy_kernel kernel = cuda_copy_kernel::block_per_piece;
+  /// Threads per CUDA block.
+  unsigned threads = 512;
+  /// CUDA blocks per SM of the device; 0: one CUDA block per piece.
+  unsigned blocks_per_sm = 0;
+  /// Blocks are cut into pieces of at most this many bytes, the unit of work of a CUDA block or warp.
+  std::uint32_t piece_bytes = 64u << 10;
+};
+
 struct cuda_options {
   /// Streams per device that copies are spread over.
   unsigned streams_per_device = 4;
@@ -43,6 +61,8 @@ struct cuda_options {
   cuda_copy_method small_blocks = cuda_copy_method::kernel;
   /// Forces one method for every batch (benchmarks); automatic chooses per batch.
   cuda_copy_method method = cuda_copy_method::automatic;
+  /// The copy kernel and its launch shape.
+  cuda_kernel_shape kernel{};
 };
 
 struct engine_options {

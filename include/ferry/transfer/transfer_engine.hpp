@@ -379,7 +379,7 @@ private:
   task<batch_result> run_batch(const transfer_batch& batch, const transfer_options& opts) {
     detail::batch_state state(io_, batch.size(), options_.retry_budget, this, &retry_slice);
     std::vector<region_registry::lease> local_leases;
-    local_leases.reserve(batch.size());
+    std::vector<std::size_t> on_gpu; // requests whose local memory is GPU memory
 
     // Validate and cut into slices.
     std::size_t slice_count = 0;
@@ -390,12 +390,18 @@ private:
         state.reject(i, bad);
         continue;
       }
-      auto lease = registry_.pin_local(r.local, r.length);
-      if (!lease) {
-        state.reject(i, lease.error());
-        continue;
+      // why: one lease per local region holds it for the whole batch; a batch of thousands of blocks in one
+      // buffer takes the registry's lock once, not once per block
+      if (local_leases.empty() || !local_leases.back().covers(r.local, r.length)) {
+        auto lease = registry_.pin_local(r.local, r.length);
+        if (!lease) {
+          state.reject(i, lease.error());
+          continue;
+        }
+        local_leases.push_back(std::move(*lease));
       }
-      local_leases.push_back(std::move(*lease));
+      if (local_leases.back().location().kind == memory_kind::cuda_device)
+        on_gpu.push_back(i);
       slice_count += (r.length + slice_size - 1) / slice_size;
     }
     state.slices.resize(slice_count);
@@ -413,6 +419,7 @@ private:
         s.length = static_cast<std::uint32_t>(std::min(slice_size, r.length - off));
         s.request = static_cast<std::uint32_t>(i);
         s.batch = &state;
+        s.local_on_gpu = !on_gpu.empty() && std::binary_search(on_gpu.begin(), on_gpu.end(), i);
       }
     }
     state.begin();
@@ -429,7 +436,9 @@ private:
       if (state.aborted())
         s.settle(error(errc::cancelled, "transfer"));
       else if (!route(peers_[s.target], &s, 0))
-        s.settle(error(errc::unsupported, "transfer: no transport reaches the target"));
+        s.settle(s.local_on_gpu ? error(errc::unsupported, "transfer: the local buffer is GPU memory and no "
+                                                           "transport of this engine moves GPU memory there")
+                                : error(errc::unsupported, "transfer: no transport reaches the target"));
     }
     co_await state.wait();
     co_await relay.retire();
@@ -706,7 +715,8 @@ private:
   bool route(const peer& p, slice* s, std::size_t first) {
     if constexpr (I < sizeof...(Transports)) {
       auto& t = std::get<I>(transports_);
-      if (I >= first && t.reaches(p, s->remote_offset, s->length)) {
+      using T = std::tuple_element_t<I, std::tuple<Transports...>>;
+      if (I >= first && (!s->local_on_gpu || moves_gpu_memory<T>) && t.reaches(p, s->remote_offset, s->length)) {
         s->transport = static_cast<std::uint8_t>(I);
         routed_[I] += s->length;
         t.submit(p, s);

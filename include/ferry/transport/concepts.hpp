@@ -33,4 +33,15 @@ concept transport = requires(T& t, const peer& p, slice* s, detail::batch_state*
   t.shutdown();
 };
 
+/// Whether transport T moves bytes whose local side is GPU memory (it says so with
+/// `static constexpr bool moves_gpu_memory = true`). The engine never hands such a slice to another one:
+/// a transport that copies with the CPU or send()s would touch memory the CPU cannot reach.
+template<class T>
+inline constexpr bool moves_gpu_memory = [] {
+  if constexpr (requires { T::moves_gpu_memory; })
+    return static_cast<bool>(T::moves_gpu_memory);
+  else
+    return false;
+}();
+
 } // namespace ferry

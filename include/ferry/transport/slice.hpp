@@ -26,6 +26,7 @@ struct slice {
   std::uint16_t attempt = 0;  ///< 0 for the first try; the path differs on each retry
   std::uint16_t path = 0;     ///< which of the transport's paths (connection, thread ...) carries it
   std::uint8_t transport = 0; ///< index of the engine's transport that holds it
+  bool local_on_gpu = false;  ///< `local` is GPU memory: only a transport that moves GPU memory may take it
   detail::batch_state* batch = nullptr;
   // For the transport that holds it:
   std::uint64_t wire_id = 0;

@@ -396,6 +396,39 @@ TEST_SUITE("cuda_transport") {
     CHECK(::cudaDeviceSynchronize() == ::cudaSuccess); // the context is still healthy
   }
 
+  TEST_CASE("a GPU fault while a batch is queued ends the batch with the fault's error, never a hang") {
+    if (skip_unless_gpus(1))
+      return;
+    // In a process of its own: the fault breaks that process's CUDA context.
+    int out[2];
+    REQUIRE(::pipe(out) == 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    char mode[] = "fault", dev[] = "0";
+    char* argv[] = {const_cast<char*>(FERRY_CUDA_IPC_PEER), mode, dev, nullptr};
+    pid_t pid = -1;
+    REQUIRE(::posix_spawn(&pid, FERRY_CUDA_IPC_PEER, &fa, nullptr, argv, environ) == 0);
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(out[1]);
+    int status = 0;
+    bool exited = wait_exit(pid, std::chrono::seconds(30), status);
+    if (!exited) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+    }
+    std::string line;
+    char c;
+    while (::read(out[0], &c, 1) == 1 && c != '\n')
+      line.push_back(c);
+    ::close(out[0]);
+    MESSAGE("the faulting process printed: ", line);
+    REQUIRE_MESSAGE(exited, "the batch did not end within 30 s of the fault");
+    CHECK(line.rfind("batch failed in ", 0) == 0);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  }
+
   TEST_CASE("GPU memory of another process is reached through CUDA IPC and refused once it exited") {
     if (skip_unless_gpus(1))
       return;

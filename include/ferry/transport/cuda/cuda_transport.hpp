@@ -5,7 +5,7 @@
 /// goes over PCIe. The slices submitted in one turn of the loop form one batch per pair of memories: a batch
 /// of small blocks is moved by one copy-kernel launch (or one cudaMemcpyBatchAsync), a batch of large blocks
 /// by the copy engines, one cudaMemcpyAsync per block over the device's streams (engine_options::cuda).
-/// Completion comes back through the io_context (a CUDA host function posts to it): no thread waits on the
+/// Completion comes back through the io_context (a CUDA stream callback posts to it): no thread waits on the
 /// GPU. Register GPU and pinned memory with ferry::cuda::register_memory so that its kind, device and IPC
 /// handle are known; bounds, permissions and that the memory is still a CUDA allocation are checked before
 /// any copy is launched, and every CUDA error becomes a ferry error naming the call.
@@ -40,6 +40,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cuda_runtime_api.h>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <poll.h>
@@ -60,8 +61,9 @@ class cuda_transport {
     void* dst;
     unsigned long long length;
   };
-  // why: pieces bound the work of one CUDA block, so that a batch of uneven blocks keeps every SM busy
-  static constexpr std::uint64_t piece_bytes = 64 * 1024;
+
+  // Batches of one flush share a kernel launch until it holds this many bytes.
+  static constexpr std::uint64_t shared_launch_bytes = 8u << 20;
 
   struct ipc_mapping {
     void* base = nullptr;
@@ -119,6 +121,7 @@ class cuda_transport {
     piece* device_pieces = nullptr;
     std::size_t capacity = 0;
     io::detail::resume_op resume;
+    ::cudaError_t callback_status = ::cudaSuccess; // what the stream reported to the completion callback
     ~launch() {
       if (host_pieces)
         ::cudaFreeHost(host_pieces);
@@ -131,6 +134,7 @@ class cuda_transport {
 
   struct device_state {
     bool ready = false;
+    unsigned sms = 1; // streaming multiprocessors (sizes the kernel's grid)
     std::vector<::cudaStream_t> streams;
     unsigned next_stream = 0;
     std::vector<std::unique_ptr<launch>> idle;
@@ -138,6 +142,7 @@ class cuda_transport {
 
 public:
   static constexpr std::string_view name = "cuda";
+  static constexpr bool moves_gpu_memory = true;
 
   explicit cuda_transport(transport_context& tc) : tc_(tc), opts_(tc.options.cuda) {}
   cuda_transport(const cuda_transport&) = delete;
@@ -203,7 +208,7 @@ public:
 
   /// Copies already launched finish (a GPU copy cannot be recalled); slices not launched yet are cancelled at
   /// the next flush. A batch therefore ends only when its launched copies are done, also past its deadline;
-  /// a GPU fault that breaks the device's context would leave them waiting (nothing checks for that yet).
+  /// a GPU fault that breaks the device's context ends them with the fault's error.
   void abort(detail::batch_state*) noexcept {}
 
   void forget(const peer& p) { peers_.erase(p.id); }
@@ -362,7 +367,7 @@ private:
         auto h = std::find_if(leases.begin(), leases.end(),
                               [&](const held& x) { return x.region == e.region && x.wanted == wanted; });
         if (h == leases.end()) {
-          auto l = tc_.registry.pin_exposed(r->offset, r->length, wanted);
+          auto l = tc_.registry.pin_exposed(r->offset, r->length, wanted, false, true);
           if (!l) {
             settle(e, l.error());
             continue;
@@ -475,11 +480,32 @@ private:
         tc_.scope.spawn(run_launch(l, m, g.src, g.dst));
       return;
     }
-    launch* l = take_launch(device);
+    // One launch per batch once batches are large, small batches of one flush share a launch.
+    // why: batches submitted in the same turn of the loop (several callers) would otherwise all wait for one
+    // launch and complete together; their callers would then prepare the next ones together while the GPU
+    // idles. A launch each lets the GPU run one batch while the loop prepares the next.
     auto& ds = devices_[static_cast<std::size_t>(device)];
-    l->stream = ds.streams[ds.next_stream++ % ds.streams.size()];
-    l->entries = std::move(g.entries);
-    tc_.scope.spawn(run_launch(l, m, g.src, g.dst));
+    const std::size_t n = g.entries.size();
+    std::size_t start = 0;
+    std::uint64_t bytes = 0;
+    for (std::size_t k = 0; k <= n; ++k) {
+      if (k == n || (bytes >= shared_launch_bytes && g.entries[k].s->batch != g.entries[k - 1].s->batch)) {
+        launch* l = take_launch(device);
+        l->stream = ds.streams[ds.next_stream++ % ds.streams.size()];
+        if (start == 0 && k == n) {
+          l->entries = std::move(g.entries);
+        } else {
+          l->entries.reserve(k - start);
+          std::move(g.entries.begin() + static_cast<std::ptrdiff_t>(start),
+                    g.entries.begin() + static_cast<std::ptrdiff_t>(k), std::back_inserter(l->entries));
+        }
+        tc_.scope.spawn(run_launch(l, m, g.src, g.dst));
+        start = k;
+        bytes = 0;
+      }
+      if (k < n)
+        bytes += g.entries[k].s->length;
+    }
   }
 
   task<> run_launch(launch* l, cuda_copy_method m, side src, side dst) {
@@ -490,7 +516,7 @@ private:
       ::cudaError_t e = co_await c;
       if (e != ::cudaSuccess) {
         ::cudaGetLastError();
-        failed = cuda::cuda_error(e, "cudaLaunchHostFunc");
+        failed = cuda::cuda_error(e, "the batch's copies (cudaStreamAddCallback)");
       } else if (::cudaError_t q = ::cudaEventQuery(l->done); q != ::cudaSuccess) {
         ::cudaGetLastError();
         failed = cuda::cuda_error(q, "cudaEventQuery (after the batch's copies)");
@@ -503,19 +529,27 @@ private:
     devices_[static_cast<std::size_t>(l->device)].idle.emplace_back(l);
   }
 
-  // Resumes the awaiting coroutine on the loop once the stream has reached this point.
+  // Resumes the awaiting coroutine on the loop once the stream has reached this point, with the stream's
+  // status then.
+  // why cudaStreamAddCallback, not cudaLaunchHostFunc: a host function is never called once the context has
+  // failed (a GPU fault), which would leave the batch waiting forever; a stream callback runs exactly once
+  // and is told the error.
   struct completion {
     launch* l;
     ::cudaError_t status = ::cudaSuccess;
     bool await_ready() const noexcept { return false; }
     bool await_suspend(std::coroutine_handle<> h) noexcept {
       l->resume.handle = h;
-      status = ::cudaLaunchHostFunc(l->stream, &completion::on_done, l);
+      l->callback_status = ::cudaSuccess;
+      status = ::cudaStreamAddCallback(l->stream, &completion::on_done, l, 0);
       return status == ::cudaSuccess;
     }
-    ::cudaError_t await_resume() const noexcept { return status; }
-    static void on_done(void* p) {
+    ::cudaError_t await_resume() const noexcept {
+      return status != ::cudaSuccess ? status : l->callback_status;
+    }
+    static void CUDART_CB on_done(::cudaStream_t, ::cudaError_t st, void* p) {
       auto* l = static_cast<launch*>(p);
+      l->callback_status = st;
       // why: runs on a CUDA thread that must not call CUDA; posting wakes the loop, which resumes the batch
       l->owner->tc_.io.post(&l->resume);
     }
@@ -535,6 +569,9 @@ private:
       return cuda::cuda_error(e, what);
     };
     if (m == cuda_copy_method::kernel) {
+      // why: pieces bound the work of one CUDA block (or warp), so that a batch of uneven blocks keeps every
+      // SM busy
+      const std::uint64_t piece_bytes = std::max<std::uint32_t>(opts_.kernel.piece_bytes, 512);
       std::size_t count = 0;
       for (auto& e : l.entries)
         count += (e.s->length + piece_bytes - 1) / piece_bytes;
@@ -553,9 +590,16 @@ private:
         return loaded;
       unsigned long long n = count;
       void* args[] = {&l.device_pieces, &n};
-      unsigned grid = static_cast<unsigned>(std::min<std::size_t>(count, 16384));
+      const auto& shape = opts_.kernel;
+      unsigned threads = std::clamp(shape.threads, 32u, 1024u);
+      std::size_t per_cta = shape.kernel == cuda_copy_kernel::warp_per_piece ? threads / 32 : 1;
+      std::size_t wanted = (count + per_cta - 1) / per_cta;
+      if (shape.blocks_per_sm > 0)
+        wanted = std::min<std::size_t>(wanted,
+                                       std::size_t{shape.blocks_per_sm} * devices_[std::size_t(l.device)].sms);
+      unsigned grid = static_cast<unsigned>(std::clamp<std::size_t>(wanted, 1, 65535));
       if (::cudaError_t e = ::cudaLaunchKernel(reinterpret_cast<const void*>(kernel_), ::dim3(grid),
-                                               ::dim3(512), args, 0, l.stream);
+                                               ::dim3(threads), args, 0, l.stream);
           e != ::cudaSuccess)
         return clear(e, "cudaLaunchKernel (ferry_copy_pieces)");
       ++kernel_launches_;
@@ -629,6 +673,10 @@ private:
       }
       ds.streams.push_back(st);
     }
+    int sms = 0;
+    if (::cudaDeviceGetAttribute(&sms, ::cudaDevAttrMultiProcessorCount, device) == ::cudaSuccess && sms > 0)
+      ds.sms = static_cast<unsigned>(sms);
+    ::cudaGetLastError();
     ds.ready = true;
     return {};
   }
@@ -701,11 +749,15 @@ private:
       library_ = nullptr;
       return cuda::cuda_error(e, "cudaLibraryLoadData (copy kernel)");
     }
-    if (::cudaError_t e = ::cudaLibraryGetKernel(&kernel_, library_, cuda::detail::copy_kernel_name);
-        e != ::cudaSuccess) {
+    const char* name = cuda::detail::copy_kernel_name;
+    if (opts_.kernel.kernel == cuda_copy_kernel::block_per_piece_deep)
+      name = cuda::detail::copy_kernel_u8_name;
+    else if (opts_.kernel.kernel == cuda_copy_kernel::warp_per_piece)
+      name = cuda::detail::copy_kernel_warps_name;
+    if (::cudaError_t e = ::cudaLibraryGetKernel(&kernel_, library_, name); e != ::cudaSuccess) {
       ::cudaGetLastError();
       kernel_ = nullptr;
-      return cuda::cuda_error(e, "cudaLibraryGetKernel (ferry_copy_pieces)");
+      return cuda::cuda_error(e, "cudaLibraryGetKernel (copy kernel)");
     }
     return {};
   }

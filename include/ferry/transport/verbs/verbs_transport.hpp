@@ -780,7 +780,7 @@ private:
     auto regions = tc_.registry.exposed();
     std::map<std::tuple<std::uintptr_t, std::uint64_t, std::uint8_t>, ::ibv_mr*> keep;
     for (auto& r : regions) {
-      auto l = tc_.registry.pin_exposed(r.offset, r.length, r.permissions);
+      auto l = tc_.registry.pin_exposed(r.offset, r.length, r.permissions, false, true);
       if (!l)
         continue;
       auto key = std::make_tuple(reinterpret_cast<std::uintptr_t>(l->data()), r.length,

@@ -24,137 +24,1017 @@ inline constexpr const char copy_kernel_ptx[] = R"ptx(
 	.param .u64 ferry_copy_pieces_param_0,
 	.param .u64 ferry_copy_pieces_param_1
 )
-.maxntid 512, 1, 1
+.maxntid 1024, 1, 1
 {
 	.reg .pred 	%p<12>;
 	.reg .b16 	%rs<3>;
-	.reg .b32 	%r<45>;
+	.reg .b32 	%r<54>;
 	.reg .b64 	%rd<64>;
 
 
-	ld.param.u64 	%rd29, [ferry_copy_pieces_param_0];
-	ld.param.u64 	%rd30, [ferry_copy_pieces_param_1];
+	ld.param.u64 	%rd25, [ferry_copy_pieces_param_0];
+	ld.param.u64 	%rd26, [ferry_copy_pieces_param_1];
 	mov.u32 	%r1, %ctaid.x;
-	cvt.u64.u32 	%rd57, %r1;
-	setp.ge.u64 	%p1, %rd57, %rd30;
-	@%p1 bra 	$L__BB0_14;
+	cvt.u64.u32 	%rd58, %r1;
+	setp.ge.u64 	%p1, %rd58, %rd26;
+	@%p1 bra 	$L__BB0_13;
 
-	mov.u32 	%r2, %tid.x;
-	cvt.u64.u32 	%rd2, %r2;
-	mov.u32 	%r3, %ntid.x;
-	cvt.u64.u32 	%rd3, %r3;
-	mul.wide.u32 	%rd4, %r3, 3;
-	add.s64 	%rd5, %rd4, %rd2;
-	mov.u32 	%r4, %nctaid.x;
-	cvt.u64.u32 	%rd6, %r4;
-	mul.wide.u32 	%rd7, %r3, 16;
-	mul.wide.u32 	%rd8, %r2, 16;
-	neg.s64 	%rd9, %rd3;
-	cvta.to.global.u64 	%rd31, %rd29;
-	shl.b64 	%rd45, %rd9, 4;
+	mov.u32 	%r2, %ntid.x;
+	mul.lo.s32 	%r3, %r2, 3;
+	cvt.u64.u32 	%rd2, %r3;
+	shl.b32 	%r4, %r2, 2;
+	cvt.u64.u32 	%rd3, %r4;
+	cvt.u64.u32 	%rd4, %r2;
+	shl.b32 	%r5, %r2, 1;
+	cvt.u64.u32 	%rd5, %r5;
+	cvta.to.global.u64 	%rd27, %rd25;
+	mov.u32 	%r6, %tid.x;
+	shl.b64 	%rd47, %rd5, 4;
+	mov.u32 	%r53, %nctaid.x;
 
 $L__BB0_2:
-	mul.lo.s64 	%rd32, %rd57, 24;
-	add.s64 	%rd33, %rd31, %rd32;
-	ld.global.u64 	%rd11, [%rd33+16];
-	ld.global.u64 	%rd12, [%rd33];
-	ld.global.u64 	%rd13, [%rd33+8];
-	or.b64  	%rd34, %rd13, %rd12;
-	and.b64  	%rd35, %rd34, 15;
-	setp.eq.s64 	%p2, %rd35, 0;
-	@%p2 bra 	$L__BB0_6;
+	mul.lo.s64 	%rd28, %rd58, 24;
+	add.s64 	%rd29, %rd27, %rd28;
+	ld.global.u64 	%rd7, [%rd29+16];
+	ld.global.u64 	%rd8, [%rd29];
+	ld.global.u64 	%rd9, [%rd29+8];
+	or.b64  	%rd30, %rd9, %rd8;
+	and.b64  	%rd31, %rd30, 15;
+	setp.eq.s64 	%p2, %rd31, 0;
+	@%p2 bra 	$L__BB0_5;
 
-	setp.le.u64 	%p3, %rd11, %rd2;
-	@%p3 bra 	$L__BB0_13;
+	cvt.u64.u32 	%rd59, %r6;
+	setp.le.u64 	%p3, %rd7, %rd59;
+	@%p3 bra 	$L__BB0_12;
 
-	mov.u64 	%rd58, %rd2;
+$L__BB0_4:
+	add.s64 	%rd33, %rd8, %rd59;
+	ld.u8 	%rs1, [%rd33];
+	add.s64 	%rd34, %rd9, %rd59;
+	st.u8 	[%rd34], %rs1;
+	add.s64 	%rd59, %rd59, %rd4;
+	setp.lt.u64 	%p4, %rd59, %rd7;
+	@%p4 bra 	$L__BB0_4;
+	bra.uni 	$L__BB0_12;
 
 $L__BB0_5:
-	add.s64 	%rd36, %rd12, %rd58;
-	ld.u8 	%rs1, [%rd36];
-	add.s64 	%rd37, %rd13, %rd58;
-	st.u8 	[%rd37], %rs1;
-	add.s64 	%rd58, %rd58, %rd3;
-	setp.lt.u64 	%p4, %rd58, %rd11;
-	@%p4 bra 	$L__BB0_5;
-	bra.uni 	$L__BB0_13;
+	shr.u64 	%rd13, %rd7, 4;
+	cvt.u64.u32 	%rd61, %r6;
+	add.s64 	%rd36, %rd61, %rd2;
+	setp.ge.u64 	%p5, %rd36, %rd13;
+	@%p5 bra 	$L__BB0_8;
 
-$L__BB0_6:
-	shr.u64 	%rd16, %rd11, 4;
-	setp.ge.u64 	%p5, %rd5, %rd16;
-	mov.u64 	%rd61, %rd2;
-	@%p5 bra 	$L__BB0_9;
+	cvt.u64.u32 	%rd61, %r6;
 
-	add.s64 	%rd60, %rd13, %rd8;
-	mov.u64 	%rd61, %rd2;
+$L__BB0_7:
+	shl.b64 	%rd45, %rd61, 4;
+	add.s64 	%rd37, %rd8, %rd45;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r12,%r13,%r14,%r15}, [%rd37];
+	// end inline asm
+	shl.b64 	%rd46, %rd4, 4;
+	add.s64 	%rd38, %rd37, %rd46;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r16,%r17,%r18,%r19}, [%rd38];
+	// end inline asm
+	add.s64 	%rd39, %rd37, %rd47;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r20,%r21,%r22,%r23}, [%rd39];
+	// end inline asm
+	shl.b64 	%rd48, %rd2, 4;
+	add.s64 	%rd40, %rd37, %rd48;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r24,%r25,%r26,%r27}, [%rd40];
+	// end inline asm
+	add.s64 	%rd41, %rd9, %rd45;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd41], {%r12,%r13,%r14,%r15};
+	// end inline asm
+	add.s64 	%rd42, %rd41, %rd46;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd42], {%r16,%r17,%r18,%r19};
+	// end inline asm
+	add.s64 	%rd43, %rd41, %rd47;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd43], {%r20,%r21,%r22,%r23};
+	// end inline asm
+	add.s64 	%rd44, %rd41, %rd48;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd44], {%r24,%r25,%r26,%r27};
+	// end inline asm
+	add.s64 	%rd61, %rd61, %rd3;
+	add.s64 	%rd49, %rd61, %rd2;
+	setp.lt.u64 	%p6, %rd49, %rd13;
+	@%p6 bra 	$L__BB0_7;
 
 $L__BB0_8:
-	shl.b64 	%rd38, %rd61, 4;
-	add.s64 	%rd39, %rd12, %rd38;
-	shl.b64 	%rd40, %rd3, 2;
-	shl.b64 	%rd41, %rd3, 4;
-	add.s64 	%rd42, %rd39, %rd41;
-	ld.v4.u32 	{%r5, %r6, %r7, %r8}, [%rd42];
-	add.s64 	%rd43, %rd42, %rd7;
-	ld.v4.u32 	{%r13, %r14, %r15, %r16}, [%rd43];
-	add.s64 	%rd44, %rd43, %rd7;
-	ld.v4.u32 	{%r21, %r22, %r23, %r24}, [%rd44];
-	add.s64 	%rd46, %rd42, %rd45;
-	ld.v4.u32 	{%r29, %r30, %r31, %r32}, [%rd46];
-	st.v4.u32 	[%rd60], {%r29, %r30, %r31, %r32};
-	add.s64 	%rd47, %rd60, %rd7;
-	st.v4.u32 	[%rd47], {%r5, %r6, %r7, %r8};
-	add.s64 	%rd48, %rd47, %rd7;
-	st.v4.u32 	[%rd48], {%r13, %r14, %r15, %r16};
-	add.s64 	%rd49, %rd48, %rd7;
-	add.s64 	%rd60, %rd49, %rd7;
-	st.v4.u32 	[%rd49], {%r21, %r22, %r23, %r24};
-	add.s64 	%rd61, %rd40, %rd61;
-	add.s64 	%rd50, %rd61, %rd4;
-	setp.lt.u64 	%p6, %rd50, %rd16;
-	@%p6 bra 	$L__BB0_8;
+	setp.ge.u64 	%p7, %rd61, %rd13;
+	@%p7 bra 	$L__BB0_10;
 
 $L__BB0_9:
-	setp.ge.u64 	%p7, %rd61, %rd16;
-	@%p7 bra 	$L__BB0_11;
+	shl.b64 	%rd52, %rd61, 4;
+	add.s64 	%rd51, %rd9, %rd52;
+	add.s64 	%rd50, %rd8, %rd52;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r44,%r45,%r46,%r47}, [%rd50];
+	// end inline asm
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd51], {%r44,%r45,%r46,%r47};
+	// end inline asm
+	add.s64 	%rd61, %rd61, %rd4;
+	setp.lt.u64 	%p8, %rd61, %rd13;
+	@%p8 bra 	$L__BB0_9;
 
 $L__BB0_10:
-	shl.b64 	%rd51, %rd61, 4;
-	add.s64 	%rd52, %rd13, %rd51;
-	add.s64 	%rd53, %rd12, %rd51;
-	ld.v4.u32 	{%r37, %r38, %r39, %r40}, [%rd53];
-	st.v4.u32 	[%rd52], {%r37, %r38, %r39, %r40};
-	add.s64 	%rd61, %rd61, %rd3;
-	setp.lt.u64 	%p8, %rd61, %rd16;
-	@%p8 bra 	$L__BB0_10;
+	and.b64  	%rd53, %rd7, -16;
+	cvt.u64.u32 	%rd54, %r6;
+	add.s64 	%rd63, %rd53, %rd54;
+	setp.ge.u64 	%p9, %rd63, %rd7;
+	@%p9 bra 	$L__BB0_12;
 
 $L__BB0_11:
-	and.b64  	%rd54, %rd11, -16;
-	add.s64 	%rd63, %rd54, %rd2;
-	setp.ge.u64 	%p9, %rd63, %rd11;
-	@%p9 bra 	$L__BB0_13;
+	add.s64 	%rd55, %rd8, %rd63;
+	ld.u8 	%rs2, [%rd55];
+	add.s64 	%rd56, %rd9, %rd63;
+	st.u8 	[%rd56], %rs2;
+	add.s64 	%rd63, %rd63, %rd4;
+	setp.lt.u64 	%p10, %rd63, %rd7;
+	@%p10 bra 	$L__BB0_11;
 
 $L__BB0_12:
-	add.s64 	%rd55, %rd12, %rd63;
-	ld.u8 	%rs2, [%rd55];
-	add.s64 	%rd56, %rd13, %rd63;
-	st.u8 	[%rd56], %rs2;
-	add.s64 	%rd63, %rd63, %rd3;
-	setp.lt.u64 	%p10, %rd63, %rd11;
-	@%p10 bra 	$L__BB0_12;
-
-$L__BB0_13:
-	add.s64 	%rd57, %rd57, %rd6;
-	setp.lt.u64 	%p11, %rd57, %rd30;
+	cvt.u64.u32 	%rd57, %r53;
+	add.s64 	%rd58, %rd58, %rd57;
+	setp.lt.u64 	%p11, %rd58, %rd26;
 	@%p11 bra 	$L__BB0_2;
 
-$L__BB0_14:
+$L__BB0_13:
+	ret;
+
+}
+	// .globl	ferry_copy_pieces_u8
+.visible .entry ferry_copy_pieces_u8(
+	.param .u64 ferry_copy_pieces_u8_param_0,
+	.param .u64 ferry_copy_pieces_u8_param_1
+)
+.maxntid 1024, 1, 1
+{
+	.reg .pred 	%p<12>;
+	.reg .b16 	%rs<3>;
+	.reg .b32 	%r<92>;
+	.reg .b64 	%rd<81>;
+
+
+	ld.param.u64 	%rd27, [ferry_copy_pieces_u8_param_0];
+	ld.param.u64 	%rd28, [ferry_copy_pieces_u8_param_1];
+	mov.u32 	%r1, %ctaid.x;
+	cvt.u64.u32 	%rd75, %r1;
+	setp.ge.u64 	%p1, %rd75, %rd28;
+	@%p1 bra 	$L__BB1_13;
+
+	mov.u32 	%r2, %ntid.x;
+	mul.lo.s32 	%r3, %r2, 7;
+	cvt.u64.u32 	%rd2, %r3;
+	shl.b32 	%r4, %r2, 3;
+	cvt.u64.u32 	%rd3, %r4;
+	cvt.u64.u32 	%rd4, %r2;
+	shl.b32 	%r5, %r2, 1;
+	cvt.u64.u32 	%rd5, %r5;
+	cvta.to.global.u64 	%rd29, %rd27;
+	mov.u32 	%r6, %tid.x;
+	mul.lo.s32 	%r13, %r2, 5;
+	mul.lo.s32 	%r14, %r2, 6;
+	shl.b64 	%rd58, %rd5, 4;
+
+$L__BB1_2:
+	mul.lo.s64 	%rd30, %rd75, 24;
+	add.s64 	%rd31, %rd29, %rd30;
+	ld.global.u64 	%rd7, [%rd31+16];
+	ld.global.u64 	%rd8, [%rd31];
+	ld.global.u64 	%rd9, [%rd31+8];
+	or.b64  	%rd32, %rd9, %rd8;
+	and.b64  	%rd33, %rd32, 15;
+	setp.eq.s64 	%p2, %rd33, 0;
+	@%p2 bra 	$L__BB1_5;
+
+	cvt.u64.u32 	%rd76, %r6;
+	setp.le.u64 	%p3, %rd7, %rd76;
+	@%p3 bra 	$L__BB1_12;
+
+$L__BB1_4:
+	add.s64 	%rd35, %rd8, %rd76;
+	ld.u8 	%rs1, [%rd35];
+	add.s64 	%rd36, %rd9, %rd76;
+	st.u8 	[%rd36], %rs1;
+	add.s64 	%rd76, %rd76, %rd4;
+	setp.lt.u64 	%p4, %rd76, %rd7;
+	@%p4 bra 	$L__BB1_4;
+	bra.uni 	$L__BB1_12;
+
+$L__BB1_5:
+	shr.u64 	%rd37, %rd7, 4;
+	cvt.u64.u32 	%rd78, %r6;
+	add.s64 	%rd39, %rd78, %rd2;
+	setp.ge.u64 	%p5, %rd39, %rd37;
+	@%p5 bra 	$L__BB1_8;
+
+	cvt.u64.u32 	%rd78, %r6;
+	cvt.u64.u32 	%rd15, %r13;
+	cvt.u64.u32 	%rd16, %r14;
+
+$L__BB1_7:
+	shl.b64 	%rd56, %rd78, 4;
+	add.s64 	%rd40, %rd8, %rd56;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r15,%r16,%r17,%r18}, [%rd40];
+	// end inline asm
+	shl.b64 	%rd57, %rd4, 4;
+	add.s64 	%rd41, %rd40, %rd57;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r19,%r20,%r21,%r22}, [%rd41];
+	// end inline asm
+	add.s64 	%rd42, %rd40, %rd58;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r23,%r24,%r25,%r26}, [%rd42];
+	// end inline asm
+	mul.lo.s32 	%r80, %r2, 3;
+	mul.wide.u32 	%rd59, %r80, 16;
+	add.s64 	%rd43, %rd40, %rd59;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r27,%r28,%r29,%r30}, [%rd43];
+	// end inline asm
+	shl.b32 	%r81, %r2, 2;
+	mul.wide.u32 	%rd60, %r81, 16;
+	add.s64 	%rd44, %rd40, %rd60;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r31,%r32,%r33,%r34}, [%rd44];
+	// end inline asm
+	shl.b64 	%rd61, %rd15, 4;
+	add.s64 	%rd45, %rd40, %rd61;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r35,%r36,%r37,%r38}, [%rd45];
+	// end inline asm
+	shl.b64 	%rd62, %rd16, 4;
+	add.s64 	%rd46, %rd40, %rd62;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r39,%r40,%r41,%r42}, [%rd46];
+	// end inline asm
+	shl.b64 	%rd63, %rd2, 4;
+	add.s64 	%rd47, %rd40, %rd63;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r43,%r44,%r45,%r46}, [%rd47];
+	// end inline asm
+	add.s64 	%rd48, %rd9, %rd56;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd48], {%r15,%r16,%r17,%r18};
+	// end inline asm
+	add.s64 	%rd49, %rd48, %rd57;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd49], {%r19,%r20,%r21,%r22};
+	// end inline asm
+	add.s64 	%rd50, %rd48, %rd58;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd50], {%r23,%r24,%r25,%r26};
+	// end inline asm
+	add.s64 	%rd51, %rd48, %rd59;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd51], {%r27,%r28,%r29,%r30};
+	// end inline asm
+	add.s64 	%rd52, %rd48, %rd60;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd52], {%r31,%r32,%r33,%r34};
+	// end inline asm
+	add.s64 	%rd53, %rd48, %rd61;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd53], {%r35,%r36,%r37,%r38};
+	// end inline asm
+	add.s64 	%rd54, %rd48, %rd62;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd54], {%r39,%r40,%r41,%r42};
+	// end inline asm
+	add.s64 	%rd55, %rd48, %rd63;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd55], {%r43,%r44,%r45,%r46};
+	// end inline asm
+	add.s64 	%rd78, %rd78, %rd3;
+	add.s64 	%rd64, %rd78, %rd2;
+	setp.lt.u64 	%p6, %rd64, %rd37;
+	@%p6 bra 	$L__BB1_7;
+
+$L__BB1_8:
+	setp.ge.u64 	%p7, %rd78, %rd37;
+	@%p7 bra 	$L__BB1_10;
+
+$L__BB1_9:
+	shl.b64 	%rd69, %rd78, 4;
+	add.s64 	%rd68, %rd9, %rd69;
+	add.s64 	%rd67, %rd8, %rd69;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r82,%r83,%r84,%r85}, [%rd67];
+	// end inline asm
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd68], {%r82,%r83,%r84,%r85};
+	// end inline asm
+	add.s64 	%rd78, %rd78, %rd4;
+	setp.lt.u64 	%p8, %rd78, %rd37;
+	@%p8 bra 	$L__BB1_9;
+
+$L__BB1_10:
+	and.b64  	%rd70, %rd7, -16;
+	cvt.u64.u32 	%rd71, %r6;
+	add.s64 	%rd80, %rd70, %rd71;
+	setp.ge.u64 	%p9, %rd80, %rd7;
+	@%p9 bra 	$L__BB1_12;
+
+$L__BB1_11:
+	add.s64 	%rd72, %rd8, %rd80;
+	ld.u8 	%rs2, [%rd72];
+	add.s64 	%rd73, %rd9, %rd80;
+	st.u8 	[%rd73], %rs2;
+	add.s64 	%rd80, %rd80, %rd4;
+	setp.lt.u64 	%p10, %rd80, %rd7;
+	@%p10 bra 	$L__BB1_11;
+
+$L__BB1_12:
+	mov.u32 	%r91, %nctaid.x;
+	cvt.u64.u32 	%rd74, %r91;
+	add.s64 	%rd75, %rd75, %rd74;
+	setp.lt.u64 	%p11, %rd75, %rd28;
+	@%p11 bra 	$L__BB1_2;
+
+$L__BB1_13:
+	ret;
+
+}
+	// .globl	ferry_copy_warps
+.visible .entry ferry_copy_warps(
+	.param .u64 ferry_copy_warps_param_0,
+	.param .u64 ferry_copy_warps_param_1
+)
+.maxntid 1024, 1, 1
+{
+	.reg .pred 	%p<20>;
+	.reg .b16 	%rs<3>;
+	.reg .b32 	%r<527>;
+	.reg .b64 	%rd<214>;
+
+
+	ld.param.u64 	%rd36, [ferry_copy_warps_param_0];
+	ld.param.u64 	%rd37, [ferry_copy_warps_param_1];
+	mov.u32 	%r1, %tid.x;
+	mov.u32 	%r2, %ntid.x;
+	mov.u32 	%r3, %ctaid.x;
+	mul.wide.u32 	%rd38, %r3, %r2;
+	cvt.u64.u32 	%rd39, %r1;
+	add.s64 	%rd40, %rd38, %rd39;
+	shr.u64 	%rd205, %rd40, 5;
+	setp.ge.u64 	%p1, %rd205, %rd37;
+	@%p1 bra 	$L__BB2_23;
+
+	cvta.to.global.u64 	%rd41, %rd36;
+	and.b32  	%r5, %r1, 31;
+	shl.b32 	%r78, %r1, 4;
+	mov.u32 	%r525, %nctaid.x;
+
+$L__BB2_2:
+	mul.lo.s64 	%rd42, %rd205, 24;
+	add.s64 	%rd43, %rd41, %rd42;
+	ld.global.u64 	%rd3, [%rd43+16];
+	ld.global.u64 	%rd4, [%rd43];
+	ld.global.u64 	%rd5, [%rd43+8];
+	or.b64  	%rd44, %rd5, %rd4;
+	and.b64  	%rd45, %rd44, 15;
+	setp.eq.s64 	%p2, %rd45, 0;
+	@%p2 bra 	$L__BB2_5;
+
+	cvt.u64.u32 	%rd206, %r5;
+	setp.le.u64 	%p3, %rd3, %rd206;
+	@%p3 bra 	$L__BB2_22;
+
+$L__BB2_4:
+	add.s64 	%rd47, %rd4, %rd206;
+	ld.u8 	%rs1, [%rd47];
+	add.s64 	%rd48, %rd5, %rd206;
+	st.u8 	[%rd48], %rs1;
+	add.s64 	%rd206, %rd206, 32;
+	setp.lt.u64 	%p4, %rd206, %rd3;
+	@%p4 bra 	$L__BB2_4;
+	bra.uni 	$L__BB2_22;
+
+$L__BB2_5:
+	shr.u64 	%rd9, %rd3, 4;
+	cvt.u64.u32 	%rd208, %r5;
+	or.b64  	%rd49, %rd208, 224;
+	setp.ge.u64 	%p5, %rd49, %rd9;
+	@%p5 bra 	$L__BB2_13;
+
+	cvt.u64.u32 	%rd208, %r5;
+	mov.u64 	%rd51, -225;
+	sub.s64 	%rd52, %rd51, %rd208;
+	add.s64 	%rd12, %rd52, %rd9;
+	shr.u64 	%rd53, %rd12, 8;
+	add.s64 	%rd54, %rd53, 1;
+	and.b64  	%rd13, %rd54, 3;
+	setp.eq.s64 	%p6, %rd13, 0;
+	@%p6 bra 	$L__BB2_10;
+
+	cvt.u64.u32 	%rd71, %r5;
+	cvt.u64.u32 	%rd72, %r78;
+	and.b64  	%rd73, %rd72, 496;
+	add.s64 	%rd55, %rd4, %rd73;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r12,%r13,%r14,%r15}, [%rd55];
+	// end inline asm
+	add.s64 	%rd56, %rd55, 512;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r16,%r17,%r18,%r19}, [%rd56];
+	// end inline asm
+	add.s64 	%rd57, %rd55, 1024;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r20,%r21,%r22,%r23}, [%rd57];
+	// end inline asm
+	add.s64 	%rd58, %rd55, 1536;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r24,%r25,%r26,%r27}, [%rd58];
+	// end inline asm
+	add.s64 	%rd59, %rd55, 2048;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r28,%r29,%r30,%r31}, [%rd59];
+	// end inline asm
+	add.s64 	%rd60, %rd55, 2560;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r32,%r33,%r34,%r35}, [%rd60];
+	// end inline asm
+	add.s64 	%rd61, %rd55, 3072;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r36,%r37,%r38,%r39}, [%rd61];
+	// end inline asm
+	add.s64 	%rd62, %rd55, 3584;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r40,%r41,%r42,%r43}, [%rd62];
+	// end inline asm
+	add.s64 	%rd63, %rd5, %rd73;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd63], {%r12,%r13,%r14,%r15};
+	// end inline asm
+	add.s64 	%rd64, %rd63, 512;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd64], {%r16,%r17,%r18,%r19};
+	// end inline asm
+	add.s64 	%rd65, %rd63, 1024;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd65], {%r20,%r21,%r22,%r23};
+	// end inline asm
+	add.s64 	%rd66, %rd63, 1536;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd66], {%r24,%r25,%r26,%r27};
+	// end inline asm
+	add.s64 	%rd67, %rd63, 2048;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd67], {%r28,%r29,%r30,%r31};
+	// end inline asm
+	add.s64 	%rd68, %rd63, 2560;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd68], {%r32,%r33,%r34,%r35};
+	// end inline asm
+	add.s64 	%rd69, %rd63, 3072;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd69], {%r36,%r37,%r38,%r39};
+	// end inline asm
+	add.s64 	%rd70, %rd63, 3584;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd70], {%r40,%r41,%r42,%r43};
+	// end inline asm
+	or.b64  	%rd208, %rd71, 256;
+	setp.eq.s64 	%p7, %rd13, 1;
+	@%p7 bra 	$L__BB2_10;
+
+	add.s64 	%rd74, %rd55, 4096;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r79,%r80,%r81,%r82}, [%rd74];
+	// end inline asm
+	add.s64 	%rd75, %rd55, 4608;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r83,%r84,%r85,%r86}, [%rd75];
+	// end inline asm
+	add.s64 	%rd76, %rd55, 5120;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r87,%r88,%r89,%r90}, [%rd76];
+	// end inline asm
+	add.s64 	%rd77, %rd55, 5632;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r91,%r92,%r93,%r94}, [%rd77];
+	// end inline asm
+	add.s64 	%rd78, %rd55, 6144;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r95,%r96,%r97,%r98}, [%rd78];
+	// end inline asm
+	add.s64 	%rd79, %rd55, 6656;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r99,%r100,%r101,%r102}, [%rd79];
+	// end inline asm
+	add.s64 	%rd80, %rd55, 7168;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r103,%r104,%r105,%r106}, [%rd80];
+	// end inline asm
+	add.s64 	%rd81, %rd55, 7680;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r107,%r108,%r109,%r110}, [%rd81];
+	// end inline asm
+	add.s64 	%rd82, %rd63, 4096;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd82], {%r79,%r80,%r81,%r82};
+	// end inline asm
+	add.s64 	%rd83, %rd63, 4608;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd83], {%r83,%r84,%r85,%r86};
+	// end inline asm
+	add.s64 	%rd84, %rd63, 5120;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd84], {%r87,%r88,%r89,%r90};
+	// end inline asm
+	add.s64 	%rd85, %rd63, 5632;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd85], {%r91,%r92,%r93,%r94};
+	// end inline asm
+	add.s64 	%rd86, %rd63, 6144;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd86], {%r95,%r96,%r97,%r98};
+	// end inline asm
+	add.s64 	%rd87, %rd63, 6656;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd87], {%r99,%r100,%r101,%r102};
+	// end inline asm
+	add.s64 	%rd88, %rd63, 7168;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd88], {%r103,%r104,%r105,%r106};
+	// end inline asm
+	add.s64 	%rd89, %rd63, 7680;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd89], {%r107,%r108,%r109,%r110};
+	// end inline asm
+	or.b64  	%rd208, %rd71, 512;
+	setp.eq.s64 	%p8, %rd13, 2;
+	@%p8 bra 	$L__BB2_10;
+
+	add.s64 	%rd91, %rd55, 8192;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r145,%r146,%r147,%r148}, [%rd91];
+	// end inline asm
+	add.s64 	%rd92, %rd55, 8704;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r149,%r150,%r151,%r152}, [%rd92];
+	// end inline asm
+	add.s64 	%rd93, %rd55, 9216;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r153,%r154,%r155,%r156}, [%rd93];
+	// end inline asm
+	add.s64 	%rd94, %rd55, 9728;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r157,%r158,%r159,%r160}, [%rd94];
+	// end inline asm
+	add.s64 	%rd95, %rd55, 10240;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r161,%r162,%r163,%r164}, [%rd95];
+	// end inline asm
+	add.s64 	%rd96, %rd55, 10752;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r165,%r166,%r167,%r168}, [%rd96];
+	// end inline asm
+	add.s64 	%rd97, %rd55, 11264;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r169,%r170,%r171,%r172}, [%rd97];
+	// end inline asm
+	add.s64 	%rd98, %rd55, 11776;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r173,%r174,%r175,%r176}, [%rd98];
+	// end inline asm
+	add.s64 	%rd99, %rd63, 8192;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd99], {%r145,%r146,%r147,%r148};
+	// end inline asm
+	add.s64 	%rd100, %rd63, 8704;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd100], {%r149,%r150,%r151,%r152};
+	// end inline asm
+	add.s64 	%rd101, %rd63, 9216;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd101], {%r153,%r154,%r155,%r156};
+	// end inline asm
+	add.s64 	%rd102, %rd63, 9728;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd102], {%r157,%r158,%r159,%r160};
+	// end inline asm
+	add.s64 	%rd103, %rd63, 10240;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd103], {%r161,%r162,%r163,%r164};
+	// end inline asm
+	add.s64 	%rd104, %rd63, 10752;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd104], {%r165,%r166,%r167,%r168};
+	// end inline asm
+	add.s64 	%rd105, %rd63, 11264;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd105], {%r169,%r170,%r171,%r172};
+	// end inline asm
+	add.s64 	%rd106, %rd63, 11776;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd106], {%r173,%r174,%r175,%r176};
+	// end inline asm
+	or.b64  	%rd208, %rd71, 768;
+
+$L__BB2_10:
+	setp.lt.u64 	%p9, %rd12, 768;
+	@%p9 bra 	$L__BB2_13;
+
+	mov.u64 	%rd209, %rd208;
+
+$L__BB2_12:
+	shl.b64 	%rd172, %rd209, 4;
+	add.s64 	%rd108, %rd4, %rd172;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r211,%r212,%r213,%r214}, [%rd108];
+	// end inline asm
+	add.s64 	%rd109, %rd108, 512;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r215,%r216,%r217,%r218}, [%rd109];
+	// end inline asm
+	add.s64 	%rd110, %rd108, 1024;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r219,%r220,%r221,%r222}, [%rd110];
+	// end inline asm
+	add.s64 	%rd111, %rd108, 1536;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r223,%r224,%r225,%r226}, [%rd111];
+	// end inline asm
+	add.s64 	%rd112, %rd108, 2048;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r227,%r228,%r229,%r230}, [%rd112];
+	// end inline asm
+	add.s64 	%rd113, %rd108, 2560;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r231,%r232,%r233,%r234}, [%rd113];
+	// end inline asm
+	add.s64 	%rd114, %rd108, 3072;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r235,%r236,%r237,%r238}, [%rd114];
+	// end inline asm
+	add.s64 	%rd115, %rd108, 3584;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r239,%r240,%r241,%r242}, [%rd115];
+	// end inline asm
+	add.s64 	%rd116, %rd5, %rd172;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd116], {%r211,%r212,%r213,%r214};
+	// end inline asm
+	add.s64 	%rd117, %rd116, 512;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd117], {%r215,%r216,%r217,%r218};
+	// end inline asm
+	add.s64 	%rd118, %rd116, 1024;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd118], {%r219,%r220,%r221,%r222};
+	// end inline asm
+	add.s64 	%rd119, %rd116, 1536;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd119], {%r223,%r224,%r225,%r226};
+	// end inline asm
+	add.s64 	%rd120, %rd116, 2048;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd120], {%r227,%r228,%r229,%r230};
+	// end inline asm
+	add.s64 	%rd121, %rd116, 2560;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd121], {%r231,%r232,%r233,%r234};
+	// end inline asm
+	add.s64 	%rd122, %rd116, 3072;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd122], {%r235,%r236,%r237,%r238};
+	// end inline asm
+	add.s64 	%rd123, %rd116, 3584;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd123], {%r239,%r240,%r241,%r242};
+	// end inline asm
+	add.s64 	%rd124, %rd108, 4096;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r275,%r276,%r277,%r278}, [%rd124];
+	// end inline asm
+	add.s64 	%rd125, %rd108, 4608;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r279,%r280,%r281,%r282}, [%rd125];
+	// end inline asm
+	add.s64 	%rd126, %rd108, 5120;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r283,%r284,%r285,%r286}, [%rd126];
+	// end inline asm
+	add.s64 	%rd127, %rd108, 5632;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r287,%r288,%r289,%r290}, [%rd127];
+	// end inline asm
+	add.s64 	%rd128, %rd108, 6144;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r291,%r292,%r293,%r294}, [%rd128];
+	// end inline asm
+	add.s64 	%rd129, %rd108, 6656;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r295,%r296,%r297,%r298}, [%rd129];
+	// end inline asm
+	add.s64 	%rd130, %rd108, 7168;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r299,%r300,%r301,%r302}, [%rd130];
+	// end inline asm
+	add.s64 	%rd131, %rd108, 7680;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r303,%r304,%r305,%r306}, [%rd131];
+	// end inline asm
+	add.s64 	%rd132, %rd116, 4096;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd132], {%r275,%r276,%r277,%r278};
+	// end inline asm
+	add.s64 	%rd133, %rd116, 4608;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd133], {%r279,%r280,%r281,%r282};
+	// end inline asm
+	add.s64 	%rd134, %rd116, 5120;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd134], {%r283,%r284,%r285,%r286};
+	// end inline asm
+	add.s64 	%rd135, %rd116, 5632;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd135], {%r287,%r288,%r289,%r290};
+	// end inline asm
+	add.s64 	%rd136, %rd116, 6144;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd136], {%r291,%r292,%r293,%r294};
+	// end inline asm
+	add.s64 	%rd137, %rd116, 6656;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd137], {%r295,%r296,%r297,%r298};
+	// end inline asm
+	add.s64 	%rd138, %rd116, 7168;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd138], {%r299,%r300,%r301,%r302};
+	// end inline asm
+	add.s64 	%rd139, %rd116, 7680;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd139], {%r303,%r304,%r305,%r306};
+	// end inline asm
+	add.s64 	%rd140, %rd108, 8192;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r339,%r340,%r341,%r342}, [%rd140];
+	// end inline asm
+	add.s64 	%rd141, %rd108, 8704;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r343,%r344,%r345,%r346}, [%rd141];
+	// end inline asm
+	add.s64 	%rd142, %rd108, 9216;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r347,%r348,%r349,%r350}, [%rd142];
+	// end inline asm
+	add.s64 	%rd143, %rd108, 9728;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r351,%r352,%r353,%r354}, [%rd143];
+	// end inline asm
+	add.s64 	%rd144, %rd108, 10240;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r355,%r356,%r357,%r358}, [%rd144];
+	// end inline asm
+	add.s64 	%rd145, %rd108, 10752;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r359,%r360,%r361,%r362}, [%rd145];
+	// end inline asm
+	add.s64 	%rd146, %rd108, 11264;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r363,%r364,%r365,%r366}, [%rd146];
+	// end inline asm
+	add.s64 	%rd147, %rd108, 11776;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r367,%r368,%r369,%r370}, [%rd147];
+	// end inline asm
+	add.s64 	%rd148, %rd116, 8192;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd148], {%r339,%r340,%r341,%r342};
+	// end inline asm
+	add.s64 	%rd149, %rd116, 8704;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd149], {%r343,%r344,%r345,%r346};
+	// end inline asm
+	add.s64 	%rd150, %rd116, 9216;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd150], {%r347,%r348,%r349,%r350};
+	// end inline asm
+	add.s64 	%rd151, %rd116, 9728;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd151], {%r351,%r352,%r353,%r354};
+	// end inline asm
+	add.s64 	%rd152, %rd116, 10240;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd152], {%r355,%r356,%r357,%r358};
+	// end inline asm
+	add.s64 	%rd153, %rd116, 10752;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd153], {%r359,%r360,%r361,%r362};
+	// end inline asm
+	add.s64 	%rd154, %rd116, 11264;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd154], {%r363,%r364,%r365,%r366};
+	// end inline asm
+	add.s64 	%rd155, %rd116, 11776;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd155], {%r367,%r368,%r369,%r370};
+	// end inline asm
+	add.s64 	%rd156, %rd108, 12288;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r403,%r404,%r405,%r406}, [%rd156];
+	// end inline asm
+	add.s64 	%rd157, %rd108, 12800;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r407,%r408,%r409,%r410}, [%rd157];
+	// end inline asm
+	add.s64 	%rd158, %rd108, 13312;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r411,%r412,%r413,%r414}, [%rd158];
+	// end inline asm
+	add.s64 	%rd159, %rd108, 13824;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r415,%r416,%r417,%r418}, [%rd159];
+	// end inline asm
+	add.s64 	%rd160, %rd108, 14336;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r419,%r420,%r421,%r422}, [%rd160];
+	// end inline asm
+	add.s64 	%rd161, %rd108, 14848;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r423,%r424,%r425,%r426}, [%rd161];
+	// end inline asm
+	add.s64 	%rd162, %rd108, 15360;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r427,%r428,%r429,%r430}, [%rd162];
+	// end inline asm
+	add.s64 	%rd163, %rd108, 15872;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r431,%r432,%r433,%r434}, [%rd163];
+	// end inline asm
+	add.s64 	%rd164, %rd116, 12288;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd164], {%r403,%r404,%r405,%r406};
+	// end inline asm
+	add.s64 	%rd165, %rd116, 12800;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd165], {%r407,%r408,%r409,%r410};
+	// end inline asm
+	add.s64 	%rd166, %rd116, 13312;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd166], {%r411,%r412,%r413,%r414};
+	// end inline asm
+	add.s64 	%rd167, %rd116, 13824;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd167], {%r415,%r416,%r417,%r418};
+	// end inline asm
+	add.s64 	%rd168, %rd116, 14336;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd168], {%r419,%r420,%r421,%r422};
+	// end inline asm
+	add.s64 	%rd169, %rd116, 14848;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd169], {%r423,%r424,%r425,%r426};
+	// end inline asm
+	add.s64 	%rd170, %rd116, 15360;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd170], {%r427,%r428,%r429,%r430};
+	// end inline asm
+	add.s64 	%rd171, %rd116, 15872;
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd171], {%r431,%r432,%r433,%r434};
+	// end inline asm
+	add.s64 	%rd208, %rd209, 1024;
+	add.s64 	%rd173, %rd209, 1248;
+	setp.lt.u64 	%p10, %rd173, %rd9;
+	mov.u64 	%rd209, %rd208;
+	@%p10 bra 	$L__BB2_12;
+
+$L__BB2_13:
+	setp.ge.u64 	%p11, %rd208, %rd9;
+	@%p11 bra 	$L__BB2_20;
+
+	not.b64 	%rd174, %rd208;
+	add.s64 	%rd24, %rd9, %rd174;
+	shr.u64 	%rd175, %rd24, 5;
+	add.s64 	%rd176, %rd175, 1;
+	and.b64  	%rd25, %rd176, 3;
+	setp.eq.s64 	%p12, %rd25, 0;
+	mov.u64 	%rd211, %rd208;
+	@%p12 bra 	$L__BB2_18;
+
+	shl.b64 	%rd179, %rd208, 4;
+	add.s64 	%rd178, %rd5, %rd179;
+	add.s64 	%rd177, %rd4, %rd179;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r467,%r468,%r469,%r470}, [%rd177];
+	// end inline asm
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd178], {%r467,%r468,%r469,%r470};
+	// end inline asm
+	add.s64 	%rd211, %rd208, 32;
+	setp.eq.s64 	%p13, %rd25, 1;
+	@%p13 bra 	$L__BB2_18;
+
+	add.s64 	%rd181, %rd178, 512;
+	add.s64 	%rd180, %rd177, 512;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r475,%r476,%r477,%r478}, [%rd180];
+	// end inline asm
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd181], {%r475,%r476,%r477,%r478};
+	// end inline asm
+	add.s64 	%rd211, %rd208, 64;
+	setp.eq.s64 	%p14, %rd25, 2;
+	@%p14 bra 	$L__BB2_18;
+
+	add.s64 	%rd186, %rd178, 1024;
+	add.s64 	%rd185, %rd177, 1024;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r483,%r484,%r485,%r486}, [%rd185];
+	// end inline asm
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd186], {%r483,%r484,%r485,%r486};
+	// end inline asm
+	add.s64 	%rd211, %rd208, 96;
+
+$L__BB2_18:
+	setp.lt.u64 	%p15, %rd24, 96;
+	@%p15 bra 	$L__BB2_20;
+
+$L__BB2_19:
+	shl.b64 	%rd198, %rd211, 4;
+	add.s64 	%rd191, %rd5, %rd198;
+	add.s64 	%rd190, %rd4, %rd198;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r491,%r492,%r493,%r494}, [%rd190];
+	// end inline asm
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd191], {%r491,%r492,%r493,%r494};
+	// end inline asm
+	add.s64 	%rd193, %rd191, 512;
+	add.s64 	%rd192, %rd190, 512;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r499,%r500,%r501,%r502}, [%rd192];
+	// end inline asm
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd193], {%r499,%r500,%r501,%r502};
+	// end inline asm
+	add.s64 	%rd195, %rd191, 1024;
+	add.s64 	%rd194, %rd190, 1024;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r507,%r508,%r509,%r510}, [%rd194];
+	// end inline asm
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd195], {%r507,%r508,%r509,%r510};
+	// end inline asm
+	add.s64 	%rd197, %rd191, 1536;
+	add.s64 	%rd196, %rd190, 1536;
+	// begin inline asm
+	ld.global.cg.v4.u32 {%r515,%r516,%r517,%r518}, [%rd196];
+	// end inline asm
+	// begin inline asm
+	st.global.cg.v4.u32 [%rd197], {%r515,%r516,%r517,%r518};
+	// end inline asm
+	add.s64 	%rd211, %rd211, 128;
+	setp.lt.u64 	%p16, %rd211, %rd9;
+	@%p16 bra 	$L__BB2_19;
+
+$L__BB2_20:
+	and.b64  	%rd199, %rd3, -16;
+	cvt.u64.u32 	%rd200, %r5;
+	add.s64 	%rd213, %rd199, %rd200;
+	setp.ge.u64 	%p17, %rd213, %rd3;
+	@%p17 bra 	$L__BB2_22;
+
+$L__BB2_21:
+	add.s64 	%rd201, %rd4, %rd213;
+	ld.u8 	%rs2, [%rd201];
+	add.s64 	%rd202, %rd5, %rd213;
+	st.u8 	[%rd202], %rs2;
+	add.s64 	%rd213, %rd213, 32;
+	setp.lt.u64 	%p18, %rd213, %rd3;
+	@%p18 bra 	$L__BB2_21;
+
+$L__BB2_22:
+	mul.wide.u32 	%rd203, %r525, %r2;
+	shr.u64 	%rd204, %rd203, 5;
+	add.s64 	%rd205, %rd205, %rd204;
+	setp.lt.u64 	%p19, %rd205, %rd37;
+	@%p19 bra 	$L__BB2_2;
+
+$L__BB2_23:
 	ret;
 
 }
 
 )ptx";
 
+/// The kernels in copy_kernel_ptx, by name (see copy_kernel.cu for what each does).
 inline constexpr const char copy_kernel_name[] = "ferry_copy_pieces";
+inline constexpr const char copy_kernel_u8_name[] = "ferry_copy_pieces_u8";
+inline constexpr const char copy_kernel_warps_name[] = "ferry_copy_warps";
 
 } // namespace ferry::cuda::detail
