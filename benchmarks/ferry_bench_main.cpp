@@ -698,13 +698,15 @@ int main(int argc, char** argv) {
   std::string file_path;
   unsigned queue_depth = 32;
   std::uint64_t file_size = 0;
-  bool sqpoll = false, buffered = false;
+  bool sqpoll = false, buffered = false, no_fixed_buffers = false;
   app.add_option("--file", file_path, "local: the file or block device to read or write");
   app.add_option("--queue-depth", queue_depth, "local: requests in flight")->check(CLI::Range(1u, 4096u));
   app.add_option("--file-size", file_size, "local: bytes of the file to use (a new file for writes: 1G)")
       ->transform(CLI::AsSizeValue(false));
   app.add_flag("--sqpoll", sqpoll, "local: a kernel thread polls the io_uring submission queue");
   app.add_flag("--buffered", buffered, "local: no O_DIRECT");
+  app.add_flag("--no-fixed-buffers", no_fixed_buffers,
+               "local: do not register the buffers with io_uring (each O_DIRECT operation pins its pages)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -736,6 +738,7 @@ int main(int argc, char** argv) {
                                  sqpoll,
                                  o.duration < 0 ? 10 : o.duration,
                                  o.json};
+    fo.fixed_buffers = !no_fixed_buffers;
     try {
       return ferry_bench::run_file_bench(fo);
     } catch (const std::exception& e) {

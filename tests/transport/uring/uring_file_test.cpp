@@ -81,6 +81,40 @@ TEST_SUITE("uring_file") {
     });
   }
 
+  TEST_CASE("buffers registered with the io_context move through fixed-buffer operations, byte for byte") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      temp_dir dir;
+      const std::string path = dir / "fixed.bin";
+      make_file(path, 4 << 20, 5);
+      auto f = uring_file::open(ctx, path, {.queue_depth = 8});
+      REQUIRE(f);
+      aligned_buffer out(1 << 20), in(1 << 20), plain(64 << 10);
+      const ::iovec regs[] = {{out.data(), out.size()}, {in.data(), in.size()}};
+      auto registered = ctx.register_buffers(regs);
+      REQUIRE_MESSAGE(registered, registered.error().message());
+      fill(out.bytes(), 6, 1 << 20);
+      ctx.run_until([&]() -> ferry::task<> {
+        // A whole registered buffer and a piece inside one: both fixed.
+        auto w = co_await (*f)->write(1 << 20, out.bytes());
+        REQUIRE_MESSAGE(w, w.error().message());
+        auto r = co_await (*f)->read(1 << 20, in.bytes());
+        REQUIRE_MESSAGE(r, r.error().message());
+        auto piece = co_await (*f)->read((1 << 20) + 8192, in.bytes().subspan(8192, 64 << 10));
+        REQUIRE_MESSAGE(piece, piece.error().message());
+        CHECK((*f)->fixed_operations() == 3);
+        // A buffer outside every registered one: an ordinary operation.
+        auto p = co_await (*f)->read(0, plain.bytes());
+        REQUIRE_MESSAGE(p, p.error().message());
+        CHECK((*f)->fixed_operations() == 3);
+      }());
+      CHECK(std::memcmp(in.data(), out.data(), in.size()) == 0);
+      CHECK(file_bytes(path, 1 << 20, 1 << 20) == std::vector<std::byte>(out.data(), out.data() + out.size()));
+      std::vector<std::byte> head(64 << 10);
+      fill(head, 5);
+      CHECK(std::memcmp(plain.data(), head.data(), head.size()) == 0);
+    });
+  }
+
   TEST_CASE("unaligned writes that share a block, issued together, all land") {
     io_context ctx;
     temp_dir dir;
