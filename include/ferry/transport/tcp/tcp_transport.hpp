@@ -19,6 +19,7 @@
 #include "ferry/transfer/detail/batch_state.hpp"
 #include "ferry/transfer/peer.hpp"
 #include "ferry/transport/slice.hpp"
+#include "ferry/transport/tcp/detail/read_ahead.hpp"
 #include "ferry/transport/tcp/frame.hpp"
 #include "ferry/transport/transport_context.hpp"
 
@@ -379,16 +380,16 @@ private:
   }
 
   task<> reader(connection& c, session& sn) {
-    std::array<std::byte, tcp::frame_header::size> raw;
+    tcp::detail::read_ahead in; // reply headers already received (several replies are often waiting)
     while (!sn.broken) {
-      auto got = co_await sn.sock.recv_all(raw);
+      auto got = co_await in.fill(sn.sock, tcp::frame_header::size);
       if (sn.broken)
         break;
       if (!got) {
         break_session(c, sn, got.error());
         break;
       }
-      auto h = tcp::decode_header(raw);
+      auto h = tcp::decode_header(in.take_header());
       if (!h) {
         break_session(c, sn, h.error());
         break;
@@ -402,7 +403,7 @@ private:
         break;
       }
       if (h->payload_length() > 0) {
-        auto body = co_await sn.sock.recv_all(std::span(s->local, s->length));
+        auto body = co_await in.take(sn.sock, std::span(s->local, s->length));
         if (sn.broken)
           break; // released below, after the kernel is done with s->local
         if (!body) {
