@@ -317,7 +317,7 @@ inline int run(const params& o) {
         {"kernel",
          {{"name", o.kernel.kernel == ferry::cuda_copy_kernel::warp_per_piece         ? "warp"
                    : o.kernel.kernel == ferry::cuda_copy_kernel::block_per_piece_deep ? "block8"
-                                                                                       : "block"},
+                                                                                      : "block"},
           {"threads", o.kernel.threads},
           {"blocks_per_sm", o.kernel.blocks_per_sm},
           {"piece_bytes", o.kernel.piece_bytes}}},

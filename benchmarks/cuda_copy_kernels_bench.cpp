@@ -153,8 +153,8 @@ void time_on_stream(benchmark::State& state, setup& s, std::uint64_t bytes, Issu
   if (::cudaError_t e = ::cudaGetLastError(); e != ::cudaSuccess)
     state.SkipWithError(::cudaGetErrorString(e));
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * bytes));
-  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(state.iterations() * bytes) / 1e9,
-                                              benchmark::Counter::kIsRate);
+  state.counters["GB/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * bytes) / 1e9, benchmark::Counter::kIsRate);
 }
 
 // A kernel over the batch cut into pieces of piece_bytes; grid 0 = one CUDA block per piece (capped at

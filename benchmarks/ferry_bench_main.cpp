@@ -88,7 +88,7 @@ struct options {
   int src_device = 0; // --protocol cuda
   int dst_device = 1;
   std::string cuda_method = "automatic";
-  std::string cuda_kernel = "block";     // block | block8 | warp
+  std::string cuda_kernel = "block"; // block | block8 | warp
   unsigned cuda_kernel_threads = ferry::cuda_kernel_shape{}.threads;
   unsigned cuda_blocks_per_sm = ferry::cuda_kernel_shape{}.blocks_per_sm;
   std::uint64_t cuda_piece_size = ferry::cuda_kernel_shape{}.piece_bytes;

@@ -276,7 +276,7 @@ TEST_SUITE("transfer_engine") {
     ctx.run_until([&]() -> ferry::task<> {
       // In process (the shm transport copies with the CPU).
       transfer_batch self;
-      self.write(local.data(), target.self, *gpu_off, 4096);          // 0: into GPU memory
+      self.write(local.data(), target.self, *gpu_off, 4096);           // 0: into GPU memory
       self.write(local_gpu_like.data(), target.self, *host_off, 4096); // 1: out of GPU memory
       self.write(local.data(), target.self, *host_off, 4096);          // 2: host to host: fine
       auto r = co_await target.transfer(self);
@@ -290,10 +290,10 @@ TEST_SUITE("transfer_engine") {
       auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
       REQUIRE(seg);
       transfer_batch remote;
-      remote.write(local.data(), *seg, *gpu_off, 4096);              // 0
-      remote.read(local.data(), *seg, *gpu_off, 4096);               // 1
-      remote.write(local_gpu_like.data(), *seg, *host_off, 4096);    // 2
-      remote.write(local.data(), *seg, *host_off, 4096);             // 3: fine
+      remote.write(local.data(), *seg, *gpu_off, 4096);           // 0
+      remote.read(local.data(), *seg, *gpu_off, 4096);            // 1
+      remote.write(local_gpu_like.data(), *seg, *host_off, 4096); // 2
+      remote.write(local.data(), *seg, *host_off, 4096);          // 3: fine
       auto t = co_await initiator.transfer(remote);
       CHECK_FALSE(t.ok());
       for (int i : {0, 1, 2}) {

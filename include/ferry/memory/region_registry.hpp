@@ -232,8 +232,8 @@ public:
   /// Checks a peer's access to [offset, offset + length) of this segment and holds the region while it runs.
   /// A file region is refused (errc::unsupported) unless `files_too`; then the lease names its file. GPU
   /// memory is refused (errc::unsupported) unless `gpu_too`.
-  result<lease> pin_exposed(std::uint64_t offset, std::uint64_t length, access wanted,
-                            bool files_too = false, bool gpu_too = false) {
+  result<lease> pin_exposed(std::uint64_t offset, std::uint64_t length, access wanted, bool files_too = false,
+                            bool gpu_too = false) {
     std::lock_guard lock(mutex_);
     auto it = by_offset_.upper_bound(offset);
     if (it == by_offset_.begin())
@@ -252,8 +252,9 @@ public:
     }
     // why: the CPU cannot touch GPU memory; a transport that would memcpy or send() it must not get it
     if (e->exposed.location.kind == memory_kind::cuda_device && !gpu_too)
-      return fail(errc::unsupported, "the region is GPU memory: its owner moves it through the cuda transport "
-                                     "(add ferry::cuda_transport to the engine)");
+      return fail(errc::unsupported,
+                  "the region is GPU memory: its owner moves it through the cuda transport "
+                  "(add ferry::cuda_transport to the engine)");
     ++e->uses;
     return lease(this, e, e->base + (offset - e->exposed.offset));
   }

@@ -716,7 +716,8 @@ private:
     if constexpr (I < sizeof...(Transports)) {
       auto& t = std::get<I>(transports_);
       using T = std::tuple_element_t<I, std::tuple<Transports...>>;
-      if (I >= first && (!s->local_on_gpu || moves_gpu_memory<T>) && t.reaches(p, s->remote_offset, s->length)) {
+      if (I >= first &&
+          (!s->local_on_gpu || moves_gpu_memory<T>)&&t.reaches(p, s->remote_offset, s->length)) {
         s->transport = static_cast<std::uint8_t>(I);
         routed_[I] += s->length;
         t.submit(p, s);

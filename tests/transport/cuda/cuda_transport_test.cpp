@@ -426,6 +426,7 @@ TEST_SUITE("cuda_transport") {
     MESSAGE("the faulting process printed: ", line);
     REQUIRE_MESSAGE(exited, "the batch did not end within 30 s of the fault");
     CHECK(line.rfind("batch failed in ", 0) == 0);
+    CHECK(line.find("illegal memory access") != std::string::npos); // CUDA's words, through ferry's error
     CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
   }
 

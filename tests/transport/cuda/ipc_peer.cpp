@@ -87,26 +87,37 @@ int fault_mode(int device) {
     std::printf("error: cannot register: %s\n", (!la ? la.error() : lb.error()).message().c_str());
     return 1;
   }
+  auto make_batch = [&] {
+    ferry::transfer_batch batch;
+    for (std::size_t i = 0; i < 256; ++i)
+      batch.write(static_cast<std::byte*>(a) + i * (64 << 10), decltype(engine)::self,
+                  *lb + (255 - i) * (64 << 10), 64 << 10);
+    return batch;
+  };
+  // why: a first batch loads the copy kernel and creates the streams, so that the batch below is enqueued at
+  // once and is waiting on the GPU when the fault happens (loading a module waits for running kernels)
+  if (auto warm = ctx.run_until(engine.transfer(make_batch())); !warm.ok()) {
+    std::printf("error: the warm-up batch failed: %s\n", warm.first_error().message().c_str());
+    return 1;
+  }
   // Every SM full (two blocks of 1024 threads each) for 300 ms, then the fault: the batch's kernel, queued
   // behind, cannot have run.
   unsigned long long ns = 300'000'000ull;
   void* args[] = {&ns};
-  if (::cudaLaunchKernel(reinterpret_cast<const void*>(k), ::dim3(static_cast<unsigned>(2 * sms)), ::dim3(1024),
-                         args, 0, st) != ::cudaSuccess) {
+  if (::cudaLaunchKernel(reinterpret_cast<const void*>(k), ::dim3(static_cast<unsigned>(2 * sms)),
+                         ::dim3(1024), args, 0, st) != ::cudaSuccess) {
     std::printf("error: cannot launch the faulting kernel: %s\n", ::cudaGetErrorString(::cudaGetLastError()));
     return 1;
   }
-  ferry::transfer_batch batch;
-  for (std::size_t i = 0; i < 256; ++i)
-    batch.write(static_cast<std::byte*>(a) + i * (64 << 10), decltype(engine)::self,
-                *lb + (255 - i) * (64 << 10), 64 << 10);
   auto t0 = std::chrono::steady_clock::now();
-  auto r = ctx.run_until(engine.transfer(std::move(batch)));
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  auto r = ctx.run_until(engine.transfer(make_batch()));
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   if (r.ok())
     std::printf("batch succeeded\n");
   else
-    std::printf("batch failed in %lld ms: %s\n", static_cast<long long>(ms), r.first_error().message().c_str());
+    std::printf("batch failed in %lld ms: %s\n", static_cast<long long>(ms),
+                r.first_error().message().c_str());
   std::fflush(stdout);
   // why: the context is broken; tearing down the engine's streams would only report the same error again
   std::_Exit(r.ok() ? 3 : 0);

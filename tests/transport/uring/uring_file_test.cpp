@@ -108,7 +108,8 @@ TEST_SUITE("uring_file") {
         CHECK((*f)->fixed_operations() == 3);
       }());
       CHECK(std::memcmp(in.data(), out.data(), in.size()) == 0);
-      CHECK(file_bytes(path, 1 << 20, 1 << 20) == std::vector<std::byte>(out.data(), out.data() + out.size()));
+      CHECK(file_bytes(path, 1 << 20, 1 << 20) ==
+            std::vector<std::byte>(out.data(), out.data() + out.size()));
       std::vector<std::byte> head(64 << 10);
       fill(head, 5);
       CHECK(std::memcmp(plain.data(), head.data(), head.size()) == 0);

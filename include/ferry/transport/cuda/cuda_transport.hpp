@@ -595,8 +595,8 @@ private:
       std::size_t per_cta = shape.kernel == cuda_copy_kernel::warp_per_piece ? threads / 32 : 1;
       std::size_t wanted = (count + per_cta - 1) / per_cta;
       if (shape.blocks_per_sm > 0)
-        wanted = std::min<std::size_t>(wanted,
-                                       std::size_t{shape.blocks_per_sm} * devices_[std::size_t(l.device)].sms);
+        wanted = std::min<std::size_t>(wanted, std::size_t{shape.blocks_per_sm} *
+                                                   devices_[std::size_t(l.device)].sms);
       unsigned grid = static_cast<unsigned>(std::clamp<std::size_t>(wanted, 1, 65535));
       if (::cudaError_t e = ::cudaLaunchKernel(reinterpret_cast<const void*>(kernel_), ::dim3(grid),
                                                ::dim3(threads), args, 0, l.stream);

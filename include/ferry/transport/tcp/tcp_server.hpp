@@ -3,9 +3,9 @@
 /// requests in order: descriptor handshakes, reads and writes checked against the registry (bounds and
 /// permissions, for every request), notifications and pings. Writes are received straight into the region and
 /// reads sent straight from it; the headers of requests already waiting are taken with one receive and the
-/// reads among them answered with one send. A connection that sends anything malformed is dropped; the others carry on.
-/// File regions (region_registry::add_file) are served too: a write is received into a staging buffer and
-/// then written to the file, a read is read from the file and then sent (remote file segments).
+/// reads among them answered with one send. A connection that sends anything malformed is dropped; the others
+/// carry on. File regions (region_registry::add_file) are served too: a write is received into a staging
+/// buffer and then written to the file, a read is read from the file and then sent (remote file segments).
 ///
 ///   ferry::tcp_server server(ctx, registry, scope, hooks);
 ///   auto where = server.listen(*ferry::io::endpoint::parse("127.0.0.2:0"));
@@ -223,7 +223,8 @@ private:
       case tcp::frame_type::read: {
         // A file region: read from the file into the staging buffer, then sent.
         stage(staging, h->length);
-        auto got = co_await file_lease->file()->read(file_lease->file_offset(), staging.bytes().first(h->length));
+        auto got =
+            co_await file_lease->file()->read(file_lease->file_offset(), staging.bytes().first(h->length));
         if (got)
           reply.length = h->length;
         else

@@ -7,7 +7,8 @@
 /// continued; a file that ends before the range asked for is an error (errc::out_of_bounds), never data.
 /// A filesystem that refuses O_DIRECT (tmpfs before Linux 6.6, ramfs) gets buffered I/O, said once on stderr
 /// and in note(). Buffers inside the io_context's registered buffers (io_context::register_buffers) move with
-/// io_uring's fixed-buffer operations. Use it from the loop's thread only, and let it go before its io_context.
+/// io_uring's fixed-buffer operations. Use it from the loop's thread only, and let it go before its
+/// io_context.
 ///
 ///   auto f = ferry::uring_file::open(ctx, "/nvme/kv.bin", {.permissions = ferry::access::read_write});
 ///   auto at = engine.registry().add_file(*f, ferry::access::read_write);   // a region of this segment
