@@ -134,13 +134,7 @@ public:
       if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
         // why: the hot path (aligned, O_DIRECT) awaits the operation here, without a coroutine of its own
         co_await slots_.acquire();
-        auto piece = rest.first(std::min(rest.size(), max_io));
-        result<std::size_t> n;
-        if (int fixed = registered_index(piece.data(), piece.size()); fixed >= 0) {
-          ++fixed_operations_;
-          n = co_await file_.read_fixed_at(at, piece, static_cast<unsigned>(fixed));
-        } else
-          n = co_await file_.read_at(at, piece);
+        auto n = co_await direct_io(false, at, rest.data(), std::min(rest.size(), max_io));
         slots_.release();
         if (!n)
           co_return fail(n.error());
@@ -183,13 +177,8 @@ public:
       auto rest = from.subspan(done);
       if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
         co_await slots_.acquire();
-        auto piece = rest.first(std::min(rest.size(), max_io));
-        result<std::size_t> n;
-        if (int fixed = registered_index(piece.data(), piece.size()); fixed >= 0) {
-          ++fixed_operations_;
-          n = co_await file_.write_fixed_at(at, piece, static_cast<unsigned>(fixed));
-        } else
-          n = co_await file_.write_at(at, piece);
+        auto n =
+            co_await direct_io(true, at, const_cast<std::byte*>(rest.data()), std::min(rest.size(), max_io));
         slots_.release();
         if (!n)
           co_return fail(n.error());
@@ -238,6 +227,19 @@ private:
   static bool is_aligned(std::uint64_t at, const void* p, std::size_t len) noexcept {
     return at % alignment == 0 && reinterpret_cast<std::uintptr_t>(p) % alignment == 0 &&
            len % alignment == 0;
+  }
+
+  // One operation of the hot path (an aligned buffer, or buffered I/O): io_uring's fixed-buffer form where
+  // the buffer lies in a registered one. Not a coroutine: the caller awaits the operation itself.
+  io::operation<std::size_t> direct_io(bool is_write, std::uint64_t at, std::byte* p, std::size_t len) {
+    if (int fixed = registered_index(p, len); fixed >= 0) {
+      ++fixed_operations_;
+      auto index = static_cast<unsigned>(fixed);
+      return is_write ? file_.write_fixed_at(at, std::span<const std::byte>(p, len), index)
+                      : file_.read_fixed_at(at, std::span(p, len), index);
+    }
+    return is_write ? file_.write_at(at, std::span<const std::byte>(p, len))
+                    : file_.read_at(at, std::span(p, len));
   }
 
   // The io_context's registered buffer (io_context::register_buffers) that holds [p, p + n), or -1.
