@@ -80,7 +80,8 @@ struct options {
   unsigned batch_size = 128;
   unsigned local_blocks = 0; // distinct local blocks the requests of a batch cycle through (0: batch_size)
   unsigned threads = 1;
-  unsigned connections = 0; // 0: max(threads, 4)
+  unsigned connections = 0;   // 0: max(threads, 4)
+  std::string tcp_congestion; // both sides: TCP congestion control of the data connections ("": the system's)
   unsigned in_flight = ferry::tcp_options{}.in_flight_per_connection;
   std::uint64_t slice_size = ferry::engine_options{}.slice_size;
   double timeout = 10;
@@ -189,7 +190,9 @@ int run_target(const options& o) {
     return 1;
   }
   io::io_context ctx;
-  ferry::default_engine engine(ctx, {.name = o.name, .listen = o.listen});
+  ferry::engine_options eo{.name = o.name, .listen = o.listen};
+  eo.tcp.congestion_control = o.tcp_congestion;
+  ferry::default_engine engine(ctx, eo);
   auto offset =
       engine.registry().add(buffer->data(), buffer->size(), ferry::access::read_write, buffer->name());
   if (!offset) {
@@ -444,6 +447,22 @@ std::optional<std::string> shm_unusable(const ferry::segment_descriptor& target,
   return std::nullopt;
 }
 
+// The congestion control the initiator's tcp connections use: the one asked for, or the system's default.
+std::string congestion_in_use(const options& o) {
+  if (!o.tcp_congestion.empty())
+    return o.tcp_congestion;
+  std::string name;
+  if (std::FILE* f = std::fopen("/proc/sys/net/ipv4/tcp_congestion_control", "r")) {
+    char line[64] = {};
+    if (std::fgets(line, sizeof line, f))
+      name = line;
+    std::fclose(f);
+  }
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' '))
+    name.pop_back();
+  return name;
+}
+
 template<class Engine>
 task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool shm) {
   const bool write = o.operation == "write";
@@ -566,6 +585,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
         {"local_blocks", o.local_blocks},
         {"threads", o.threads},
         {"connections", connections},
+        {"tcp_congestion", shm ? std::string() : congestion_in_use(o)},
         {"copy_threads", shm ? o.threads : 0u},
         {"slice_size", o.slice_size},
         {"verify", o.verify},
@@ -575,8 +595,9 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
     };
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::string paths = shm ? std::to_string(o.threads) + " copy thread(s)"
-                            : std::to_string(connections) + " tcp connection(s)";
+    std::string paths =
+        shm ? std::to_string(o.threads) + " copy thread(s)"
+            : std::to_string(connections) + " tcp connection(s) (" + congestion_in_use(o) + ")";
     std::printf("ferry-bench: %s %s to %s (segment %s), io backend %s, %s, slice %llu B%s\n", protocol,
                 o.operation.c_str(), locator(o).c_str(), target.name.c_str(), io::to_string(ctx.backend()),
                 paths.c_str(), static_cast<unsigned long long>(o.slice_size),
@@ -601,6 +622,7 @@ int run_initiator(const options& o, bool shm) {
   eo.slice_size = static_cast<std::uint32_t>(o.slice_size);
   eo.tcp.connections_per_peer = o.connections ? o.connections : std::max(o.threads, 4u);
   eo.tcp.in_flight_per_connection = o.in_flight;
+  eo.tcp.congestion_control = o.tcp_congestion;
   eo.shm.copy_threads = o.threads;
   Engine engine(ctx, eo);
   if (!o.metadata.empty())
@@ -650,6 +672,9 @@ int main(int argc, char** argv) {
   app.add_option("--connections", o.connections,
                  "initiator: tcp connections to the target (default max(threads, 4))")
       ->check(CLI::Range(1u, 1024u));
+  app.add_option("--tcp-congestion", o.tcp_congestion,
+                 "both sides: TCP congestion control of the data connections, e.g. reno or cubic (default: "
+                 "the system's, net.ipv4.tcp_congestion_control)");
   app.add_option("--in-flight", o.in_flight, "initiator: tcp requests in flight per connection")
       ->check(CLI::Range(1u, 4096u))
       ->capture_default_str();

@@ -1,55 +1,96 @@
 #!/usr/bin/env bash
 # Measures ferry-bench over tcp and shm against this machine's limits, in one run, and prints a markdown table
-# of medians with their ratios. Usage: benchmarks/transfer_limits.sh BUILD_DIR [runs=3] [seconds=3]
+# of medians with their ratios. Usage: benchmarks/transfer_limits.sh BUILD_DIR [runs=3] [seconds=3] [cc=reno]
+# Every tcp row runs twice: with the system's congestion control (what ../shared/baselines/tcp_limit measures
+# with iperf3) and with `cc` on both ends (ferry-bench --tcp-congestion); the second is also compared with
+# iperf3 using `cc` (iperf3 -C), the like-for-like limit.
 set -euo pipefail
 build=${1:?build directory with benchmarks/ferry-bench}
-runs=${2:-3} secs=${3:-3}
+runs=${2:-3} secs=${3:-3} cc=${4:-reno}
 here=$(cd "$(dirname "$0")" && pwd)
 baselines=${FERRY_BASELINES:-$here/../../shared/baselines}
 bench=$build/benchmarks/ferry-bench
+system_cc=$(cat /proc/sys/net/ipv4/tcp_congestion_control)
 median() { python3 -c 'import sys,statistics; print("%.3f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 gbps() { python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])'; }
+# iperf3 as tcp_limit runs it (one server, loopback, 1 MiB writes), with congestion control $3 on the sender.
+iperf3_with() {
+  local streams=$1 seconds=$2 algorithm=$3 port out
+  port=$((20000 + RANDOM % 20000))
+  iperf3 -s -1 -p "$port" -B 127.0.0.1 >/dev/null 2>&1 &
+  sleep 0.5
+  out=$(iperf3 -c 127.0.0.1 -p "$port" -P "$streams" -t "$seconds" -l 1M -C "$algorithm" -J)
+  wait 2>/dev/null || true
+  python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 8e9))' <<<"$out"
+}
 
-out=$(mktemp)
-"$bench" --mode target --listen 127.0.0.2:0 --buffer-size 1G >"$out" 2>&1 &
-target_pid=$!
-trap 'kill $target_pid 2>/dev/null; rm -f "$out"' EXIT
-for _ in $(seq 50); do grep -q "listening on" "$out" && break; sleep 0.1; done
-target=$(grep -o "127.0.0.2:[0-9]*" "$out")
+start_target() { # congestion control ("" for the system's) -> sets target and target_pid
+  local out
+  out=$(mktemp)
+  "$bench" --mode target --listen 127.0.0.2:0 --buffer-size 1G ${1:+--tcp-congestion "$1"} >"$out" 2>&1 &
+  target_pid=$!
+  for _ in $(seq 50); do grep -q "listening on" "$out" && break; sleep 0.1; done
+  target=$(grep -o "127.0.0.2:[0-9]*" "$out")
+  rm -f "$out"
+}
+trap 'kill ${target_pid:-} 2>/dev/null' EXIT
 
 declare -A limit
 for streams in 1 4; do
-  vals=(); for _ in $(seq "$runs"); do vals+=("$("$baselines/tcp_limit" "$streams" "$secs" | gbps)"); done
+  vals=() same=()
+  for _ in $(seq "$runs"); do
+    vals+=("$("$baselines/tcp_limit" "$streams" "$secs" | gbps)")
+    same+=("$(iperf3_with "$streams" "$secs" "$cc")")
+  done
   limit[tcp$streams]=$(median "${vals[@]}")
+  limit[$cc$streams]=$(median "${same[@]}")
 done
 vals=(); for _ in $(seq "$runs"); do vals+=("$("$baselines/memcpy_limit" 1 | gbps)"); done
 limit[memcpy1]=$(median "${vals[@]}")
 
-# One row: protocol operation block streams local_blocks (local_blocks 128: a distinct local block per request;
-# 1: every request reuses one hot local block, as iperf3 reuses its buffer).
+# One row: protocol operation block streams local_blocks congestion-control (local_blocks 128: a distinct local
+# block per request; 1: every request reuses one hot local block, as iperf3 reuses its buffer).
 row() {
-  local protocol=$1 op=$2 block=$3 conns=$4 local_blocks=$5 vals=() m l streams ratio
+  local protocol=$1 op=$2 block=$3 conns=$4 local_blocks=$5 algorithm=$6 vals=() m l streams ratio same same_ratio
   for _ in $(seq "$runs"); do
     vals+=("$("$bench" --mode initiator --target "$target" --protocol "$protocol" --operation "$op" \
       --block-size "$block" --batch-size 128 --threads 1 --connections "$conns" --local-blocks "$local_blocks" \
-      --duration "$secs" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["throughput_gbps"])')")
+      ${algorithm:+--tcp-congestion "$algorithm"} --duration "$secs" --json |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["throughput_gbps"])')")
   done
   m=$(median "${vals[@]}")
-  if [[ $protocol == tcp ]]; then l=${limit[tcp$conns]}; streams=$conns; else l=${limit[memcpy1]}; streams=-; fi
+  if [[ $protocol == tcp ]]; then
+    l=${limit[tcp$conns]} streams=$conns
+    if [[ -n $algorithm ]]; then same=${limit[$algorithm$conns]}; else same=$l; fi
+    same_ratio=$(python3 -c "print('%.2f' % ($m / $same))")
+  else
+    l=${limit[memcpy1]} streams=- same=- same_ratio=-
+  fi
   ratio=$(python3 -c "print('%.2f' % ($m / $l))")
-  echo "| $protocol | $op | $block | 128 | $local_blocks | $streams | $m | $l | $ratio |"
+  local label=${algorithm:-$system_cc}
+  [[ $protocol == shm ]] && label=-
+  echo "| $protocol | $op | $block | $local_blocks | $streams | $label | $m | $l | $ratio | $same | $same_ratio |"
 }
 
-echo "| protocol | operation | block | batch | local blocks | streams | ferry-bench GB/s (median of $runs) | limit GB/s | ratio |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-for block in 1M 64K; do
-  for op in write read; do
-    for conns in 1 4; do row tcp "$op" "$block" "$conns" 128; done
-    row tcp "$op" "$block" 1 1
+echo "| protocol | operation | block | local blocks | streams | congestion control | ferry-bench GB/s (median of $runs) | limit GB/s | ratio | iperf3, same congestion control | ratio |"
+echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+for algorithm in "" "$cc"; do
+  start_target "$algorithm"
+  for block in 1M 64K; do
+    for op in write read; do
+      for conns in 1 4; do
+        row tcp "$op" "$block" "$conns" 128 "$algorithm"
+        row tcp "$op" "$block" "$conns" 1 "$algorithm"
+      done
+    done
   done
+  kill "$target_pid"
+  wait "$target_pid" 2>/dev/null || true
 done
+start_target ""
 for block in 1M 64K; do
-  for op in write read; do row shm "$op" "$block" 1 128; done
+  for op in write read; do row shm "$op" "$block" 1 128 ""; done
 done
 echo
-echo "limits: tcp_limit 1 stream ${limit[tcp1]} GB/s, 4 streams ${limit[tcp4]} GB/s (iperf3, medians); memcpy_limit 1 thread ${limit[memcpy1]} GB/s"
+echo "limits (medians): tcp_limit (iperf3, $system_cc) 1 stream ${limit[tcp1]} GB/s, 4 streams ${limit[tcp4]} GB/s;" \
+  "iperf3 -C $cc 1 stream ${limit[${cc}1]} GB/s, 4 streams ${limit[${cc}4]} GB/s; memcpy_limit 1 thread ${limit[memcpy1]} GB/s"

@@ -207,6 +207,37 @@ TEST_SUITE("tcp_socket") {
     });
   }
 
+  TEST_CASE(
+      "a congestion control set on the listener is inherited by accepted connections; an unknown one is "
+      "refused with the reason") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      REQUIRE(l->set_congestion_control("reno"));
+      auto refused = l->set_congestion_control("no-such-algorithm");
+      REQUIRE_FALSE(refused);
+      CHECK(refused.error() == ferry::errc::invalid_argument);
+      CHECK(refused.error().message().find("\"no-such-algorithm\"") != std::string::npos);
+      CHECK(refused.error().message().find("tcp_available_congestion_control") != std::string::npos);
+      ctx.run_until([&]() -> ferry::task<> {
+        auto s = co_await tcp_socket::connect(ctx, *l->local_endpoint());
+        REQUIRE(s);
+        auto peer = co_await l->accept();
+        REQUIRE(peer);
+        CHECK(peer->congestion_control() == "reno");
+        REQUIRE(s->set_congestion_control("reno"));
+        CHECK(s->congestion_control() == "reno");
+        // the connection still carries bytes both ways after the switch
+        auto data = pattern(256 << 10, 5);
+        std::vector<std::byte> got(data.size());
+        auto [sent, received] = co_await ferry::when_all(s->send_all(data), peer->recv_all(got));
+        CHECK(sent.has_value());
+        CHECK(received.has_value());
+        CHECK(got == data);
+      }());
+    });
+  }
+
   TEST_CASE("distinct loopback addresses act as distinct hosts") {
     ferry_test::for_each_backend([](io_context& ctx) {
       auto l = tcp_listener::listen(ctx, loopback("127.0.0.2"));

@@ -6,6 +6,7 @@
 #include "ferry/transfer.hpp"
 
 #include "../support/forked_child.hpp"
+#include "../support/socket_ends.hpp"
 
 #include <doctest/doctest.h>
 
@@ -182,6 +183,63 @@ TEST_SUITE("transfer_engine") {
     CHECK(back == src);
     CHECK(std::equal(src.begin(), src.end(), remote.begin() + 1000));
     CHECK(initiator.routed_bytes("tcp") == 2 * src.size());
+  }
+
+  TEST_CASE("the congestion control asked for is used on both ends of every data connection") {
+    ferry::io::io_context ctx;
+    ferry::default_engine target(
+        ctx, {.name = "target", .listen = "127.0.0.2:0", .tcp = {.congestion_control = "reno"}});
+    tcp_engine initiator(
+        ctx, {.name = "initiator", .slice_size = 64 * 1024, .tcp = {.congestion_control = "reno"}});
+    std::vector<std::byte> remote(1 << 20), src(remote.size()), back(remote.size());
+    fill(src, 9);
+    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(src.data(), *seg, 0, src.size());
+      auto wr = co_await initiator.transfer(w);
+      REQUIRE_MESSAGE(wr.ok(), wr.first_error().message());
+      transfer_batch r;
+      r.read(back.data(), *seg, 0, back.size());
+      auto rr = co_await initiator.transfer(r);
+      REQUIRE_MESSAGE(rr.ok(), rr.first_error().message());
+    }());
+    CHECK(back == src);
+    // Both engines live in this process: every socket of it with the target's address at one end is one end
+    // of a data connection (the handshake's connection is closed by now).
+    auto ends = ferry_test::congestion_controls_towards(*target.endpoint());
+    CHECK(ends.size() >= 2);
+    for (auto& name : ends)
+      CHECK(name == "reno");
+  }
+
+  TEST_CASE(
+      "a congestion control the kernel refuses fails start() and transfers with the reason, never a hang") {
+    ferry::io::io_context ctx;
+    ferry::default_engine refused(
+        ctx, {.name = "target", .listen = "127.0.0.2:0", .tcp = {.congestion_control = "no-such-algorithm"}});
+    auto started = refused.start();
+    REQUIRE_FALSE(started);
+    CHECK(started.error().message().find("no-such-algorithm") != std::string::npos);
+
+    served_pair p(1 << 20, {.name = "initiator", .tcp = {.congestion_control = "no-such-algorithm"}});
+    auto t0 = clock_type::now();
+    auto r = p.ctx.run_until([&]() -> ferry::task<ferry::batch_result> {
+      auto seg = co_await p.initiator.open_segment(p.address());
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(p.local.data(), *seg, 0, p.local.size());
+      co_return co_await p.initiator.transfer(w, ferry::transfer_options().with_timeout(5s));
+    }());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.first_error() == errc::invalid_argument);
+    CHECK(r.first_error().message().find("no-such-algorithm") != std::string::npos);
+    CHECK(clock_type::now() - t0 < 4s);
   }
 
   TEST_CASE("a same-host peer in another process is reached through shared memory, never tcp") {

@@ -7,6 +7,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
+#include "ferry/io/detail/congestion_control.hpp"
 #include "ferry/io/endpoint.hpp"
 #include "ferry/io/io_context.hpp"
 #include "ferry/io/operation.hpp"
@@ -14,6 +15,7 @@
 
 #include <cerrno>
 #include <stop_token>
+#include <string_view>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <utility>
@@ -49,6 +51,11 @@ public:
     if (::listen(fd, backlog) < 0)
       return fail_errno(-errno, "listen");
     return l;
+  }
+
+  /// Chooses the congestion control algorithm of the connections accepted from now on (they inherit it).
+  result<void> set_congestion_control(std::string_view name) noexcept {
+    return detail::set_congestion_control(fd_, name);
   }
 
   /// Waits for the next connection.

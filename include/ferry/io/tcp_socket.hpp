@@ -9,6 +9,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
+#include "ferry/io/detail/congestion_control.hpp"
 #include "ferry/io/endpoint.hpp"
 #include "ferry/io/io_context.hpp"
 #include "ferry/io/operation.hpp"
@@ -20,6 +21,8 @@
 #include <optional>
 #include <span>
 #include <stop_token>
+#include <string>
+#include <string_view>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -153,6 +156,13 @@ public:
     int v = on ? 1 : 0;
     ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &v, sizeof v);
   }
+  /// Chooses the congestion control algorithm (TCP_CONGESTION), e.g. "reno" or "cubic"; an error says why the
+  /// kernel refused it (not available, or not allowed to this process).
+  result<void> set_congestion_control(std::string_view name) noexcept {
+    return detail::set_congestion_control(fd_, name);
+  }
+  /// The congestion control algorithm in use ("" if it cannot be read).
+  std::string congestion_control() const { return detail::congestion_control(fd_); }
   /// Sets SO_SNDBUF and SO_RCVBUF (the kernel may adjust them).
   void set_buffer_sizes(int bytes) noexcept {
     ::setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);

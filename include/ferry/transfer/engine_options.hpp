@@ -19,6 +19,13 @@ struct tcp_options {
   std::chrono::milliseconds connect_timeout{3000};
   /// A connection with requests outstanding and no reply for this long is dropped and its slices retried.
   std::chrono::milliseconds reply_timeout{10000};
+  /// The TCP congestion control algorithm of this engine's data connections, the ones it opens and the ones
+  /// it accepts ("reno", "cubic", "dctcp", "bbr" ...); empty: the system's default
+  /// (net.ipv4.tcp_congestion_control). An algorithm the kernel refuses fails start() and connections with
+  /// the reason.
+  // why: an algorithm that paces in the kernel (bbr without the fq qdisc) arms a timer per packet; on links
+  // inside a cluster, or on loopback, that costs a large share of the sender's CPU (see BENCHMARKS.md).
+  std::string congestion_control;
 };
 
 struct shm_options {

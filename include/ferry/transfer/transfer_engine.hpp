@@ -117,7 +117,7 @@ public:
         io_, registry_, scope_,
         tcp_server::hooks{[this] { return descriptor().to_json(); },
                           [this](std::string message) { deliver(std::move(message)); }});
-    auto where = server_->listen(*at);
+    auto where = server_->listen(*at, options_.tcp.congestion_control);
     if (!where) {
       server_.reset();
       return fail(where.error());

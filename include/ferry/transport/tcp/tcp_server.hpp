@@ -32,6 +32,7 @@
 #include <span>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <sys/uio.h>
 #include <system_error>
 #include <vector>
@@ -53,11 +54,15 @@ public:
   tcp_server(const tcp_server&) = delete;
   tcp_server& operator=(const tcp_server&) = delete;
 
-  /// Starts listening on `at` and accepting in the background; yields the address actually bound.
-  result<io::endpoint> listen(const io::endpoint& at) {
+  /// Starts listening on `at` and accepting in the background; yields the address actually bound. The
+  /// connections accepted use `congestion_control` (empty: the system's default).
+  result<io::endpoint> listen(const io::endpoint& at, std::string_view congestion_control = {}) {
     auto l = io::tcp_listener::listen(io_, at);
     if (!l)
       return fail(l.error());
+    if (!congestion_control.empty())
+      if (auto set = l->set_congestion_control(congestion_control); !set)
+        return fail(set.error());
     listener_ = std::move(*l);
     auto where = listener_.local_endpoint();
     if (!where)

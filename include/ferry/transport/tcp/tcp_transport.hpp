@@ -289,6 +289,9 @@ private:
   task<> connect(connection& c) {
     io::deadline within(tc_.io, tc_.options.tcp.connect_timeout, stop_.get_token());
     auto sock = co_await io::tcp_socket::connect(tc_.io, c.address, within.token());
+    if (sock && !tc_.options.tcp.congestion_control.empty())
+      if (auto set = sock->set_congestion_control(tc_.options.tcp.congestion_control); !set)
+        sock = fail(set.error());
     if (sock && !stopping_) {
       // why: the address may now be served by a restarted process whose regions differ; bytes must never
       // land by a stale descriptor. One hello per connection confirms who answers.
