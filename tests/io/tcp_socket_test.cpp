@@ -238,6 +238,53 @@ TEST_SUITE("tcp_socket") {
     });
   }
 
+  TEST_CASE("a batched receive completes a payload that trickles in, and small receives work after it") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      auto data = pattern((1 << 20) + 333, 8);
+      std::vector<std::byte> got(data.size()), tail(10);
+      ctx.run_until([&]() -> ferry::task<> {
+        auto s = co_await tcp_socket::connect(ctx, *l->local_endpoint());
+        REQUIRE(s);
+        auto peer = co_await l->accept();
+        REQUIRE(peer);
+        auto sender = [&]() -> ferry::task<bool> {
+          // pieces smaller and larger than the batch, with pauses, the last one shorter than the batch
+          std::span<const std::byte> rest(data);
+          for (std::size_t piece :
+               {std::size_t{1000}, std::size_t{300 << 10}, std::size_t{70 << 10}, std::size_t{600 << 10}}) {
+            auto sent = co_await s->send_all(rest.first(piece));
+            if (!sent)
+              co_return false;
+            rest = rest.subspan(piece);
+            co_await ctx.sleep_for(20ms);
+          }
+          auto sent = co_await s->send_all(rest);
+          if (!sent)
+            co_return false;
+          co_await ctx.sleep_for(20ms);
+          auto small = co_await s->send_all(std::span(data).first(tail.size()));
+          co_return small.has_value();
+        };
+        auto receiver = [&]() -> ferry::task<bool> {
+          auto big = co_await peer->recv_all_batched(got, 128 << 10);
+          if (!big)
+            co_return false;
+          // the low-water mark is back to 1: ten bytes are enough to complete a receive
+          ferry::io::deadline within(ctx, 2s);
+          auto small = co_await peer->recv_all(tail, within.token());
+          co_return small.has_value();
+        };
+        auto [sent, received] = co_await ferry::when_all(sender(), receiver());
+        CHECK(sent);
+        CHECK(received);
+      }());
+      CHECK(got == data);
+      CHECK(std::equal(tail.begin(), tail.end(), data.begin()));
+    });
+  }
+
   TEST_CASE("distinct loopback addresses act as distinct hosts") {
     ferry_test::for_each_backend([](io_context& ctx) {
       auto l = tcp_listener::listen(ctx, loopback("127.0.0.2"));

@@ -115,6 +115,29 @@ public:
     }
     co_return result<void>{};
   }
+  /// Receives exactly `buffer.size()` bytes like recv_all, asking the kernel to wake the receiver only once
+  /// `batch` bytes are waiting (SO_RCVLOWAT) while more than `batch` bytes of the buffer are still to come,
+  /// so that a large payload is taken in a few large pieces. The low-water mark is 1 again when it returns.
+  // why: the mark never exceeds what is still to arrive (the last `batch` bytes are received with a mark of
+  // 1), so a peer that sends exactly the buffer's bytes always completes it; the kernel grows the receive
+  // buffer to hold the mark (tcp_set_rcvlowat), so a mark cannot stall the sender either.
+  task<result<void>> recv_all_batched(std::span<std::byte> buffer, std::size_t batch,
+                                      std::stop_token stop = {}) {
+    if (batch > 1 && buffer.size() > 2 * batch) {
+      set_receive_low_water(static_cast<int>(batch));
+      auto head = co_await recv_all(buffer.first(buffer.size() - batch), stop);
+      set_receive_low_water(1);
+      if (!head)
+        co_return head;
+      buffer = buffer.last(batch);
+    }
+    co_return co_await recv_all(buffer, stop);
+  }
+  /// Sets SO_RCVLOWAT: a receive waits until this many bytes are here (or the stream ends).
+  void set_receive_low_water(int bytes) noexcept {
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof bytes);
+  }
+
   /// Sends all of `data`.
   task<result<void>> send_all(std::span<const std::byte> data, std::stop_token stop = {}) {
     while (!data.empty()) {
