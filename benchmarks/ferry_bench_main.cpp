@@ -79,6 +79,7 @@ struct options {
   std::uint64_t block_size = 1ull << 20;
   unsigned batch_size = 128;
   unsigned local_blocks = 0; // distinct local blocks the requests of a batch cycle through (0: batch_size)
+  std::uint64_t remote_blocks = 0; // distinct target blocks the requests cycle through (0: as many as fit)
   unsigned threads = 1;
   unsigned connections = 0;   // 0: max(threads, 4)
   std::string tcp_congestion; // both sides: TCP congestion control of the data connections ("": the system's)
@@ -493,6 +494,8 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
     }
   std::uint64_t area_size = region->length / o.threads;
   std::uint64_t blocks_in_area = area_size / o.block_size;
+  if (o.remote_blocks)
+    blocks_in_area = std::min(blocks_in_area, o.remote_blocks);
   if (blocks_in_area == 0) {
     std::fprintf(
         stderr,
@@ -583,6 +586,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
         {"block_size", o.block_size},
         {"batch_size", o.batch_size},
         {"local_blocks", o.local_blocks},
+        {"remote_blocks", workers.front().blocks_in_area},
         {"threads", o.threads},
         {"connections", connections},
         {"tcp_congestion", shm ? std::string() : congestion_in_use(o)},
@@ -715,6 +719,12 @@ int main(int argc, char** argv) {
       "--local-blocks", o.local_blocks,
       "initiator: distinct local blocks a batch's requests cycle through (default: one per request; "
       "1 reuses one hot block, as iperf3 reuses its buffer)");
+  app.add_option(
+         "--remote-blocks", o.remote_blocks,
+         "initiator: distinct target blocks the requests cycle through (default: as many as the target's "
+         "region holds; 1 makes every request use one hot block of the target, as iperf3's receiver "
+         "reuses its buffer)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40));
   app.add_flag("--verify", o.verify, "initiator: check every byte end to end");
   app.add_flag("!--no-restore", o.restore,
                "initiator: leave written data in place (default: rewrite the fill pattern)");
@@ -830,6 +840,12 @@ int main(int argc, char** argv) {
   }
   if (o.local_blocks == 0 || o.local_blocks > o.batch_size)
     o.local_blocks = o.batch_size;
+  if (o.verify && o.remote_blocks != 0 && o.remote_blocks < o.batch_size) {
+    std::fprintf(stderr,
+                 "ferry-bench: --verify needs a distinct target block per request (--remote-blocks >= "
+                 "--batch-size)\n");
+    return 2;
+  }
   if (o.verify && o.local_blocks != o.batch_size) {
     std::fprintf(stderr,
                  "ferry-bench: --verify needs one local block per request (leave --local-blocks out)\n");

@@ -48,13 +48,17 @@ done
 vals=(); for _ in $(seq "$runs"); do vals+=("$("$baselines/memcpy_limit" 1 | gbps)"); done
 limit[memcpy1]=$(median "${vals[@]}")
 
-# One row: protocol operation block streams local_blocks congestion-control (local_blocks 128: a distinct local
-# block per request; 1: every request reuses one hot local block, as iperf3 reuses its buffer).
+# One row: protocol operation block streams memory congestion-control. memory "distinct": every request of a
+# batch has its own local block and its own target block (128 MiB a side per batch of 1 MiB blocks: memory
+# that is not in cache, the realistic case); "reused": every request uses one local and one target block,
+# which stay in cache, as iperf3's sender and receiver reuse one buffer each.
 row() {
-  local protocol=$1 op=$2 block=$3 conns=$4 local_blocks=$5 algorithm=$6 vals=() m l streams ratio same same_ratio
+  local protocol=$1 op=$2 block=$3 conns=$4 memory=$5 algorithm=$6 vals=() m l streams ratio same same_ratio
+  local blocks=(--local-blocks 128)
+  [[ $memory == reused ]] && blocks=(--local-blocks 1 --remote-blocks 1)
   for _ in $(seq "$runs"); do
     vals+=("$("$bench" --mode initiator --target "$target" --protocol "$protocol" --operation "$op" \
-      --block-size "$block" --batch-size 128 --threads 1 --connections "$conns" --local-blocks "$local_blocks" \
+      --block-size "$block" --batch-size 128 --threads 1 --connections "$conns" "${blocks[@]}" \
       ${algorithm:+--tcp-congestion "$algorithm"} --duration "$secs" --json |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["throughput_gbps"])')")
   done
@@ -69,18 +73,18 @@ row() {
   ratio=$(python3 -c "print('%.2f' % ($m / $l))")
   local label=${algorithm:-$system_cc}
   [[ $protocol == shm ]] && label=-
-  echo "| $protocol | $op | $block | $local_blocks | $streams | $label | $m | $l | $ratio | $same | $same_ratio |"
+  echo "| $protocol | $op | $block | $memory | $streams | $label | $m | $l | $ratio | $same | $same_ratio |"
 }
 
-echo "| protocol | operation | block | local blocks | streams | congestion control | ferry-bench GB/s (median of $runs) | limit GB/s | ratio | iperf3, same congestion control | ratio |"
+echo "| protocol | operation | block | memory | streams | congestion control | ferry-bench GB/s (median of $runs) | limit GB/s | ratio | iperf3, same congestion control | ratio |"
 echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"
 for algorithm in "" "$cc"; do
   start_target "$algorithm"
   for block in 1M 64K; do
     for op in write read; do
       for conns in 1 4; do
-        row tcp "$op" "$block" "$conns" 128 "$algorithm"
-        row tcp "$op" "$block" "$conns" 1 "$algorithm"
+        row tcp "$op" "$block" "$conns" distinct "$algorithm"
+        row tcp "$op" "$block" "$conns" reused "$algorithm"
       done
     done
   done
@@ -89,7 +93,7 @@ for algorithm in "" "$cc"; do
 done
 start_target ""
 for block in 1M 64K; do
-  for op in write read; do row shm "$op" "$block" 1 128 ""; done
+  for op in write read; do row shm "$op" "$block" 1 distinct ""; done
 done
 echo
 echo "limits (medians): tcp_limit (iperf3, $system_cc) 1 stream ${limit[tcp1]} GB/s, 4 streams ${limit[tcp4]} GB/s;" \

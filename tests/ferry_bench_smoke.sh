@@ -25,6 +25,23 @@ print(f'{sys.argv[2]} {sys.argv[3]}: {j["throughput_gbps"]:.2f} GB/s, verified')
 PY
   done
 done
+# The knobs BENCHMARKS.md uses: a congestion control for the data connections, one reused block a side.
+json=$("$bench" --mode initiator --target "$target" --protocol tcp --operation write --block-size 64K \
+  --batch-size 16 --tcp-congestion reno --local-blocks 1 --remote-blocks 1 --duration 0.3 --json)
+python3 - "$json" <<'PY'
+import json, sys
+j = json.loads(sys.argv[1])
+assert j["tcp_congestion"] == "reno", j["tcp_congestion"]
+assert j["local_blocks"] == 1 and j["remote_blocks"] == 1, (j["local_blocks"], j["remote_blocks"])
+assert j["bytes"] > 0
+print(f'tcp write, reno, one reused block a side: {j["throughput_gbps"]:.2f} GB/s')
+PY
+if err=$("$bench" --mode initiator --target "$target" --protocol tcp --tcp-congestion no-such-algorithm \
+  --duration 0.3 2>&1 >/dev/null); then
+  echo "a congestion control the kernel lacks must fail the run"; exit 1
+fi
+grep -q 'no-such-algorithm' <<<"$err" || { echo "the error must name the algorithm: $err"; exit 1; }
+echo "unknown congestion control: refused with the reason, as expected"
 if "$bench" --mode initiator --target 127.0.0.2:1 --protocol tcp --duration 0.5 >/dev/null 2>&1; then
   echo "an unreachable target must fail"; exit 1
 fi
