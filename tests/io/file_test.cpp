@@ -102,7 +102,7 @@ TEST_SUITE("file") {
     });
   }
 
-  TEST_CASE("registered buffers serve fixed reads and writes; others are refused") {
+  TEST_CASE("registered buffers serve fixed reads and writes while others are refused") {
     ferry_test::for_each_backend([](io_context& ctx) {
       temp_dir dir;
       auto f = file::open(ctx, dir / "fixed.bin", O_RDWR | O_CREAT | O_TRUNC);

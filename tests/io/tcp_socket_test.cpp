@@ -208,7 +208,7 @@ TEST_SUITE("tcp_socket") {
   }
 
   TEST_CASE(
-      "a congestion control set on the listener is inherited by accepted connections; an unknown one is "
+      "a congestion control set on the listener is inherited by accepted connections and an unknown one is "
       "refused with the reason") {
     ferry_test::for_each_backend([](io_context& ctx) {
       auto l = tcp_listener::listen(ctx, loopback());

@@ -32,7 +32,7 @@ TEST_SUITE("verbs send_queue_tracker") {
     CHECK(t.empty());
   }
 
-  TEST_CASE("an error hits its own request; earlier ones succeeded and later ones flush one by one") {
+  TEST_CASE("an error hits its own request: earlier ones succeeded and later ones flush one by one") {
     send_queue_tracker<int> t;
     for (int i = 1; i <= 5; ++i)
       t.push(i);

@@ -35,7 +35,7 @@ TEST_SUITE("verbs wr_chain") {
     CHECK((head->send_flags & IBV_SEND_INLINE) == 0);
   }
 
-  TEST_CASE("every Nth request and the last are signaled; requests are linked in order") {
+  TEST_CASE("every Nth request and the last are signaled and requests are linked in order") {
     std::array<std::byte, 64> buf{};
     wr_chain chain({.max_sge = 1, .max_inline = 0, .signal_every = 4, .max_wr = 16});
     local_sge one{buf.data(), 64, 1};
