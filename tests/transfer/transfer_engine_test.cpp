@@ -10,11 +10,13 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <span>
 #include <string>
 #include <sys/wait.h>
 #include <thread>
@@ -142,8 +144,9 @@ struct served_pair {
   ferry::default_engine target;
   tcp_engine initiator;
 
-  explicit served_pair(std::size_t bytes, ferry::engine_options initiator_options = {.name = "initiator"})
-      : remote(bytes), local(bytes), target(ctx, {.name = "target", .listen = "127.0.0.2:0"}),
+  explicit served_pair(std::size_t bytes, ferry::engine_options initiator_options = {.name = "initiator"},
+                       ferry::engine_options target_options = {.name = "target", .listen = "127.0.0.2:0"})
+      : remote(bytes), local(bytes), target(ctx, std::move(target_options)),
         initiator(ctx, std::move(initiator_options)) {
     REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
     REQUIRE(target.start());
@@ -186,33 +189,27 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("the congestion control asked for is used on both ends of every data connection") {
-    ferry::io::io_context ctx;
-    ferry::default_engine target(
-        ctx, {.name = "target", .listen = "127.0.0.2:0", .tcp = {.congestion_control = "reno"}});
-    tcp_engine initiator(
-        ctx, {.name = "initiator", .slice_size = 64 * 1024, .tcp = {.congestion_control = "reno"}});
-    std::vector<std::byte> remote(1 << 20), src(remote.size()), back(remote.size());
+    served_pair p(2 << 20,
+                  {.name = "initiator", .slice_size = 64 * 1024, .tcp = {.congestion_control = "reno"}},
+                  {.name = "target", .listen = "127.0.0.2:0", .tcp = {.congestion_control = "reno"}});
+    std::span<std::byte> src(p.local.data(), 1 << 20), back(p.local.data() + (1 << 20), 1 << 20);
     fill(src, 9);
-    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
-    REQUIRE(target.start());
-    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
-    REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
-    ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+    p.ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await p.initiator.open_segment(p.address());
       REQUIRE(seg);
       transfer_batch w;
       w.write(src.data(), *seg, 0, src.size());
-      auto wr = co_await initiator.transfer(w);
+      auto wr = co_await p.initiator.transfer(w);
       REQUIRE_MESSAGE(wr.ok(), wr.first_error().message());
       transfer_batch r;
       r.read(back.data(), *seg, 0, back.size());
-      auto rr = co_await initiator.transfer(r);
+      auto rr = co_await p.initiator.transfer(r);
       REQUIRE_MESSAGE(rr.ok(), rr.first_error().message());
     }());
-    CHECK(back == src);
+    CHECK(std::equal(back.begin(), back.end(), src.begin(), src.end()));
     // Both engines live in this process: every socket of it with the target's address at one end is one end
     // of a data connection (the handshake's connection is closed by now).
-    auto ends = ferry_test::congestion_controls_towards(*target.endpoint());
+    auto ends = ferry_test::congestion_controls_towards(*p.target.endpoint());
     CHECK(ends.size() >= 2);
     for (auto& name : ends)
       CHECK(name == "reno");

@@ -716,8 +716,9 @@ private:
     if constexpr (I < sizeof...(Transports)) {
       auto& t = std::get<I>(transports_);
       using T = std::tuple_element_t<I, std::tuple<Transports...>>;
-      if (I >= first &&
-          (!s->local_on_gpu || moves_gpu_memory<T>)&&t.reaches(p, s->remote_offset, s->length)) {
+      constexpr bool carries_gpu_memory = moves_gpu_memory<T>;
+      if (I >= first && (!s->local_on_gpu || carries_gpu_memory) &&
+          t.reaches(p, s->remote_offset, s->length)) {
         s->transport = static_cast<std::uint8_t>(I);
         routed_[I] += s->length;
         t.submit(p, s);
