@@ -3,13 +3,16 @@
 # of medians with their ratios. Usage: benchmarks/transfer_limits.sh BUILD_DIR [runs=3] [seconds=3] [cc=reno]
 # Every tcp row runs twice: with the system's congestion control (what ../shared/baselines/tcp_limit measures
 # with iperf3) and with `cc` on both ends (ferry-bench --tcp-congestion); the second is also compared with
-# iperf3 using `cc` (iperf3 -C), the like-for-like limit.
+# iperf3 using `cc` (iperf3 -C), the like-for-like limit. The 1 MiB tcp rows are also measured against
+# ferry-plain-tcp (plain sockets driven as iperf3 drives them) moving the same memory with the same congestion
+# control, run alternately with ferry-bench: the share of a gap to iperf3 that the memory alone explains.
 set -euo pipefail
 build=${1:?build directory with benchmarks/ferry-bench}
 runs=${2:-3} secs=${3:-3} cc=${4:-reno}
 here=$(cd "$(dirname "$0")" && pwd)
 baselines=${FERRY_BASELINES:-$here/../../shared/baselines}
 bench=$build/benchmarks/ferry-bench
+plain=$build/benchmarks/ferry-plain-tcp
 system_cc=$(cat /proc/sys/net/ipv4/tcp_congestion_control)
 median() { python3 -c 'import sys,statistics; print("%.3f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 gbps() { python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])'; }
@@ -54,15 +57,23 @@ limit[memcpy1]=$(median "${vals[@]}")
 # which stay in cache, as iperf3's sender and receiver reuse one buffer each.
 row() {
   local protocol=$1 op=$2 block=$3 conns=$4 memory=$5 algorithm=$6 vals=() m l streams ratio same same_ratio
-  local blocks=(--local-blocks 128)
-  [[ $memory == reused ]] && blocks=(--local-blocks 1 --remote-blocks 1)
+  local blocks=(--local-blocks 128) plain_blocks=128 plains=() p=- p_ratio=-
+  [[ $memory == reused ]] && blocks=(--local-blocks 1 --remote-blocks 1) plain_blocks=1
   for _ in $(seq "$runs"); do
     vals+=("$("$bench" --mode initiator --target "$target" --protocol "$protocol" --operation "$op" \
       --block-size "$block" --batch-size 128 --threads 1 --connections "$conns" "${blocks[@]}" \
       ${algorithm:+--tcp-congestion "$algorithm"} --duration "$secs" --json |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["throughput_gbps"])')")
+    if [[ $protocol == tcp && $block == 1M ]]; then
+      plains+=("$("$plain" --streams "$conns" --block-size "$block" --blocks "$plain_blocks" \
+        ${algorithm:+--congestion "$algorithm"} --duration "$secs" | gbps)")
+    fi
   done
   m=$(median "${vals[@]}")
+  if [[ ${#plains[@]} -gt 0 ]]; then
+    p=$(median "${plains[@]}")
+    p_ratio=$(python3 -c "print('%.2f' % ($m / $p))")
+  fi
   if [[ $protocol == tcp ]]; then
     l=${limit[tcp$conns]} streams=$conns
     if [[ -n $algorithm ]]; then same=${limit[$algorithm$conns]}; else same=$l; fi
@@ -73,11 +84,11 @@ row() {
   ratio=$(python3 -c "print('%.2f' % ($m / $l))")
   local label=${algorithm:-$system_cc}
   [[ $protocol == shm ]] && label=-
-  echo "| $protocol | $op | $block | $memory | $streams | $label | $m | $l | $ratio | $same | $same_ratio |"
+  echo "| $protocol | $op | $block | $memory | $streams | $label | $m | $l | $ratio | $same | $same_ratio | $p | $p_ratio |"
 }
 
-echo "| protocol | operation | block | memory | streams | congestion control | ferry-bench GB/s (median of $runs) | limit GB/s | ratio | iperf3, same congestion control | ratio |"
-echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+echo "| protocol | operation | block | memory | streams | congestion control | ferry-bench GB/s (median of $runs) | limit GB/s | ratio | iperf3, same congestion control | ratio | plain sockets, same memory and congestion control | ratio |"
+echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 for algorithm in "" "$cc"; do
   start_target "$algorithm"
   for block in 1M 64K; do

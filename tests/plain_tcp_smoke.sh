@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs ferry-plain-tcp as benchmarks/transfer_limits.sh does (one and several streams, distinct and reused
+# blocks, a chosen congestion control) and checks what it reports; a bad option must be refused.
+set -euo pipefail
+tool=${1:?path to ferry-plain-tcp}
+check() { # expected streams, blocks, congestion ("" for any), then the tool's JSON
+  python3 - "$@" <<'PY'
+import json, sys
+streams, blocks, cc, line = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+j = json.loads(line)
+assert j["streams"] == streams and j["blocks"] == blocks, j
+assert j["bytes"] > 0 and j["seconds"] > 0 and j["gbps"] > 0, j
+assert abs(j["gbps"] - j["bytes"] / j["seconds"] / 1e9) < 0.01 * j["gbps"] + 0.001, j
+assert j["bytes"] % j["block_size"] == 0, "the receiver must end on whole messages"
+if cc:
+    assert j["congestion"] == cc, j
+print(f'{streams} stream(s), {blocks} block(s), {j["congestion"]}: {j["gbps"]:.2f} GB/s')
+PY
+}
+check 1 8 "" "$("$tool" --streams 1 --block-size 64K --blocks 8 --duration 0.3)"
+check 4 1 "" "$("$tool" --streams 4 --block-size 1M --blocks 1 --duration 0.3 --address 127.0.0.2)"
+check 2 16 reno "$("$tool" --streams 2 --block-size 256K --blocks 16 --duration 0.3 --congestion reno)"
+if err=$("$tool" --congestion no-such-algorithm --duration 0.2 2>&1); then
+  echo "an unknown congestion control must fail"; exit 1
+fi
+grep -q "no-such-algorithm" <<<"$err" || { echo "the error must name it: $err"; exit 1; }
+if "$tool" --streams 0 >/dev/null 2>&1; then echo "--streams 0 must be refused"; exit 1; fi
+echo "bad options: refused, as expected"
