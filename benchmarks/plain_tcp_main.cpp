@@ -1,7 +1,8 @@
 // ferry-plain-tcp: what plain sockets move over loopback TCP with the memory of a ferry-bench row, the
 // yardstick for how much of a gap to iperf3 is the memory rather than the transfer engine. A sender process
-// and a receiver process, one thread each (as iperf3), move messages of --block-size over --streams
-// connections with non-blocking send/recv driven by poll, and no tuning at all. Each side's messages cycle
+// and a receiver process, one thread each, move messages of --block-size over --streams connections the way
+// iperf3 (3.12) does: blocking sends of whole messages on the streams poll finds writable, non-blocking
+// receives on the streams poll finds readable, and no tuning at all. Each side's messages cycle
 // through --blocks distinct blocks of its own buffer: 128 blocks of 1 MiB is the memory ferry-bench's
 // initiator cycles through per batch (not in cache); 1 block is one reused buffer per side, which stays in
 // cache (what iperf3 does).
@@ -148,52 +149,28 @@ struct block_cursor {
   std::_Exit(0);
 }
 
-// The sender: sends messages on every stream for `duration` seconds, then ends each stream.
+// The sender, as iperf3's client: blocking sockets; each round polls for the streams that can take more and
+// sends up to 10 whole messages on each of them, until `duration` seconds have passed; then ends each stream.
 void send_for(const options& o, const std::vector<int>& socks) {
   block_cursor cursor{touched_buffer(o.block_size * o.blocks, 2), o.block_size, o.blocks};
-  std::vector<stream_position> at(o.streams);
-  for (auto& p : at)
-    p.message = cursor.take();
   std::vector<::pollfd> fds;
   for (int s : socks)
     fds.push_back({s, POLLOUT, 0});
   auto end = clock_type::now() +
              std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(o.duration));
-  bool ending = false; // past the end: only messages already begun are finished, so every message is whole
-  for (;;) {
-    if (!ending && clock_type::now() >= end)
-      ending = true;
-    if (ending) {
-      bool unfinished = false;
-      for (std::size_t i = 0; i < fds.size(); ++i) {
-        if (at[i].done == 0)
-          fds[i].events = 0;
-        unfinished = unfinished || at[i].done > 0;
-      }
-      if (!unfinished)
-        break;
-    }
+  while (clock_type::now() < end) {
     if (::poll(fds.data(), fds.size(), 100) < 0 && errno != EINTR)
       die("poll");
-    for (std::size_t i = 0; i < fds.size(); ++i) {
-      if (fds[i].revents == 0 || (ending && at[i].done == 0))
+    for (auto& f : fds) {
+      if (f.revents == 0)
         continue;
-      // As iperf3's sender: up to 10 messages per writable stream before polling again.
-      auto& p = at[i];
-      for (int sent = 0; sent < 10;) {
-        ssize_t n = ::send(fds[i].fd, p.message + p.done, o.block_size - p.done, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n < 0) {
-          if (errno == EAGAIN || errno == EINTR)
-            break;
-          die("send");
-        }
-        p.done += static_cast<std::size_t>(n);
-        if (p.done == o.block_size) {
-          p.message = cursor.take();
-          p.done = 0;
-          ++sent;
-          if (ending)
-            break;
+      for (int sent = 0; sent < 10 && clock_type::now() < end; ++sent) {
+        char* message = cursor.take();
+        for (std::size_t done = 0; done < o.block_size;) {
+          ssize_t n = ::send(f.fd, message + done, o.block_size - done, MSG_NOSIGNAL);
+          if (n < 0 && errno != EINTR)
+            die("send");
+          done += n > 0 ? static_cast<std::size_t>(n) : 0;
         }
       }
     }
