@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +26,7 @@
 #include <poll.h>
 #include <string>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -219,6 +221,10 @@ int main(int argc, char** argv) {
   if (receiver < 0)
     die("fork");
   if (receiver == 0) {
+    ::prctl(PR_SET_PDEATHSIG,
+            SIGKILL); // why: a sender that dies must not leave the receiver waiting in accept
+    if (::getppid() == 1)
+      std::_Exit(1);
     ::close(report[0]);
     receive(o, listener, report[1]);
   }
