@@ -11,6 +11,8 @@
 //   -> {"tool":"plain-tcp","streams":4,"block_size":1048576,"blocks":128,"congestion":"bbr","gbps":5.1}
 //
 // Throughput is what the receiver took, over the time from its first byte to its last.
+#include <ferry/io/detail/congestion_control.hpp>
+
 #include <CLI/CLI.hpp>
 
 #include <arpa/inet.h>
@@ -22,7 +24,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <string>
 #include <sys/mman.h>
@@ -60,16 +61,12 @@ char* touched_buffer(std::size_t size, char fill) {
 }
 
 void set_congestion(int fd, const std::string& name) {
-  if (!name.empty() && ::setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name.data(), name.size()) < 0)
-    die(("TCP_CONGESTION " + name).c_str());
-}
-
-std::string congestion_of(int fd) {
-  char name[32] = {};
-  ::socklen_t len = sizeof name;
-  if (::getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &len) < 0)
-    return "?";
-  return std::string(name, ::strnlen(name, len));
+  if (name.empty())
+    return;
+  if (auto set = ferry::io::detail::set_congestion_control(fd, name); !set) {
+    std::fprintf(stderr, "ferry-plain-tcp: %s\n", set.error().message().c_str());
+    std::exit(1);
+  }
 }
 
 // Where each stream stands in its current message; messages take the side's blocks in turn.
@@ -241,7 +238,9 @@ int main(int argc, char** argv) {
       die("connect");
     socks.push_back(s);
   }
-  std::string congestion = congestion_of(socks.front());
+  std::string congestion = ferry::io::detail::congestion_control(socks.front());
+  if (congestion.empty())
+    congestion = "?";
   send_for(o, socks);
 
   std::uint64_t bytes = 0;
