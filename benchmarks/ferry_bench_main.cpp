@@ -83,6 +83,7 @@ struct options {
   unsigned threads = 1;
   unsigned connections = 0;   // 0: max(threads, 4)
   std::string tcp_congestion; // both sides: TCP congestion control of the data connections ("": the system's)
+  unsigned io_threads = ferry::tcp_options{}.io_threads; // both sides: threads carrying the tcp connections
   unsigned in_flight = ferry::tcp_options{}.in_flight_per_connection;
   std::uint64_t slice_size = ferry::engine_options{}.slice_size;
   double timeout = 10;
@@ -193,6 +194,7 @@ int run_target(const options& o) {
   io::io_context ctx;
   ferry::engine_options eo{.name = o.name, .listen = o.listen};
   eo.tcp.congestion_control = o.tcp_congestion;
+  eo.tcp.io_threads = o.io_threads;
   ferry::default_engine engine(ctx, eo);
   auto offset =
       engine.registry().add(buffer->data(), buffer->size(), ferry::access::read_write, buffer->name());
@@ -590,6 +592,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
         {"threads", o.threads},
         {"connections", connections},
         {"tcp_congestion", shm ? std::string() : congestion_in_use(o)},
+        {"io_threads", shm ? 0u : o.io_threads},
         {"copy_threads", shm ? o.threads : 0u},
         {"slice_size", o.slice_size},
         {"verify", o.verify},
@@ -626,6 +629,7 @@ int run_initiator(const options& o, bool shm) {
   eo.slice_size = static_cast<std::uint32_t>(o.slice_size);
   eo.tcp.connections_per_peer = o.connections ? o.connections : std::max(o.threads, 4u);
   eo.tcp.in_flight_per_connection = o.in_flight;
+  eo.tcp.io_threads = o.io_threads;
   eo.tcp.congestion_control = o.tcp_congestion;
   eo.shm.copy_threads = o.threads;
   Engine engine(ctx, eo);
@@ -679,6 +683,11 @@ int main(int argc, char** argv) {
   app.add_option("--tcp-congestion", o.tcp_congestion,
                  "both sides: TCP congestion control of the data connections, e.g. reno or cubic (default: "
                  "the system's, net.ipv4.tcp_congestion_control)");
+  app.add_option("--io-threads", o.io_threads,
+                 "both sides: threads that carry the tcp data connections, each connection on one (0: the "
+                 "engine's own thread)")
+      ->check(CLI::Range(0u, 256u))
+      ->capture_default_str();
   app.add_option("--in-flight", o.in_flight, "initiator: tcp requests in flight per connection")
       ->check(CLI::Range(1u, 4096u))
       ->capture_default_str();

@@ -36,6 +36,23 @@ assert j["local_blocks"] == 1 and j["remote_blocks"] == 1, (j["local_blocks"], j
 assert j["bytes"] > 0
 print(f'tcp write, reno, one reused block a side: {j["throughput_gbps"]:.2f} GB/s')
 PY
+# Connections on I/O threads of their own, on both sides (--io-threads): every byte still verified.
+"$bench" --mode target --listen 127.0.0.3:0 --buffer-size 64M --io-threads 2 >"$out.threads" 2>&1 &
+threaded_pid=$!
+trap 'kill $target_pid $threaded_pid 2>/dev/null; wait $target_pid $threaded_pid 2>/dev/null; rm -f "$out" "$out.threads"' EXIT
+for _ in $(seq 100); do grep -q "listening on" "$out.threads" && break; sleep 0.1; done
+threaded=$(grep -o "127.0.0.3:[0-9]*" "$out.threads")
+for op in write read; do
+  json=$("$bench" --mode initiator --target "$threaded" --protocol tcp --operation "$op" --block-size 256K \
+    --batch-size 32 --connections 4 --io-threads 2 --duration 0.5 --verify --json)
+  python3 - "$json" "$op" <<'PY'
+import json, sys
+j = json.loads(sys.argv[1])
+assert j["io_threads"] == 2 and j["connections"] == 4, (j["io_threads"], j["connections"])
+assert j["operation"] == sys.argv[2] and j["verify"] and j["bytes"] > 0
+print(f'tcp {sys.argv[2]}, 4 connections on 2 io threads a side: {j["throughput_gbps"]:.2f} GB/s, verified')
+PY
+done
 if err=$("$bench" --mode initiator --target "$target" --protocol tcp --tcp-congestion no-such-algorithm \
   --duration 0.3 2>&1 >/dev/null); then
   echo "a congestion control the kernel lacks must fail the run"; exit 1

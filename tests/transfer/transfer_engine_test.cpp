@@ -43,10 +43,11 @@ void fill(std::span<std::byte> s, unsigned seed, std::size_t base = 0) {
 
 /// A target engine in a child process (forked before the parent starts threads). Its buffer holds
 /// pattern(seed 7); it serves until killed; its line is the address it serves on.
-ferry_test::forked_child spawn_target(const std::string& listen, std::size_t size, bool shared) {
+ferry_test::forked_child spawn_target(const std::string& listen, std::size_t size, bool shared,
+                                      unsigned io_threads = 0) {
   return ferry_test::forked_child::start([&](auto report) {
     ferry::io::io_context ctx;
-    ferry::default_engine engine(ctx, {.name = "child", .listen = listen});
+    ferry::default_engine engine(ctx, {.name = "child", .listen = listen, .tcp = {.io_threads = io_threads}});
     ferry::shared_buffer shm;
     std::vector<std::byte> plain;
     std::byte* data;
@@ -803,5 +804,205 @@ TEST_SUITE("transfer_engine metadata") {
     REQUIRE_FALSE(r);
     CHECK(r.error() == errc::malformed_frame);
     CHECK(r.error().message().find("segment descriptor") != std::string::npos);
+  }
+}
+
+TEST_SUITE("transfer_engine io_threads") {
+  // Both ends with tcp.io_threads: the initiator's connections and the target's accepted ones run on loops of
+  // their own; handshakes, notifications and probes are still served on the engine's loop.
+
+  TEST_CASE("with io threads, concurrent batches over several connections move every byte both ways") {
+    constexpr std::size_t bytes = 8 << 20;
+    served_pair p(bytes,
+                  {.name = "initiator",
+                   .slice_size = 64 * 1024,
+                   .tcp = {.connections_per_peer = 5, .in_flight_per_connection = 4, .io_threads = 3}},
+                  {.name = "target", .listen = "127.0.0.2:0", .tcp = {.io_threads = 2}});
+    fill(p.local, 11);
+    std::vector<std::byte> back(bytes);
+    REQUIRE(p.initiator.registry().add(back.data(), back.size(), access::none));
+    p.ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await p.initiator.open_segment(p.address());
+      REQUIRE(seg);
+      // Four batches at once, each of scattered 48 KiB blocks (so slices end mid-block), a quarter each.
+      std::vector<ferry::task<ferry::batch_result>> writes;
+      for (std::size_t k = 0; k < 4; ++k) {
+        transfer_batch b;
+        for (std::size_t off = k * 48 * 1024; off < bytes; off += 4 * 48 * 1024)
+          b.write(p.local.data() + off, *seg, off, std::min<std::size_t>(48 * 1024, bytes - off));
+        writes.push_back(p.initiator.transfer(std::move(b)));
+      }
+      auto written = co_await ferry::when_all(std::move(writes));
+      for (auto& r : written)
+        REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(p.remote == p.local);
+      transfer_batch r;
+      r.read(back.data(), *seg, 0, bytes);
+      auto rr = co_await p.initiator.transfer(r, ferry::transfer_options().with_notify("all read"));
+      REQUIRE_MESSAGE(rr.ok(), rr.first_error().message());
+      CHECK(rr.bytes() == bytes);
+      auto note = co_await p.target.next_notification();
+      REQUIRE(note);
+      CHECK(note->message == "all read");
+      auto rtt = co_await p.initiator.probe(*seg);
+      CHECK_MESSAGE(rtt, rtt.error().message());
+    }());
+    CHECK(back == p.local);
+    CHECK(p.initiator.routed_bytes("tcp") == 2 * bytes);
+  }
+
+  TEST_CASE("with io threads, bad requests fail precisely while the rest of the batch lands") {
+    served_pair p(1 << 20, {.name = "initiator", .tcp = {.io_threads = 2}},
+                  {.name = "target", .listen = "127.0.0.2:0", .tcp = {.io_threads = 2}});
+    fill(p.local, 12);
+    auto r = p.ctx.run_until([&]() -> ferry::task<ferry::batch_result> {
+      auto seg = co_await p.initiator.open_segment(p.address());
+      REQUIRE(seg);
+      transfer_batch b;
+      b.write(p.local.data(), *seg, 0, 4096)
+          .write(p.local.data(), *seg, (1 << 20) - 100, 4096) // past the end
+          .write(p.local.data() + 8192, *seg, 8192, 8192);
+      co_return co_await p.initiator.transfer(b);
+    }());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.requests[0]);
+    CHECK(r.requests[1].error() == errc::out_of_bounds);
+    CHECK(r.requests[2]);
+    CHECK(std::equal(p.local.begin(), p.local.begin() + 4096, p.remote.begin()));
+    CHECK(std::equal(p.local.begin() + 8192, p.local.begin() + 16384, p.remote.begin() + 8192));
+  }
+
+  TEST_CASE("with io threads, a cancelled batch ends as cancelled and the next one lands") {
+    served_pair p(32 << 20, {.name = "initiator", .slice_size = 256 * 1024, .tcp = {.io_threads = 2}},
+                  {.name = "target", .listen = "127.0.0.2:0", .tcp = {.io_threads = 2}});
+    fill(p.local, 13);
+    auto seg = p.ctx.run_until(p.initiator.open_segment(p.address()));
+    REQUIRE(seg);
+    for (int round = 0; round < 5; ++round) {
+      CAPTURE(round);
+      std::stop_source stop;
+      transfer_batch big;
+      for (int i = 0; i < 16; ++i) // 512 MiB: longer than the 2 ms before the cancel
+        big.write(p.local.data(), *seg, 0, p.local.size());
+      auto t0 = clock_type::now();
+      auto [r, unused] = p.ctx.run_until(
+          ferry::when_all(p.initiator.transfer(big, ferry::transfer_options().with_stop(stop.get_token())),
+                          [&]() -> ferry::task<> {
+                            co_await p.ctx.sleep_for(2ms);
+                            stop.request_stop();
+                          }()));
+      (void)unused;
+      CHECK(clock_type::now() - t0 < 5s);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.first_error() == errc::cancelled);
+    }
+    std::ranges::fill(p.remote, std::byte{0});
+    transfer_batch next;
+    next.write(p.local.data(), *seg, 0, p.local.size());
+    auto r = p.ctx.run_until(p.initiator.transfer(next));
+    REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+    CHECK(p.remote == p.local);
+  }
+
+  TEST_CASE(
+      "with io threads, a target killed mid-batch fails it before its deadline, and a restarted one serves") {
+    auto child = spawn_target("127.0.0.3:0", 64 << 20, false, 2);
+    std::string address = child.line();
+    ferry::io::io_context ctx;
+    tcp_engine initiator(ctx, {.name = "initiator",
+                               .slice_size = 256 * 1024,
+                               .tcp = {.io_threads = 2, .connect_timeout = 500ms, .reply_timeout = 2s}});
+    std::vector<std::byte> local(64 << 20);
+    fill(local, 1);
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    auto seg = ctx.run_until(initiator.open_segment(address));
+    REQUIRE(seg);
+    ferry::batch_result killed;
+    auto t0 = clock_type::now();
+    ctx.run_until([&]() -> ferry::task<> {
+      ferry::async_scope killer;
+      auto kill_soon = [&]() -> ferry::task<> {
+        co_await ctx.sleep_for(5ms);
+        child.kill();
+      };
+      killer.spawn(kill_soon());
+      transfer_batch big;
+      for (int round = 0; round < 8; ++round)
+        big.write(local.data(), *seg, 0, local.size());
+      killed = co_await initiator.transfer(big, ferry::transfer_options().with_timeout(20s));
+      co_await killer.join();
+    }());
+    CHECK(clock_type::now() - t0 < 15s);
+    REQUIRE_FALSE(killed.ok());
+    MESSAGE("batch to a killed target (io threads): ", killed.first_error().message());
+    auto restarted = spawn_target(address, 64 << 20, false, 2);
+    REQUIRE(restarted.line() == address);
+    transfer_batch next;
+    next.write(local.data(), *seg, 0, 1 << 20).read(local.data() + (1 << 20), *seg, 8 << 20, 1 << 20);
+    auto r = ctx.run_until(initiator.transfer(next, ferry::transfer_options().with_timeout(10s)));
+    CHECK_MESSAGE(r.ok(), r.first_error().message());
+    for (std::size_t i = 0; i < (1 << 20); i += 997)
+      REQUIRE(local[(1 << 20) + i] == pattern_at((8 << 20) + i, 7));
+  }
+
+  TEST_CASE(
+      "with io threads, shutting both engines down while batches are in flight ends them, never a hang") {
+    for (bool initiator_first : {true, false}) {
+      CAPTURE(initiator_first);
+      served_pair p(16 << 20, {.name = "initiator", .slice_size = 128 * 1024, .tcp = {.io_threads = 2}},
+                    {.name = "target", .listen = "127.0.0.2:0", .tcp = {.io_threads = 2}});
+      auto seg = p.ctx.run_until(p.initiator.open_segment(p.address()));
+      REQUIRE(seg);
+      std::vector<ferry::task<ferry::batch_result>> batches;
+      for (int k = 0; k < 3; ++k) {
+        transfer_batch b;
+        for (int i = 0; i < 8; ++i)
+          (k % 2 ? b.read(p.local.data(), *seg, 0, p.local.size())
+                 : b.write(p.local.data(), *seg, 0, p.local.size()));
+        batches.push_back(p.initiator.transfer(std::move(b)));
+      }
+      auto t0 = clock_type::now();
+      auto [results, unused] =
+          p.ctx.run_until(ferry::when_all(ferry::when_all(std::move(batches)), [&]() -> ferry::task<> {
+            co_await p.ctx.sleep_for(3ms);
+            if (initiator_first) {
+              co_await p.initiator.shutdown();
+              co_await p.target.shutdown();
+            } else {
+              co_await p.target.shutdown();
+              co_await p.initiator.shutdown();
+            }
+          }()));
+      (void)unused;
+      CHECK(clock_type::now() - t0 < 10s);
+      for (auto& r : results)
+        if (!r.ok())
+          MESSAGE("ended by the shutdown: ", r.first_error().message());
+      CHECK(std::any_of(results.begin(), results.end(), [](auto& r) { return !r.ok(); }));
+    }
+  }
+
+  TEST_CASE("with io threads, an engine on a background thread serves submit from other threads") {
+    served_pair p(4 << 20, {.name = "initiator", .slice_size = 64 * 1024, .tcp = {.io_threads = 2}},
+                  {.name = "target", .listen = "127.0.0.2:0", .tcp = {.io_threads = 1}});
+    fill(p.local, 14);
+    p.initiator.run_in_background(); // the target shares its loop: that thread serves both
+    auto seg = ferry::sync_wait(p.initiator.open_segment(p.address()));
+    REQUIRE(seg);
+    std::vector<std::thread> callers;
+    std::atomic<int> ok{0};
+    for (int t = 0; t < 4; ++t)
+      callers.emplace_back([&, t] {
+        transfer_batch b;
+        b.write(p.local.data() + t * (1 << 20), *seg, t * (1 << 20), 1 << 20);
+        if (p.initiator.submit(b).wait().ok())
+          ++ok;
+      });
+    for (auto& c : callers)
+      c.join();
+    CHECK(ok == 4);
+    ferry::sync_wait(p.initiator.shutdown());
+    ferry::sync_wait(p.target.shutdown());
+    CHECK(p.remote == p.local);
   }
 }

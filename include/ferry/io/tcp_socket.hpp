@@ -166,6 +166,13 @@ public:
       return fail_errno(-errno, "shutdown");
     return {};
   }
+  /// Hands the socket to the loop `ctx`: its operations run there from now on. Call it on the thread that
+  /// drives the current loop, with no operation in flight.
+  void move_to(io_context& ctx) noexcept {
+    if (fd_ >= 0 && ctx_ && ctx_ != &ctx)
+      ctx_->release_fd(fd_);
+    ctx_ = &ctx;
+  }
   /// Ends pending operations and closes the descriptor.
   void close() noexcept {
     if (fd_ < 0)

@@ -28,6 +28,7 @@
 #include "ferry/io/detail/resume_op.hpp"
 #include "ferry/io/endpoint.hpp"
 #include "ferry/io/io_context.hpp"
+#include "ferry/io/io_context_pool.hpp"
 #include "ferry/memory/region_registry.hpp"
 #include "ferry/metadata/concepts.hpp"
 #include "ferry/metadata/segment_descriptor.hpp"
@@ -78,13 +79,18 @@ public:
   transfer_engine(io::io_context& io, engine_options options = {})
       : io_(io), options_(std::move(options)), host_(read_host_id()),
         incarnation_(std::random_device{}() * 0x9e3779b97f4a7c15ull ^ std::random_device{}()),
-        context_{io_, registry_, scope_, options_, host_},
+        context_{io_, registry_, scope_, options_, host_, nullptr},
         transports_(((void)std::type_identity<Transports>{}, std::ref(context_))...) {
     peer me;
     me.id = self;
     me.is_self = true;
     me.locator = options_.name;
     peers_.push_back(std::move(me));
+    if (has_tcp && options_.tcp.io_threads > 0) {
+      connection_loops_ = std::make_unique<io::io_context_pool>(
+          options_.tcp.io_threads, io::io_context_options{.backend = io_.backend()});
+      context_.connection_loops = connection_loops_.get();
+    }
   }
   transfer_engine(const transfer_engine&) = delete;
   transfer_engine& operator=(const transfer_engine&) = delete;
@@ -116,7 +122,8 @@ public:
     server_ = std::make_unique<tcp_server>(
         io_, registry_, scope_,
         tcp_server::hooks{[this] { return descriptor().to_json(); },
-                          [this](std::string message) { deliver(std::move(message)); }});
+                          [this](std::string message) { deliver(std::move(message)); }},
+        connection_loops_.get());
     auto where = server_->listen(*at, options_.tcp.congestion_control);
     if (!where) {
       server_.reset();
@@ -561,7 +568,9 @@ public:
     for (auto* w : std::exchange(inbox_waiters_, {}))
       wake(*w);
     co_await scope_.join();
-    guard_.reset(); // the background thread, if any, ends once nothing is left to run
+    context_.connection_loops = nullptr;
+    connection_loops_.reset(); // why: after the join: the work that ran there has ended or moved back here
+    guard_.reset();            // the background thread, if any, ends once nothing is left to run
   }
 
 private:
@@ -826,6 +835,7 @@ private:
   std::tuple<Transports...> transports_;
   std::vector<peer> peers_;
   std::array<std::uint64_t, sizeof...(Transports)> routed_{};
+  std::unique_ptr<io::io_context_pool> connection_loops_; // tcp.io_threads > 0: where data connections run
   std::unique_ptr<tcp_server> server_;
   std::optional<io::endpoint> listening_;
   std::string metadata_prefix_ = "ferry/segments/";

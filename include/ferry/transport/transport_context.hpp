@@ -4,6 +4,7 @@
 
 #include "ferry/core/async_scope.hpp"
 #include "ferry/io/io_context.hpp"
+#include "ferry/io/io_context_pool.hpp"
 #include "ferry/memory/region_registry.hpp"
 #include "ferry/transfer/engine_options.hpp"
 
@@ -18,6 +19,9 @@ struct transport_context {
   const engine_options& options;
   /// This host's identity (boot id); peers with the same one can share memory.
   const std::string& host;
+  /// Loops of their own for the TCP data connections (engine_options::tcp::io_threads), or nullptr: they run
+  /// on `io`. They outlive the work spawned into `scope`.
+  io::io_context_pool* connection_loops = nullptr;
 };
 
 } // namespace ferry

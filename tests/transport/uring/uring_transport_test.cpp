@@ -73,39 +73,44 @@ TEST_SUITE("uring_transport") {
   }
 
   TEST_CASE("a remote file segment is served over tcp: the caller's code is the same as for a local file") {
-    io_context ctx;
-    temp_dir dir;
-    const std::string path = dir / "remote.bin";
-    make_file(path, 8 << 20, 1);
-    file_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
-    file_engine initiator(ctx, {.name = "initiator", .slice_size = 256 * 1024});
-    std::vector<std::byte> memory(1 << 16); // a memory region first: the file's offset is not 0
-    REQUIRE(target.registry().add(memory.data(), memory.size(), access::read_write));
-    auto f = uring_file::open(ctx, path);
-    REQUIRE(f);
-    auto at = target.registry().add_file(*f, access::read_write);
-    REQUIRE(at);
-    CHECK(*at == memory.size());
-    REQUIRE(target.start());
-    aligned_buffer src(3 << 20), back(3 << 20);
-    fill(src.bytes(), 8);
-    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
-    REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
-    ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
-      REQUIRE(seg);
-      co_await round_trip(initiator, *seg, *at, src, back);
-      // Bounds and permissions of the file region are checked by its owner.
-      transfer_batch bad;
-      bad.read(back.data(), *seg, *at + (8 << 20) - 100, 4096);
-      auto br = co_await initiator.transfer(bad);
-      CHECK_FALSE(br.ok());
-      CHECK(br.requests[0].error() == errc::out_of_bounds);
-    }());
-    CHECK(initiator.routed_bytes("tcp") == 2 * ((1 << 20) + 300001 + 3 * 4096));
-    CHECK(initiator.routed_bytes("uring") == 0);
-    auto disk = file_bytes(path, 0, 1 << 20);
-    CHECK(std::memcmp(disk.data(), src.data(), 1 << 20) == 0);
+    // why: with io threads the target's connections run on loops of their own; file I/O stays on its loop
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      io_context ctx;
+      temp_dir dir;
+      const std::string path = dir / "remote.bin";
+      make_file(path, 8 << 20, 1);
+      file_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0", .tcp = {.io_threads = io_threads}});
+      file_engine initiator(
+          ctx, {.name = "initiator", .slice_size = 256 * 1024, .tcp = {.io_threads = io_threads}});
+      std::vector<std::byte> memory(1 << 16); // a memory region first: the file's offset is not 0
+      REQUIRE(target.registry().add(memory.data(), memory.size(), access::read_write));
+      auto f = uring_file::open(ctx, path);
+      REQUIRE(f);
+      auto at = target.registry().add_file(*f, access::read_write);
+      REQUIRE(at);
+      CHECK(*at == memory.size());
+      REQUIRE(target.start());
+      aligned_buffer src(3 << 20), back(3 << 20);
+      fill(src.bytes(), 8);
+      REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+      REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
+      ctx.run_until([&]() -> ferry::task<> {
+        auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+        REQUIRE(seg);
+        co_await round_trip(initiator, *seg, *at, src, back);
+        // Bounds and permissions of the file region are checked by its owner.
+        transfer_batch bad;
+        bad.read(back.data(), *seg, *at + (8 << 20) - 100, 4096);
+        auto br = co_await initiator.transfer(bad);
+        CHECK_FALSE(br.ok());
+        CHECK(br.requests[0].error() == errc::out_of_bounds);
+      }());
+      CHECK(initiator.routed_bytes("tcp") == 2 * ((1 << 20) + 300001 + 3 * 4096));
+      CHECK(initiator.routed_bytes("uring") == 0);
+      auto disk = file_bytes(path, 0, 1 << 20);
+      CHECK(std::memcmp(disk.data(), src.data(), 1 << 20) == 0);
+    }
   }
 
   TEST_CASE("a read-only file registration refuses writes, locally and from peers") {

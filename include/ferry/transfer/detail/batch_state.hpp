@@ -8,6 +8,7 @@
 #include "ferry/transfer/transfer_batch.hpp"
 #include "ferry/transport/slice.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <coroutine>
 #include <cstddef>
@@ -80,12 +81,14 @@ public:
 
   /// Marks the batch as aborted: no more retries, and slices that fail from now on report `reason`.
   void abort(error reason) noexcept {
-    if (aborted_)
+    if (aborted_.load(std::memory_order_relaxed))
       return;
-    aborted_ = true;
     abort_reason_ = reason;
+    aborted_.store(true, std::memory_order_release);
   }
-  bool aborted() const noexcept { return aborted_; }
+  /// True once abort() was called (from any thread: transports that run connections on loops of their own
+  /// look at it there).
+  bool aborted() const noexcept { return aborted_.load(std::memory_order_acquire); }
   bool done() const noexcept { return left_ == 0; }
 
   /// Resumes the awaiting coroutine once every slice has settled.
@@ -131,7 +134,7 @@ private:
   std::size_t left_ = 0;
   std::coroutine_handle<> waiter_;
   wake_op wake_;
-  bool aborted_ = false;
+  std::atomic<bool> aborted_{false};
   error abort_reason_;
 };
 

@@ -6,6 +6,9 @@
 /// reads among them answered with one send. A connection that sends anything malformed is dropped; the others
 /// carry on. File regions (region_registry::add_file) are served too: a write is received into a staging
 /// buffer and then written to the file, a read is read from the file and then sent (remote file segments).
+/// Given an io_context_pool, the server serves each connection it accepts on one of the pool's loops, so that
+/// the receives and sends of several connections (and the copies the kernel makes in them) use several cores;
+/// the hooks and file regions are still served on the server's own loop.
 ///
 ///   ferry::tcp_server server(ctx, registry, scope, hooks);
 ///   auto where = server.listen(*ferry::io::endpoint::parse("127.0.0.2:0"));
@@ -16,6 +19,7 @@
 #include "ferry/io/aligned_buffer.hpp"
 #include "ferry/io/endpoint.hpp"
 #include "ferry/io/io_context.hpp"
+#include "ferry/io/io_context_pool.hpp"
 #include "ferry/io/tcp_listener.hpp"
 #include "ferry/io/tcp_socket.hpp"
 #include "ferry/memory/access.hpp"
@@ -28,6 +32,7 @@
 #include <cstddef>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stop_token>
@@ -49,8 +54,11 @@ public:
     std::function<void(std::string message)> notified;
   };
 
-  tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h)
-      : io_(io), registry_(registry), scope_(scope), hooks_(std::move(h)) {}
+  /// Serves on `io`, or, given `connection_loops`, each accepted connection on one of its loops (the pool
+  /// must outlive the work spawned into `scope`).
+  tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h,
+             io::io_context_pool* connection_loops = nullptr)
+      : io_(io), registry_(registry), scope_(scope), hooks_(std::move(h)), loops_(connection_loops) {}
   tcp_server(const tcp_server&) = delete;
   tcp_server& operator=(const tcp_server&) = delete;
 
@@ -75,12 +83,16 @@ public:
   void stop() {
     stop_.request_stop();
     listener_.close();
+    std::lock_guard lock(sessions_mutex_);
     for (auto* s : sessions_)
       s->shutdown();
   }
 
   /// Connections being served now.
-  std::size_t connections() const noexcept { return sessions_.size(); }
+  std::size_t connections() const {
+    std::lock_guard lock(sessions_mutex_);
+    return sessions_.size();
+  }
 
 private:
   task<> accept_loop() {
@@ -96,9 +108,41 @@ private:
   }
 
   task<> serve(io::tcp_socket sock) {
-    sessions_.push_back(&sock);
-    co_await serve_requests(sock);
-    std::erase(sessions_, &sock);
+    // why: while the connection is served on another loop, this one may have nothing in flight; its run()
+    // must not return before the connection comes back here to end
+    io::io_context::work_guard keep(io_);
+    {
+      std::lock_guard lock(sessions_mutex_);
+      sessions_.push_back(&sock);
+    }
+    io::io_context* home = &io_;
+    if (loops_) {
+      home = &loops_->next();
+      sock.move_to(*home);
+      co_await home->schedule();
+    }
+    co_await serve_requests(sock, *home);
+    {
+      // why: after this, stop() no longer touches the socket, which closes on the loop that served it
+      std::lock_guard lock(sessions_mutex_);
+      std::erase(sessions_, &sock);
+    }
+    sock.close();
+    if (home != &io_)
+      co_await io_
+          .schedule(); // why: the scope's last finisher resumes whoever joins it: be on the server's loop
+  }
+
+  /// Continues on the server's own loop, where the hooks and file regions are served (no-op when `home` is
+  /// it).
+  task<> to_own_loop(io::io_context& home) {
+    if (&home != &io_)
+      co_await io_.schedule();
+  }
+  /// Continues on `home` again.
+  static task<> back_to(io::io_context& home) {
+    if (!home.running_in_this_thread())
+      co_await home.schedule();
   }
 
   // Replies waiting to be sent together: headers, payloads, and the leases that keep those payloads valid.
@@ -129,7 +173,7 @@ private:
     co_return sent.has_value();
   }
 
-  task<> serve_requests(io::tcp_socket& sock) {
+  task<> serve_requests(io::tcp_socket& sock, io::io_context& home) {
     std::array<std::byte, tcp::frame_header::size> out;
     std::vector<std::byte> scratch;
     io::aligned_buffer staging; // file regions: what travels between the socket and the file
@@ -177,7 +221,9 @@ private:
         co_return;
       switch (h->type) {
       case tcp::frame_type::hello: {
+        co_await to_own_loop(home);
         std::string d = hooks_.descriptor();
+        co_await back_to(home);
         reply.length = d.size();
         if (auto ok = co_await send(sock, reply, out, d.data(), d.size()); !ok)
           co_return;
@@ -191,8 +237,10 @@ private:
         std::string message(h->length, '\0');
         if (auto ok = co_await in.take(sock, std::as_writable_bytes(std::span(message))); !ok)
           co_return;
+        co_await to_own_loop(home);
         if (hooks_.notified)
           hooks_.notified(std::move(message));
+        co_await back_to(home);
         if (auto ok = co_await send(sock, reply, out, nullptr, 0); !ok)
           co_return;
         break;
@@ -203,8 +251,10 @@ private:
           stage(staging, h->length);
           if (auto ok = co_await in.take(sock, staging.bytes().first(h->length)); !ok)
             co_return;
+          co_await to_own_loop(home);
           auto written =
               co_await lease->file()->write(lease->file_offset(), staging.bytes().first(h->length));
+          co_await back_to(home);
           if (!written)
             reply.status = status_of(written.error());
         } else if (lease) {
@@ -228,8 +278,10 @@ private:
       case tcp::frame_type::read: {
         // A file region: read from the file into the staging buffer, then sent.
         stage(staging, h->length);
+        co_await to_own_loop(home);
         auto got =
             co_await file_lease->file()->read(file_lease->file_offset(), staging.bytes().first(h->length));
+        co_await back_to(home);
         if (got)
           reply.length = h->length;
         else
@@ -271,8 +323,10 @@ private:
   region_registry& registry_;
   async_scope& scope_;
   hooks hooks_;
+  io::io_context_pool* loops_;
   io::tcp_listener listener_;
   std::stop_source stop_;
+  mutable std::mutex sessions_mutex_;
   std::vector<io::tcp_socket*> sessions_;
 };
 

@@ -4,15 +4,20 @@
 /// them and pipelined up to a per-connection in-flight limit. Payloads go straight from and into the caller's
 /// registered memory (gathered sends, direct receives): no staging copy. A connection that breaks, is reset,
 /// or stops answering is dropped; its slices are retried by the engine on another connection, and the next
-/// slice for it opens a fresh one, so transfers after a long idle period neither fail nor stall.
+/// slice for it opens a fresh one, so transfers after a long idle period neither fail nor stall. Given loops
+/// of their own (engine_options::tcp::io_threads), the connections are spread over them: each connection's
+/// sends, receives and bookkeeping run on its loop, and slices travel there and back to the engine's loop in
+/// bunches (one wake-up for all the slices waiting).
 ///
 ///   ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport> engine(ctx, options);
 
 #include "ferry/core/async_mutex.hpp"
+#include "ferry/core/async_scope.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/io/deadline.hpp"
 #include "ferry/io/endpoint.hpp"
+#include "ferry/io/io_context_pool.hpp"
 #include "ferry/io/tcp_socket.hpp"
 #include "ferry/io/timer_awaiter.hpp"
 #include "ferry/metadata/segment_descriptor.hpp"
@@ -30,14 +35,17 @@
 #include <cstddef>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace ferry {
@@ -57,14 +65,32 @@ class tcp_transport {
     clock::time_point last_progress = clock::now();
   };
 
+  struct connection;
+
+  // A loop that carries connections: the engine's own, or one of engine_options::tcp::io_threads. The state
+  // of its connections is touched only there.
+  struct home {
+    io::io_context* loop = nullptr;
+    async_scope* scope = nullptr; // the work running there
+    std::unique_ptr<async_scope> own_scope;
+    std::vector<connection*> connections; // for the sweep
+    bool sweeping = false;
+  };
+
   struct connection {
-    bool retired = false; // its peer's descriptor was replaced: it takes no new work and never reconnects
-    io::endpoint address;
+    home* at = nullptr;            // where its I/O runs; fixed
+    io::endpoint address;          // fixed
     std::uint64_t incarnation = 0; // of the process the descriptor describes; checked on every connect
-    std::deque<slice*> queue;      // accepted, not yet sent
+    bool retired = false;     // its peer's descriptor was replaced: it takes no new work and never reconnects
+    std::deque<slice*> queue; // accepted, not yet sent
     session* current = nullptr;
     bool connecting = false;
     bool writing = false;
+    std::uint64_t next_wire_id = 0;
+    // Slices handed over by the engine's loop and not yet taken in on the connection's own.
+    std::mutex inbox_mutex;
+    std::vector<slice*> inbox;
+    bool inbox_scheduled = false;
   };
 
   struct peer_state {
@@ -171,6 +197,10 @@ public:
   }
 
   void submit(const peer& p, slice* s) {
+    if (stopping_) {
+      s->settle(error(errc::cancelled, "tcp: engine shutting down"));
+      return;
+    }
     auto* ps = state_for(p);
     if (!ps) {
       s->settle(error(errc::peer_unreachable, "tcp: the peer's endpoint is not a host:port"));
@@ -180,36 +210,27 @@ public:
       s->path = static_cast<std::uint16_t>(ps->next++ % ps->connections.size());
     else
       s->path = static_cast<std::uint16_t>((s->path + 1) % ps->connections.size());
-    enqueue(*ps->connections[s->path], s);
+    hand_over(*ps->connections[s->path], s);
   }
 
-  void abort(detail::batch_state* b) {
-    for (connection* c : every_connection()) {
-      std::deque<slice*> keep, drop;
-      for (slice* s : c->queue)
-        (s->batch == b ? drop : keep).push_back(s);
-      c->queue.swap(keep);
-      for (slice* s : drop)
-        s->settle(error(errc::cancelled, "tcp"));
-      if (session* sn = c->current)
-        if (std::any_of(sn->in_flight.begin(), sn->in_flight.end(), [&](slice* s) { return s->batch == b; }))
-          // why: other batches' slices on this connection are retried; the aborted batch reports its reason
-          break_current(*c, error(errc::closed, "tcp: connection dropped to abort a batch"));
-    }
+  /// Settles the queued slices of aborted batches (`b` was just aborted) and drops the connections that have
+  /// some of them in flight (the other batches' slices there are retried).
+  void abort(detail::batch_state*) {
+    if (stopping_)
+      return;
+    // why: by the batch's flag rather than its address: on a connection's own loop this runs later, when the
+    // address could already belong to a new batch
+    for (connection* c : every_connection())
+      on_home(*c->at, [this, c] { drop_aborted(*c); });
   }
 
   void forget(const peer& p) {
     auto it = peers_.find(p.id);
     if (it == peers_.end())
       return;
-    for (auto& c : it->second.connections) {
-      c->retired = true;
-      auto q = std::move(c->queue);
-      c->queue.clear();
-      for (slice* s : q)
-        s->settle(error(errc::closed, "tcp: the peer's descriptor changed")); // retried with the new one
-      break_current(*c, error(errc::closed, "tcp: the peer's descriptor changed"));
-    }
+    if (!stopping_) // why: once stopping, the loops of their own may be gone; shutdown() failed everything
+      for (auto& c : it->second.connections)
+        on_home(*c->at, [this, c = c.get()] { retire(*c); });
     // why: keep the connection objects: reader/writer coroutines may still refer to them; new ones are
     // addressed from the refreshed descriptor.
     retired_.push_back(std::move(it->second));
@@ -220,20 +241,12 @@ public:
   void shutdown() {
     stopping_ = true;
     stop_.request_stop();
-    auto fail_all = [&](peer_state& ps) {
-      for (auto& c : ps.connections) {
-        auto q = std::move(c->queue);
-        c->queue.clear();
-        for (slice* s : q)
-          s->settle(error(errc::cancelled, "tcp: engine shutting down"));
-        if (c->current)
-          break_current(*c, error(errc::cancelled, "tcp: engine shutting down"));
-      }
-    };
-    for (auto& [id, ps] : peers_)
-      fail_all(ps);
-    for (auto& ps : retired_)
-      fail_all(ps);
+    for (auto& h : homes_) {
+      if (h->loop == &tc_.io)
+        close_connections(*h);
+      else
+        tc_.scope.spawn(close_home(*h));
+    }
     for (auto& [id, ch] : controls_)
       ch->sock.close();
   }
@@ -251,6 +264,8 @@ private:
     return out;
   }
 
+  // ---- the engine's loop ----
+
   peer_state* state_for(const peer& p) {
     if (auto it = peers_.find(p.id); it != peers_.end())
       return &it->second;
@@ -258,23 +273,172 @@ private:
     auto address = ep ? io::endpoint::parse(ep->address) : result<io::endpoint>(fail(errc::invalid_argument));
     if (!address)
       return nullptr;
+    if (homes_.empty())
+      set_up_homes();
     peer_state ps;
     unsigned n = std::max(1u, tc_.options.tcp.connections_per_peer);
     for (unsigned i = 0; i < n; ++i) {
-      ps.connections.push_back(std::make_unique<connection>());
-      ps.connections.back()->address = *address;
-      ps.connections.back()->incarnation = p.descriptor.incarnation;
-    }
-    if (!sweeping_ && !stopping_) {
-      sweeping_ = true;
-      tc_.scope.spawn(sweep());
+      auto c = std::make_unique<connection>();
+      c->address = *address;
+      c->incarnation = p.descriptor.incarnation;
+      // why: with loops of their own, a peer's connections go round them, starting where the last peer's
+      // ended, so that every loop carries its share
+      c->at = homes_[homes_.size() == 1 ? 0 : 1 + next_home_++ % (homes_.size() - 1)].get();
+      on_home(*c->at, [this, c = c.get()] { join_home(*c); });
+      ps.connections.push_back(std::move(c));
     }
     return &peers_.emplace(p.id, std::move(ps)).first->second;
   }
 
+  /// homes_[0] is the engine's loop; with io_threads, one home a loop of the pool follows it.
+  void set_up_homes() {
+    auto own = std::make_unique<home>();
+    own->loop = &tc_.io;
+    own->scope = &tc_.scope;
+    homes_.push_back(std::move(own));
+    if (tc_.connection_loops)
+      for (std::size_t i = 0; i < tc_.connection_loops->size(); ++i) {
+        auto h = std::make_unique<home>();
+        h->loop = &tc_.connection_loops->at(i);
+        h->own_scope = std::make_unique<async_scope>();
+        h->scope = h->own_scope.get();
+        homes_.push_back(std::move(h));
+      }
+  }
+
+  /// Runs `f` on the loop of `h`: at once when that is the engine's loop (where this is called), else soon.
+  template<class F>
+  void on_home(home& h, F f) {
+    if (h.loop == &tc_.io) {
+      f();
+      return;
+    }
+    h.scope->spawn([](home& at, F fn) -> task<> {
+      co_await at.loop->schedule();
+      fn();
+    }(h, std::move(f)));
+  }
+
+  /// Gives `s` to its connection: directly on the engine's loop, else through the connection's inbox.
+  void hand_over(connection& c, slice* s) {
+    if (c.at->loop == &tc_.io) {
+      enqueue(c, s);
+      return;
+    }
+    if (away_++ == 0)
+      busy_.emplace(tc_.io);
+    bool wake;
+    {
+      std::lock_guard lock(c.inbox_mutex);
+      c.inbox.push_back(s);
+      wake = !std::exchange(c.inbox_scheduled, true);
+    }
+    if (wake)
+      c.at->scope->spawn(take_inbox(c));
+  }
+
+  /// Settles the slices that connections on other loops finished.
+  task<> settle_finished() {
+    co_await tc_.io.schedule();
+    std::vector<std::pair<slice*, error>> done;
+    {
+      std::lock_guard lock(finished_mutex_);
+      done.swap(finished_);
+      finished_scheduled_ = false;
+    }
+    away_ -= done.size();
+    if (away_ == 0)
+      busy_.reset();
+    for (auto& [s, e] : done)
+      s->settle(e); // may resubmit it (a retry), here on the engine's loop
+  }
+
+  /// Ends the work on a loop of its own: fails what its connections hold, waits for its coroutines, and
+  /// comes back to the engine's loop (so that the engine's scope is joined here).
+  task<> close_home(home& h) {
+    io::io_context::work_guard keep(tc_.io); // why: see busy_
+    co_await h.loop->schedule();
+    close_connections(h);
+    co_await h.scope->join();
+    co_await tc_.io.schedule();
+  }
+
+  // ---- a connection's own loop ----
+
+  /// Settles `s`: at once on the engine's loop, else handed back to it (one wake-up for many slices).
+  void finish(connection& c, slice* s, error e) {
+    if (c.at->loop == &tc_.io) {
+      s->settle(e);
+      return;
+    }
+    bool wake;
+    {
+      std::lock_guard lock(finished_mutex_);
+      finished_.emplace_back(s, std::move(e));
+      wake = !std::exchange(finished_scheduled_, true);
+    }
+    if (wake)
+      tc_.scope.spawn(settle_finished());
+  }
+
+  task<> take_inbox(connection& c) {
+    co_await c.at->loop->schedule();
+    std::vector<slice*> arrived;
+    {
+      std::lock_guard lock(c.inbox_mutex);
+      arrived.swap(c.inbox);
+      c.inbox_scheduled = false;
+    }
+    for (slice* s : arrived)
+      enqueue(c, s);
+  }
+
+  void join_home(connection& c) {
+    home& h = *c.at;
+    h.connections.push_back(&c);
+    if (!h.sweeping && !stopping_) {
+      h.sweeping = true;
+      h.scope->spawn(sweep(h));
+    }
+  }
+
+  void drop_aborted(connection& c) {
+    std::deque<slice*> keep, drop;
+    for (slice* s : c.queue)
+      (s->batch->aborted() ? drop : keep).push_back(s);
+    c.queue.swap(keep);
+    for (slice* s : drop)
+      finish(c, s, error(errc::cancelled, "tcp"));
+    if (session* sn = c.current)
+      if (std::any_of(sn->in_flight.begin(), sn->in_flight.end(),
+                      [](slice* s) { return s->batch->aborted(); }))
+        // why: other batches' slices on this connection are retried; the aborted batch reports its reason
+        break_current(c, error(errc::closed, "tcp: connection dropped to abort a batch"));
+  }
+
+  void retire(connection& c) {
+    c.retired = true;
+    auto q = std::move(c.queue);
+    c.queue.clear();
+    for (slice* s : q)
+      finish(c, s, error(errc::closed, "tcp: the peer's descriptor changed")); // retried with the new one
+    break_current(c, error(errc::closed, "tcp: the peer's descriptor changed"));
+  }
+
+  void close_connections(home& h) {
+    for (connection* c : h.connections) {
+      auto q = std::move(c->queue);
+      c->queue.clear();
+      for (slice* s : q)
+        finish(*c, s, error(errc::cancelled, "tcp: engine shutting down"));
+      if (c->current)
+        break_current(*c, error(errc::cancelled, "tcp: engine shutting down"));
+    }
+  }
+
   void enqueue(connection& c, slice* s) {
     if (stopping_) {
-      s->settle(error(errc::cancelled, "tcp: engine shutting down"));
+      finish(c, s, error(errc::cancelled, "tcp: engine shutting down"));
       return;
     }
     c.queue.push_back(s);
@@ -282,13 +446,14 @@ private:
       kick(c);
     else if (!c.connecting) {
       c.connecting = true;
-      tc_.scope.spawn(connect(c));
+      c.at->scope->spawn(connect(c));
     }
   }
 
   task<> connect(connection& c) {
-    io::deadline within(tc_.io, tc_.options.tcp.connect_timeout, stop_.get_token());
-    auto sock = co_await io::tcp_socket::connect(tc_.io, c.address, within.token());
+    io::io_context& loop = *c.at->loop;
+    io::deadline within(loop, tc_.options.tcp.connect_timeout, stop_.get_token());
+    auto sock = co_await io::tcp_socket::connect(loop, c.address, within.token());
     if (sock && !tc_.options.tcp.congestion_control.empty())
       if (auto set = sock->set_congestion_control(tc_.options.tcp.congestion_control); !set)
         sock = fail(set.error());
@@ -315,7 +480,7 @@ private:
       auto q = std::move(c.queue);
       c.queue.clear();
       for (slice* s : q)
-        s->settle(e); // retries go to another connection
+        finish(c, s, e); // retries go to another connection
       co_return;
     }
     int one = 1;
@@ -324,7 +489,7 @@ private:
     sn->sock = std::move(*sock);
     sn->users = 1; // the reader
     c.current = sn;
-    tc_.scope.spawn(reader(c, *sn));
+    c.at->scope->spawn(reader(c, *sn));
     kick(c);
   }
 
@@ -334,7 +499,7 @@ private:
       return;
     c.writing = true;
     ++sn->users;
-    tc_.scope.spawn(writer(c, *sn));
+    c.at->scope->spawn(writer(c, *sn));
   }
 
   std::size_t limit() const noexcept { return std::max(1u, tc_.options.tcp.in_flight_per_connection); }
@@ -350,10 +515,10 @@ private:
         slice* s = c.queue.front();
         c.queue.pop_front();
         if (s->batch->aborted()) {
-          s->settle(error(errc::cancelled, "tcp"));
+          finish(c, s, error(errc::cancelled, "tcp"));
           continue;
         }
-        s->wire_id = ++next_wire_id_;
+        s->wire_id = ++c.next_wire_id;
         tcp::frame_header h;
         h.type = s->op == transfer_op::write ? tcp::frame_type::write : tcp::frame_type::read;
         h.request_id = s->wire_id;
@@ -379,7 +544,7 @@ private:
     }
     if (c.current == &sn)
       c.writing = false;
-    release(sn);
+    release(c, sn);
   }
 
   task<> reader(connection& c, session& sn) {
@@ -416,13 +581,12 @@ private:
       }
       sn.in_flight.pop_front();
       sn.last_progress = clock::now();
-      s->settle(h->status == 0 ? error{} : error(h->error(), "tcp: target refused"));
+      finish(c, s, h->status == 0 ? error{} : error(h->error(), "tcp: target refused"));
       kick(c);
     }
-    release(sn);
+    release(c, sn);
   }
 
-  /// Marks the session broken and detaches it from its connection; queued slices go to a fresh connection.
   /// Marks `sn` broken; if it is still the connection's current session, detaches it, and queued slices go
   /// to a fresh connection. A session that was already replaced leaves its successor alone.
   void break_session(connection& c, session& sn, error reason) {
@@ -437,12 +601,12 @@ private:
     c.writing = false;
     if (!c.queue.empty() && !c.connecting && !stopping_ && !c.retired) {
       c.connecting = true;
-      tc_.scope.spawn(connect(c));
+      c.at->scope->spawn(connect(c));
     } else if (stopping_) {
       auto q = std::move(c.queue);
       c.queue.clear();
       for (slice* s : q)
-        s->settle(error(errc::cancelled, "tcp: engine shutting down"));
+        finish(c, s, error(errc::cancelled, "tcp: engine shutting down"));
     }
   }
   void break_current(connection& c, error reason) {
@@ -451,7 +615,7 @@ private:
   }
 
   /// The last user of a session settles what it still holds and closes it.
-  void release(session& sn) {
+  void release(connection& c, session& sn) {
     if (--sn.users > 0)
       return;
     auto pending = std::move(sn.in_flight);
@@ -459,20 +623,21 @@ private:
     sn.sock.close();
     delete &sn;
     for (slice* s : pending)
-      s->settle(reason);
+      finish(c, s, reason);
   }
 
-  /// Drops connections that have requests outstanding and have not answered within the reply timeout.
-  task<> sweep() {
+  /// Drops the connections of `h` that have requests outstanding and have not answered within the reply
+  /// timeout.
+  task<> sweep(home& h) {
     auto timeout = tc_.options.tcp.reply_timeout;
     auto every =
         std::clamp<clock::duration>(timeout / 4, std::chrono::milliseconds(10), std::chrono::seconds(1));
     while (!stopping_) {
-      auto slept = co_await tc_.io.sleep_for(every, stop_.get_token());
+      auto slept = co_await h.loop->sleep_for(every, stop_.get_token());
       if (!slept)
         break;
       auto now = clock::now();
-      for (connection* c : every_connection())
+      for (connection* c : h.connections)
         if (session* sn = c->current; sn && !sn->in_flight.empty() && now - sn->last_progress > timeout)
           break_current(*c, error(errc::timed_out, "tcp: no reply from the target"));
     }
@@ -482,9 +647,17 @@ private:
   std::unordered_map<segment_id, peer_state> peers_;
   std::vector<peer_state> retired_;
   std::unordered_map<segment_id, std::unique_ptr<control_channel>> controls_;
-  std::uint64_t next_wire_id_ = 0;
-  bool sweeping_ = false;
-  bool stopping_ = false;
+  std::vector<std::unique_ptr<home>> homes_; // set up with the first peer
+  std::size_t next_home_ = 0;
+  // Slices that connections on other loops finished, waiting to be settled on the engine's loop.
+  std::mutex finished_mutex_;
+  std::vector<std::pair<slice*, error>> finished_;
+  bool finished_scheduled_ = false;
+  // Slices handed to loops of their own and not settled yet. While there are some, the engine's loop is kept
+  // running (run() returns when nothing is left to do, and their completion is still to come).
+  std::size_t away_ = 0;
+  std::optional<io::io_context::work_guard> busy_;
+  std::atomic<bool> stopping_{false};
   std::stop_source stop_;
 };
 
