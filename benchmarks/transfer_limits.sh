@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Measures ferry-bench over tcp and shm against this machine's limits, in one run, and prints a markdown table
-# of medians with their ratios. Usage: benchmarks/transfer_limits.sh BUILD_DIR [runs=3] [seconds=3] [cc=reno]
+# of medians with their ratios.
+# Usage: benchmarks/transfer_limits.sh BUILD_DIR [runs=3] [seconds=3] [cc=reno] [io_threads=per-connection]
+# io_threads "per-connection": the target serves its connections on 4 I/O threads and the initiator's
+# connections each get a thread of their own (ferry-bench --io-threads, engine_options::tcp::io_threads), as
+# iperf3 since 3.16 gives each stream a thread; "0": every connection on the engine's own thread, each side.
 # Every tcp row runs twice: with the system's congestion control (what ../shared/baselines/tcp_limit measures
 # with iperf3) and with `cc` on both ends (ferry-bench --tcp-congestion); the second is also compared with
 # iperf3 using `cc` (iperf3 -C), the like-for-like limit. The 1 MiB tcp rows are also measured against
@@ -8,7 +12,10 @@
 # control, run alternately with ferry-bench: the share of a gap to iperf3 that the memory alone explains.
 set -euo pipefail
 build=${1:?build directory with benchmarks/ferry-bench}
-runs=${2:-3} secs=${3:-3} cc=${4:-reno}
+runs=${2:-3} secs=${3:-3} cc=${4:-reno} io_threads=${5:-per-connection}
+[[ $io_threads == per-connection || $io_threads == 0 ]] || { echo "io_threads: per-connection or 0" >&2; exit 2; }
+target_threads=0
+[[ $io_threads == per-connection ]] && target_threads=4
 here=$(cd "$(dirname "$0")" && pwd)
 baselines=${FERRY_BASELINES:-$here/../../shared/baselines}
 bench=$build/benchmarks/ferry-bench
@@ -30,7 +37,8 @@ iperf3_with() {
 start_target() { # congestion control ("" for the system's) -> sets target and target_pid
   local out
   out=$(mktemp)
-  "$bench" --mode target --listen 127.0.0.2:0 --buffer-size 1G ${1:+--tcp-congestion "$1"} >"$out" 2>&1 &
+  "$bench" --mode target --listen 127.0.0.2:0 --buffer-size 1G ${1:+--tcp-congestion "$1"} \
+    --io-threads "$target_threads" >"$out" 2>&1 &
   target_pid=$!
   for _ in $(seq 50); do grep -q "listening on" "$out" && break; sleep 0.1; done
   target=$(grep -o "127.0.0.2:[0-9]*" "$out")
@@ -57,11 +65,12 @@ limit[memcpy1]=$(median "${vals[@]}")
 # which stay in cache, as iperf3's sender and receiver reuse one buffer each.
 row() {
   local protocol=$1 op=$2 block=$3 conns=$4 memory=$5 algorithm=$6 vals=() m l streams ratio same same_ratio
-  local blocks=(--local-blocks 128) plain_blocks=128 plains=() p=- p_ratio=-
+  local blocks=(--local-blocks 128) plain_blocks=128 plains=() p=- p_ratio=- threads=0
+  [[ $io_threads == per-connection && $protocol == tcp ]] && threads=$conns
   [[ $memory == reused ]] && blocks=(--local-blocks 1 --remote-blocks 1) plain_blocks=1
   for _ in $(seq "$runs"); do
     vals+=("$("$bench" --mode initiator --target "$target" --protocol "$protocol" --operation "$op" \
-      --block-size "$block" --batch-size 128 --threads 1 --connections "$conns" "${blocks[@]}" \
+      --block-size "$block" --batch-size 128 --threads 1 --connections "$conns" --io-threads "$threads" "${blocks[@]}" \
       ${algorithm:+--tcp-congestion "$algorithm"} --duration "$secs" --json |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["throughput_gbps"])')")
     if [[ $protocol == tcp && $block == 1M ]]; then
@@ -84,11 +93,13 @@ row() {
   ratio=$(python3 -c "print('%.2f' % ($m / $l))")
   local label=${algorithm:-$system_cc}
   [[ $protocol == shm ]] && label=-
-  echo "| $protocol | $op | $block | $memory | $streams | $label | $m | $l | $ratio | $same | $same_ratio | $p | $p_ratio |"
+  local io="$threads / $target_threads"
+  [[ $protocol == shm ]] && io=-
+  echo "| $protocol | $op | $block | $memory | $streams | $io | $label | $m | $l | $ratio | $same | $same_ratio | $p | $p_ratio |"
 }
 
-echo "| protocol | operation | block | memory | streams | congestion control | ferry-bench GB/s (median of $runs) | limit GB/s | ratio | iperf3, same congestion control | ratio | plain sockets, same memory and congestion control | ratio |"
-echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| protocol | operation | block | memory | streams | io threads (initiator / target) | congestion control | ferry-bench GB/s (median of $runs) | limit GB/s | ratio | iperf3, same congestion control | ratio | plain sockets, same memory and congestion control | ratio |"
+echo "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 for algorithm in "" "$cc"; do
   start_target "$algorithm"
   for block in 1M 64K; do

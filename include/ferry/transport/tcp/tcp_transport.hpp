@@ -365,18 +365,29 @@ private:
 
   // ---- a connection's own loop ----
 
+  using finished_slices = std::vector<std::pair<slice*, error>>;
+
   /// Settles `s`: at once on the engine's loop, else handed back to it (one wake-up for many slices).
   void finish(connection& c, slice* s, error e) {
     if (c.at->loop == &tc_.io) {
       s->settle(e);
       return;
     }
+    finished_slices one{{s, std::move(e)}};
+    hand_back(one);
+  }
+  /// Hands slices finished on a loop of their own back to the engine's loop, all with one wake-up.
+  void hand_back(finished_slices& done) {
+    if (done.empty())
+      return;
     bool wake;
     {
       std::lock_guard lock(finished_mutex_);
-      finished_.emplace_back(s, std::move(e));
+      finished_.insert(finished_.end(), std::make_move_iterator(done.begin()),
+                       std::make_move_iterator(done.end()));
       wake = !std::exchange(finished_scheduled_, true);
     }
+    done.clear();
     if (wake)
       tc_.scope.spawn(settle_finished());
   }
@@ -549,7 +560,12 @@ private:
 
   task<> reader(connection& c, session& sn) {
     tcp::detail::read_ahead in; // reply headers already received (several replies are often waiting)
+    // why: on a loop of its own, the replies read in one go are handed back together, before waiting again
+    const bool away = c.at->loop != &tc_.io;
+    finished_slices done;
     while (!sn.broken) {
+      if (in.size() < tcp::frame_header::size)
+        hand_back(done);
       auto got = co_await in.fill(sn.sock, tcp::frame_header::size);
       if (sn.broken)
         break;
@@ -581,9 +597,14 @@ private:
       }
       sn.in_flight.pop_front();
       sn.last_progress = clock::now();
-      finish(c, s, h->status == 0 ? error{} : error(h->error(), "tcp: target refused"));
+      error outcome = h->status == 0 ? error{} : error(h->error(), "tcp: target refused");
+      if (away)
+        done.emplace_back(s, std::move(outcome));
+      else
+        finish(c, s, std::move(outcome));
       kick(c);
     }
+    hand_back(done);
     release(c, sn);
   }
 
