@@ -63,6 +63,10 @@ class tcp_transport {
     error reason;
     int users = 0;
     clock::time_point last_progress = clock::now();
+    // On a loop of its own: slices whose replies came, held to be handed back to the engine's loop together.
+    std::vector<std::pair<slice*, error>> done;
+    std::uint64_t done_bytes = 0;
+    bool hand_back_armed = false;
   };
 
   struct connection;
@@ -560,12 +564,10 @@ private:
 
   task<> reader(connection& c, session& sn) {
     tcp::detail::read_ahead in; // reply headers already received (several replies are often waiting)
-    // why: on a loop of its own, the replies read in one go are handed back together, before waiting again
     const bool away = c.at->loop != &tc_.io;
-    finished_slices done;
     while (!sn.broken) {
-      if (in.size() < tcp::frame_header::size)
-        hand_back(done);
+      if (away && in.size() < tcp::frame_header::size && !sn.done.empty())
+        hold_or_hand_back(c, sn); // about to wait for the next reply
       auto got = co_await in.fill(sn.sock, tcp::frame_header::size);
       if (sn.broken)
         break;
@@ -598,13 +600,41 @@ private:
       sn.in_flight.pop_front();
       sn.last_progress = clock::now();
       error outcome = h->status == 0 ? error{} : error(h->error(), "tcp: target refused");
-      if (away)
-        done.emplace_back(s, std::move(outcome));
-      else
+      if (away) {
+        sn.done.emplace_back(s, std::move(outcome));
+        sn.done_bytes += s->length;
+      } else {
         finish(c, s, std::move(outcome));
+      }
       kick(c);
     }
-    hand_back(done);
+    hand_back_held(sn);
+    release(c, sn);
+  }
+
+  // why: every hand-back wakes the engine's thread, and with small slices over one connection that wake-up
+  // per reply costs more than the transfer gains from the thread. Replies are handed back once 1 MiB of them
+  // is held, once nothing is in flight (so no batch waits on them), or at the latest `hand_back_delay` later.
+  static constexpr std::uint64_t hand_back_bytes = 1 << 20;
+  static constexpr auto hand_back_delay = std::chrono::microseconds(200);
+
+  void hold_or_hand_back(connection& c, session& sn) {
+    if (sn.in_flight.empty() || sn.done_bytes >= hand_back_bytes) {
+      hand_back_held(sn);
+    } else if (!sn.hand_back_armed) {
+      sn.hand_back_armed = true;
+      ++sn.users;
+      c.at->scope->spawn(hand_back_later(c, sn));
+    }
+  }
+  void hand_back_held(session& sn) {
+    hand_back(sn.done);
+    sn.done_bytes = 0;
+  }
+  task<> hand_back_later(connection& c, session& sn) {
+    co_await c.at->loop->sleep_for(hand_back_delay, stop_.get_token());
+    sn.hand_back_armed = false;
+    hand_back_held(sn);
     release(c, sn);
   }
 
@@ -639,6 +669,7 @@ private:
   void release(connection& c, session& sn) {
     if (--sn.users > 0)
       return;
+    hand_back(sn.done); // replies held to be handed back (none once the reader has ended)
     auto pending = std::move(sn.in_flight);
     error reason = sn.broken ? sn.reason : error(errc::closed, "tcp");
     sn.sock.close();
