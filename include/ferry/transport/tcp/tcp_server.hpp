@@ -128,9 +128,9 @@ private:
       std::erase(sessions_, &sock);
     }
     sock.close();
+    // why: the scope's last finisher resumes whoever joins it: end on the server's loop
     if (home != &io_)
-      co_await io_
-          .schedule(); // why: the scope's last finisher resumes whoever joins it: be on the server's loop
+      co_await io_.schedule();
   }
 
   /// Continues on the server's own loop, where the hooks and file regions are served (no-op when `home` is
