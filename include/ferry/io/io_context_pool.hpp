@@ -33,22 +33,21 @@ public:
   explicit io_context_pool(std::size_t threads, io_context_options options = {}) {
     threads = threads == 0 ? 1 : threads;
     loops_.reserve(threads);
-    for (std::size_t i = 0; i < threads; ++i) {
-      auto& l = *loops_.emplace_back(std::make_unique<loop>(options));
-      l.guard.emplace(l.ctx);
-      l.thread = std::thread([c = &l.ctx] { c->run(); });
-      l.ctx.hand_over(l.thread.get_id());
+    try {
+      for (std::size_t i = 0; i < threads; ++i) {
+        auto& l = *loops_.emplace_back(std::make_unique<loop>(options));
+        l.guard.emplace(l.ctx);
+        l.thread = std::thread([c = &l.ctx] { c->run(); });
+        l.ctx.hand_over(l.thread.get_id());
+      }
+    } catch (...) {
+      stop_all(); // why: a loop or thread that failed to start must not leave the others running
+      throw;
     }
   }
   io_context_pool(const io_context_pool&) = delete;
   io_context_pool& operator=(const io_context_pool&) = delete;
-  ~io_context_pool() {
-    for (auto& l : loops_)
-      l->guard.reset(); // why: each run() returns once its loop has no work left
-    for (auto& l : loops_)
-      if (l->thread.joinable())
-        l->thread.join();
-  }
+  ~io_context_pool() { stop_all(); }
 
   /// The next loop in turn (from any thread).
   io_context& next() noexcept {
@@ -59,6 +58,14 @@ public:
   std::size_t size() const noexcept { return loops_.size(); }
 
 private:
+  void stop_all() noexcept {
+    for (auto& l : loops_)
+      l->guard.reset(); // why: each run() returns once its loop has no work left
+    for (auto& l : loops_)
+      if (l->thread.joinable())
+        l->thread.join();
+  }
+
   std::vector<std::unique_ptr<loop>> loops_;
   std::atomic<std::size_t> next_{0};
 };

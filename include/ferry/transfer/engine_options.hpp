@@ -16,9 +16,11 @@ struct tcp_options {
   unsigned connections_per_peer = 4;
   /// Requests sent on one connection before its replies come back (back-pressure beyond that).
   unsigned in_flight_per_connection = 8;
-  /// Threads of their own for the engine's TCP data connections, those it opens and those it accepts: each
-  /// connection's sends and receives run on one of them. 0: on the engine's own loop. Control requests
-  /// (handshakes, notifications, probes) and file regions are served on the engine's loop either way.
+  /// Threads of their own for the engine's TCP connections, those it opens for data and those it accepts:
+  /// each connection's sends and receives run on one of them. 0: on the engine's own loop. The engine's own
+  /// state is only touched on its loop either way: the descriptor a handshake returns, notifications, file
+  /// regions and the settling of every slice (an initiator's control connection, for handshakes,
+  /// notifications and probes, stays on the engine's loop too).
   // why: moving bytes over a socket is the kernel copying them, on the thread that asks; with one thread for
   // every connection an engine moves at most what one core copies (see BENCHMARKS.md, "More cores").
   unsigned io_threads = 0;

@@ -31,6 +31,7 @@
 #include <array>
 #include <cstddef>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -121,7 +122,12 @@ private:
       sock.move_to(*home);
       co_await home->schedule();
     }
-    co_await serve_requests(sock, *home);
+    std::exception_ptr failed; // why: whatever happens, the socket closes on its loop and this ends on io_
+    try {
+      co_await serve_requests(sock, *home);
+    } catch (...) {
+      failed = std::current_exception();
+    }
     {
       // why: after this, stop() no longer touches the socket, which closes on the loop that served it
       std::lock_guard lock(sessions_mutex_);
@@ -131,6 +137,8 @@ private:
     // why: the scope's last finisher resumes whoever joins it: end on the server's loop
     if (home != &io_)
       co_await io_.schedule();
+    if (failed)
+      std::rethrow_exception(failed);
   }
 
   /// Continues on the server's own loop, where the hooks and file regions are served (no-op when `home` is

@@ -34,6 +34,7 @@
 #include <chrono>
 #include <cstddef>
 #include <deque>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <netinet/in.h>
@@ -224,8 +225,11 @@ public:
       return;
     // why: by the batch's flag rather than its address: on a connection's own loop this runs later, when the
     // address could already belong to a new batch
-    for (connection* c : every_connection())
-      on_home(*c->at, [this, c] { drop_aborted(*c); });
+    for (auto& h : homes_)
+      on_home(*h, [this, at = h.get()] {
+        for (connection* c : at->connections)
+          drop_aborted(*c);
+      });
   }
 
   void forget(const peer& p) {
@@ -256,18 +260,6 @@ public:
   }
 
 private:
-  /// The connections of current and of retired peers (whose sessions may still hold slices).
-  std::vector<connection*> every_connection() {
-    std::vector<connection*> out;
-    for (auto& [id, ps] : peers_)
-      for (auto& c : ps.connections)
-        out.push_back(c.get());
-    for (auto& ps : retired_)
-      for (auto& c : ps.connections)
-        out.push_back(c.get());
-    return out;
-  }
-
   // ---- the engine's loop ----
 
   peer_state* state_for(const peer& p) {
@@ -363,8 +355,15 @@ private:
     io::io_context::work_guard keep(tc_.io); // why: see busy_
     co_await h.loop->schedule();
     close_connections(h);
-    co_await h.scope->join();
+    std::exception_ptr failed; // why: whatever happened there, end on the engine's loop (its scope's joiner)
+    try {
+      co_await h.scope->join();
+    } catch (...) {
+      failed = std::current_exception();
+    }
     co_await tc_.io.schedule();
+    if (failed)
+      std::rethrow_exception(failed);
   }
 
   // ---- a connection's own loop ----
