@@ -156,6 +156,50 @@ struct served_pair {
   std::string address() const { return target.endpoint()->to_string(); }
 };
 
+/// A forked target on `listen` (its connections on `io_threads` of their own, as the initiator's) is killed
+/// while a 512 MiB batch writes to it: the batch fails before its deadline; a target restarted on the same
+/// address serves the next batch.
+void kill_mid_batch_then_restart(const std::string& listen, unsigned io_threads) {
+  auto child = spawn_target(listen, 64 << 20, false, io_threads);
+  std::string address = child.line();
+  ferry::io::io_context ctx;
+  tcp_engine initiator(ctx,
+                       {.name = "initiator",
+                        .slice_size = 256 * 1024,
+                        .tcp = {.io_threads = io_threads, .connect_timeout = 500ms, .reply_timeout = 2s}});
+  std::vector<std::byte> local(64 << 20);
+  fill(local, 1);
+  REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+  auto seg = ctx.run_until(initiator.open_segment(address));
+  REQUIRE(seg);
+  ferry::batch_result killed;
+  auto t0 = clock_type::now();
+  ctx.run_until([&]() -> ferry::task<> {
+    ferry::async_scope killer;
+    auto kill_soon = [&]() -> ferry::task<> {
+      co_await ctx.sleep_for(5ms);
+      child.kill();
+    };
+    killer.spawn(kill_soon());
+    transfer_batch big;
+    for (int round = 0; round < 8; ++round)
+      big.write(local.data(), *seg, 0, local.size());
+    killed = co_await initiator.transfer(big, ferry::transfer_options().with_timeout(20s));
+    co_await killer.join();
+  }());
+  CHECK(clock_type::now() - t0 < 15s);
+  REQUIRE_FALSE(killed.ok());
+  MESSAGE("batch to a killed target (io threads ", io_threads, "): ", killed.first_error().message());
+  auto restarted = spawn_target(address, 64 << 20, false, io_threads);
+  REQUIRE(restarted.line() == address);
+  transfer_batch next;
+  next.write(local.data(), *seg, 0, 1 << 20).read(local.data() + (1 << 20), *seg, 8 << 20, 1 << 20);
+  auto r = ctx.run_until(initiator.transfer(next, ferry::transfer_options().with_timeout(10s)));
+  CHECK_MESSAGE(r.ok(), r.first_error().message());
+  for (std::size_t i = 0; i < (1 << 20); i += 997)
+    REQUIRE(local[(1 << 20) + i] == pattern_at((8 << 20) + i, 7));
+}
+
 } // namespace
 
 TEST_SUITE("transfer_engine") {
@@ -574,43 +618,7 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("a target killed mid-batch fails it before its deadline, and a restarted one serves the next") {
-    auto child = spawn_target("127.0.0.2:0", 64 << 20, false);
-    std::string address = child.line();
-    ferry::io::io_context ctx;
-    tcp_engine initiator(ctx, {.name = "initiator",
-                               .slice_size = 256 * 1024,
-                               .tcp = {.connect_timeout = 500ms, .reply_timeout = 2s}});
-    std::vector<std::byte> local(64 << 20);
-    fill(local, 1);
-    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
-    auto seg = ctx.run_until(initiator.open_segment(address));
-    REQUIRE(seg);
-    ferry::batch_result killed;
-    auto t0 = clock_type::now();
-    ctx.run_until([&]() -> ferry::task<> {
-      ferry::async_scope killer;
-      auto kill_soon = [&]() -> ferry::task<> {
-        co_await ctx.sleep_for(5ms);
-        child.kill();
-      };
-      killer.spawn(kill_soon());
-      transfer_batch big;
-      for (int round = 0; round < 8; ++round)
-        big.write(local.data(), *seg, 0, local.size());
-      killed = co_await initiator.transfer(big, ferry::transfer_options().with_timeout(20s));
-      co_await killer.join();
-    }());
-    CHECK(clock_type::now() - t0 < 15s);
-    REQUIRE_FALSE(killed.ok());
-    MESSAGE("batch to a killed target: ", killed.first_error().message());
-    auto restarted = spawn_target(address, 64 << 20, false);
-    REQUIRE(restarted.line() == address);
-    transfer_batch next;
-    next.write(local.data(), *seg, 0, 1 << 20).read(local.data() + (1 << 20), *seg, 8 << 20, 1 << 20);
-    auto r = ctx.run_until(initiator.transfer(next, ferry::transfer_options().with_timeout(10s)));
-    CHECK_MESSAGE(r.ok(), r.first_error().message());
-    for (std::size_t i = 0; i < (1 << 20); i += 997)
-      REQUIRE(local[(1 << 20) + i] == pattern_at((8 << 20) + i, 7));
+    kill_mid_batch_then_restart("127.0.0.2:0", 0);
   }
 
   TEST_CASE("connections dropped by a restarted target are re-established transparently") {
@@ -937,43 +945,7 @@ TEST_SUITE("transfer_engine io_threads") {
 
   TEST_CASE(
       "with io threads, a target killed mid-batch fails it before its deadline, and a restarted one serves") {
-    auto child = spawn_target("127.0.0.3:0", 64 << 20, false, 2);
-    std::string address = child.line();
-    ferry::io::io_context ctx;
-    tcp_engine initiator(ctx, {.name = "initiator",
-                               .slice_size = 256 * 1024,
-                               .tcp = {.io_threads = 2, .connect_timeout = 500ms, .reply_timeout = 2s}});
-    std::vector<std::byte> local(64 << 20);
-    fill(local, 1);
-    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
-    auto seg = ctx.run_until(initiator.open_segment(address));
-    REQUIRE(seg);
-    ferry::batch_result killed;
-    auto t0 = clock_type::now();
-    ctx.run_until([&]() -> ferry::task<> {
-      ferry::async_scope killer;
-      auto kill_soon = [&]() -> ferry::task<> {
-        co_await ctx.sleep_for(5ms);
-        child.kill();
-      };
-      killer.spawn(kill_soon());
-      transfer_batch big;
-      for (int round = 0; round < 8; ++round)
-        big.write(local.data(), *seg, 0, local.size());
-      killed = co_await initiator.transfer(big, ferry::transfer_options().with_timeout(20s));
-      co_await killer.join();
-    }());
-    CHECK(clock_type::now() - t0 < 15s);
-    REQUIRE_FALSE(killed.ok());
-    MESSAGE("batch to a killed target (io threads): ", killed.first_error().message());
-    auto restarted = spawn_target(address, 64 << 20, false, 2);
-    REQUIRE(restarted.line() == address);
-    transfer_batch next;
-    next.write(local.data(), *seg, 0, 1 << 20).read(local.data() + (1 << 20), *seg, 8 << 20, 1 << 20);
-    auto r = ctx.run_until(initiator.transfer(next, ferry::transfer_options().with_timeout(10s)));
-    CHECK_MESSAGE(r.ok(), r.first_error().message());
-    for (std::size_t i = 0; i < (1 << 20); i += 997)
-      REQUIRE(local[(1 << 20) + i] == pattern_at((8 << 20) + i, 7));
+    kill_mid_batch_then_restart("127.0.0.3:0", 2);
   }
 
   TEST_CASE(

@@ -430,21 +430,23 @@ private:
         break_current(c, error(errc::closed, "tcp: connection dropped to abort a batch"));
   }
 
-  void retire(connection& c) {
-    c.retired = true;
+  /// Settles every slice queued on `c` (not sent yet) with `reason`.
+  void fail_queued(connection& c, const error& reason) {
     auto q = std::move(c.queue);
     c.queue.clear();
     for (slice* s : q)
-      finish(c, s, error(errc::closed, "tcp: the peer's descriptor changed")); // retried with the new one
+      finish(c, s, reason);
+  }
+
+  void retire(connection& c) {
+    c.retired = true;
+    fail_queued(c, error(errc::closed, "tcp: the peer's descriptor changed")); // retried with the new one
     break_current(c, error(errc::closed, "tcp: the peer's descriptor changed"));
   }
 
   void close_connections(home& h) {
     for (connection* c : h.connections) {
-      auto q = std::move(c->queue);
-      c->queue.clear();
-      for (slice* s : q)
-        finish(*c, s, error(errc::cancelled, "tcp: engine shutting down"));
+      fail_queued(*c, error(errc::cancelled, "tcp: engine shutting down"));
       if (c->current)
         break_current(*c, error(errc::cancelled, "tcp: engine shutting down"));
     }
@@ -491,10 +493,7 @@ private:
     if (!sock || stopping_) {
       error e = !sock ? (within.expired() ? error(errc::timed_out, "tcp connect") : sock.error())
                       : error(errc::cancelled, "tcp: engine shutting down");
-      auto q = std::move(c.queue);
-      c.queue.clear();
-      for (slice* s : q)
-        finish(c, s, e); // retries go to another connection
+      fail_queued(c, e); // retries go to another connection
       co_return;
     }
     int one = 1;
@@ -653,10 +652,7 @@ private:
       c.connecting = true;
       c.at->scope->spawn(connect(c));
     } else if (stopping_) {
-      auto q = std::move(c.queue);
-      c.queue.clear();
-      for (slice* s : q)
-        finish(c, s, error(errc::cancelled, "tcp: engine shutting down"));
+      fail_queued(c, error(errc::cancelled, "tcp: engine shutting down"));
     }
   }
   void break_current(connection& c, error reason) {
