@@ -6,7 +6,6 @@
 #include "ferry/core/error.hpp"
 #include "ferry/transfer/transfer_request.hpp"
 
-#include "ferry/core/error.hpp"
 #include <cstddef>
 #include <cstdint>
 
