@@ -53,7 +53,8 @@ namespace ferry {
 
 class tcp_transport {
   using clock = std::chrono::steady_clock;
-  static constexpr std::size_t max_gather = 16; // slices sent with one sendmsg
+  static constexpr std::size_t max_gather = 16;                  // slices sent with one sendmsg
+  using finished_slices = std::vector<std::pair<slice*, error>>; // slices and their outcomes
 
   // One established connection. Its reader and writer share it; the last of them to leave settles what is
   // still in flight, so no slice is reported before the kernel is done with its memory.
@@ -65,7 +66,7 @@ class tcp_transport {
     int users = 0;
     clock::time_point last_progress = clock::now();
     // On a loop of its own: slices whose replies came, held to be handed back to the engine's loop together.
-    std::vector<std::pair<slice*, error>> done;
+    finished_slices done;
     std::uint64_t done_bytes = 0;
     bool hand_back_armed = false;
   };
@@ -336,7 +337,7 @@ private:
   /// Settles the slices that connections on other loops finished.
   task<> settle_finished() {
     co_await tc_.io.schedule();
-    std::vector<std::pair<slice*, error>> done;
+    finished_slices done;
     {
       std::lock_guard lock(finished_mutex_);
       done.swap(finished_);
@@ -368,8 +369,6 @@ private:
 
   // ---- a connection's own loop ----
 
-  using finished_slices = std::vector<std::pair<slice*, error>>;
-
   /// Settles `s`: at once on the engine's loop, else handed back to it (one wake-up for many slices).
   void finish(connection& c, slice* s, error e) {
     if (c.at->loop == &tc_.io) {
@@ -378,6 +377,20 @@ private:
     }
     finished_slices one{{s, std::move(e)}};
     hand_back(one);
+  }
+  /// Settles every slice of `slices` with `reason`, as finish() does, handing them back together.
+  template<class Slices>
+  void finish_all(connection& c, const Slices& slices, const error& reason) {
+    if (c.at->loop == &tc_.io) {
+      for (slice* s : slices)
+        s->settle(reason);
+      return;
+    }
+    finished_slices back;
+    back.reserve(slices.size());
+    for (slice* s : slices)
+      back.emplace_back(s, reason);
+    hand_back(back);
   }
   /// Hands slices finished on a loop of their own back to the engine's loop, all with one wake-up.
   void hand_back(finished_slices& done) {
@@ -421,8 +434,7 @@ private:
     for (slice* s : c.queue)
       (s->batch->aborted() ? drop : keep).push_back(s);
     c.queue.swap(keep);
-    for (slice* s : drop)
-      finish(c, s, error(errc::cancelled, "tcp"));
+    finish_all(c, drop, error(errc::cancelled, "tcp"));
     if (session* sn = c.current)
       if (std::any_of(sn->in_flight.begin(), sn->in_flight.end(),
                       [](slice* s) { return s->batch->aborted(); }))
@@ -434,8 +446,7 @@ private:
   void fail_queued(connection& c, const error& reason) {
     auto q = std::move(c.queue);
     c.queue.clear();
-    for (slice* s : q)
-      finish(c, s, reason);
+    finish_all(c, q, reason);
   }
 
   void retire(connection& c) {
@@ -669,8 +680,7 @@ private:
     error reason = sn.broken ? sn.reason : error(errc::closed, "tcp");
     sn.sock.close();
     delete &sn;
-    for (slice* s : pending)
-      finish(c, s, reason);
+    finish_all(c, pending, reason);
   }
 
   /// Drops the connections of `h` that have requests outstanding and have not answered within the reply
@@ -698,7 +708,7 @@ private:
   std::size_t next_home_ = 0;
   // Slices that connections on other loops finished, waiting to be settled on the engine's loop.
   std::mutex finished_mutex_;
-  std::vector<std::pair<slice*, error>> finished_;
+  finished_slices finished_;
   bool finished_scheduled_ = false;
   // Slices handed to loops of their own and not settled yet. While there are some, the engine's loop is kept
   // running (run() returns when nothing is left to do, and their completion is still to come).
