@@ -235,14 +235,10 @@ public:
   result<lease> pin_exposed(std::uint64_t offset, std::uint64_t length, access wanted, bool files_too = false,
                             bool gpu_too = false) {
     std::lock_guard lock(mutex_);
-    auto it = by_offset_.upper_bound(offset);
-    if (it == by_offset_.begin())
-      return fail(errc::out_of_bounds, "remote range is outside every exposed region");
-    entry* e = std::prev(it)->second;
-    if (!e->exposed.contains(offset, length))
-      return fail(errc::out_of_bounds, "remote range is outside every exposed region");
-    if (!allows(e->exposed.permissions, wanted))
-      return fail(errc::permission_denied, "the region does not permit this access");
+    auto found = find_exposed(offset, length, wanted);
+    if (!found)
+      return fail(found.error());
+    entry* e = *found;
     if (e->file) {
       if (!files_too)
         return fail(errc::unsupported, "the region is a file: its owner moves it through the uring transport "
@@ -257,6 +253,16 @@ public:
                   "(add ferry::cuda_transport to the engine)");
     ++e->uses;
     return lease(this, e, e->base + (offset - e->exposed.offset));
+  }
+
+  /// Whether a peer may access [offset, offset + length) of this segment (one exposed region holds it all and
+  /// permits `wanted`), without holding anything: errc::out_of_bounds or errc::permission_denied if not.
+  result<void> check_exposed(std::uint64_t offset, std::uint64_t length, access wanted) const {
+    std::lock_guard lock(mutex_);
+    auto found = find_exposed(offset, length, wanted);
+    if (!found)
+      return fail(found.error());
+    return {};
   }
 
   /// The whole registered region holding [p, p + length): its start and length (what a NIC registers at
@@ -310,6 +316,19 @@ public:
   }
 
 private:
+  // Requires mutex_. The exposed region that holds all of [offset, offset + length) and permits `wanted`.
+  result<entry*> find_exposed(std::uint64_t offset, std::uint64_t length, access wanted) const {
+    auto it = by_offset_.upper_bound(offset);
+    if (it == by_offset_.begin())
+      return fail(errc::out_of_bounds, "remote range is outside every exposed region");
+    entry* e = std::prev(it)->second;
+    if (!e->exposed.contains(offset, length))
+      return fail(errc::out_of_bounds, "remote range is outside every exposed region");
+    if (!allows(e->exposed.permissions, wanted))
+      return fail(errc::permission_denied, "the region does not permit this access");
+    return e;
+  }
+
   // Requires mutex_. The region that contains [p, p + length), if any.
   entry* find_local(const std::byte* p, std::size_t length) {
     auto key = reinterpret_cast<std::uintptr_t>(p);

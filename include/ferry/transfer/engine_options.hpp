@@ -87,7 +87,7 @@ struct engine_options {
   std::optional<std::string> listen;
   /// Requests longer than this are cut into slices of this size, spread over paths.
   std::uint32_t slice_size = 1u << 20;
-  /// Times a failed slice is retried on another path before its request fails.
+  /// Times a failed slice is retried on another path before its request fails (at most 65535).
   unsigned retry_budget = 3;
   /// Lifetime of this segment's key in a metadata store with leases, renewed every third of it while the
   /// engine lives: a process that dies vanishes from the store within this time. Zero: no lease.

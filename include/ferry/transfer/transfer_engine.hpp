@@ -47,6 +47,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -316,9 +317,18 @@ public:
       for (auto& r : batch.requests())
         if (std::find(targets.begin(), targets.end(), r.target) == targets.end())
           targets.push_back(r.target);
+      // why: the notifications count against the batch's deadline like everything else the batch does
+      std::optional<io::deadline> within;
+      if (!time_left(opts, started, within)) {
+        out.notify_error = error(errc::timed_out, "notify: the batch's deadline passed before it was sent");
+        co_return out;
+      }
+      std::stop_token token = within ? within->token() : opts.stop;
       for (segment_id t : targets)
-        if (auto n = co_await notify(t, *opts.notify, opts.stop); !n) {
-          out.notify_error = n.error();
+        if (auto n = co_await notify(t, *opts.notify, token); !n) {
+          out.notify_error = within && within->expired()
+                                 ? error(errc::timed_out, "notify: the batch's deadline passed")
+                                 : n.error();
           break;
         }
     }
@@ -326,6 +336,19 @@ public:
   }
 
 private:
+  /// Arms `within` with what is left of the batch's deadline, linked to its stop token (nothing to arm when
+  /// the batch has no deadline); false if nothing is left.
+  bool time_left(const transfer_options& opts, std::chrono::steady_clock::time_point started,
+                 std::optional<io::deadline>& within) {
+    if (opts.timeout.count() <= 0)
+      return true;
+    auto left = opts.timeout - (std::chrono::steady_clock::now() - started);
+    if (left <= std::chrono::steady_clock::duration::zero())
+      return false;
+    within.emplace(io_, std::chrono::duration_cast<io::io_context::clock::duration>(left), opts.stop);
+    return true;
+  }
+
   /// Whether a request's error may come from a stale descriptor: the target restarted or moved, or it
   /// registered the region asked for after its descriptor was fetched.
   static bool stale_descriptor_error(const error& e) noexcept {
@@ -344,12 +367,8 @@ private:
       tried.push_back(t);
       // why: the lookup counts against the batch's deadline like everything else the batch does
       std::optional<io::deadline> within;
-      if (opts.timeout.count() > 0) {
-        auto left = opts.timeout - (std::chrono::steady_clock::now() - started);
-        if (left <= std::chrono::steady_clock::duration::zero())
-          co_return;
-        within.emplace(io_, std::chrono::duration_cast<io::io_context::clock::duration>(left), opts.stop);
-      }
+      if (!time_left(opts, started, within))
+        co_return;
       std::uint64_t before = peers_[t].descriptor.incarnation;
       auto version = peers_[t].version;
       std::stop_token token = within ? within->token() : opts.stop;
@@ -438,6 +457,9 @@ private:
     abort_args args{this, &state, deadline ? &*deadline : nullptr};
     detail::stop_relay relay(io_, &abort_batch, &args);
     relay.watch(deadline ? deadline->token() : opts.stop);
+    // why: the relay posts the abort of a token stopped already behind this loop; no slice may start first
+    if (opts.stop.stop_requested())
+      abort_batch(&args);
 
     for (auto& s : state.slices) {
       if (state.aborted())
@@ -459,7 +481,7 @@ public:
   transfer_handle submit(transfer_batch batch, transfer_options opts = {}) {
     auto state = std::make_shared<transfer_handle::shared_state>();
     state->io = &io_;
-    state->background = background_.joinable();
+    state->background = &in_background_;
     scope_.spawn([](transfer_engine& e, transfer_batch b, transfer_options o,
                     std::shared_ptr<transfer_handle::shared_state> s) -> task<> {
       s->set(co_await e.transfer(std::move(b), std::move(o)));
@@ -474,6 +496,7 @@ public:
     guard_.emplace(io_);
     background_ = std::thread([this] { io_.run(); });
     io_.hand_over(background_.get_id());
+    in_background_.store(true, std::memory_order_release);
   }
 
   // ---- notifications and liveness ----
@@ -710,12 +733,18 @@ private:
     if (r.target >= peers_.size())
       return error(errc::unknown_segment, "transfer: segment was never opened");
     const peer& p = peers_[r.target];
-    if (p.is_self)
-      return {}; // the registry checks at copy time
+    access wanted = r.op == transfer_op::write ? access::write : access::read;
+    if (p.is_self) {
+      // why: the registry checks every slice again at copy time, but only the whole range tells a request
+      // that wraps around the offset space or runs from one region into the next from one that fits
+      if (auto fits = registry_.check_exposed(r.target_offset, r.length, wanted); !fits)
+        return error(fits.error().code(), std::string("transfer: ") + fits.error().what());
+      return {};
+    }
     auto* region = p.descriptor.region_for(r.target_offset, r.length);
     if (!region)
       return error(errc::out_of_bounds, "transfer: range outside the target's regions");
-    if (!allows(region->permissions, r.op == transfer_op::write ? access::write : access::read))
+    if (!allows(region->permissions, wanted))
       return error(errc::permission_denied, "transfer: the target region does not permit this");
     return {};
   }
@@ -859,6 +888,9 @@ private:
   std::deque<notification> inbox_;
   std::vector<inbox_waiter*> inbox_waiters_;
   std::thread background_;
+  // why: handles look here when they wait, not when they were made: a batch submitted before
+  // run_in_background() must not be driven from the waiting thread as well
+  std::atomic<bool> in_background_{false};
   std::optional<io::io_context::work_guard> guard_;
   bool shut_down_ = false;
 };

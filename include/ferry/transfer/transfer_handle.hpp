@@ -10,6 +10,7 @@
 #include "ferry/io/io_context.hpp"
 #include "ferry/transfer/transfer_batch.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -25,7 +26,10 @@ public:
     std::condition_variable cv;
     std::optional<batch_result> result;
     io::io_context* io = nullptr;
-    bool background = false;
+    const std::atomic<bool>* background = nullptr; // the engine's: another thread runs its loop
+    bool driven_elsewhere() const noexcept {
+      return background && background->load(std::memory_order_acquire);
+    }
     void set(batch_result r) {
       std::lock_guard lock(mutex);
       result = std::move(r);
@@ -41,14 +45,14 @@ public:
 
   /// True once the batch is done (runs ready handlers first when this thread drives the loop).
   bool ready() {
-    if (!state_->background)
+    if (!state_->driven_elsewhere())
       state_->io->poll();
     return state_->has_result();
   }
 
   /// Blocks until the batch is done and yields its result (once).
   batch_result wait() {
-    if (state_->background) {
+    if (state_->driven_elsewhere()) {
       std::unique_lock lock(state_->mutex);
       state_->cv.wait(lock, [&] { return state_->result.has_value(); });
     } else {

@@ -8,11 +8,13 @@
 #include "ferry/transfer/transfer_batch.hpp"
 #include "ferry/transport/slice.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <system_error>
 #include <vector>
 
@@ -42,8 +44,13 @@ public:
   /// Resubmits a failed slice on another path; false if it cannot (the slice is then failed).
   using retry_fn = bool (*)(void* engine, slice* s, const error& why) noexcept;
 
+  /// The most retries a slice gets, whatever engine_options::retry_budget says.
+  static constexpr unsigned max_retry_budget = std::numeric_limits<decltype(slice::attempt)>::max();
+
   batch_state(io::io_context& ctx, std::size_t requests, unsigned retry_budget, void* engine, retry_fn retry)
-      : ctx_(ctx), requests_(requests), retry_budget_(retry_budget), engine_(engine), retry_(retry) {
+      // why: a slice counts its tries in 16 bits; a larger budget would wrap that count and never run out
+      : ctx_(ctx), requests_(requests), retry_budget_(std::min(retry_budget, max_retry_budget)),
+        engine_(engine), retry_(retry) {
     wake_.self_ = this;
     wake_.complete_ = &on_wake;
   }

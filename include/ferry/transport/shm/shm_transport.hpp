@@ -98,7 +98,8 @@ public:
     tc_.scope.spawn(copy(s, std::move(*target)));
   }
 
-  /// Copies already running finish (a memcpy cannot be interrupted); queued ones are settled without copying.
+  /// Copies already running finish (a memcpy cannot be interrupted); queued ones see the batch aborted when a
+  /// copy thread takes them and are settled without copying.
   void abort(detail::batch_state*) noexcept {}
 
   void forget(const peer& p) { maps_.erase(p.id); }
@@ -148,11 +149,12 @@ private:
       return fail(errc::peer_unreachable, "shm: the segment's process has ended");
     }
     // why: a read-only mapping must not serve a later write to a writable region of the same object
-    auto& m = maps.by_name[r->shm_name + (allows(r->permissions, access::write) ? "#rw" : "#ro")];
+    std::string key = r->shm_name + (allows(r->permissions, access::write) ? "#rw" : "#ro");
+    auto& m = maps.by_name[key];
     if (!m) {
       auto opened = open_mapping(*r);
       if (!opened) {
-        maps.by_name.erase(r->shm_name);
+        maps.by_name.erase(key);
         maps.unreachable = true; // later requests go to the next transport
         return fail(opened.error());
       }
@@ -195,16 +197,24 @@ private:
       s->settle(error(errc::cancelled, "shm"));
       co_return;
     }
-    if (pool_)
+    bool copied = true;
+    if (pool_) {
       co_await pool_->schedule();
-    if (s->op == transfer_op::write)
+      // why: a copy that waited for a pool thread while its batch passed its deadline or was cancelled must
+      // not run late (aborted() is atomic; the reason is the batch's, recorded when it settles)
+      copied = !s->batch->aborted();
+    }
+    if (copied && s->op == transfer_op::write)
       detail::stream_copy(target.remote, s->local, s->length);
-    else
+    else if (copied)
       detail::stream_copy(s->local, target.remote, s->length);
     if (pool_)
       co_await tc_.io.schedule();
     target = {};
-    s->settle();
+    if (copied)
+      s->settle();
+    else
+      s->settle(error(errc::cancelled, "shm"));
   }
 
   transport_context& tc_;
