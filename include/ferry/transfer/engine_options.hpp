@@ -27,6 +27,9 @@ struct tcp_options {
   std::chrono::milliseconds connect_timeout{3000};
   /// A connection with requests outstanding and no reply for this long is dropped and its slices retried.
   std::chrono::milliseconds reply_timeout{10000};
+  /// Serving: a peer that stalls this long in the middle of a request (sending its payload, or taking the
+  /// replies) is dropped, and the memory that request held in use is released.
+  std::chrono::milliseconds stall_timeout{10000};
   /// The TCP congestion control algorithm of this engine's data connections, the ones it opens and the ones
   /// it accepts ("reno", "cubic", "dctcp", "bbr" ...); empty: the system's default
   /// (net.ipv4.tcp_congestion_control). An algorithm the kernel refuses fails start() and connections with

@@ -17,6 +17,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/io/aligned_buffer.hpp"
+#include "ferry/io/deadline.hpp"
 #include "ferry/io/endpoint.hpp"
 #include "ferry/io/io_context.hpp"
 #include "ferry/io/io_context_pool.hpp"
@@ -29,6 +30,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <exception>
@@ -56,10 +58,13 @@ public:
   };
 
   /// Serves on `io`, or, given `connection_loops`, each accepted connection on one of its loops (the pool
-  /// must outlive the work spawned into `scope`).
+  /// must outlive the work spawned into `scope`). A peer that stalls for `stall_timeout` in the middle of a
+  /// request (its payload, or taking the replies) is dropped, releasing what the request held in use.
   tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h,
-             io::io_context_pool* connection_loops = nullptr)
-      : io_(io), registry_(registry), scope_(scope), hooks_(std::move(h)), loops_(connection_loops) {}
+             io::io_context_pool* connection_loops = nullptr,
+             std::chrono::milliseconds stall_timeout = std::chrono::seconds(10))
+      : io_(io), registry_(registry), scope_(scope), hooks_(std::move(h)), loops_(connection_loops),
+        stall_timeout_(stall_timeout) {}
   tcp_server(const tcp_server&) = delete;
   tcp_server& operator=(const tcp_server&) = delete;
 
@@ -172,13 +177,24 @@ private:
     ++p.count;
   }
 
-  static task<bool> flush(io::tcp_socket& sock, pending_replies& p) {
+  task<bool> flush(io::tcp_socket& sock, pending_replies& p, io::io_context& home) {
     if (p.count == 0)
       co_return true;
-    auto sent = co_await sock.send_all(std::span<const ::iovec>(p.iov.data(), p.iov_count));
+    std::optional<io::deadline> within;
+    auto sent =
+        co_await sock.send_all(std::span<const ::iovec>(p.iov.data(), p.iov_count), bounded(within, home));
     p.count = p.iov_count = 0;
     p.leases.clear();
     co_return sent.has_value();
+  }
+
+  /// A token that stops once this step of a request has taken stall_timeout (or the server stops).
+  // why: a peer that sends a header and then nothing, or stops reading our replies (a zero window is probed
+  // for ever), would otherwise hold the memory the request addressed in use for good: the region could
+  // never be unregistered
+  std::stop_token bounded(std::optional<io::deadline>& within, io::io_context& home) {
+    within.emplace(home, stall_timeout_, stop_.get_token());
+    return within->token();
   }
 
   task<> serve_requests(io::tcp_socket& sock, io::io_context& home) {
@@ -190,7 +206,7 @@ private:
     while (!stop_.stop_requested()) {
       // why: replies wait only while more requests are already here; before waiting for the peer, send them
       if (in.size() < tcp::frame_header::size || replies.count == pending_replies::max_replies) {
-        bool sent = co_await flush(sock, replies);
+        bool sent = co_await flush(sock, replies, home);
         if (!sent)
           co_return;
       }
@@ -199,7 +215,7 @@ private:
         co_return; // closed, reset or stopped
       auto h = tcp::decode_header(in.take_header());
       if (!h || static_cast<int>(h->type) % 2 == 0) {
-        co_await flush(sock, replies);
+        co_await flush(sock, replies, home);
         co_return; // malformed, or a reply: drop the connection
       }
       tcp::frame_header reply;
@@ -224,32 +240,34 @@ private:
         file_lease.emplace(std::move(*lease));
       }
       // Everything else is answered in order, after the replies before it.
-      bool flushed = co_await flush(sock, replies);
+      bool flushed = co_await flush(sock, replies, home);
       if (!flushed)
         co_return;
+      std::optional<io::deadline> within;
+      std::stop_token step = bounded(within, home);
       switch (h->type) {
       case tcp::frame_type::hello: {
         co_await to_own_loop(home);
         std::string d = hooks_.descriptor();
         co_await back_to(home);
         reply.length = d.size();
-        if (auto ok = co_await send(sock, reply, out, d.data(), d.size()); !ok)
+        if (auto ok = co_await send(sock, reply, out, d.data(), d.size(), step); !ok)
           co_return;
         break;
       }
       case tcp::frame_type::ping:
-        if (auto ok = co_await send(sock, reply, out, nullptr, 0); !ok)
+        if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
         break;
       case tcp::frame_type::notify: {
         std::string message(h->length, '\0');
-        if (auto ok = co_await in.take(sock, std::as_writable_bytes(std::span(message))); !ok)
+        if (auto ok = co_await in.take(sock, std::as_writable_bytes(std::span(message)), step); !ok)
           co_return;
         co_await to_own_loop(home);
         if (hooks_.notified)
           hooks_.notified(std::move(message));
         co_await back_to(home);
-        if (auto ok = co_await send(sock, reply, out, nullptr, 0); !ok)
+        if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
         break;
       }
@@ -257,7 +275,7 @@ private:
         auto lease = registry_.pin_exposed(h->offset, h->length, access::write, true);
         if (lease && lease->file()) {
           stage(staging, h->length);
-          if (auto ok = co_await in.take(sock, staging.bytes().first(h->length)); !ok)
+          if (auto ok = co_await in.take(sock, staging.bytes().first(h->length), step); !ok)
             co_return;
           co_await to_own_loop(home);
           auto written =
@@ -266,7 +284,7 @@ private:
           if (!written)
             reply.status = status_of(written.error());
         } else if (lease) {
-          if (auto ok = co_await in.take(sock, std::span(lease->data(), h->length)); !ok)
+          if (auto ok = co_await in.take(sock, std::span(lease->data(), h->length), step); !ok)
             co_return;
         } else {
           // why: the payload is already on its way; consume it so the stream stays in step, then refuse.
@@ -274,12 +292,12 @@ private:
           scratch.resize(std::min<std::uint64_t>(h->length, 256 * 1024));
           for (std::uint64_t left = h->length; left > 0;) {
             std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, scratch.size()));
-            if (auto ok = co_await in.take(sock, std::span(scratch).first(n)); !ok)
+            if (auto ok = co_await in.take(sock, std::span(scratch).first(n), step); !ok)
               co_return;
             left -= n;
           }
         }
-        if (auto ok = co_await send(sock, reply, out, nullptr, 0); !ok)
+        if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
         break;
       }
@@ -294,7 +312,7 @@ private:
           reply.length = h->length;
         else
           reply.status = status_of(got.error());
-        if (auto ok = co_await send(sock, reply, out, staging.data(), got ? h->length : 0); !ok)
+        if (auto ok = co_await send(sock, reply, out, staging.data(), got ? h->length : 0, step); !ok)
           co_return;
         break;
       }
@@ -306,10 +324,10 @@ private:
 
   static task<bool> send(io::tcp_socket& sock, const tcp::frame_header& h,
                          std::array<std::byte, tcp::frame_header::size>& buf, const void* payload,
-                         std::size_t length) {
+                         std::size_t length, std::stop_token stop) {
     tcp::encode(h, buf);
     std::array<::iovec, 2> iov{::iovec{buf.data(), buf.size()}, ::iovec{const_cast<void*>(payload), length}};
-    auto sent = co_await sock.send_all(std::span(iov.data(), length ? 2 : 1));
+    auto sent = co_await sock.send_all(std::span(iov.data(), length ? 2 : 1), std::move(stop));
     co_return sent.has_value();
   }
 
@@ -332,6 +350,7 @@ private:
   async_scope& scope_;
   hooks hooks_;
   io::io_context_pool* loops_;
+  std::chrono::milliseconds stall_timeout_;
   io::tcp_listener listener_;
   std::stop_source stop_;
   mutable std::mutex sessions_mutex_;

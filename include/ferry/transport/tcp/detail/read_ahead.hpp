@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstring>
 #include <span>
+#include <stop_token>
 
 namespace ferry::tcp::detail {
 
@@ -60,7 +61,7 @@ public:
   }
 
   /// Receives `into.size()` bytes: what was read ahead first, the rest straight from the socket.
-  task<result<void>> take(io::tcp_socket& sock, std::span<std::byte> into) {
+  task<result<void>> take(io::tcp_socket& sock, std::span<std::byte> into, std::stop_token stop = {}) {
     std::size_t have = std::min(size(), into.size());
     if (have) {
       std::memcpy(into.data(), buf_.data() + begin_, have);
@@ -68,7 +69,7 @@ public:
     }
     if (have == into.size())
       co_return result<void>{};
-    co_return co_await sock.recv_all_batched(into.subspan(have), wake_batch);
+    co_return co_await sock.recv_all_batched(into.subspan(have), wake_batch, std::move(stop));
   }
 
 private:

@@ -1,0 +1,114 @@
+// The serving side of the tcp transport against peers that stop halfway: one that sends a write's header and
+// part of its payload and then nothing, one that asks for reads and never takes the replies. Each is dropped
+// after the stall timeout, and the memory its requests held in use can be unregistered again.
+
+#include "ferry/core/task.hpp"
+#include "ferry/io/deadline.hpp"
+#include "ferry/io/tcp_socket.hpp"
+#include "ferry/transfer.hpp"
+
+#include <doctest/doctest.h>
+
+#include <array>
+#include <chrono>
+#include <vector>
+
+using namespace std::chrono_literals;
+using ferry::access;
+using ferry::errc;
+
+namespace {
+
+std::array<std::byte, ferry::tcp::frame_header::size> header(ferry::tcp::frame_type type, std::uint64_t id,
+                                                             std::uint64_t offset, std::uint64_t length) {
+  ferry::tcp::frame_header h;
+  h.type = type;
+  h.request_id = id;
+  h.offset = offset;
+  h.length = length;
+  std::array<std::byte, ferry::tcp::frame_header::size> raw;
+  ferry::tcp::encode(h, raw);
+  return raw;
+}
+
+/// A served engine whose peers may stall 300 ms, with `io_threads` threads for its connections.
+struct stalled_target {
+  std::vector<std::byte> region;
+  ferry::io::io_context ctx;
+  ferry::default_engine engine;
+
+  explicit stalled_target(unsigned io_threads)
+      : region(1 << 20), engine(ctx, {.name = "target",
+                                      .listen = "127.0.0.2:0",
+                                      .tcp = {.io_threads = io_threads, .stall_timeout = 300ms}}) {
+    REQUIRE(engine.registry().add(region.data(), region.size(), access::read_write));
+    REQUIRE(engine.start());
+  }
+};
+
+} // namespace
+
+TEST_SUITE("tcp_server") {
+  TEST_CASE("a peer that stops in the middle of a write's payload is dropped and the region is released") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      stalled_target t(io_threads);
+      t.ctx.run_until([&]() -> ferry::task<> {
+        auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
+        REQUIRE(raw);
+        REQUIRE(co_await raw->send_all(header(ferry::tcp::frame_type::write, 1, 0, 4096)));
+        std::vector<std::byte> part(100, std::byte{9});
+        REQUIRE(co_await raw->send_all(part));
+        co_await t.ctx.sleep_for(100ms);
+        // the write holds the region while its payload is awaited
+        auto busy = t.engine.registry().remove(t.region.data());
+        REQUIRE_FALSE(busy);
+        CHECK(busy.error() == errc::busy);
+        std::array<std::byte, 1> one;
+        ferry::io::deadline give_up(t.ctx, 5s);
+        auto n =
+            co_await raw->recv(one, give_up.token()); // the target hangs up once the stall timeout passed
+        CHECK_FALSE(give_up.expired());
+        CHECK((!n || *n == 0));
+        co_await t.ctx.sleep_for(50ms);
+        CHECK(t.engine.registry().remove(t.region.data()).has_value());
+      }());
+    }
+  }
+
+  TEST_CASE("a peer that never takes the replies to its reads is dropped and the region is released") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      stalled_target t(io_threads);
+      t.ctx.run_until([&]() -> ferry::task<> {
+        auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
+        REQUIRE(raw);
+        raw->set_buffer_sizes(64 << 10); // why: a small window fills fast
+        // 256 reads of the whole region: far more than the sockets between the two ends hold
+        std::vector<std::byte> asks;
+        for (std::uint64_t id = 1; id <= 256; ++id) {
+          auto h = header(ferry::tcp::frame_type::read, id, 0, t.region.size());
+          asks.insert(asks.end(), h.begin(), h.end());
+        }
+        REQUIRE(co_await raw->send_all(asks));
+        co_await t.ctx.sleep_for(100ms);
+        auto busy = t.engine.registry().remove(t.region.data());
+        REQUIRE_FALSE(busy);
+        CHECK(busy.error() == errc::busy);
+        // the target gives up on replies nobody takes; without reading, this side sees only that the
+        // connection count went to zero and the region is free again
+        bool released = false;
+        for (int i = 0; i < 40 && !released; ++i) {
+          auto removed = t.engine.registry().remove(t.region.data());
+          released = removed.has_value();
+          if (!released) {
+            CHECK(removed.error() == errc::busy);
+            co_await t.ctx.sleep_for(50ms);
+          }
+        }
+        CHECK(released);
+        CHECK(t.engine.registry().size() == 0);
+      }());
+    }
+  }
+}
