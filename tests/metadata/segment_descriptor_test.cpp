@@ -11,8 +11,9 @@ ferry::segment_descriptor sample() {
   d.incarnation = 0xfeedface12345678ull;
   d.host = "boot-id";
   d.endpoints = {{"tcp", "127.0.0.2:7000"}};
-  d.regions = {{0, 4096, ferry::access::read_write, "/ferry-1-0", 0, {}},
+  d.regions = {{0, 4096, ferry::access::read_write, "/ferry-1-0", 0, {}, 7, 3},
                {8192, 100, ferry::access::read, "", 0, {}}};
+  d.shm_gates = "/ferry-1-1";
   return d;
 }
 } // namespace
@@ -52,6 +53,11 @@ TEST_SUITE("segment_descriptor") {
         R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read"},{"offset":5,"length":10,"access":"read"}]})",
         R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":""}]})",
         R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":"/a"}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":"/a","shm_offset":0,"shm_gate":4294967295,"shm_epoch":1}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":"/a","shm_offset":0,"shm_gate":1}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":"/a","shm_offset":0,"shm_gate":-1,"shm_epoch":1}]})",
+        R"({"name":"x","incarnation":1,"host":"h","shm_gates":"","endpoints":[],"regions":[]})",
+        R"({"name":"x","incarnation":1,"host":"h","shm_gates":7,"endpoints":[],"regions":[]})",
     };
     for (const char* text : bad) {
       CAPTURE(text);

@@ -18,8 +18,10 @@
 #include "ferry/memory/file_backing.hpp"
 #include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_descriptor.hpp"
+#include "ferry/memory/shm_gates.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -27,6 +29,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -100,6 +103,16 @@ public:
   region_registry() = default;
   region_registry(const region_registry&) = delete;
   region_registry& operator=(const region_registry&) = delete;
+  /// Closes the gates of the shared regions still registered, so that same-host peers stop copying there
+  /// (waiting up to a second for copies in progress).
+  ~region_registry() {
+    for (auto& [key, e] : by_address_) {
+      if (e.exposed.shm_gate == region_descriptor::no_gate)
+        continue;
+      for (int i = 0; i < 1000 && !gates_.close_gate(e.exposed.shm_gate); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
 
   /// Registers [base, base + length). `shm_name`/`shm_offset` name the shared-memory object behind it, if
   /// any. Yields the region's segment offset (meaningful when exposed). A range inside an existing
@@ -141,6 +154,8 @@ public:
                  std::move(shm_name),
                  shm_offset,
                  std::move(where)};
+    if (permissions != access::none && !e.exposed.shm_name.empty())
+      gate(e.exposed);
     auto& stored = by_address_.emplace(key, std::move(e)).first->second;
     if (permissions != access::none) {
       by_offset_.emplace(next_offset_, &stored);
@@ -205,6 +220,8 @@ public:
     bool last = is_covered ? !e.outer_live && e.covered.size() == 1 : e.covered.empty();
     if (last && e.uses > 0)
       return fail(errc::busy, "unregister: a transfer is using the region");
+    if (last && e.exposed.shm_gate != region_descriptor::no_gate && !gates_.close_gate(e.exposed.shm_gate))
+      return fail(errc::busy, "unregister: a same-host peer is copying into or out of the region");
     if (is_covered)
       e.covered.erase(sub);
     else
@@ -303,6 +320,13 @@ public:
     return out;
   }
 
+  /// The name of the table of gates that same-host peers copy into shared regions through (shm_gates); empty
+  /// until a shared region is exposed.
+  std::string shm_gates_name() const {
+    std::lock_guard lock(mutex_);
+    return gates_ ? gates_.name() : std::string();
+  }
+
   /// Changes whenever an exposed region is added or removed.
   std::uint64_t generation() const {
     std::lock_guard lock(mutex_);
@@ -316,6 +340,28 @@ public:
   }
 
 private:
+  // Requires mutex_. Puts a shared region behind a gate of its own. Without one (the table cannot be made,
+  // or every gate is taken) it is exposed as private memory: peers could not be kept out once it is removed.
+  void gate(region_descriptor& r) {
+    if (!gates_ && !gates_failed_) {
+      auto made = shm_gates::create();
+      if (made)
+        gates_ = std::move(*made);
+      else
+        gates_failed_ = true;
+    }
+    auto opened =
+        gates_ ? gates_.open_gate()
+               : result<std::pair<std::uint32_t, std::uint64_t>>(fail(errc::out_of_space, "no gate table"));
+    if (!opened) {
+      r.shm_name.clear();
+      r.shm_offset = 0;
+      return;
+    }
+    r.shm_gate = opened->first;
+    r.shm_epoch = opened->second;
+  }
+
   // Requires mutex_. The exposed region that holds all of [offset, offset + length) and permits `wanted`.
   result<entry*> find_exposed(std::uint64_t offset, std::uint64_t length, access wanted) const {
     auto it = by_offset_.upper_bound(offset);
@@ -348,6 +394,8 @@ private:
   std::map<std::uint64_t, entry*> by_offset_;
   std::uint64_t next_offset_ = 0;
   std::uint64_t generation_ = 0;
+  shm_gates gates_;
+  bool gates_failed_ = false;
 };
 
 } // namespace ferry

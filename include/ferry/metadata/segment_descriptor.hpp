@@ -42,6 +42,7 @@ struct segment_descriptor {
   std::uint64_t pid = 0; ///< the serving process on that host (0: unknown); lets same-host peers see it end
   std::vector<transport_endpoint> endpoints;
   std::vector<region_descriptor> regions; ///< sorted by offset, not overlapping
+  std::string shm_gates; ///< the owner's shm_gates table, which same-host peers copy through; empty: none
 
   /// The endpoint of `transport`, or nullptr.
   const transport_endpoint* endpoint_for(std::string_view transport) const noexcept {
@@ -65,6 +66,8 @@ struct segment_descriptor {
     auto& eps = j["endpoints"] = nlohmann::json::array();
     for (auto& e : endpoints)
       eps.push_back({{"transport", e.transport}, {"address", e.address}});
+    if (!shm_gates.empty())
+      j["shm_gates"] = shm_gates;
     auto& regs = j["regions"] = nlohmann::json::array();
     for (auto& r : regions) {
       nlohmann::json rj{{"offset", r.offset},
@@ -73,6 +76,10 @@ struct segment_descriptor {
       if (!r.shm_name.empty()) {
         rj["shm_name"] = r.shm_name;
         rj["shm_offset"] = r.shm_offset;
+        if (r.shm_gate != region_descriptor::no_gate) {
+          rj["shm_gate"] = r.shm_gate;
+          rj["shm_epoch"] = r.shm_epoch;
+        }
       }
       if (r.location.kind != memory_kind::host) {
         rj["memory"] = std::string(ferry::to_string(r.location.kind));
@@ -113,6 +120,12 @@ struct segment_descriptor {
         return bad("segment descriptor: pid must be a process id");
       d.pid = pid->get<std::uint64_t>();
     }
+    if (auto gates = j.find("shm_gates"); gates != j.end()) {
+      if (!gates->is_string() || gates->get_ref<const std::string&>().empty() ||
+          gates->get_ref<const std::string&>().size() > 255)
+        return bad("segment descriptor: shm_gates must be a short string");
+      d.shm_gates = gates->get<std::string>();
+    }
     auto eps = j.find("endpoints");
     if (eps == j.end() || !eps->is_array() || eps->size() > max_endpoints)
       return bad("segment descriptor: endpoints missing or too many");
@@ -148,6 +161,14 @@ struct segment_descriptor {
         if (so == r.end() || !so->is_number_unsigned())
           return bad("segment descriptor: shm_offset missing");
         rd.shm_offset = so->get<std::uint64_t>();
+        if (auto gate = r.find("shm_gate"); gate != r.end()) {
+          auto epoch = r.find("shm_epoch");
+          if (!gate->is_number_unsigned() || gate->get<std::uint64_t>() >= region_descriptor::no_gate ||
+              epoch == r.end() || !epoch->is_number_unsigned())
+            return bad("segment descriptor: shm_gate must be a gate number with its shm_epoch");
+          rd.shm_gate = static_cast<std::uint32_t>(gate->get<std::uint64_t>());
+          rd.shm_epoch = epoch->get<std::uint64_t>();
+        }
       }
       if (auto mem = r.find("memory"); mem != r.end()) {
         if (!mem->is_string() || !parse_memory_kind(mem->get_ref<const std::string&>(), rd.location.kind))

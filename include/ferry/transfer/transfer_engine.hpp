@@ -149,6 +149,7 @@ public:
     // Transports that serve peers on their own endpoint (verbs: its handshake listener) add it here.
     std::apply([&](const auto&... t) { (describe_with(t, d), ...); }, transports_);
     d.regions = registry_.exposed();
+    d.shm_gates = registry_.shm_gates_name();
     return d;
   }
 

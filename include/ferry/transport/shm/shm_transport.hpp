@@ -3,7 +3,9 @@
 /// the process; to a segment of another process on the same host it maps that process's shared-memory regions
 /// (`ferry::shared_buffer`) once and copies directly, on a pool of copy threads (engine_options::shm).
 /// Only regions the owner registered as shared are reachable, read-only ones are mapped read-only, and bounds
-/// and permissions are checked against the owner's descriptor before any byte is copied.
+/// and permissions are checked against the owner's descriptor before any byte is copied; each copy holds a
+/// pass through the region's gate (`ferry::shm_gates`), so that once the owner unregistered a region no copy
+/// touches it, and unregistering it while a copy runs is refused.
 ///
 ///   ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport> engine(ctx, options);
 
@@ -12,6 +14,7 @@
 #include "ferry/core/thread_pool.hpp"
 #include "ferry/memory/access.hpp"
 #include "ferry/memory/detail/stream_copy.hpp"
+#include "ferry/memory/shm_gates.hpp"
 #include "ferry/transfer/detail/batch_state.hpp"
 #include "ferry/transfer/peer.hpp"
 #include "ferry/transport/slice.hpp"
@@ -47,12 +50,13 @@ class shm_transport {
   struct peer_maps {
     std::uint64_t incarnation = 0;
     std::map<std::string, std::shared_ptr<mapping>> by_name; // key: object name and its protection
+    std::shared_ptr<shm_gates> gates;                        // the owner's, attached on first use
     bool unreachable = false; // its shared memory cannot be opened from here, or its process ended
     int pidfd = -1;           // the owner process, to notice that it ended
     peer_maps() = default;
     peer_maps(peer_maps&& o) noexcept
-        : incarnation(o.incarnation), by_name(std::move(o.by_name)), unreachable(o.unreachable),
-          pidfd(std::exchange(o.pidfd, -1)) {}
+        : incarnation(o.incarnation), by_name(std::move(o.by_name)), gates(std::move(o.gates)),
+          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)) {}
     peer_maps& operator=(peer_maps&&) = delete;
     ~peer_maps() {
       if (pidfd >= 0)
@@ -86,7 +90,9 @@ public:
     if (auto it = maps_.find(p.id); it != maps_.end() && it->second.unreachable)
       return false;
     auto* r = p.descriptor.region_for(offset, length);
-    return r && !r->shm_name.empty();
+    // why: only behind its owner's gate: the owner must be able to keep peers out once it unregisters it
+    return r && !r->shm_name.empty() && r->shm_gate != region_descriptor::no_gate &&
+           !p.descriptor.shm_gates.empty();
   }
 
   void submit(const peer& p, slice* s) {
@@ -109,8 +115,11 @@ public:
 private:
   struct target_ref {
     std::byte* remote = nullptr;
-    region_registry::lease lease;    // own segment: holds the region while copying
-    std::shared_ptr<mapping> mapped; // a peer's memory: stays mapped until the copy is done
+    region_registry::lease lease;     // own segment: holds the region while copying
+    std::shared_ptr<mapping> mapped;  // a peer's memory: stays mapped until the copy is done
+    std::shared_ptr<shm_gates> gates; // a peer's memory: copied only with a pass through its gate
+    std::uint32_t gate = 0;
+    std::uint64_t epoch = 0;
   };
 
   result<target_ref> resolve(const peer& p, slice* s) {
@@ -132,6 +141,7 @@ private:
     auto& maps = maps_[p.id];
     if (maps.incarnation != p.descriptor.incarnation) {
       maps.by_name.clear();
+      maps.gates.reset();
       maps.incarnation = p.descriptor.incarnation;
       if (maps.pidfd >= 0)
         ::close(std::exchange(maps.pidfd, -1));
@@ -160,12 +170,23 @@ private:
       }
       m = std::move(*opened);
     }
+    if (!maps.gates || maps.gates->name() != p.descriptor.shm_gates) {
+      auto attached = shm_gates::attach(p.descriptor.shm_gates);
+      if (!attached) {
+        maps.unreachable = true; // later requests go to the next transport
+        return fail(attached.error());
+      }
+      maps.gates = std::make_shared<shm_gates>(std::move(*attached));
+    }
     std::uint64_t at = r->shm_offset + (s->remote_offset - r->offset);
     if (at > m->length || s->length > m->length - at)
       return fail(errc::out_of_bounds, "shm: the shared object is smaller than the region");
     target_ref t;
     t.remote = m->base + at;
     t.mapped = m;
+    t.gates = maps.gates;
+    t.gate = r->shm_gate;
+    t.epoch = r->shm_epoch;
     return t;
   }
 
@@ -197,24 +218,36 @@ private:
       s->settle(error(errc::cancelled, "shm"));
       co_return;
     }
-    bool copied = true;
+    error outcome;
     if (pool_) {
       co_await pool_->schedule();
       // why: a copy that waited for a pool thread while its batch passed its deadline or was cancelled must
       // not run late (aborted() is atomic; the reason is the batch's, recorded when it settles)
-      copied = !s->batch->aborted();
+      if (s->batch->aborted())
+        outcome = error(errc::cancelled, "shm");
     }
-    if (copied && s->op == transfer_op::write)
-      detail::stream_copy(target.remote, s->local, s->length);
-    else if (copied)
-      detail::stream_copy(s->local, target.remote, s->length);
+    if (!outcome) {
+      // A peer's memory: only while holding a pass through the region's gate, which its owner does not close
+      // while a copy holds one (and then this copy would not get one).
+      shm_gates::pass through;
+      if (target.gates) {
+        auto entered = target.gates->enter(target.gate, target.epoch);
+        if (entered)
+          through = std::move(*entered);
+        else
+          outcome = entered.error() == errc::busy
+                        ? error(errc::peer_unreachable, "shm: every ticket of the owner's gates is taken")
+                        : entered.error();
+      }
+      if (!outcome && s->op == transfer_op::write)
+        detail::stream_copy(target.remote, s->local, s->length);
+      else if (!outcome)
+        detail::stream_copy(s->local, target.remote, s->length);
+    }
     if (pool_)
       co_await tc_.io.schedule();
     target = {};
-    if (copied)
-      s->settle();
-    else
-      s->settle(error(errc::cancelled, "shm"));
+    s->settle(outcome);
   }
 
   transport_context& tc_;

@@ -1,0 +1,235 @@
+#pragma once
+/// `ferry::shm_gates`: how the owner of shared regions keeps same-host peers out of memory it no longer
+/// exposes. A same-host peer copies straight into the owner's shared memory, without asking the owner, so
+/// the owner's own checks cannot run there; instead a small shared-memory object holds one *gate* per
+/// exposed shared region and *tickets* that the peers' copy threads hold while they copy. A peer takes a
+/// ticket, marks it with the gate, and copies only if the gate is open with the epoch its descriptor names;
+/// the owner closes a gate only when no live process holds a ticket marked with it (else unregistering is
+/// refused with errc::busy, as for any transfer in use), so once a region is unregistered no peer touches
+/// it, and a region registered again in its place (with other permissions, say) has a new epoch that stale
+/// descriptors do not match. A ticket left behind by a process that died does not hold a gate.
+///
+///   auto gates = ferry::shm_gates::create();                    // the owner (region_registry does this)
+///   auto [gate, epoch] = *gates->open_gate();                   // published in the region's descriptor
+///   auto peer_side = ferry::shm_gates::attach(gates->name());   // a peer, from the segment descriptor
+///   if (auto pass = peer_side->enter(gate, epoch)) { /* copy */ }
+///   gates->close_gate(gate);                                    // false while a live peer copies
+
+#include "ferry/core/error.hpp"
+#include "ferry/core/result.hpp"
+#include "ferry/memory/shared_buffer.hpp"
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstddef>
+#include <cstdint>
+#include <fcntl.h>
+#include <new>
+#include <string>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <thread>
+#include <unistd.h>
+#include <utility>
+
+namespace ferry {
+
+class shm_gates {
+public:
+  static constexpr std::uint32_t gate_count = 4096;
+  static constexpr std::uint32_t ticket_count = 256;
+
+  /// The owner's table: a new shared object, every gate free.
+  static result<shm_gates> create() {
+    auto buf = shared_buffer::create(sizeof(table));
+    if (!buf)
+      return fail(buf.error());
+    auto* t = new (buf->data()) table;
+    t->magic.store(table::magic_value, std::memory_order_release);
+    shm_gates g;
+    g.name_ = buf->name();
+    g.table_ = t;
+    g.owned_ = std::move(*buf);
+    return g;
+  }
+
+  /// A peer's view of the owner's table named `name` (from the segment descriptor).
+  static result<shm_gates> attach(const std::string& name) {
+    int fd = ::shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0)
+      return fail(errc::peer_unreachable, "shm gates: cannot open the owner's table");
+    struct ::stat st {};
+    if (::fstat(fd, &st) < 0 || static_cast<std::uint64_t>(st.st_size) < sizeof(table)) {
+      ::close(fd);
+      return fail(errc::peer_unreachable, "shm gates: the owner's table is too small");
+    }
+    void* p = ::mmap(nullptr, sizeof(table), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED)
+      return fail(errc::peer_unreachable, "shm gates: cannot map the owner's table");
+    auto* t = static_cast<table*>(p);
+    if (t->magic.load(std::memory_order_acquire) != table::magic_value) {
+      ::munmap(p, sizeof(table));
+      return fail(errc::peer_unreachable, "shm gates: not a gate table");
+    }
+    shm_gates g;
+    g.name_ = name;
+    g.table_ = t;
+    g.mapped_ = true;
+    return g;
+  }
+
+  shm_gates() = default;
+  shm_gates(shm_gates&& o) noexcept
+      : name_(std::move(o.name_)), table_(std::exchange(o.table_, nullptr)), owned_(std::move(o.owned_)),
+        mapped_(std::exchange(o.mapped_, false)) {}
+  shm_gates& operator=(shm_gates&& o) noexcept {
+    if (this != &o) {
+      release();
+      name_ = std::move(o.name_);
+      table_ = std::exchange(o.table_, nullptr);
+      owned_ = std::move(o.owned_);
+      mapped_ = std::exchange(o.mapped_, false);
+    }
+    return *this;
+  }
+  ~shm_gates() { release(); }
+
+  /// The name peers attach by.
+  const std::string& name() const noexcept { return name_; }
+  explicit operator bool() const noexcept { return table_ != nullptr; }
+
+  // ---- the owner ----
+
+  /// Opens a free gate with a new epoch; errc::out_of_space when every gate is in use.
+  result<std::pair<std::uint32_t, std::uint64_t>> open_gate() {
+    for (std::uint32_t i = 0; i < gate_count; ++i) {
+      auto& g = table_->gates[i];
+      std::uint64_t s = g.load(std::memory_order_relaxed);
+      if ((s & state_mask) != free_state)
+        continue;
+      std::uint64_t epoch = (s >> 2) + 1;
+      if (g.compare_exchange_strong(s, (epoch << 2) | open_state, std::memory_order_seq_cst))
+        return std::pair{i, epoch};
+    }
+    return fail(errc::out_of_space, "shm gates: every gate is in use");
+  }
+
+  /// Closes an open gate unless a live process holds a ticket marked with it (then it stays open and this
+  /// returns false). Once it returned true, no peer copies through the gate.
+  bool close_gate(std::uint32_t gate) {
+    auto& g = table_->gates[gate];
+    std::uint64_t open = g.load(std::memory_order_relaxed);
+    std::uint64_t epoch_bits = open & ~state_mask;
+    // why: closing first, then looking at the tickets (both sequentially consistent), pairs with a peer that
+    // marks its ticket first, then looks at the gate: one of the two sees the other
+    g.store(epoch_bits | closing_state, std::memory_order_seq_cst);
+    for (auto& t : table_->tickets) {
+      std::uint64_t held = t.load(std::memory_order_seq_cst);
+      if (ticket_gate(held) == gate + 1 && process_alive(ticket_pid(held))) {
+        g.store(open, std::memory_order_seq_cst);
+        return false;
+      }
+    }
+    g.store(epoch_bits | free_state, std::memory_order_seq_cst);
+    return true;
+  }
+
+  // ---- a peer ----
+
+  /// A ticket held while copying through a gate; released on destruction.
+  class pass {
+  public:
+    pass() = default;
+    pass(pass&& o) noexcept : ticket_(std::exchange(o.ticket_, nullptr)) {}
+    pass& operator=(pass&& o) noexcept {
+      std::swap(ticket_, o.ticket_);
+      return *this;
+    }
+    ~pass() {
+      if (ticket_)
+        ticket_->store(0, std::memory_order_release);
+    }
+
+  private:
+    friend class shm_gates;
+    explicit pass(std::atomic<std::uint64_t>* t) noexcept : ticket_(t) {}
+    std::atomic<std::uint64_t>* ticket_ = nullptr;
+  };
+
+  /// Takes a ticket for `gate` if it is open with `epoch`: errc::out_of_bounds when the owner closed it (the
+  /// region was unregistered, perhaps registered again: the descriptor is stale), errc::busy when every
+  /// ticket is taken.
+  result<pass> enter(std::uint32_t gate, std::uint64_t epoch) {
+    if (gate >= gate_count)
+      return fail(errc::out_of_bounds, "shm gates: no such gate");
+    auto* t = claim();
+    if (!t)
+      return fail(errc::busy, "shm gates: every ticket is taken");
+    const std::uint64_t mine = std::uint64_t(static_cast<std::uint32_t>(::getpid())) << 32;
+    t->store(mine | (gate + 1), std::memory_order_seq_cst);
+    auto& g = table_->gates[gate];
+    const std::uint64_t wanted = (epoch << 2) | open_state;
+    // why: a gate is closing only for the moment its owner looks at the tickets; if the owner then finds a
+    // copy in progress it opens the gate again, and this copy goes ahead
+    for (int spin = 0; spin < 10000; ++spin) {
+      std::uint64_t s = g.load(std::memory_order_seq_cst);
+      if (s == wanted)
+        return pass(t);
+      if ((s & ~state_mask) != (epoch << 2) || (s & state_mask) != closing_state)
+        break;
+      std::this_thread::yield();
+    }
+    t->store(0, std::memory_order_release);
+    return fail(errc::out_of_bounds, "shm: the owner no longer exposes this region (unregistered)");
+  }
+
+private:
+  static constexpr std::uint64_t state_mask = 3, free_state = 0, open_state = 1, closing_state = 2;
+  // A ticket: the holder's pid in the high half, the gate it copies through plus one in the low half (0:
+  // none); 0 as a whole when free.
+  static std::uint32_t ticket_gate(std::uint64_t t) noexcept { return static_cast<std::uint32_t>(t); }
+  static pid_t ticket_pid(std::uint64_t t) noexcept { return static_cast<pid_t>(t >> 32); }
+  static bool process_alive(pid_t pid) noexcept { return pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH); }
+
+  struct table {
+    static constexpr std::uint64_t magic_value = 0x3153455441475946ull; // "FYGATES1"
+    std::atomic<std::uint64_t> magic{0};
+    std::atomic<std::uint64_t> gates[gate_count]; // epoch << 2 | state
+    std::atomic<std::uint64_t> tickets[ticket_count];
+  };
+  static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "gates live in shared memory");
+
+  // A free ticket (or one a dead process left), now this process's; nullptr if every one is taken.
+  std::atomic<std::uint64_t>* claim() {
+    const std::uint64_t mine = std::uint64_t(static_cast<std::uint32_t>(::getpid())) << 32;
+    for (auto& t : table_->tickets) {
+      std::uint64_t s = t.load(std::memory_order_relaxed);
+      if (s == 0 && t.compare_exchange_strong(s, mine, std::memory_order_acq_rel))
+        return &t;
+    }
+    for (auto& t : table_->tickets) {
+      std::uint64_t s = t.load(std::memory_order_relaxed);
+      if (s != 0 && !process_alive(ticket_pid(s)) &&
+          t.compare_exchange_strong(s, mine, std::memory_order_acq_rel))
+        return &t;
+    }
+    return nullptr;
+  }
+
+  void release() noexcept {
+    if (mapped_ && table_)
+      ::munmap(table_, sizeof(table));
+    table_ = nullptr;
+    mapped_ = false;
+    owned_ = shared_buffer();
+  }
+
+  std::string name_;
+  table* table_ = nullptr;
+  shared_buffer owned_; // the owner's: the object, unlinked when the owner ends
+  bool mapped_ = false; // a peer's mapping
+};
+
+} // namespace ferry

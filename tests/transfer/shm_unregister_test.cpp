@@ -1,0 +1,99 @@
+// A same-host peer copies straight into the owner's shared memory; the owner's unregistering must still hold:
+// once a shared region is unregistered no peer writes or reads it (even with a descriptor that still lists
+// it and a mapping that is still open), memory registered again in its place is reached only as its new
+// registration permits, and unregistering is refused while a peer's copy is in progress.
+
+#include "ferry/core/task.hpp"
+#include "ferry/memory/shm_gates.hpp"
+#include "ferry/transfer.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <vector>
+
+using ferry::access;
+using ferry::errc;
+using ferry::transfer_batch;
+
+namespace {
+
+bool all_of(std::span<const std::byte> s, std::byte v) {
+  return std::all_of(s.begin(), s.end(), [v](std::byte b) { return b == v; });
+}
+
+} // namespace
+
+TEST_SUITE("transfer_engine: shared memory the owner unregisters") {
+  TEST_CASE("a same-host peer cannot reach a shared region after its owner unregistered it") {
+    ferry::io::io_context ctx;
+    ferry::default_engine owner(ctx, {.name = "owner", .listen = "127.0.0.2:0"});
+    ferry::default_engine peer(ctx, {.name = "peer"});
+    auto shared = ferry::shared_buffer::create(1 << 20);
+    REQUIRE(shared);
+    std::vector<std::byte> local(64 << 10, std::byte{0x11});
+    REQUIRE(peer.registry().add(local.data(), local.size(), access::none));
+    auto first_at = owner.registry().add(shared->data(), shared->size(), access::read_write, shared->name());
+    REQUIRE(first_at);
+    REQUIRE(owner.start());
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await peer.open_segment(owner.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(local.data(), *seg, *first_at, local.size());
+      auto r = co_await peer.transfer(w);
+      REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(peer.routed_bytes("shm") == local.size()); // a memory copy, not tcp
+      CHECK(all_of(shared->bytes().first(local.size()), std::byte{0x11}));
+
+      // The owner unregisters the region and registers the same memory again, read-only.
+      REQUIRE(owner.registry().remove(shared->data()));
+      std::fill(shared->bytes().begin(), shared->bytes().end(), std::byte{0});
+      auto again_at = owner.registry().add(shared->data(), shared->size(), access::read, shared->name());
+      REQUIRE(again_at);
+      // The peer's descriptor still lists the old region; its write is refused, not copied.
+      std::fill(local.begin(), local.end(), std::byte{0x22});
+      auto refused = co_await peer.transfer(w);
+      REQUIRE_FALSE(refused.ok());
+      CHECK(refused.requests[0].error() == errc::out_of_bounds);
+      MESSAGE("write to an unregistered shared region: ", refused.first_error().message());
+      // Through the new registration: reads pass, writes are refused.
+      transfer_batch w2, r2;
+      w2.write(local.data(), *seg, *again_at, local.size());
+      auto denied = co_await peer.transfer(w2);
+      REQUIRE_FALSE(denied.ok());
+      CHECK(denied.requests[0].error() == errc::permission_denied);
+      std::fill(shared->bytes().begin(), shared->bytes().begin() + 4096, std::byte{0x33});
+      r2.read(local.data(), *seg, *again_at, 4096);
+      auto read = co_await peer.transfer(r2);
+      REQUIRE_MESSAGE(read.ok(), read.first_error().message());
+      CHECK(all_of(std::span(local).first(4096), std::byte{0x33}));
+    }());
+    // nothing the peer sent after the removal landed
+    CHECK(all_of(shared->bytes().subspan(4096), std::byte{0}));
+  }
+
+  TEST_CASE("unregistering a shared region is refused while a same-host peer copies into it") {
+    ferry::io::io_context ctx;
+    ferry::default_engine owner(ctx, {.name = "owner", .listen = "127.0.0.2:0"});
+    auto shared = ferry::shared_buffer::create(1 << 20);
+    REQUIRE(shared);
+    auto at = owner.registry().add(shared->data(), shared->size(), access::read_write, shared->name());
+    REQUIRE(at);
+    REQUIRE(owner.start());
+    // What a peer's copy thread holds while it copies, taken as a peer takes it: from the descriptor.
+    auto d = owner.descriptor();
+    REQUIRE(d.regions.size() == 1);
+    auto gates = ferry::shm_gates::attach(d.shm_gates);
+    REQUIRE(gates);
+    {
+      auto copying = gates->enter(d.regions[0].shm_gate, d.regions[0].shm_epoch);
+      REQUIRE(copying);
+      auto busy = owner.registry().remove(shared->data());
+      REQUIRE_FALSE(busy);
+      CHECK(busy.error() == errc::busy);
+      MESSAGE("unregistering while a peer copies: ", busy.error().message());
+    }
+    CHECK(owner.registry().remove(shared->data()).has_value());
+  }
+}
