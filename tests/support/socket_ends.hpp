@@ -12,10 +12,10 @@
 
 namespace ferry_test {
 
-/// The congestion control of every TCP socket of this process whose local or remote address is `at`
-/// (a listening socket excluded).
-inline std::vector<std::string> congestion_controls_towards(const ferry::io::endpoint& at) {
-  std::vector<std::string> out;
+/// Every TCP socket of this process whose local or remote address is `at` (a listening socket excluded), as
+/// its descriptor (valid while its owner keeps it open).
+inline std::vector<int> sockets_towards(const ferry::io::endpoint& at) {
+  std::vector<int> out;
   DIR* dir = ::opendir("/proc/self/fd");
   if (!dir)
     return out;
@@ -41,9 +41,18 @@ inline std::vector<std::string> congestion_controls_towards(const ferry::io::end
       return e.to_string();
     };
     if (name_of(::getsockname) == wanted || name_of(::getpeername) == wanted)
-      out.push_back(ferry::io::detail::congestion_control(static_cast<int>(fd)));
+      out.push_back(static_cast<int>(fd));
   }
   ::closedir(dir);
+  return out;
+}
+
+/// The congestion control of every TCP socket of this process whose local or remote address is `at`
+/// (a listening socket excluded).
+inline std::vector<std::string> congestion_controls_towards(const ferry::io::endpoint& at) {
+  std::vector<std::string> out;
+  for (int fd : sockets_towards(at))
+    out.push_back(ferry::io::detail::congestion_control(fd));
   return out;
 }
 

@@ -16,6 +16,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <span>
 #include <string>
 #include <sys/wait.h>
@@ -282,6 +284,33 @@ TEST_SUITE("transfer_engine") {
     CHECK(r.first_error() == errc::invalid_argument);
     CHECK(r.first_error().message().find("no-such-algorithm") != std::string::npos);
     CHECK(clock_type::now() - t0 < 4s);
+  }
+
+  TEST_CASE("every data connection sends keepalives on both ends after the idle time asked for") {
+    served_pair p(1 << 20, {.name = "initiator", .slice_size = 64 * 1024, .tcp = {.keepalive_idle = 12s}},
+                  {.name = "target", .listen = "127.0.0.2:0", .tcp = {.keepalive_idle = 12s}});
+    p.ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await p.initiator.open_segment(p.address());
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(p.local.data(), *seg, 0, p.local.size());
+      auto r = co_await p.initiator.transfer(w);
+      REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+    }());
+    auto fds = ferry_test::sockets_towards(*p.target.endpoint());
+    CHECK(fds.size() >= 2); // both ends of every data connection (the handshake's is closed by now)
+    for (int fd : fds) {
+      int on = 0, idle = 0, interval = 0, probes = 0;
+      ::socklen_t n = sizeof(int);
+      REQUIRE(::getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, &n) == 0);
+      REQUIRE(::getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &n) == 0);
+      REQUIRE(::getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, &n) == 0);
+      REQUIRE(::getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, &n) == 0);
+      CHECK(on == 1);
+      CHECK(idle == 12);
+      CHECK(interval == 4);
+      CHECK(probes == 3);
+    }
   }
 
   TEST_CASE("a same-host peer in another process is reached through shared memory, never tcp") {

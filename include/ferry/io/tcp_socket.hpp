@@ -15,6 +15,7 @@
 #include "ferry/io/operation.hpp"
 
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -193,6 +194,15 @@ public:
   }
   /// The congestion control algorithm in use ("" if it cannot be read).
   std::string congestion_control() const { return detail::congestion_control(fd_); }
+  /// Sends TCP keepalive probes once the connection sat idle for `idle`, then every `interval`, and drops it
+  /// after `probes` unanswered ones.
+  void set_keepalive(std::chrono::seconds idle, std::chrono::seconds interval, int probes) noexcept {
+    int on = 1, i = static_cast<int>(idle.count()), v = static_cast<int>(interval.count());
+    ::setsockopt(fd_, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_KEEPIDLE, &i, sizeof i);
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_KEEPINTVL, &v, sizeof v);
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
+  }
   /// Sets SO_SNDBUF and SO_RCVBUF (the kernel may adjust them).
   void set_buffer_sizes(int bytes) noexcept {
     ::setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);

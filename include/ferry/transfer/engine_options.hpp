@@ -27,6 +27,10 @@ struct tcp_options {
   std::chrono::milliseconds connect_timeout{3000};
   /// A connection with requests outstanding and no reply for this long is dropped and its slices retried.
   std::chrono::milliseconds reply_timeout{10000};
+  /// Data connections, opened and accepted, that sit idle this long send TCP keepalives (then every third of
+  /// this, dropped after 3 unanswered): middleboxes keep the connection's state through idle periods, and a
+  /// peer that vanished is noticed without waiting for a transfer to fail. 0: the system's keepalive.
+  std::chrono::seconds keepalive_idle{30};
   /// Serving: a peer that stalls this long in the middle of a request (sending its payload, or taking the
   /// replies) is dropped, and the memory that request held in use is released.
   std::chrono::milliseconds stall_timeout{10000};

@@ -124,7 +124,7 @@ public:
         io_, registry_, scope_,
         tcp_server::hooks{[this] { return descriptor().to_json(); },
                           [this](std::string message) { deliver(std::move(message)); }},
-        connection_loops_.get(), options_.tcp.stall_timeout);
+        connection_loops_.get(), options_.tcp.stall_timeout, options_.tcp.keepalive_idle);
     auto where = server_->listen(*at, options_.tcp.congestion_control);
     if (!where) {
       server_.reset();

@@ -25,6 +25,7 @@
 #include "ferry/io/tcp_socket.hpp"
 #include "ferry/memory/access.hpp"
 #include "ferry/memory/region_registry.hpp"
+#include "ferry/transport/tcp/detail/keep_alive.hpp"
 #include "ferry/transport/tcp/detail/read_ahead.hpp"
 #include "ferry/transport/tcp/frame.hpp"
 
@@ -59,12 +60,14 @@ public:
 
   /// Serves on `io`, or, given `connection_loops`, each accepted connection on one of its loops (the pool
   /// must outlive the work spawned into `scope`). A peer that stalls for `stall_timeout` in the middle of a
-  /// request (its payload, or taking the replies) is dropped, releasing what the request held in use.
+  /// request (its payload, or taking the replies) is dropped, releasing what the request held in use;
+  /// accepted connections send keepalives after `keepalive_idle` without traffic (0: the system's setting).
   tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h,
              io::io_context_pool* connection_loops = nullptr,
-             std::chrono::milliseconds stall_timeout = std::chrono::seconds(10))
+             std::chrono::milliseconds stall_timeout = std::chrono::seconds(10),
+             std::chrono::seconds keepalive_idle = std::chrono::seconds(30))
       : io_(io), registry_(registry), scope_(scope), hooks_(std::move(h)), loops_(connection_loops),
-        stall_timeout_(stall_timeout) {}
+        stall_timeout_(stall_timeout), keepalive_idle_(keepalive_idle) {}
   tcp_server(const tcp_server&) = delete;
   tcp_server& operator=(const tcp_server&) = delete;
 
@@ -109,6 +112,7 @@ private:
           co_return;
         continue; // e.g. EMFILE or a connection reset before accept: keep serving
       }
+      tcp::detail::keep_alive(*s, keepalive_idle_);
       scope_.spawn(serve(std::move(*s)));
     }
   }
@@ -351,6 +355,7 @@ private:
   hooks hooks_;
   io::io_context_pool* loops_;
   std::chrono::milliseconds stall_timeout_;
+  std::chrono::seconds keepalive_idle_;
   io::tcp_listener listener_;
   std::stop_source stop_;
   mutable std::mutex sessions_mutex_;

@@ -24,6 +24,7 @@
 #include "ferry/transfer/detail/batch_state.hpp"
 #include "ferry/transfer/peer.hpp"
 #include "ferry/transport/slice.hpp"
+#include "ferry/transport/tcp/detail/keep_alive.hpp"
 #include "ferry/transport/tcp/detail/read_ahead.hpp"
 #include "ferry/transport/tcp/frame.hpp"
 #include "ferry/transport/transport_context.hpp"
@@ -507,8 +508,7 @@ private:
       fail_queued(c, e); // retries go to another connection
       co_return;
     }
-    int one = 1;
-    ::setsockopt(sock->native_handle(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    tcp::detail::keep_alive(*sock, tc_.options.tcp.keepalive_idle);
     auto* sn = new session{};
     sn->sock = std::move(*sock);
     sn->users = 1; // the reader
