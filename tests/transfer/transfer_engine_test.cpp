@@ -707,6 +707,38 @@ TEST_SUITE("transfer_engine") {
     CHECK(landed_before_notice);
   }
 
+  TEST_CASE("notifications nobody takes are kept up to a bound, and refused beyond it with a clear error") {
+    ferry::io::io_context ctx;
+    ferry::default_engine decode(ctx,
+                                 {.name = "decode", .listen = "127.0.0.2:0", .max_pending_notifications = 3});
+    tcp_engine prefill(ctx, {.name = "prefill"});
+    REQUIRE(decode.start());
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await prefill.open_segment(decode.endpoint()->to_string());
+      REQUIRE(seg);
+      for (int i = 0; i < 3; ++i) {
+        auto sent = co_await prefill.notify(*seg, "block " + std::to_string(i));
+        REQUIRE_MESSAGE(sent, sent.error().message());
+      }
+      auto refused = co_await prefill.notify(*seg, "block 3");
+      REQUIRE_FALSE(refused);
+      CHECK(refused.error() == errc::out_of_space);
+      MESSAGE("a notification beyond the bound: ", refused.error().message());
+      auto self_refused = co_await decode.notify(decode.self, "to myself");
+      CHECK(self_refused.error() == errc::out_of_space);
+      auto first = co_await decode.next_notification();
+      REQUIRE(first);
+      CHECK(first->message == "block 0");
+      auto again = co_await prefill.notify(*seg, "block 4"); // room again
+      CHECK(again.has_value());
+      for (const char* expected : {"block 1", "block 2", "block 4"}) {
+        auto n = co_await decode.next_notification();
+        REQUIRE(n);
+        CHECK(n->message == expected);
+      }
+    }());
+  }
+
   TEST_CASE("waiting for a notification can be cancelled") {
     ferry::io::io_context ctx;
     ferry::default_engine engine(ctx, {.name = "e"});

@@ -99,6 +99,10 @@ struct engine_options {
   /// Lifetime of this segment's key in a metadata store with leases, renewed every third of it while the
   /// engine lives: a process that dies vanishes from the store within this time. Zero: no lease.
   std::chrono::milliseconds metadata_ttl{10000};
+  /// Notifications kept for next_notification() at most: this many, holding this many bytes. Beyond, a
+  /// peer's notification is refused (its sender gets errc::out_of_space) until the engine takes some.
+  std::size_t max_pending_notifications = 4096;
+  std::size_t max_pending_notification_bytes = 64u << 20;
   tcp_options tcp{};
   shm_options shm{};
   cuda_options cuda{};

@@ -123,7 +123,7 @@ public:
     server_ = std::make_unique<tcp_server>(
         io_, registry_, scope_,
         tcp_server::hooks{[this] { return descriptor().to_json(); },
-                          [this](std::string message) { deliver(std::move(message)); }},
+                          [this](std::string message) { return deliver(std::move(message)); }},
         connection_loops_.get(), options_.tcp.stall_timeout, options_.tcp.keepalive_idle);
     auto where = server_->listen(*at, options_.tcp.congestion_control);
     if (!where) {
@@ -511,7 +511,8 @@ public:
       co_return fail(errc::invalid_argument, "notify: message too long");
     std::string payload = options_.name + "\n" + message;
     if (target == self) {
-      deliver(std::move(payload));
+      if (!deliver(std::move(payload)))
+        co_return fail(errc::out_of_space, "notify: the segment's notification queue is full");
       co_return result<void>{};
     }
     if constexpr (has_tcp) {
@@ -519,6 +520,8 @@ public:
                        .control(peers_[target], tcp::frame_type::notify, std::move(payload), stop);
       if (!reply)
         co_return fail(reply.error());
+      if (reply->header.status != 0)
+        co_return fail(error(reply->header.error(), "notify: the peer refused the notification"));
       co_return result<void>{};
     } else {
       co_return fail(errc::unsupported, "notify: this engine has no tcp transport");
@@ -531,6 +534,7 @@ public:
     if (!inbox_.empty()) {
       auto n = std::move(inbox_.front());
       inbox_.pop_front();
+      inbox_bytes_ -= n.from.size() + n.message.size();
       co_return n;
     }
     inbox_waiter w;
@@ -827,7 +831,8 @@ private:
     ++p.version;
   }
 
-  void deliver(std::string payload) {
+  /// Hands a notification to a waiter or queues it; false (refused) when the queue is full.
+  bool deliver(std::string payload) {
     notification n;
     auto nl = payload.find('\n');
     n.from = payload.substr(0, nl);
@@ -837,9 +842,17 @@ private:
       inbox_waiters_.erase(inbox_waiters_.begin());
       w->value = std::move(n);
       wake(*w);
-      return;
+      return true;
     }
+    // why: peers may notify faster than this process takes notifications; the queue must not grow without
+    // bound
+    std::size_t bytes = n.from.size() + n.message.size();
+    if (inbox_.size() >= options_.max_pending_notifications ||
+        inbox_bytes_ + bytes > options_.max_pending_notification_bytes)
+      return false;
+    inbox_bytes_ += bytes;
     inbox_.push_back(std::move(n));
+    return true;
   }
 
   template<class T>
@@ -887,6 +900,7 @@ private:
   std::stop_source renewal_stop_;
   error registration_error_;
   std::deque<notification> inbox_;
+  std::size_t inbox_bytes_ = 0;
   std::vector<inbox_waiter*> inbox_waiters_;
   std::thread background_;
   // why: handles look here when they wait, not when they were made: a batch submitted before

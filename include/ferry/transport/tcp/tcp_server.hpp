@@ -54,8 +54,8 @@ public:
   struct hooks {
     /// The current segment descriptor, as JSON (the handshake's answer).
     std::function<std::string()> descriptor;
-    /// A notification arrived.
-    std::function<void(std::string message)> notified;
+    /// A notification arrived; false if it cannot be taken now (the sender is told errc::out_of_space).
+    std::function<bool(std::string message)> notified;
   };
 
   /// Serves on `io`, or, given `connection_loops`, each accepted connection on one of its loops (the pool
@@ -268,8 +268,8 @@ private:
         if (auto ok = co_await in.take(sock, std::as_writable_bytes(std::span(message)), step); !ok)
           co_return;
         co_await to_own_loop(home);
-        if (hooks_.notified)
-          hooks_.notified(std::move(message));
+        if (hooks_.notified && !hooks_.notified(std::move(message)))
+          reply.status = static_cast<std::int32_t>(errc::out_of_space);
         co_await back_to(home);
         if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
