@@ -48,6 +48,7 @@ public:
     auto* t = new (buf->data()) table;
     t->magic.store(table::magic_value, std::memory_order_release);
     shm_gates g;
+    g.pid_ = ::getpid();
     g.name_ = buf->name();
     g.table_ = t;
     g.owned_ = std::move(*buf);
@@ -74,6 +75,7 @@ public:
       return fail(errc::peer_unreachable, "shm gates: not a gate table");
     }
     shm_gates g;
+    g.pid_ = ::getpid();
     g.name_ = name;
     g.table_ = t;
     g.mapped_ = true;
@@ -83,7 +85,7 @@ public:
   shm_gates() = default;
   shm_gates(shm_gates&& o) noexcept
       : name_(std::move(o.name_)), table_(std::exchange(o.table_, nullptr)), owned_(std::move(o.owned_)),
-        mapped_(std::exchange(o.mapped_, false)) {}
+        mapped_(std::exchange(o.mapped_, false)), pid_(o.pid_) {}
   shm_gates& operator=(shm_gates&& o) noexcept {
     if (this != &o) {
       release();
@@ -91,6 +93,7 @@ public:
       table_ = std::exchange(o.table_, nullptr);
       owned_ = std::move(o.owned_);
       mapped_ = std::exchange(o.mapped_, false);
+      pid_ = o.pid_;
     }
     return *this;
   }
@@ -167,8 +170,7 @@ public:
     auto* t = claim();
     if (!t)
       return fail(errc::busy, "shm gates: every ticket is taken");
-    const std::uint64_t mine = std::uint64_t(static_cast<std::uint32_t>(::getpid())) << 32;
-    t->store(mine | (gate + 1), std::memory_order_seq_cst);
+    t->store(mine() | (gate + 1), std::memory_order_seq_cst);
     auto& g = table_->gates[gate];
     const std::uint64_t wanted = (epoch << 2) | open_state;
     // why: a gate is closing only for the moment its owner looks at the tickets; if the owner then finds a
@@ -203,20 +205,23 @@ private:
 
   // A free ticket (or one a dead process left), now this process's; nullptr if every one is taken.
   std::atomic<std::uint64_t>* claim() {
-    const std::uint64_t mine = std::uint64_t(static_cast<std::uint32_t>(::getpid())) << 32;
     for (auto& t : table_->tickets) {
       std::uint64_t s = t.load(std::memory_order_relaxed);
-      if (s == 0 && t.compare_exchange_strong(s, mine, std::memory_order_acq_rel))
+      if (s == 0 && t.compare_exchange_strong(s, mine(), std::memory_order_acq_rel))
         return &t;
     }
     for (auto& t : table_->tickets) {
       std::uint64_t s = t.load(std::memory_order_relaxed);
       if (s != 0 && !process_alive(ticket_pid(s)) &&
-          t.compare_exchange_strong(s, mine, std::memory_order_acq_rel))
+          t.compare_exchange_strong(s, mine(), std::memory_order_acq_rel))
         return &t;
     }
     return nullptr;
   }
+
+  // This process's pid, in a ticket's high half.
+  // why: getpid() is a system call (glibc keeps no copy), and every copy takes a ticket
+  std::uint64_t mine() const noexcept { return std::uint64_t(static_cast<std::uint32_t>(pid_)) << 32; }
 
   void release() noexcept {
     if (mapped_ && table_)
@@ -230,6 +235,7 @@ private:
   table* table_ = nullptr;
   shared_buffer owned_; // the owner's: the object, unlinked when the owner ends
   bool mapped_ = false; // a peer's mapping
+  pid_t pid_ = 0;
 };
 
 } // namespace ferry

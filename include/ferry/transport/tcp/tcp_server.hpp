@@ -192,12 +192,14 @@ private:
     co_return sent.has_value();
   }
 
-  /// A token that stops once this step of a request has taken stall_timeout (or the server stops).
+  /// A token that stops once this step of a request has taken stall_timeout.
   // why: a peer that sends a header and then nothing, or stops reading our replies (a zero window is probed
   // for ever), would otherwise hold the memory the request addressed in use for good: the region could
   // never be unregistered
   std::stop_token bounded(std::optional<io::deadline>& within, io::io_context& home) {
-    within.emplace(home, stall_timeout_, stop_.get_token());
+    // why: no parent token: stop() shuts the sockets down anyway, and linking every request's deadline to the
+    // server's one stop source would have every connection's thread take that source's lock per request
+    within.emplace(home, stall_timeout_);
     return within->token();
   }
 
