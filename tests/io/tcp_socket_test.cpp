@@ -16,8 +16,11 @@
 #include <chrono>
 #include <cstddef>
 #include <numeric>
+#include <optional>
 #include <stop_token>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -126,6 +129,39 @@ TEST_SUITE("tcp_socket") {
         CHECK(*n == 0);
       };
       ctx.run_until(ferry::when_all(server(), client()));
+    });
+  }
+
+  TEST_CASE("a receive still queued when its socket closes never reads a socket that reuses the number") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      int first[2], second[2];
+      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, first) == 0);
+      tcp_socket s(ctx, first[0]);
+      std::vector<std::byte> buf(64);
+      std::optional<ferry::result<std::size_t>> got;
+      bool reused = false;
+      auto receive = [&]() -> ferry::task<> { got = co_await s.recv(buf); };
+      ctx.run_until([&]() -> ferry::task<> {
+        ferry::async_scope scope;
+        // why: spawned, the receive is queued and waits; closing in the same turn of the loop, before the
+        // loop hands its queue to the kernel, is the case
+        scope.spawn(receive());
+        int number = s.native_handle();
+        s.close();
+        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, second) == 0);
+        reused = second[0] == number;
+        const char stolen[] = "not yours";
+        REQUIRE(::write(second[1], stolen, sizeof stolen) == static_cast<ssize_t>(sizeof stolen));
+        co_await scope.join();
+      }());
+      CHECK(reused); // the new socket took the closed one's number
+      REQUIRE(got);
+      CHECK((!*got || **got == 0)); // closed: an error or the end of the stream, never the new socket's bytes
+      char left[32] = {};
+      CHECK(::read(second[0], left, sizeof left) == 10); // still there for the new socket's owner
+      ::close(first[1]);
+      ::close(second[0]);
+      ::close(second[1]);
     });
   }
 

@@ -326,10 +326,17 @@ public:
       outstanding_.fetch_sub(1, std::memory_order_relaxed);
   }
 
-  /// Completes every operation waiting on `fd` (epoll) before the descriptor is closed.
+  /// Before the descriptor is closed: completes every operation waiting on `fd` (epoll), or hands the kernel
+  /// the operations queued for it (io_uring), so that none reaches a descriptor that reuses the number.
   void release_fd(int fd) {
-    if (epoll_ && may_touch_backend())
+    if (!may_touch_backend())
+      return;
+    if (epoll_)
       epoll_->release_fd(fd);
+#if FERRY_WITH_URING
+    if (uring_)
+      uring_->release_fd(fd);
+#endif
   }
 
   /// Posts a completion to run on the loop's thread.

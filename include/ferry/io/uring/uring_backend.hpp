@@ -102,8 +102,13 @@ public:
     ++unsubmitted_;
   }
 
-  /// Sockets are shut down by their owner before closing, which ends pending operations; nothing to do here.
-  void release_fd(int) noexcept {}
+  /// Before a descriptor is closed: submits what is queued. Sockets are shut down by their owner before
+  /// closing, which ends the operations the kernel holds; one still queued here would otherwise reach the
+  /// kernel after the close, on whatever descriptor then has the number.
+  void release_fd(int) noexcept {
+    if (unsubmitted_ && ::io_uring_submit(&ring_) >= 0)
+      unsubmitted_ = 0;
+  }
 
   /// Submits what is queued, waits up to `timeout` (nullptr: forever; zero: just look) for completions and
   /// hands them to the sink. Returns the number handed over.
@@ -122,7 +127,10 @@ public:
     }
     if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN)
       throw std::system_error(-r, std::system_category(), "io_uring_submit");
-    unsubmitted_ = 0;
+    // why: after -EBUSY or -EAGAIN (completions not yet reaped) the queued entries are still waiting; a loop
+    // driven by poll() alone must try them again
+    if (r >= 0 || r == -ETIME)
+      unsubmitted_ = 0;
     files_waiting_ = false;
     return reap();
   }
