@@ -350,16 +350,15 @@ private:
       else
         gates_failed_ = true;
     }
-    auto opened =
-        gates_ ? gates_.open_gate()
-               : result<std::pair<std::uint32_t, std::uint64_t>>(fail(errc::out_of_space, "no gate table"));
-    if (!opened) {
-      r.shm_name.clear();
-      r.shm_offset = 0;
-      return;
+    if (gates_) {
+      if (auto opened = gates_.open_gate()) {
+        r.shm_gate = opened->first;
+        r.shm_epoch = opened->second;
+        return;
+      }
     }
-    r.shm_gate = opened->first;
-    r.shm_epoch = opened->second;
+    r.shm_name.clear();
+    r.shm_offset = 0;
   }
 
   // Requires mutex_. The exposed region that holds all of [offset, offset + length) and permits `wanted`.

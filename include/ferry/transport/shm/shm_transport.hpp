@@ -170,7 +170,9 @@ private:
       }
       m = std::move(*opened);
     }
-    if (!maps.gates || maps.gates->name() != p.descriptor.shm_gates) {
+    // why: a changed descriptor (another table, perhaps) drops this peer's maps first (forget, or the
+    // incarnation check above), so a table attached once serves until then
+    if (!maps.gates) {
       auto attached = shm_gates::attach(p.descriptor.shm_gates);
       if (!attached) {
         maps.unreachable = true; // later requests go to the next transport
@@ -239,10 +241,12 @@ private:
                         ? error(errc::peer_unreachable, "shm: every ticket of the owner's gates is taken")
                         : entered.error();
       }
-      if (!outcome && s->op == transfer_op::write)
-        detail::stream_copy(target.remote, s->local, s->length);
-      else if (!outcome)
-        detail::stream_copy(s->local, target.remote, s->length);
+      if (!outcome) {
+        if (s->op == transfer_op::write)
+          detail::stream_copy(target.remote, s->local, s->length);
+        else
+          detail::stream_copy(s->local, target.remote, s->length);
+      }
     }
     if (pool_)
       co_await tc_.io.schedule();
