@@ -33,6 +33,20 @@ TEST_SUITE("tcp frame") {
     CHECK(back->payload_length() == 65536);
   }
 
+  TEST_CASE("a fence names a connection by the tag its hello carried, and carries no payload") {
+    frame_header h;
+    h.type = frame_type::fence;
+    h.request_id = 3;
+    h.offset = 0xfedcba9876543210ull;
+    auto back = ferry::tcp::decode_header(wire(h));
+    REQUIRE(back);
+    CHECK(back->type == frame_type::fence);
+    CHECK(back->offset == h.offset);
+    CHECK(back->payload_length() == 0);
+    h.type = frame_type::fence_reply;
+    REQUIRE(ferry::tcp::decode_header(wire(h)));
+  }
+
   TEST_CASE("replies carry a status and read replies carry data only on success") {
     frame_header h;
     h.type = frame_type::read_reply;
@@ -57,7 +71,7 @@ TEST_SUITE("tcp frame") {
     CHECK(mutate(0, std::byte{0}).error() == ferry::errc::malformed_frame);  // magic
     CHECK(mutate(4, std::byte{2}).error() == ferry::errc::version_mismatch); // version
     CHECK(mutate(5, std::byte{0}).error() == ferry::errc::malformed_frame);  // type 0
-    CHECK(mutate(5, std::byte{11}).error() == ferry::errc::malformed_frame); // type past the last
+    CHECK(mutate(5, std::byte{13}).error() == ferry::errc::malformed_frame); // type past the last
     CHECK(mutate(6, std::byte{1}).error() == ferry::errc::malformed_frame);  // flags
     CHECK(mutate(12, std::byte{1}).error() == ferry::errc::malformed_frame); // reserved
     CHECK(mutate(8, std::byte{1}).error() == ferry::errc::malformed_frame);  // status on a request
@@ -72,6 +86,10 @@ TEST_SUITE("tcp frame") {
     ping_with_payload.type = frame_type::ping;
     ping_with_payload.length = 1;
     CHECK(ferry::tcp::decode_header(wire(ping_with_payload)).error() == ferry::errc::malformed_frame);
+    frame_header fence_with_payload;
+    fence_with_payload.type = frame_type::fence;
+    fence_with_payload.length = 8;
+    CHECK(ferry::tcp::decode_header(wire(fence_with_payload)).error() == ferry::errc::malformed_frame);
     frame_header bad_status;
     bad_status.type = frame_type::write_reply;
     bad_status.status = 9999;

@@ -10,11 +10,14 @@
 ///        8     4  status      0, or a ferry::errc value in replies
 ///       12     4  reserved    0
 ///       16     8  request_id  chosen by the initiator, echoed in the reply
-///       24     8  offset      segment offset (read, write)
+///       24     8  offset      segment offset (read, write); a connection's tag (hello, fence)
 ///       32     8  length      payload bytes that follow, or bytes asked for (read)
 ///
 /// Requests flow initiator -> owner; each gets exactly one reply, in order, on the same connection.
-/// `decode_header` rejects anything malformed before a byte of payload is read.
+/// A data connection's hello carries a tag the initiator chose for it; a fence names such a tag, and the
+/// owner answers it only once the connection with that tag has ended, so that nothing sent on it can still
+/// land (what follows the fence on the fencing connection is served after it). `decode_header` rejects
+/// anything malformed before a byte of payload is read.
 ///
 ///   std::array<std::byte, frame_header::size> wire;
 ///   encode(h, wire);
@@ -32,7 +35,7 @@
 namespace ferry::tcp {
 
 enum class frame_type : std::uint8_t {
-  hello = 1,       ///< asks for the owner's segment descriptor; payload: none
+  hello = 1,       ///< asks for the owner's segment descriptor; `offset`: the connection's tag (0: none)
   hello_reply = 2, ///< payload: the descriptor as JSON
   write = 3,       ///< payload: bytes to store at `offset`
   write_reply = 4, ///< status only
@@ -42,6 +45,8 @@ enum class frame_type : std::uint8_t {
   notify_reply = 8,
   ping = 9,
   pong = 10,
+  fence = 11,       ///< `offset`: the tag of a connection the initiator gave up; answered once it has ended
+  fence_reply = 12, ///< status only
 };
 
 struct frame_header {
@@ -115,7 +120,7 @@ inline result<frame_header> decode_header(std::span<const std::byte, frame_heade
     return fail(errc::version_mismatch, "frame: unsupported protocol version");
   auto type = static_cast<std::uint8_t>(detail::get_le(p + 5, 1));
   if (type < static_cast<std::uint8_t>(frame_type::hello) ||
-      type > static_cast<std::uint8_t>(frame_type::pong))
+      type > static_cast<std::uint8_t>(frame_type::fence_reply))
     return fail(errc::malformed_frame, "frame: unknown type");
   if (detail::get_le(p + 6, 2) != 0 || detail::get_le(p + 12, 4) != 0)
     return fail(errc::malformed_frame, "frame: reserved bits set");

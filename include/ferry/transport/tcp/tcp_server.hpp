@@ -9,6 +9,10 @@
 /// Given an io_context_pool, the server serves each connection it accepts on one of the pool's loops, so that
 /// the receives and sends of several connections (and the copies the kernel makes in them) use several cores;
 /// the hooks and file regions are still served on the server's own loop.
+/// A fence (tcp::frame_type::fence) from an initiator names the tag of one of its connections that it gave up
+/// on: the server ends that connection, waits until nothing it received can still land, and only then answers
+/// and serves what follows the fence. An abandoned write that was still waiting in the kernel, or stalled in
+/// the middle of its payload, can then never overwrite a write the initiator made after it.
 ///
 ///   ferry::tcp_server server(ctx, registry, scope, hooks);
 ///   auto where = server.listen(*ferry::io::endpoint::parse("127.0.0.2:0"));
@@ -31,6 +35,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstring>
@@ -94,7 +99,7 @@ public:
     listener_.close();
     std::lock_guard lock(sessions_mutex_);
     for (auto* s : sessions_)
-      s->shutdown();
+      s->sock->shutdown();
   }
 
   /// Connections being served now.
@@ -104,6 +109,13 @@ public:
   }
 
 private:
+  // A connection being served, as other connections see it: fences look it up by its tag.
+  struct served_connection {
+    io::tcp_socket* sock;
+    std::uint64_t tag = 0;            // from its hello; 0: none (under sessions_mutex_)
+    std::atomic<bool> fenced = false; // a fence named it: it serves nothing more
+  };
+
   task<> accept_loop() {
     while (!stop_.stop_requested()) {
       auto s = co_await listener_.accept(stop_.get_token());
@@ -121,9 +133,10 @@ private:
     // why: while the connection is served on another loop, this one may have nothing in flight; its run()
     // must not return before the connection comes back here to end
     io::io_context::work_guard keep(io_);
+    served_connection me{&sock};
     {
       std::lock_guard lock(sessions_mutex_);
-      sessions_.push_back(&sock);
+      sessions_.push_back(&me);
     }
     io::io_context* home = &io_;
     if (loops_) {
@@ -133,14 +146,16 @@ private:
     }
     std::exception_ptr failed; // why: whatever happens, the socket closes on its loop and this ends on io_
     try {
-      co_await serve_requests(sock, *home);
+      co_await serve_requests(me, *home);
     } catch (...) {
       failed = std::current_exception();
     }
     {
-      // why: after this, stop() no longer touches the socket, which closes on the loop that served it
+      // why: after this, stop() no longer touches the socket, which closes on the loop that served it; and a
+      // fence that waits for this connection sees it gone only now, when nothing it received can land any
+      // more
       std::lock_guard lock(sessions_mutex_);
-      std::erase(sessions_, &sock);
+      std::erase(sessions_, &me);
     }
     sock.close();
     // why: the scope's last finisher resumes whoever joins it: end on the server's loop
@@ -203,13 +218,38 @@ private:
     return within->token();
   }
 
-  task<> serve_requests(io::tcp_socket& sock, io::io_context& home) {
+  /// Ends the connection tagged `tag` (not `me`) and waits until it has ended; false if it did not within the
+  /// stall timeout. A tag no connection carries (it ended, or never reached this process) is fenced already.
+  task<bool> fence(std::uint64_t tag, served_connection& me, io::io_context& home) {
+    if (tag == 0)
+      co_return true;
+    auto give_up = std::chrono::steady_clock::now() + stall_timeout_;
+    for (;;) {
+      {
+        std::lock_guard lock(sessions_mutex_);
+        auto it = std::find_if(sessions_.begin(), sessions_.end(),
+                               [&](served_connection* s) { return s != &me && s->tag == tag; });
+        if (it == sessions_.end())
+          co_return true;
+        if (!(*it)->fenced.exchange(true))
+          (*it)->sock->shutdown(); // why: wakes it wherever it waits; bytes already received are still read
+      }
+      // why: two connections fencing each other would otherwise each wait for the other until the timeout
+      if (std::chrono::steady_clock::now() >= give_up || me.fenced.load(std::memory_order_acquire))
+        co_return false;
+      // why: a fence is rare (an initiator gave up a connection); polling keeps the serving path free of it
+      co_await home.sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+
+  task<> serve_requests(served_connection& me, io::io_context& home) {
+    io::tcp_socket& sock = *me.sock;
     std::array<std::byte, tcp::frame_header::size> out;
     std::vector<std::byte> scratch;
     io::aligned_buffer staging; // file regions: what travels between the socket and the file
     tcp::detail::read_ahead in; // request headers already received
     pending_replies replies;
-    while (!stop_.stop_requested()) {
+    while (!stop_.stop_requested() && !me.fenced.load(std::memory_order_acquire)) {
       // why: replies wait only while more requests are already here; before waiting for the peer, send them
       if (in.size() < tcp::frame_header::size || replies.count == pending_replies::max_replies) {
         bool sent = co_await flush(sock, replies, home);
@@ -224,6 +264,9 @@ private:
         co_await flush(sock, replies, home);
         co_return; // malformed, or a reply: drop the connection
       }
+      // why: a fence named this connection while its requests were already here: none of them may land now
+      if (me.fenced.load(std::memory_order_acquire))
+        co_return;
       tcp::frame_header reply;
       reply.type = static_cast<tcp::frame_type>(static_cast<int>(h->type) + 1);
       reply.request_id = h->request_id;
@@ -253,6 +296,10 @@ private:
       std::stop_token step = bounded(within, home);
       switch (h->type) {
       case tcp::frame_type::hello: {
+        if (h->offset != 0) {
+          std::lock_guard lock(sessions_mutex_);
+          me.tag = h->offset;
+        }
         co_await to_own_loop(home);
         std::string d = hooks_.descriptor();
         co_await back_to(home);
@@ -265,6 +312,15 @@ private:
         if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
         break;
+      case tcp::frame_type::fence: {
+        bool ended = co_await fence(h->offset, me, home);
+        // why: what follows the fence on this connection must not be served before it: drop it instead
+        if (!ended)
+          co_return;
+        if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
+          co_return;
+        break;
+      }
       case tcp::frame_type::notify: {
         std::string message(h->length, '\0');
         if (auto ok = co_await in.take(sock, std::as_writable_bytes(std::span(message)), step); !ok)
@@ -361,7 +417,7 @@ private:
   io::tcp_listener listener_;
   std::stop_source stop_;
   mutable std::mutex sessions_mutex_;
-  std::vector<io::tcp_socket*> sessions_;
+  std::vector<served_connection*> sessions_;
 };
 
 } // namespace ferry

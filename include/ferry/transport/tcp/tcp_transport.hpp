@@ -8,6 +8,10 @@
 /// of their own (engine_options::tcp::io_threads), the connections are spread over them: each connection's
 /// sends, receives and bookkeeping run on its loop, and slices travel there and back to the engine's loop in
 /// bunches (one wake-up for all the slices waiting).
+/// A connection given up while writes were in flight on it is fenced before any later write to that peer:
+/// every connection's next requests follow a fence naming it (tcp::frame_type::fence), which the owner
+/// answers only once that connection has ended there. An abandoned copy of a write, held up in the owner or
+/// on its path, can then never land after the retry, or after a write made later to the same bytes.
 ///
 ///   ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport> engine(ctx, options);
 
@@ -41,6 +45,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <optional>
+#include <random>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -57,11 +62,44 @@ class tcp_transport {
   static constexpr std::size_t max_gather = 16;                  // slices sent with one sendmsg
   using finished_slices = std::vector<std::pair<slice*, error>>; // slices and their outcomes
 
+  // Connections to one peer given up while writes were in flight on them, by tag, until the peer confirms a
+  // fence for each. Shared by the peer's connections, whichever loops they run on.
+  struct fence_book {
+    std::mutex mutex;
+    std::vector<std::uint64_t> tags;
+    std::atomic<std::size_t> count{0}; // why: the writers look at this, not the lock, before every send
+
+    void add(std::uint64_t tag) {
+      std::lock_guard lock(mutex);
+      if (std::find(tags.begin(), tags.end(), tag) == tags.end())
+        tags.push_back(tag);
+      count.store(tags.size(), std::memory_order_release);
+    }
+    void confirm(std::uint64_t tag) {
+      std::lock_guard lock(mutex);
+      std::erase(tags, tag);
+      count.store(tags.size(), std::memory_order_release);
+    }
+    std::vector<std::uint64_t> pending() {
+      std::lock_guard lock(mutex);
+      return tags;
+    }
+  };
+
+  // A request sent and not answered yet: a slice, or a fence (no slice) naming a connection given up.
+  struct outstanding {
+    slice* s = nullptr;
+    std::uint64_t fence_tag = 0;
+    std::uint64_t fence_id = 0; // the fence's request id
+  };
+
   // One established connection. Its reader and writer share it; the last of them to leave settles what is
   // still in flight, so no slice is reported before the kernel is done with its memory.
   struct session {
     io::tcp_socket sock;
-    std::deque<slice*> in_flight;
+    std::uint64_t tag = 0; // sent with its hello; what a fence of it names
+    std::deque<outstanding> in_flight;
+    std::vector<std::uint64_t> fences_sent; // tags fenced on this session (its later requests follow them)
     bool broken = false;
     error reason;
     int users = 0;
@@ -85,9 +123,10 @@ class tcp_transport {
   };
 
   struct connection {
-    home* at = nullptr;            // where its I/O runs; fixed
-    io::endpoint address;          // fixed
-    std::uint64_t incarnation = 0; // of the process the descriptor describes; checked on every connect
+    home* at = nullptr;                 // where its I/O runs; fixed
+    io::endpoint address;               // fixed
+    std::shared_ptr<fence_book> fences; // its peer's; fixed
+    std::uint64_t incarnation = 0;      // of the process the descriptor describes; checked on every connect
     bool retired = false;     // its peer's descriptor was replaced: it takes no new work and never reconnects
     std::deque<slice*> queue; // accepted, not yet sent
     session* current = nullptr;
@@ -120,13 +159,16 @@ public:
     std::string payload;
   };
 
-  /// Sends one request on `sock` and reads its reply (hello, notify, ping: the control requests).
+  /// Sends one request on `sock` and reads its reply (hello, notify, ping: the control requests); `offset`
+  /// goes in the header's offset field (a hello's tag).
   static task<result<control_reply>> exchange_on(io::tcp_socket& sock, tcp::frame_type type,
-                                                 std::string payload, std::stop_token stop) {
+                                                 std::string payload, std::stop_token stop,
+                                                 std::uint64_t offset = 0) {
     static std::atomic<std::uint64_t> next_id{0};
     tcp::frame_header h;
     h.type = type;
     h.request_id = ++next_id;
+    h.offset = offset;
     h.length = payload.size();
     std::array<std::byte, tcp::frame_header::size> raw;
     tcp::encode(h, raw);
@@ -274,10 +316,15 @@ private:
     if (homes_.empty())
       set_up_homes();
     peer_state ps;
+    // why: kept across a refreshed descriptor, whose connections must still fence those given up before
+    auto& fences = fence_books_[p.id];
+    if (!fences)
+      fences = std::make_shared<fence_book>();
     unsigned n = std::max(1u, tc_.options.tcp.connections_per_peer);
     for (unsigned i = 0; i < n; ++i) {
       auto c = std::make_unique<connection>();
       c->address = *address;
+      c->fences = fences;
       c->incarnation = p.descriptor.incarnation;
       // why: with loops of their own, a peer's connections go round them, starting where the last peer's
       // ended, so that every loop carries its share
@@ -438,7 +485,7 @@ private:
     finish_all(c, drop, error(errc::cancelled, "tcp"));
     if (session* sn = c.current)
       if (std::any_of(sn->in_flight.begin(), sn->in_flight.end(),
-                      [](slice* s) { return s->batch->aborted(); }))
+                      [](const outstanding& o) { return o.s && o.s->batch->aborted(); }))
         // why: other batches' slices on this connection are retried; the aborted batch reports its reason
         break_current(c, error(errc::closed, "tcp: connection dropped to abort a batch"));
   }
@@ -485,10 +532,11 @@ private:
     if (sock && !tc_.options.tcp.congestion_control.empty())
       if (auto set = sock->set_congestion_control(tc_.options.tcp.congestion_control); !set)
         sock = fail(set.error());
+    std::uint64_t tag = next_tag();
     if (sock && !stopping_) {
       // why: the address may now be served by a restarted process whose regions differ; bytes must never
       // land by a stale descriptor. One hello per connection confirms who answers.
-      auto hello = co_await exchange_on(*sock, tcp::frame_type::hello, std::string(), within.token());
+      auto hello = co_await exchange_on(*sock, tcp::frame_type::hello, std::string(), within.token(), tag);
       auto d =
           hello ? segment_descriptor::parse(hello->payload) : result<segment_descriptor>(fail(hello.error()));
       if (!d)
@@ -511,6 +559,7 @@ private:
     tcp::detail::keep_alive(*sock, tc_.options.tcp.keepalive_idle);
     auto* sn = new session{};
     sn->sock = std::move(*sock);
+    sn->tag = tag;
     sn->users = 1; // the reader
     c.current = sn;
     c.at->scope->spawn(reader(c, *sn));
@@ -530,10 +579,13 @@ private:
 
   task<> writer(connection& c, session& sn) {
     std::array<std::array<std::byte, tcp::frame_header::size>, max_gather> headers;
+    std::vector<std::array<std::byte, tcp::frame_header::size>> fence_headers;
     std::vector<::iovec> iov;
     iov.reserve(2 * max_gather);
     while (!sn.broken && !c.queue.empty() && sn.in_flight.size() < limit()) {
       iov.clear();
+      if (c.fences->count.load(std::memory_order_acquire) != 0)
+        add_fences(c, sn, fence_headers, iov);
       std::size_t n = 0;
       while (n < max_gather && !c.queue.empty() && sn.in_flight.size() < limit()) {
         slice* s = c.queue.front();
@@ -554,7 +606,7 @@ private:
           iov.push_back({s->local, s->length});
         if (sn.in_flight.empty())
           sn.last_progress = clock::now();
-        sn.in_flight.push_back(s);
+        sn.in_flight.push_back({s});
         ++n;
       }
       if (iov.empty())
@@ -569,6 +621,31 @@ private:
     if (c.current == &sn)
       c.writing = false;
     release(c, sn);
+  }
+
+  /// Puts a fence at the head of `iov` for each connection of the peer given up with writes in flight that
+  /// this session has not fenced yet: the owner serves what follows only once those have ended there.
+  void add_fences(connection& c, session& sn,
+                  std::vector<std::array<std::byte, tcp::frame_header::size>>& raw,
+                  std::vector<::iovec>& iov) {
+    raw.clear();
+    std::vector<std::uint64_t> tags = c.fences->pending();
+    std::erase_if(tags, [&](std::uint64_t t) {
+      return std::find(sn.fences_sent.begin(), sn.fences_sent.end(), t) != sn.fences_sent.end();
+    });
+    raw.resize(tags.size()); // why: sized once, so that the iovecs below keep pointing at the headers
+    for (std::size_t i = 0; i < tags.size(); ++i) {
+      tcp::frame_header h;
+      h.type = tcp::frame_type::fence;
+      h.request_id = ++c.next_wire_id;
+      h.offset = tags[i];
+      tcp::encode(h, raw[i]);
+      iov.push_back({raw[i].data(), raw[i].size()});
+      if (sn.in_flight.empty())
+        sn.last_progress = clock::now();
+      sn.in_flight.push_back({nullptr, tags[i], h.request_id});
+      sn.fences_sent.push_back(tags[i]);
+    }
   }
 
   task<> reader(connection& c, session& sn) {
@@ -589,10 +666,26 @@ private:
         break_session(c, sn, h.error());
         break;
       }
-      slice* s = sn.in_flight.empty() ? nullptr : sn.in_flight.front();
+      if (sn.in_flight.empty()) {
+        break_session(c, sn, error(errc::malformed_frame, "tcp: a reply to no request"));
+        break;
+      }
+      if (outstanding f = sn.in_flight.front(); !f.s) {
+        // a fence: the connection it named has ended at the owner
+        if (h->type != tcp::frame_type::fence_reply || h->request_id != f.fence_id || h->status != 0) {
+          break_session(c, sn, error(errc::malformed_frame, "tcp: reply does not match the fence"));
+          break;
+        }
+        c.fences->confirm(f.fence_tag);
+        sn.in_flight.pop_front();
+        sn.last_progress = clock::now();
+        kick(c);
+        continue;
+      }
+      slice* s = sn.in_flight.front().s;
       auto expected =
-          s && s->op == transfer_op::write ? tcp::frame_type::write_reply : tcp::frame_type::read_reply;
-      if (!s || h->request_id != s->wire_id || h->type != expected ||
+          s->op == transfer_op::write ? tcp::frame_type::write_reply : tcp::frame_type::read_reply;
+      if (h->request_id != s->wire_id || h->type != expected ||
           (h->type == tcp::frame_type::read_reply && h->status == 0 && h->length != s->length)) {
         break_session(c, sn, error(errc::malformed_frame, "tcp: reply does not match the request"));
         break;
@@ -654,6 +747,11 @@ private:
       sn.broken = true;
       sn.reason = reason;
       sn.sock.shutdown();
+      // why: a write sent and not answered may still land at the owner, whenever what holds it up lets go;
+      // before this is settled (and retried), the peer's next requests are made to follow a fence of it
+      if (std::any_of(sn.in_flight.begin(), sn.in_flight.end(),
+                      [](const outstanding& o) { return o.s && o.s->op == transfer_op::write; }))
+        c.fences->add(sn.tag);
     }
     if (c.current != &sn)
       return;
@@ -676,7 +774,10 @@ private:
     if (--sn.users > 0)
       return;
     hand_back(sn.done); // replies held to be handed back (none once the reader has ended)
-    auto pending = std::move(sn.in_flight);
+    std::vector<slice*> pending;
+    for (const outstanding& o : sn.in_flight)
+      if (o.s)
+        pending.push_back(o.s);
     error reason = sn.broken ? sn.reason : error(errc::closed, "tcp");
     sn.sock.close();
     delete &sn;
@@ -700,8 +801,18 @@ private:
     }
   }
 
+  /// A tag for a new connection: unique to it among this process's connections, never 0.
+  std::uint64_t next_tag() {
+    std::uint64_t t = tag_base_ + tag_count_.fetch_add(1, std::memory_order_relaxed);
+    return t != 0 ? t : next_tag();
+  }
+
   transport_context& tc_;
   std::unordered_map<segment_id, peer_state> peers_;
+  std::unordered_map<segment_id, std::shared_ptr<fence_book>> fence_books_;
+  // why: random, so that the tags of different initiators (and of this one before a restart) hardly ever meet
+  std::uint64_t tag_base_ = (std::uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+  std::atomic<std::uint64_t> tag_count_{1};
   std::vector<peer_state> retired_;
   std::unordered_map<segment_id, std::unique_ptr<control_channel>> controls_;
   std::vector<std::unique_ptr<home>> homes_; // set up with the first peer
