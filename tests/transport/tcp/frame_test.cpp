@@ -69,7 +69,8 @@ TEST_SUITE("tcp frame") {
       return ferry::tcp::decode_header(w);
     };
     CHECK(mutate(0, std::byte{0}).error() == ferry::errc::malformed_frame);  // magic
-    CHECK(mutate(4, std::byte{2}).error() == ferry::errc::version_mismatch); // version
+    CHECK(mutate(4, std::byte{1}).error() == ferry::errc::version_mismatch); // version 1: no fences
+    CHECK(mutate(4, std::byte{3}).error() == ferry::errc::version_mismatch); // a later version
     CHECK(mutate(5, std::byte{0}).error() == ferry::errc::malformed_frame);  // type 0
     CHECK(mutate(5, std::byte{13}).error() == ferry::errc::malformed_frame); // type past the last
     CHECK(mutate(6, std::byte{1}).error() == ferry::errc::malformed_frame);  // flags

@@ -17,6 +17,8 @@
 #include <array>
 #include <chrono>
 #include <string>
+#include <sys/socket.h>
+#include <thread>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -132,16 +134,16 @@ struct stalling_proxy {
   }
 };
 
-/// An engine serving 1 MiB of read-write memory on 127.0.0.2, its peers allowed to stall 2 s.
+/// An engine serving 1 MiB of read-write memory on 127.0.0.2, its peers allowed to stall `stall` (2 s).
 struct served_region {
   std::vector<std::byte> region;
   ferry::io::io_context& ctx;
   ferry::default_engine engine;
 
-  served_region(ferry::io::io_context& c, unsigned io_threads)
+  served_region(ferry::io::io_context& c, unsigned io_threads, std::chrono::milliseconds stall = 2s)
       : region(1 << 20), ctx(c), engine(ctx, {.name = "owner",
                                               .listen = "127.0.0.2:0",
-                                              .tcp = {.io_threads = io_threads, .stall_timeout = 2s}}) {
+                                              .tcp = {.io_threads = io_threads, .stall_timeout = stall}}) {
     REQUIRE(engine.registry().add(region.data(), region.size(), access::read_write));
     REQUIRE(engine.start());
   }
@@ -208,7 +210,7 @@ TEST_SUITE("tcp fence") {
     }
   }
 
-  TEST_CASE("requests already waiting on a fenced connection are not served") {
+  TEST_CASE("a fenced connection is closed: a write sent on it afterwards is not served") {
     ferry::io::io_context ctx;
     served_region owner(ctx, 0);
     ctx.run_until([&]() -> ferry::task<> {
@@ -232,7 +234,7 @@ TEST_SUITE("tcp fence") {
   }
 
   TEST_CASE("a write retried after its connection stalled is fenced: the stalled copy never lands later") {
-    for (unsigned io_threads : {0u, 1u}) {
+    for (unsigned io_threads : {0u, 2u}) {
       CAPTURE(io_threads);
       ferry::io::io_context ctx;
       served_region owner(ctx, io_threads);
@@ -270,5 +272,68 @@ TEST_SUITE("tcp fence") {
       CHECK(all_equal(std::span(owner.region).first(second.size()), std::byte{0x22}));
       proxy.close();
     }
+  }
+
+  TEST_CASE("a fence whose connection does not end within the stall timeout drops the fencing connection") {
+    ferry::io::io_context ctx;
+    // why: connections on threads of their own, while the owner's own loop (this thread) is kept busy
+    served_region owner(ctx, 2, 300ms);
+    ctx.run_until([&]() -> ferry::task<> {
+      auto at = *owner.engine.endpoint();
+      auto a = co_await hello(ctx, at, 5);
+      REQUIRE(a);
+      auto b = co_await hello(ctx, at, 6);
+      REQUIRE(b);
+      // A asks for the descriptor again: its connection waits for the owner's loop, which this thread holds
+      REQUIRE(co_await a->send_all(header(frame_type::hello, 2, 5, 0)));
+      std::this_thread::sleep_for(100ms);
+      auto fence = header(frame_type::fence, 1, 5, 0);
+      REQUIRE(::send(b->native_handle(), fence.data(), fence.size(), 0) ==
+              static_cast<ssize_t>(fence.size()));
+      std::this_thread::sleep_for(1s); // A cannot end meanwhile: the fence gives up after 300 ms
+      // B was dropped without an answer: what it sent after the fence can never be served
+      auto r = co_await reply_on(ctx, *b);
+      CHECK_FALSE(r);
+    }());
+  }
+
+  TEST_CASE("a notification after a write whose connection stalled is not overtaken by that write") {
+    ferry::io::io_context ctx;
+    served_region owner(ctx, 0);
+    stalling_proxy proxy(ctx, *owner.engine.endpoint());
+    ferry::memory_metadata_store meta;
+    auto d = owner.engine.descriptor();
+    d.endpoints = {{"tcp", proxy.address}};
+    // no retries: the write fails once its connection is given up, and only the notification follows it
+    ferry::transfer_engine<ferry::tcp_transport> initiator(
+        ctx, {.name = "initiator", .retry_budget = 0, .tcp = {.reply_timeout = 200ms}});
+    initiator.use_metadata(meta);
+    std::vector<std::byte> stale(64 << 10, std::byte{0x11});
+    REQUIRE(initiator.registry().add(stale.data(), stale.size(), access::none));
+    std::vector<std::byte> seen; // the owner's region when the notification arrived
+    ctx.run_until([&]() -> ferry::task<> {
+      REQUIRE(co_await meta.put("ferry/segments/owner", d.to_json()));
+      auto seg = co_await initiator.open_segment("owner");
+      REQUIRE(seg);
+      ferry::transfer_batch w;
+      w.write(stale.data(), *seg, 0, stale.size());
+      auto r = co_await initiator.transfer(w);
+      CHECK_FALSE(r.ok());
+      CHECK(proxy.held >= stale.size());
+      auto receive = [&]() -> ferry::task<> {
+        auto n = co_await owner.engine.next_notification();
+        REQUIRE(n);
+        seen.assign(owner.region.begin(), owner.region.begin() + static_cast<std::ptrdiff_t>(stale.size()));
+      };
+      auto received = receive(); // why: named, so that the lambda outlives the task it made
+      auto sent = co_await initiator.notify(*seg, "kv ready");
+      REQUIRE_MESSAGE(sent, sent.error().message());
+      co_await received;
+      proxy.released = true;
+      co_await ctx.sleep_for(200ms);
+    }());
+    REQUIRE(seen.size() == stale.size());
+    CHECK(std::equal(seen.begin(), seen.end(), owner.region.begin()));
+    proxy.close();
   }
 }

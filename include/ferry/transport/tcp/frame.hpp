@@ -4,7 +4,7 @@
 ///
 ///   offset  size  field
 ///        0     4  magic       "FRY1" (0x31595246)
-///        4     1  version     1
+///        4     1  version     2 (2 added the connection tags and fences)
 ///        5     1  type        frame_type
 ///        6     2  flags       0 (reserved)
 ///        8     4  status      0, or a ferry::errc value in replies
@@ -52,7 +52,7 @@ enum class frame_type : std::uint8_t {
 struct frame_header {
   static constexpr std::size_t size = 40;
   static constexpr std::uint32_t magic = 0x31595246; // "FRY1" on the wire
-  static constexpr std::uint8_t version = 1;
+  static constexpr std::uint8_t version = 2;
   /// The largest payload of a read or write (one slice).
   static constexpr std::uint64_t max_data_payload = 64ull << 20;
   /// The largest descriptor or notification.

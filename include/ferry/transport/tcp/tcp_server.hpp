@@ -235,10 +235,11 @@ private:
           (*it)->sock->shutdown(); // why: wakes it wherever it waits; bytes already received are still read
       }
       // why: two connections fencing each other would otherwise each wait for the other until the timeout
-      if (std::chrono::steady_clock::now() >= give_up || me.fenced.load(std::memory_order_acquire))
+      if (std::chrono::steady_clock::now() >= give_up || me.fenced.load(std::memory_order_acquire) ||
+          stop_.stop_requested())
         co_return false;
       // why: a fence is rare (an initiator gave up a connection); polling keeps the serving path free of it
-      co_await home.sleep_for(std::chrono::milliseconds(1));
+      co_await home.sleep_for(std::chrono::milliseconds(1), stop_.get_token());
     }
   }
 
@@ -317,6 +318,7 @@ private:
         // why: what follows the fence on this connection must not be served before it: drop it instead
         if (!ended)
           co_return;
+        step = bounded(within, home); // why: the wait above may have used most of the first deadline
         if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
         break;

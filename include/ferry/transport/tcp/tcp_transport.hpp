@@ -205,7 +205,8 @@ public:
   }
 
   /// Sends a control request to `p` on its control connection (opened on first use, reopened once if it
-  /// broke) and yields the reply. Requests to one peer are serialized.
+  /// broke) and yields the reply. Requests to one peer are serialized. A notification goes after a fence of
+  /// each connection to `p` given up with writes in flight: what it announces is not overtaken by them.
   task<result<control_reply>> control(const peer& p, tcp::frame_type type, std::string payload,
                                       std::stop_token stop) {
     auto* ep = p.descriptor.endpoint_for(name);
@@ -226,7 +227,7 @@ public:
         ch.sock = std::move(*sock);
         ch.address = *address;
       }
-      auto reply = co_await exchange_on(ch.sock, type, payload, within.token());
+      auto reply = co_await exchange_after_fences(ch.sock, p.id, type, payload, within.token());
       if (reply)
         co_return reply;
       ch.sock.close();
@@ -238,6 +239,7 @@ public:
   }
 
   explicit tcp_transport(transport_context& tc) : tc_(tc) {}
+
   tcp_transport(const tcp_transport&) = delete;
   tcp_transport& operator=(const tcp_transport&) = delete;
 
@@ -305,6 +307,24 @@ public:
 
 private:
   // ---- the engine's loop ----
+
+  /// exchange_on, after the fences a notification to `id` needs (see control()).
+  task<result<control_reply>> exchange_after_fences(io::tcp_socket& sock, segment_id id, tcp::frame_type type,
+                                                    std::string payload, std::stop_token stop) {
+    std::shared_ptr<fence_book> book;
+    if (auto it = fence_books_.find(id); type == tcp::frame_type::notify && it != fence_books_.end())
+      book = it->second;
+    std::vector<std::uint64_t> tags = book ? book->pending() : std::vector<std::uint64_t>();
+    for (std::uint64_t tag : tags) {
+      auto fenced = co_await exchange_on(sock, tcp::frame_type::fence, std::string(), stop, tag);
+      if (!fenced)
+        co_return fenced;
+      if (fenced->header.status != 0)
+        co_return fail(errc::malformed_frame, "tcp: a fence refused");
+      book->confirm(tag);
+    }
+    co_return co_await exchange_on(sock, type, std::move(payload), stop);
+  }
 
   peer_state* state_for(const peer& p) {
     if (auto it = peers_.find(p.id); it != peers_.end())
@@ -795,9 +815,16 @@ private:
       if (!slept)
         break;
       auto now = clock::now();
-      for (connection* c : h.connections)
-        if (session* sn = c->current; sn && !sn->in_flight.empty() && now - sn->last_progress > timeout)
+      for (connection* c : h.connections) {
+        session* sn = c->current;
+        if (!sn || sn->in_flight.empty())
+          continue;
+        // why: the owner answers a fence once the connection it names has ended, which it waits for up to its
+        // stall timeout (as long as a reply timeout by default): give a fence twice the time before giving up
+        auto allowed = sn->in_flight.front().s ? timeout : 2 * timeout;
+        if (now - sn->last_progress > allowed)
           break_current(*c, error(errc::timed_out, "tcp: no reply from the target"));
+      }
     }
   }
 
