@@ -75,6 +75,7 @@ struct stalling_proxy {
   std::vector<ferry::io::tcp_socket*> open;
   int accepted = 0;
   bool released = false;
+  bool delivered = false; // what was held went on (or the owner's side was gone)
   std::size_t held = 0;
 
   stalling_proxy(ferry::io::io_context& c, ferry::io::endpoint target) : ctx(c), to(target) {
@@ -124,6 +125,16 @@ struct stalling_proxy {
     if (!kept.empty())
       (void)co_await into.send_all(std::span<const std::byte>(kept));
     (void)into.shutdown(SHUT_WR);
+    if (stall)
+      delivered = true;
+  }
+  /// Lets the held bytes go and waits until they went, and a little for the owner to take them.
+  ferry::task<> release() {
+    released = true;
+    for (int i = 0; i < 500 && !delivered; ++i)
+      co_await ctx.sleep_for(10ms);
+    CHECK(delivered);
+    co_await ctx.sleep_for(100ms);
   }
   void close() {
     released = true;
@@ -166,7 +177,8 @@ TEST_SUITE("tcp fence") {
         // A: a write of 4 KiB of 0x11 whose payload stops after 100 bytes, as if its path stalled
         auto a = co_await hello(ctx, at, 77);
         REQUIRE(a);
-        REQUIRE(co_await a->send_all(header(frame_type::write, 1, 0, 4096)));
+        auto old_write = header(frame_type::write, 1, 0, 4096);
+        REQUIRE(co_await a->send_all(old_write));
         std::vector<std::byte> old(4096, std::byte{0x11});
         REQUIRE(co_await a->send_all(std::span(old).first(100)));
         co_await ctx.sleep_for(50ms);
@@ -198,8 +210,10 @@ TEST_SUITE("tcp fence") {
         co_await ctx.sleep_for(50ms);
         CHECK(all_equal(std::span(owner.region).first(4096), std::byte{0x22}));
         // a fence of a connection that ended, or that the owner never saw, is answered at once
-        REQUIRE(co_await b->send_all(header(frame_type::fence, 3, 77, 0)));
-        REQUIRE(co_await b->send_all(header(frame_type::fence, 4, 12345, 0)));
+        auto fence_ended = header(frame_type::fence, 3, 77, 0),
+             fence_unknown = header(frame_type::fence, 4, 12345, 0);
+        REQUIRE(co_await b->send_all(fence_ended));
+        REQUIRE(co_await b->send_all(fence_unknown));
         auto again = co_await reply_on(ctx, *b);
         auto unknown = co_await reply_on(ctx, *b);
         REQUIRE(again);
@@ -220,12 +234,14 @@ TEST_SUITE("tcp fence") {
       auto b = co_await hello(ctx, at, 91);
       REQUIRE(b);
       // B fences A; A's write, sent right after, finds A fenced and is dropped with it
-      REQUIRE(co_await b->send_all(header(frame_type::fence, 1, 90, 0)));
+      auto fence = header(frame_type::fence, 1, 90, 0);
+      REQUIRE(co_await b->send_all(fence));
       auto fenced = co_await reply_on(ctx, *b);
       REQUIRE(fenced);
       CHECK(fenced->status == 0);
       std::vector<std::byte> late(4096, std::byte{0x33});
-      (void)co_await a->send_all(header(frame_type::write, 1, 8192, late.size()));
+      auto write = header(frame_type::write, 1, 8192, late.size());
+      (void)co_await a->send_all(write);
       (void)co_await a->send_all(late);
       auto r = co_await reply_on(ctx, *a);
       CHECK_FALSE(r);
@@ -266,8 +282,7 @@ TEST_SUITE("tcp fence") {
         CHECK_MESSAGE(r2.ok(), r2.first_error().message());
         CHECK(all_equal(std::span(owner.region).first(second.size()), std::byte{0x22}));
         // the stalled path lets go: the copy it held must not land now
-        proxy.released = true;
-        co_await ctx.sleep_for(200ms);
+        co_await proxy.release();
       }());
       CHECK(all_equal(std::span(owner.region).first(second.size()), std::byte{0x22}));
       proxy.close();
@@ -285,8 +300,10 @@ TEST_SUITE("tcp fence") {
       auto b = co_await hello(ctx, at, 6);
       REQUIRE(b);
       // A asks for the descriptor again: its connection waits for the owner's loop, which this thread holds
-      REQUIRE(co_await a->send_all(header(frame_type::hello, 2, 5, 0)));
-      std::this_thread::sleep_for(100ms);
+      auto again = header(frame_type::hello, 2, 5, 0);
+      REQUIRE(co_await a->send_all(again));
+      std::this_thread::sleep_for(
+          500ms); // why: time for A's thread to take the hello in, on a loaded machine
       auto fence = header(frame_type::fence, 1, 5, 0);
       REQUIRE(::send(b->native_handle(), fence.data(), fence.size(), 0) ==
               static_cast<ssize_t>(fence.size()));
@@ -306,11 +323,11 @@ TEST_SUITE("tcp fence") {
     d.endpoints = {{"tcp", proxy.address}};
     // no retries: the write fails once its connection is given up, and only the notification follows it
     ferry::transfer_engine<ferry::tcp_transport> initiator(
-        ctx, {.name = "initiator", .retry_budget = 0, .tcp = {.reply_timeout = 200ms}});
+        ctx, {.name = "initiator", .retry_budget = 0, .tcp = {.reply_timeout = 1s}});
     initiator.use_metadata(meta);
     std::vector<std::byte> stale(64 << 10, std::byte{0x11});
     REQUIRE(initiator.registry().add(stale.data(), stale.size(), access::none));
-    std::vector<std::byte> seen; // the owner's region when the notification arrived
+    std::vector<std::byte> seen; // the owner's region once the notification was taken
     ctx.run_until([&]() -> ferry::task<> {
       REQUIRE(co_await meta.put("ferry/segments/owner", d.to_json()));
       auto seg = co_await initiator.open_segment("owner");
@@ -320,17 +337,13 @@ TEST_SUITE("tcp fence") {
       auto r = co_await initiator.transfer(w);
       CHECK_FALSE(r.ok());
       CHECK(proxy.held >= stale.size());
-      auto receive = [&]() -> ferry::task<> {
-        auto n = co_await owner.engine.next_notification();
-        REQUIRE(n);
-        seen.assign(owner.region.begin(), owner.region.begin() + static_cast<std::ptrdiff_t>(stale.size()));
-      };
-      auto received = receive(); // why: named, so that the lambda outlives the task it made
       auto sent = co_await initiator.notify(*seg, "kv ready");
       REQUIRE_MESSAGE(sent, sent.error().message());
-      co_await received;
-      proxy.released = true;
-      co_await ctx.sleep_for(200ms);
+      auto n = co_await owner.engine.next_notification();
+      REQUIRE(n);
+      seen.assign(owner.region.begin(), owner.region.begin() + static_cast<std::ptrdiff_t>(stale.size()));
+      // the stalled path lets go: the write it held must not land after the notification
+      co_await proxy.release();
     }());
     REQUIRE(seen.size() == stale.size());
     CHECK(std::equal(seen.begin(), seen.end(), owner.region.begin()));

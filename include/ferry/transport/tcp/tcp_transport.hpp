@@ -8,10 +8,11 @@
 /// of their own (engine_options::tcp::io_threads), the connections are spread over them: each connection's
 /// sends, receives and bookkeeping run on its loop, and slices travel there and back to the engine's loop in
 /// bunches (one wake-up for all the slices waiting).
-/// A connection given up while writes were in flight on it is fenced before any later write to that peer:
-/// every connection's next requests follow a fence naming it (tcp::frame_type::fence), which the owner
-/// answers only once that connection has ended there. An abandoned copy of a write, held up in the owner or
-/// on its path, can then never land after the retry, or after a write made later to the same bytes.
+/// A connection given up while writes were in flight on it is fenced before any later request to that peer:
+/// every connection's next requests, and the next notification, follow a fence naming it
+/// (tcp::frame_type::fence), which the owner answers only once that connection has ended there. An abandoned
+/// copy of a write, held up in the owner or on its path, can then never land after the retry, after a write
+/// made later to the same bytes, or after a notification that announces them.
 ///
 ///   ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport> engine(ctx, options);
 
@@ -159,8 +160,8 @@ public:
     std::string payload;
   };
 
-  /// Sends one request on `sock` and reads its reply (hello, notify, ping: the control requests); `offset`
-  /// goes in the header's offset field (a hello's tag).
+  /// Sends one request on `sock` and reads its reply (hello, notify, ping, fence: the control requests);
+  /// `offset` goes in the header's offset field (a hello's or a fence's tag).
   static task<result<control_reply>> exchange_on(io::tcp_socket& sock, tcp::frame_type type,
                                                  std::string payload, std::stop_token stop,
                                                  std::uint64_t offset = 0) {
@@ -213,12 +214,18 @@ public:
     auto address = ep ? io::endpoint::parse(ep->address) : result<io::endpoint>(fail(errc::invalid_argument));
     if (!address)
       co_return fail(errc::peer_unreachable, "tcp: the peer has no TCP endpoint");
-    auto& slot = controls_[p.id];
+    const segment_id id = p.id; // why: `p` may move while this waits (the engine's peers are a vector)
+    auto& slot = controls_[id];
     if (!slot)
       slot = std::make_unique<control_channel>();
     control_channel& ch = *slot;
     auto guard = co_await ch.mutex.lock();
-    io::deadline within(tc_.io, tc_.options.tcp.reply_timeout, stop);
+    // why: as on the data connections, a fence gets twice the reply timeout (the owner may wait its stall
+    // timeout for the connection it names)
+    auto fences = fence_books_.find(id);
+    bool fencing =
+        type == tcp::frame_type::notify && fences != fence_books_.end() && fences->second->count > 0;
+    io::deadline within(tc_.io, (fencing ? 2 : 1) * tc_.options.tcp.reply_timeout, stop);
     for (int attempt = 0;; ++attempt) {
       if (!ch.sock.is_open() || ch.address != *address) {
         auto sock = co_await io::tcp_socket::connect(tc_.io, *address, within.token());
@@ -227,7 +234,7 @@ public:
         ch.sock = std::move(*sock);
         ch.address = *address;
       }
-      auto reply = co_await exchange_after_fences(ch.sock, p.id, type, payload, within.token());
+      auto reply = co_await exchange_after_fences(ch.sock, id, type, payload, within.token());
       if (reply)
         co_return reply;
       ch.sock.close();
