@@ -11,6 +11,8 @@
 #include "ferry/io/tcp_socket.hpp"
 #include "ferry/transfer.hpp"
 
+#include "../../support/raw_frames.hpp"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -25,21 +27,10 @@ using namespace std::chrono_literals;
 using ferry::access;
 using ferry::errc;
 using ferry::tcp::frame_type;
+using ferry_test::header;
+using ferry_test::raw_header;
 
 namespace {
-
-using raw_header = std::array<std::byte, ferry::tcp::frame_header::size>;
-
-raw_header header(frame_type type, std::uint64_t id, std::uint64_t offset, std::uint64_t length) {
-  ferry::tcp::frame_header h;
-  h.type = type;
-  h.request_id = id;
-  h.offset = offset;
-  h.length = length;
-  raw_header raw;
-  ferry::tcp::encode(h, raw);
-  return raw;
-}
 
 /// Connects to `at` and says hello with `tag`; yields the socket once the descriptor came back.
 ferry::task<ferry::result<ferry::io::tcp_socket>> hello(ferry::io::io_context& ctx, ferry::io::endpoint at,
@@ -160,6 +151,29 @@ struct served_region {
   }
 };
 
+/// An owner that an initiator reaches only through a stalling proxy: the descriptor it finds in `meta` names
+/// the proxy's address.
+struct proxied_owner {
+  served_region owner;
+  stalling_proxy proxy;
+  ferry::memory_metadata_store meta;
+
+  proxied_owner(ferry::io::io_context& ctx, unsigned io_threads)
+      : owner(ctx, io_threads), proxy(ctx, *owner.engine.endpoint()) {}
+
+  /// Publishes the owner's descriptor and opens the owner's segment from `initiator`.
+  ferry::task<ferry::result<ferry::segment_id>>
+  open_from(ferry::transfer_engine<ferry::tcp_transport>& initiator) {
+    auto d = owner.engine.descriptor();
+    d.endpoints = {{"tcp", proxy.address}};
+    auto put = co_await meta.put("ferry/segments/owner", d.to_json());
+    if (!put)
+      co_return ferry::fail(put.error());
+    initiator.use_metadata(meta);
+    co_return co_await initiator.open_segment("owner");
+  }
+};
+
 bool all_equal(std::span<const std::byte> s, std::byte v) {
   return std::all_of(s.begin(), s.end(), [v](std::byte b) { return b == v; });
 }
@@ -253,21 +267,17 @@ TEST_SUITE("tcp fence") {
     for (unsigned io_threads : {0u, 2u}) {
       CAPTURE(io_threads);
       ferry::io::io_context ctx;
-      served_region owner(ctx, io_threads);
-      stalling_proxy proxy(ctx, *owner.engine.endpoint());
-      ferry::memory_metadata_store meta;
-      auto d = owner.engine.descriptor();
-      d.endpoints = {{"tcp", proxy.address}}; // the initiator reaches the owner through the proxy
+      proxied_owner at(ctx, io_threads);
+      auto& owner = at.owner;
+      auto& proxy = at.proxy;
       ferry::transfer_engine<ferry::tcp_transport> initiator(
           ctx, {.name = "initiator",
                 .tcp = {.connections_per_peer = 2, .io_threads = io_threads, .reply_timeout = 200ms}});
-      initiator.use_metadata(meta);
       std::vector<std::byte> first(64 << 10, std::byte{0x11}), second(64 << 10, std::byte{0x22});
       REQUIRE(initiator.registry().add(first.data(), first.size(), access::none));
       REQUIRE(initiator.registry().add(second.data(), second.size(), access::none));
       ctx.run_until([&]() -> ferry::task<> {
-        REQUIRE(co_await meta.put("ferry/segments/owner", d.to_json()));
-        auto seg = co_await initiator.open_segment("owner");
+        auto seg = co_await at.open_from(initiator);
         REQUIRE(seg);
         // the first connection's path stalls with the write on it; the write is retried on the second
         ferry::transfer_batch one;
@@ -316,21 +326,17 @@ TEST_SUITE("tcp fence") {
 
   TEST_CASE("a notification after a write whose connection stalled is not overtaken by that write") {
     ferry::io::io_context ctx;
-    served_region owner(ctx, 0);
-    stalling_proxy proxy(ctx, *owner.engine.endpoint());
-    ferry::memory_metadata_store meta;
-    auto d = owner.engine.descriptor();
-    d.endpoints = {{"tcp", proxy.address}};
+    proxied_owner at(ctx, 0);
+    auto& owner = at.owner;
+    auto& proxy = at.proxy;
     // no retries: the write fails once its connection is given up, and only the notification follows it
     ferry::transfer_engine<ferry::tcp_transport> initiator(
         ctx, {.name = "initiator", .retry_budget = 0, .tcp = {.reply_timeout = 1s}});
-    initiator.use_metadata(meta);
     std::vector<std::byte> stale(64 << 10, std::byte{0x11});
     REQUIRE(initiator.registry().add(stale.data(), stale.size(), access::none));
     std::vector<std::byte> seen; // the owner's region once the notification was taken
     ctx.run_until([&]() -> ferry::task<> {
-      REQUIRE(co_await meta.put("ferry/segments/owner", d.to_json()));
-      auto seg = co_await initiator.open_segment("owner");
+      auto seg = co_await at.open_from(initiator);
       REQUIRE(seg);
       ferry::transfer_batch w;
       w.write(stale.data(), *seg, 0, stale.size());

@@ -7,6 +7,8 @@
 #include "ferry/io/tcp_socket.hpp"
 #include "ferry/transfer.hpp"
 
+#include "../../support/raw_frames.hpp"
+
 #include <doctest/doctest.h>
 
 #include <array>
@@ -16,20 +18,9 @@
 using namespace std::chrono_literals;
 using ferry::access;
 using ferry::errc;
+using ferry_test::header;
 
 namespace {
-
-std::array<std::byte, ferry::tcp::frame_header::size> header(ferry::tcp::frame_type type, std::uint64_t id,
-                                                             std::uint64_t offset, std::uint64_t length) {
-  ferry::tcp::frame_header h;
-  h.type = type;
-  h.request_id = id;
-  h.offset = offset;
-  h.length = length;
-  std::array<std::byte, ferry::tcp::frame_header::size> raw;
-  ferry::tcp::encode(h, raw);
-  return raw;
-}
 
 /// A served engine whose peers may stall 300 ms, with `io_threads` threads for its connections.
 struct stalled_target {

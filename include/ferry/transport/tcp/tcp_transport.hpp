@@ -220,11 +220,13 @@ public:
       slot = std::make_unique<control_channel>();
     control_channel& ch = *slot;
     auto guard = co_await ch.mutex.lock();
+    // the fences a notification follows (see exchange_after_fences)
+    std::shared_ptr<fence_book> book;
+    if (auto it = fence_books_.find(id); type == tcp::frame_type::notify && it != fence_books_.end())
+      book = it->second;
     // why: as on the data connections, a fence gets twice the reply timeout (the owner may wait its stall
     // timeout for the connection it names)
-    auto fences = fence_books_.find(id);
-    bool fencing =
-        type == tcp::frame_type::notify && fences != fence_books_.end() && fences->second->count > 0;
+    bool fencing = book && book->count.load(std::memory_order_acquire) > 0;
     io::deadline within(tc_.io, (fencing ? 2 : 1) * tc_.options.tcp.reply_timeout, stop);
     for (int attempt = 0;; ++attempt) {
       if (!ch.sock.is_open() || ch.address != *address) {
@@ -234,7 +236,7 @@ public:
         ch.sock = std::move(*sock);
         ch.address = *address;
       }
-      auto reply = co_await exchange_after_fences(ch.sock, id, type, payload, within.token());
+      auto reply = co_await exchange_after_fences(ch.sock, book.get(), type, payload, within.token());
       if (reply)
         co_return reply;
       ch.sock.close();
@@ -315,12 +317,10 @@ public:
 private:
   // ---- the engine's loop ----
 
-  /// exchange_on, after the fences a notification to `id` needs (see control()).
-  task<result<control_reply>> exchange_after_fences(io::tcp_socket& sock, segment_id id, tcp::frame_type type,
-                                                    std::string payload, std::stop_token stop) {
-    std::shared_ptr<fence_book> book;
-    if (auto it = fence_books_.find(id); type == tcp::frame_type::notify && it != fence_books_.end())
-      book = it->second;
+  /// exchange_on, after a fence of each connection `book` (if any) holds (see control()).
+  task<result<control_reply>> exchange_after_fences(io::tcp_socket& sock, fence_book* book,
+                                                    tcp::frame_type type, std::string payload,
+                                                    std::stop_token stop) {
     std::vector<std::uint64_t> tags = book ? book->pending() : std::vector<std::uint64_t>();
     for (std::uint64_t tag : tags) {
       auto fenced = co_await exchange_on(sock, tcp::frame_type::fence, std::string(), stop, tag);
