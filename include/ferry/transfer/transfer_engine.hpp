@@ -306,7 +306,9 @@ public:
   /// Runs a batch; completes when every request has completed or failed, on the engine's loop thread.
   /// Requests that failed because their target restarted or moved (it cannot be reached, or a new process
   /// answers at its address) or lay outside the regions the engine knew of get the target's descriptor again
-  /// (by address, or from the metadata store) and, if it changed, run once more against it.
+  /// (by address, or from the metadata store) and, if it changed, run once more against it. If a new process
+  /// now serves the target, every request of the batch to that target runs again, those that had completed
+  /// too: their bytes went to (or came from) the process that is gone.
   task<batch_result> transfer(transfer_batch batch, transfer_options opts = {}) {
     co_await enter();
     auto started = std::chrono::steady_clock::now();
@@ -359,7 +361,7 @@ private:
 
   task<> retry_stale(const transfer_batch& batch, const transfer_options& opts,
                      std::chrono::steady_clock::time_point started, batch_result& out) {
-    std::vector<segment_id> tried, changed;
+    std::vector<segment_id> tried, changed, restarted;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       segment_id t = batch.requests()[i].target;
       if (out.requests[i] || !stale_descriptor_error(out.requests[i].error()) || t == self ||
@@ -376,6 +378,8 @@ private:
       auto r = co_await refresh(t, token);
       if (r && (peers_[t].descriptor.incarnation != before || peers_[t].version != version))
         changed.push_back(t);
+      if (r && peers_[t].descriptor.incarnation != before)
+        restarted.push_back(t);
     }
     if (changed.empty())
       co_return;
@@ -383,7 +387,11 @@ private:
     std::vector<std::size_t> which;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       auto& r = batch.requests()[i];
-      if (!out.requests[i] && std::find(changed.begin(), changed.end(), r.target) != changed.end()) {
+      bool again_here = std::find(changed.begin(), changed.end(), r.target) != changed.end();
+      // why: a request that completed against the process that is gone wrote into (or read from) memory the
+      // new process does not have; reporting the batch done with only the failed ones redone would be false
+      bool landed_in_the_old = std::find(restarted.begin(), restarted.end(), r.target) != restarted.end();
+      if (again_here && (!out.requests[i] || landed_in_the_old)) {
         again.add(r);
         which.push_back(i);
       }
