@@ -1,8 +1,10 @@
 // Deadlines, cancellation and bounds at the edges: a batch stopped before it starts, copies that waited for a
-// copy thread past their deadline, a notification that would outlive the batch's deadline, requests to the
-// own segment that do not fit one region, a retry budget larger than a slice can count, and a handle waited
-// on after its engine moved to a background thread.
+// copy thread past their deadline, a deadline kept while another batch fills the copy queue, a loop that
+// must not run dry while copy threads work, a notification that would outlive the batch's deadline, requests
+// to the own segment that do not fit one region, a retry budget larger than a slice can count, and a handle
+// waited on after its engine moved to a background thread.
 
+#include "ferry/core/async_scope.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/transfer.hpp"
 #include "ferry/transfer/detail/batch_state.hpp"
@@ -79,6 +81,68 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
     CHECK(r.requests[0].error() == errc::timed_out);
     // the copies queued after the deadline did not run: the end of the region was never written
     CHECK(all_zero(std::span(exposed).last(64 << 20)));
+  }
+
+  TEST_CASE("a batch's deadline holds while another batch's copies fill the copy queue") {
+    ferry::io::io_context ctx;
+    // why: one copy thread and 1 MiB slices: the large batch queues 2048 copies (2 GiB), far more than the
+    // small batch's deadline
+    ferry::default_engine engine(ctx, {.name = "self", .shm = {.copy_threads = 1}});
+    std::vector<std::byte> exposed(256 << 20), local(256 << 20, std::byte{0x44});
+    REQUIRE(engine.registry().add(exposed.data(), exposed.size(), access::read_write));
+    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+    transfer_batch large, small;
+    for (int round = 0; round < 8; ++round)
+      large.write(local.data(), engine.self, 0, local.size());
+    small.write(local.data(), engine.self, 0, 4096);
+    ferry::batch_result large_result, small_result;
+    bool large_done = false, large_done_first = false;
+    clock_type::duration small_took{};
+    ctx.run_until([&]() -> ferry::task<> {
+      ferry::async_scope both;
+      auto run_large = [&]() -> ferry::task<> {
+        large_result = co_await engine.transfer(large);
+        large_done = true;
+      };
+      auto run_small = [&]() -> ferry::task<> {
+        auto t0 = clock_type::now();
+        small_result = co_await engine.transfer(small, ferry::transfer_options().with_timeout(5ms));
+        small_took = clock_type::now() - t0;
+        large_done_first = large_done;
+      };
+      both.spawn(run_large());
+      both.spawn(run_small());
+      co_await both.join();
+    }());
+    REQUIRE_FALSE(small_result.ok());
+    CHECK(small_result.requests[0].error() == errc::timed_out);
+    CHECK_FALSE(large_done_first); // it ended at its deadline, not behind the other batch's copies
+    MESSAGE("the small batch ended after ", std::chrono::duration<double, std::milli>(small_took).count(),
+            " ms");
+    CHECK_MESSAGE(large_result.ok(), large_result.first_error().message());
+  }
+
+  TEST_CASE("a loop run until nothing is left waits for the copies a batch has on a copy thread") {
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "self", .shm = {.copy_threads = 1}});
+    std::vector<std::byte> exposed(64 << 20), local(64 << 20, std::byte{0x55});
+    REQUIRE(engine.registry().add(exposed.data(), exposed.size(), access::read_write));
+    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+    transfer_batch b;
+    b.write(local.data(), engine.self, 0, local.size());
+    ferry::batch_result r;
+    bool done = false;
+    ferry::async_scope scope;
+    auto run = [&]() -> ferry::task<> {
+      r = co_await engine.transfer(b);
+      done = true;
+    };
+    scope.spawn(run());
+    ctx.run(); // returns once nothing is outstanding: the batch must count as outstanding until it ends
+    CHECK(done);
+    CHECK_MESSAGE(r.ok(), r.first_error().message());
+    CHECK(exposed == local);
+    ctx.run_until(scope.join());
   }
 
   TEST_CASE("a notification to a peer that does not answer ends with the batch's deadline") {

@@ -195,7 +195,9 @@ public:
     void reset() noexcept {
       if (auto* c = std::exchange(ctx_, nullptr)) {
         c->outstanding_.fetch_sub(1);
-        c->wake();
+        // why: the loop's own thread looks at the count before it blocks again; another thread must wake it
+        if (!c->running_in_this_thread())
+          c->wake();
       }
     }
 

@@ -23,9 +23,12 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <deque>
 #include <fcntl.h>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <poll.h>
 #include <string>
 #include <string_view>
@@ -35,6 +38,7 @@
 #include <unistd.h>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace ferry {
 
@@ -104,13 +108,19 @@ public:
     tc_.scope.spawn(copy(s, std::move(*target)));
   }
 
-  /// Copies already running finish (a memcpy cannot be interrupted); queued ones see the batch aborted when a
-  /// copy thread takes them and are settled without copying.
-  void abort(detail::batch_state*) noexcept {}
+  /// Copies already running finish (a memcpy cannot be interrupted); the batch's copies still waiting for a
+  /// copy thread are settled at once without copying, wherever they are in the queue.
+  void abort(detail::batch_state* b) noexcept {
+    drop_queued([b](const queued_copy& q) { return q.s->batch == b; });
+  }
 
   void forget(const peer& p) { maps_.erase(p.id); }
 
-  void shutdown() noexcept { stopping_ = true; }
+  /// Copies waiting for a copy thread are settled as cancelled; running ones finish.
+  void shutdown() noexcept {
+    stopping_ = true;
+    drop_queued([](const queued_copy&) { return true; });
+  }
 
 private:
   struct target_ref {
@@ -213,6 +223,52 @@ private:
     return m;
   }
 
+  /// A copy waiting for a copy thread.
+  struct queued_copy {
+    slice* s = nullptr;
+    target_ref target;
+  };
+
+  /// Copies one slice now, on the calling thread; the error is what the slice settles with.
+  static error copy_now(slice* s, target_ref& target) {
+    // A peer's memory: only while holding a pass through the region's gate, which its owner does not close
+    // while a copy holds one (and then this copy would not get one).
+    shm_gates::pass through;
+    if (target.gates) {
+      auto entered = target.gates->enter(target.gate, target.epoch);
+      if (!entered)
+        return entered.error() == errc::busy
+                   ? error(errc::peer_unreachable, "shm: every ticket of the owner's gates is taken")
+                   : entered.error();
+      through = std::move(*entered);
+    }
+    if (s->op == transfer_op::write)
+      detail::stream_copy(target.remote, s->local, s->length);
+    else
+      detail::stream_copy(s->local, target.remote, s->length);
+    return {};
+  }
+
+  /// On the loop's thread: settles, as cancelled and without copying, the queued copies `which` picks.
+  template<class Pick>
+  void drop_queued(Pick which) noexcept {
+    std::vector<queued_copy> dropped;
+    {
+      std::lock_guard lock(queue_mutex_);
+      for (auto it = queue_.begin(); it != queue_.end();)
+        if (which(*it)) {
+          dropped.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+    }
+    for (auto& d : dropped) {
+      d.target = {};
+      d.s->settle(error(errc::cancelled, "shm"));
+    }
+  }
+
   task<> copy(slice* s, target_ref target) {
     // why: decided here, on the loop's thread, which owns the batch and the transport's state; a copy that
     // has started cannot be interrupted and is reported as done
@@ -220,42 +276,49 @@ private:
       s->settle(error(errc::cancelled, "shm"));
       co_return;
     }
+    if (!pool_) {
+      error outcome = copy_now(s, target);
+      target = {};
+      s->settle(outcome);
+      co_return;
+    }
+    // why: the copies wait in a queue of the transport's rather than in the pool's, so that a batch that is
+    // aborted takes its copies out of it at once instead of waiting behind other batches' copies; each
+    // copy() hands the pool one turn, which copies whatever is oldest in the queue then (nothing, if aborts
+    // emptied it)
+    {
+      std::lock_guard lock(queue_mutex_);
+      queue_.push_back({s, std::move(target)});
+    }
+    // why: nothing else is outstanding on the loop while the copy runs elsewhere; without this, run() would
+    // return with the batch unfinished
+    io::io_context::work_guard copying(tc_.io);
+    co_await pool_->schedule();
+    std::optional<queued_copy> next;
+    {
+      std::lock_guard lock(queue_mutex_);
+      if (!queue_.empty()) {
+        next.emplace(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+    }
     error outcome;
-    if (pool_) {
-      co_await pool_->schedule();
-      // why: a copy that waited for a pool thread while its batch passed its deadline or was cancelled must
-      // not run late (aborted() is atomic; the reason is the batch's, recorded when it settles)
-      if (s->batch->aborted())
-        outcome = error(errc::cancelled, "shm");
+    if (next) {
+      // why: its batch may have been aborted just before abort() could take it out of the queue (aborted() is
+      // atomic; the reason is the batch's, recorded when it settles)
+      outcome = next->s->batch->aborted() ? error(errc::cancelled, "shm") : copy_now(next->s, next->target);
     }
-    if (!outcome) {
-      // A peer's memory: only while holding a pass through the region's gate, which its owner does not close
-      // while a copy holds one (and then this copy would not get one).
-      shm_gates::pass through;
-      if (target.gates) {
-        auto entered = target.gates->enter(target.gate, target.epoch);
-        if (entered)
-          through = std::move(*entered);
-        else
-          outcome = entered.error() == errc::busy
-                        ? error(errc::peer_unreachable, "shm: every ticket of the owner's gates is taken")
-                        : entered.error();
-      }
-      if (!outcome) {
-        if (s->op == transfer_op::write)
-          detail::stream_copy(target.remote, s->local, s->length);
-        else
-          detail::stream_copy(s->local, target.remote, s->length);
-      }
+    co_await tc_.io.schedule();
+    if (next) {
+      next->target = {};
+      next->s->settle(outcome);
     }
-    if (pool_)
-      co_await tc_.io.schedule();
-    target = {};
-    s->settle(outcome);
   }
 
   transport_context& tc_;
   std::unique_ptr<thread_pool> pool_;
+  std::mutex queue_mutex_;
+  std::deque<queued_copy> queue_; // copies waiting for a copy thread, oldest first
   std::unordered_map<segment_id, peer_maps> maps_;
   bool stopping_ = false;
 };
