@@ -1,8 +1,8 @@
 // Deadlines, cancellation and bounds at the edges: a batch stopped before it starts, copies that waited for a
 // copy thread past their deadline, a deadline kept while another batch fills the copy queue, a loop that
 // must not run dry while copy threads work, a notification that would outlive the batch's deadline, requests
-// to the own segment that do not fit one region, a retry budget larger than a slice can count, and a handle
-// waited on after its engine moved to a background thread.
+// to the own segment that do not fit one region, a retry budget larger than a slice can count, a handle
+// waited on after its engine moved to a background thread, and calls made after that engine shut down.
 
 #include "ferry/core/async_scope.hpp"
 #include "ferry/core/task.hpp"
@@ -18,8 +18,10 @@
 #include <csignal>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <stop_token>
 #include <string>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -252,5 +254,44 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
     CHECK(r.ok());
     CHECK(exposed == local);
     ferry::sync_wait(engine.shutdown());
+  }
+
+  TEST_CASE("an engine on a background thread that has shut down refuses what comes after at once") {
+    ferry::io::io_context ctx;
+    std::vector<std::byte> exposed(1 << 20), local(1 << 20, std::byte{0x66});
+    std::optional<ferry::transfer_handle> before;
+    {
+      ferry::default_engine engine(ctx, {.name = "self"});
+      REQUIRE(engine.registry().add(exposed.data(), exposed.size(), access::read_write));
+      REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+      engine.run_in_background();
+      transfer_batch b;
+      b.write(local.data(), engine.self, 0, local.size());
+      before = engine.submit(b);
+      while (!before->ready())
+        std::this_thread::sleep_for(1ms);
+      ferry::sync_wait(engine.shutdown());
+      // the engine's loop no longer runs: nothing may wait for it
+      auto t0 = clock_type::now();
+      auto after = engine.submit(b).wait();
+      REQUIRE_FALSE(after.ok());
+      CHECK(after.requests[0].error() == errc::cancelled);
+      CHECK(after.first_error().message().find("shut down") != std::string::npos);
+      auto awaited = ferry::sync_wait(engine.transfer(b, ferry::transfer_options().with_notify("done")));
+      CHECK_FALSE(awaited.ok());
+      CHECK(awaited.notify_error == errc::cancelled);
+      auto note = ferry::sync_wait(engine.next_notification());
+      REQUIRE_FALSE(note);
+      CHECK(note.error() == errc::cancelled);
+      CHECK_FALSE(ferry::sync_wait(engine.open_segment("127.0.0.2:1")));
+      CHECK_FALSE(ferry::sync_wait(engine.probe(engine.self)));
+      CHECK_FALSE(ferry::sync_wait(engine.notify(engine.self, "x")));
+      CHECK(ferry::sync_wait(engine.unpublish())); // nothing left to take back
+      CHECK(clock_type::now() - t0 < 2s);
+    }
+    // the engine is gone; a handle that outlived it still gives its batch's result
+    REQUIRE(before->ready());
+    CHECK(before->wait().ok());
+    CHECK(exposed == local);
   }
 }

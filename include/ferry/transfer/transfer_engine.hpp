@@ -209,6 +209,8 @@ public:
   /// With a leasing store the key lives under a lease that the engine renews in the background; if the
   /// store loses it (it was down longer than the TTL, or restarted empty), the engine registers again.
   task<result<void>> publish() {
+    if (shut_down_.load(std::memory_order_acquire))
+      co_return fail(after_shutdown("publish"));
     co_await enter();
     if (metadata_direct_)
       co_return result<void>{}; // p2p: peers ask this engine itself (the hello handshake)
@@ -226,6 +228,8 @@ public:
 
   /// Removes this segment from the metadata store (shutdown() does it too).
   task<result<void>> unpublish() {
+    if (shut_down_.load(std::memory_order_acquire) && !published_)
+      co_return result<void>{}; // why: shutdown() unpublished; its loop may no longer run
     co_await enter();
     // why: a registration still in flight (a renewal that re-registers) sees the new generation and undoes
     // itself instead of publishing again
@@ -251,6 +255,8 @@ public:
   /// Opens a segment: "host:port" asks the engine serving there for its descriptor (no server needed);
   /// any other text is a segment name looked up in the metadata store. Opening again refreshes it.
   task<result<segment_id>> open_segment(std::string locator, std::stop_token stop = {}) {
+    if (shut_down_.load(std::memory_order_acquire))
+      co_return fail(after_shutdown("open_segment"));
     co_await enter();
     auto d = co_await fetch(locator, stop);
     if (!d)
@@ -272,6 +278,8 @@ public:
 
   /// Fetches the descriptor of an opened segment again (after its owner restarted or changed its regions).
   task<result<void>> refresh(segment_id id, std::stop_token stop = {}) {
+    if (shut_down_.load(std::memory_order_acquire))
+      co_return fail(after_shutdown("refresh"));
     co_await enter();
     if (id >= peers_.size())
       co_return fail(errc::unknown_segment, "refresh");
@@ -310,6 +318,8 @@ public:
   /// now serves the target, every request of the batch to that target runs again, those that had completed
   /// too: their bytes went to (or came from) the process that is gone.
   task<batch_result> transfer(transfer_batch batch, transfer_options opts = {}) {
+    if (shut_down_.load(std::memory_order_acquire))
+      co_return refused_after_shutdown(batch, opts);
     co_await enter();
     auto started = std::chrono::steady_clock::now();
     batch_result out = co_await run_batch(batch, opts);
@@ -491,6 +501,10 @@ public:
     auto state = std::make_shared<transfer_handle::shared_state>();
     state->io = &io_;
     state->background = &in_background_;
+    if (shut_down_.load(std::memory_order_acquire)) {
+      state->set(refused_after_shutdown(batch, opts));
+      return transfer_handle(std::move(state));
+    }
     scope_.spawn([](transfer_engine& e, transfer_batch b, transfer_options o,
                     std::shared_ptr<transfer_handle::shared_state> s) -> task<> {
       s->set(co_await e.transfer(std::move(b), std::move(o)));
@@ -512,6 +526,8 @@ public:
 
   /// Delivers `message` to the segment's owner (it receives it from next_notification()).
   task<result<void>> notify(segment_id target, std::string message, std::stop_token stop = {}) {
+    if (shut_down_.load(std::memory_order_acquire))
+      co_return fail(after_shutdown("notify"));
     co_await enter();
     if (target >= peers_.size())
       co_return fail(errc::unknown_segment, "notify");
@@ -536,8 +552,11 @@ public:
     }
   }
 
-  /// The next notification delivered to this segment (in arrival order), or errc::cancelled.
+  /// The next notification delivered to this segment (in arrival order), or errc::cancelled (also once the
+  /// engine has shut down: notifications not taken by then are dropped with it).
   task<result<notification>> next_notification(std::stop_token stop = {}) {
+    if (shut_down_.load(std::memory_order_acquire))
+      co_return fail(after_shutdown("next_notification"));
     co_await enter();
     if (!inbox_.empty()) {
       auto n = std::move(inbox_.front());
@@ -570,6 +589,8 @@ public:
 
   /// Round trip of a ping to the segment's owner.
   task<result<std::chrono::nanoseconds>> probe(segment_id target, std::stop_token stop = {}) {
+    if (shut_down_.load(std::memory_order_acquire))
+      co_return fail(after_shutdown("probe"));
     co_await enter();
     if (target >= peers_.size())
       co_return fail(errc::unknown_segment, "probe");
@@ -589,11 +610,11 @@ public:
 
   // ---- ending ----
 
-  /// Stops serving, fails what is queued, waits for background work, and stops the background thread.
+  /// Stops serving, fails what is queued, waits for background work, and stops the background thread. Calls
+  /// made afterwards do nothing and say so (errc::cancelled), at once, on the caller's thread.
   task<> shutdown() {
-    if (shut_down_)
+    if (shut_down_.exchange(true, std::memory_order_acq_rel))
       co_return;
-    shut_down_ = true;
     co_await enter();
     renewal_stop_.request_stop();
     if (published_)
@@ -724,6 +745,19 @@ private:
   }
 
   /// Continues on the loop's thread.
+  /// The error of a call made after shutdown(): it does nothing (and does not wait for the engine's loop,
+  /// which may no longer run).
+  static error after_shutdown(const char* what) {
+    return error(errc::cancelled, std::string(what) + ": the engine has shut down");
+  }
+  static batch_result refused_after_shutdown(const transfer_batch& batch, const transfer_options& opts) {
+    batch_result out;
+    out.requests.assign(batch.size(), fail(after_shutdown("transfer")));
+    if (opts.notify)
+      out.notify_error = after_shutdown("notify");
+    return out;
+  }
+
   auto enter() noexcept {
     struct hop {
       io::io_context& io;
@@ -915,7 +949,9 @@ private:
   // run_in_background() must not be driven from the waiting thread as well
   std::atomic<bool> in_background_{false};
   std::optional<io::io_context::work_guard> guard_;
-  bool shut_down_ = false;
+  // why: atomic: calls made after shutdown() look at it on their caller's thread, where they must not hop to
+  // a loop that may no longer run
+  std::atomic<bool> shut_down_{false};
 };
 
 } // namespace ferry

@@ -45,6 +45,9 @@ public:
 
   /// True once the batch is done (runs ready handlers first when this thread drives the loop).
   bool ready() {
+    // why: a handle may outlive its engine (whose destruction ends every batch); then only the result is left
+    if (state_->has_result())
+      return true;
     if (!state_->driven_elsewhere())
       state_->io->poll();
     return state_->has_result();
@@ -52,13 +55,17 @@ public:
 
   /// Blocks until the batch is done and yields its result (once).
   batch_result wait() {
-    if (state_->driven_elsewhere()) {
-      std::unique_lock lock(state_->mutex);
-      state_->cv.wait(lock, [&] { return state_->result.has_value(); });
-    } else {
-      io::io_context::work_guard busy(*state_->io); // why: keeps run_one() waiting while copies run elsewhere
-      while (!state_->has_result())
-        state_->io->run_one();
+    // why: as in ready(): a handle whose batch has ended may have outlived its engine
+    if (!state_->has_result()) {
+      if (state_->driven_elsewhere()) {
+        std::unique_lock lock(state_->mutex);
+        state_->cv.wait(lock, [&] { return state_->result.has_value(); });
+      } else {
+        io::io_context::work_guard busy(
+            *state_->io); // why: keeps run_one() waiting while copies run elsewhere
+        while (!state_->has_result())
+          state_->io->run_one();
+      }
     }
     std::lock_guard lock(state_->mutex);
     return std::move(*state_->result);
