@@ -505,6 +505,37 @@ TEST_SUITE("transfer_engine") {
     }());
   }
 
+  TEST_CASE("a batch under way survives its target's descriptor being fetched again") {
+    // The target registers another region and the initiator opens the segment again (as a refresh after
+    // another batch's failure would): the connections made with the old descriptor are retired, and what was
+    // queued on them moves to the new ones, without using up its retries.
+    constexpr std::size_t bytes = 64 << 20, block = 64 << 10;
+    std::vector<std::byte> later(1 << 16); // outlives the engines
+    served_pair p(bytes, {.name = "initiator", .retry_budget = 3});
+    fill(p.local, 41);
+    ferry::batch_result r;
+    p.ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await p.initiator.open_segment(p.address());
+      REQUIRE(seg);
+      transfer_batch b;
+      for (std::size_t at = 0; at < bytes; at += block) // far more than the connections take in flight
+        b.write(p.local.data() + at, *seg, at, block);
+      ferry::async_scope both;
+      auto run = [&]() -> ferry::task<> { r = co_await p.initiator.transfer(b); };
+      auto reopen = [&]() -> ferry::task<> {
+        REQUIRE(p.target.registry().add(later.data(), later.size(), access::read_write));
+        auto again = co_await p.initiator.open_segment(p.address());
+        REQUIRE(again);
+        CHECK(*again == *seg);
+      };
+      both.spawn(run());
+      both.spawn(reopen());
+      co_await both.join();
+    }());
+    CHECK_MESSAGE(r.ok(), r.first_error().message());
+    CHECK(p.remote == p.local);
+  }
+
   TEST_CASE("a corrupt frame or an absurd length drops only that connection") {
     served_pair p(1 << 20);
     auto& ctx = p.ctx;

@@ -224,18 +224,20 @@ public:
     std::shared_ptr<fence_book> book;
     if (auto it = fence_books_.find(id); type == tcp::frame_type::notify && it != fence_books_.end())
       book = it->second;
-    // why: as on the data connections, a fence gets twice the reply timeout (the owner may wait its stall
-    // timeout for the connection it names)
-    bool fencing = book && book->count.load(std::memory_order_acquire) > 0;
-    io::deadline within(tc_.io, (fencing ? 2 : 1) * tc_.options.tcp.reply_timeout, stop);
     for (int attempt = 0;; ++attempt) {
       if (!ch.sock.is_open() || ch.address != *address) {
-        auto sock = co_await io::tcp_socket::connect(tc_.io, *address, within.token());
+        io::deadline connecting(tc_.io, tc_.options.tcp.reply_timeout, stop);
+        auto sock = co_await io::tcp_socket::connect(tc_.io, *address, connecting.token());
         if (!sock)
-          co_return fail(within.expired() ? error(errc::timed_out, "tcp connect") : sock.error());
+          co_return fail(connecting.expired() ? error(errc::timed_out, "tcp connect") : sock.error());
         ch.sock = std::move(*sock);
         ch.address = *address;
       }
+      // why: as on the data connections, a fence gets twice the reply timeout (the owner may wait its stall
+      // timeout for the connection it names); decided now, after the connect, during which a fence may have
+      // become due
+      bool fencing = book && book->count.load(std::memory_order_acquire) > 0;
+      io::deadline within(tc_.io, (fencing ? 2 : 1) * tc_.options.tcp.reply_timeout, stop);
       auto reply = co_await exchange_after_fences(ch.sock, book.get(), type, payload, within.token());
       if (reply)
         co_return reply;
@@ -291,9 +293,16 @@ public:
     auto it = peers_.find(p.id);
     if (it == peers_.end())
       return;
+    // why: later, also on the engine's loop: the slices retire() fails are retried at once, and must find the
+    // descriptor that replaces this one (the engine takes it after forget() returns) and the new connections,
+    // not the ones being retired, each hop of which would use up a retry
     if (!stopping_) // why: once stopping, the loops of their own may be gone; shutdown() failed everything
       for (auto& c : it->second.connections)
-        on_home(*c->at, [this, c = c.get()] { retire(*c); });
+        c->at->scope->spawn([](tcp_transport& t, connection& of) -> task<> {
+          co_await of.at->loop->schedule();
+          if (!t.stopping_)
+            t.retire(of);
+        }(*this, *c));
     // why: keep the connection objects: reader/writer coroutines may still refer to them; new ones are
     // addressed from the refreshed descriptor.
     retired_.push_back(std::move(it->second));
@@ -541,6 +550,10 @@ private:
   void enqueue(connection& c, slice* s) {
     if (stopping_) {
       finish(c, s, error(errc::cancelled, "tcp: engine shutting down"));
+      return;
+    }
+    if (c.retired) { // why: handed over before it was retired; the retry goes to the peer's new connections
+      finish(c, s, error(errc::closed, "tcp: the peer's descriptor changed"));
       return;
     }
     c.queue.push_back(s);
