@@ -9,6 +9,7 @@
 #include <atomic>
 #include <stdexcept>
 #include <stop_token>
+#include <utility>
 
 TEST_SUITE("async_scope") {
   TEST_CASE("spawned work starts at once and join waits for all of it") {
@@ -36,6 +37,33 @@ TEST_SUITE("async_scope") {
     sched.run_one();
     CHECK(joined);
     CHECK(finished == 3);
+    ferry::sync_wait(outer.join());
+  }
+
+  TEST_CASE("join resumes only once the finished work and what it held are gone") {
+    // why: the joiner may go on to destroy what the work's parameters still refer to (its io_context)
+    struct held {
+      bool* alive;
+      explicit held(bool* a) : alive(a) {}
+      held(held&& o) noexcept : alive(std::exchange(o.alive, nullptr)) {}
+      ~held() {
+        if (alive)
+          *alive = false;
+      }
+    };
+    ferry::manual_scheduler sched;
+    ferry::async_scope scope;
+    bool alive = true, alive_at_join = true;
+    auto work = [](ferry::manual_scheduler& s, held) -> ferry::task<> { co_await s.schedule(); };
+    scope.spawn(work(sched, held(&alive)));
+    auto joiner = [&]() -> ferry::task<> {
+      co_await scope.join();
+      alive_at_join = alive;
+    };
+    ferry::async_scope outer;
+    outer.spawn(joiner());
+    sched.run_one(); // the work ends, and its end resumes the joiner
+    CHECK_FALSE(alive_at_join);
     ferry::sync_wait(outer.join());
   }
 

@@ -97,6 +97,18 @@ TEST_SUITE("io_context") {
     });
   }
 
+  TEST_CASE("run_until returns when the work it drives ends on another thread") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      ferry::thread_pool pool(1);
+      auto elsewhere = [&]() -> ferry::task<int> {
+        co_await pool.schedule(); // the work ends on the pool's thread, not the loop's
+        co_return 7;
+      };
+      for (int i = 0; i < 200; ++i)
+        REQUIRE(ctx.run_until(elsewhere()) == 7);
+    });
+  }
+
   TEST_CASE("stop makes run return from another thread, and restart lets it run again") {
     ferry_test::for_each_backend([](io_context& ctx) {
       io_context::work_guard guard(ctx); // without it run() would return at once

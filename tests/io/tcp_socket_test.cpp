@@ -86,7 +86,11 @@ TEST_SUITE("tcp_socket") {
         auto s = co_await l->accept();
         REQUIRE(s);
         std::vector<std::byte> a(1000), b(99000), c(200000);
-        std::vector<::iovec> iov{{a.data(), a.size()}, {b.data(), b.size()}, {c.data(), c.size()}};
+        // empty buffers ask for nothing: only empty ones complete at once, and mixed in they are skipped
+        std::vector<::iovec> none{{a.data(), 0}, {b.data(), 0}};
+        REQUIRE(co_await s->recv_all(none));
+        std::vector<::iovec> iov{{a.data(), 0},        {a.data(), a.size()}, {b.data(), 0},
+                                 {b.data(), b.size()}, {c.data(), c.size()}, {c.data(), 0}};
         REQUIRE(co_await s->recv_all(iov));
         std::vector<std::byte> all(a);
         all.insert(all.end(), b.begin(), b.end());

@@ -39,7 +39,11 @@ class async_scope {
 
   template<class A>
   static detached run(async_scope&, A a) {
-    co_await std::move(a);
+    // why: the work (and what its frame holds: a socket, say) must be gone before the last finisher resumes
+    // the joiner, who may then destroy what it used (its io_context); a parameter would live until this
+    // frame is freed, after final_suspend() resumed the joiner
+    A work = std::move(a);
+    co_await std::move(work);
   }
 
 public:

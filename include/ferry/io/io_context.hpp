@@ -153,22 +153,29 @@ public:
   template<awaitable A>
   auto run_until(A&& a) -> std::remove_cvref_t<await_result_t<A>> {
     using R = std::remove_cvref_t<await_result_t<A>>;
-    struct state {
-      io_context* ctx_;
+    struct state : detail::op_base {
+      io_context* ctx_ = nullptr;
       std::atomic<bool> done_{false};
-    } st{this};
+    } st;
+    st.ctx_ = this;
+    st.complete_ = [](detail::op_base* o) noexcept {
+      static_cast<state*>(o)->done_.store(true, std::memory_order_release);
+    };
+    // why: the end is posted to the loop, not flagged from wherever `a` finished (another thread, say): a
+    // handler that runs makes step() return, so the loop below looks at done_; a flag and a wake-up alone
+    // would leave it waiting in the backend. `st` lives until that handler ran, since this waits for it.
     auto finished = [](void* p) noexcept {
       auto* s = static_cast<state*>(p);
-      io_context* ctx = s->ctx_; // why: once done_ is set, the driving thread may return and destroy `st`
-      s->done_.store(true, std::memory_order_release);
-      ctx->wake();
+      s->ctx_->post(s);
     };
     return ferry::detail::make_sync_wait_task<R>(std::forward<A>(a))
         .drive(ferry::detail::on_finish{&st, finished}, [&] {
           while (!st.done_.load(std::memory_order_acquire)) {
-            if (stopped())
+            if (stopped()) {
+              withdraw_posted(&st); // why: the work may have ended already; its end must not outlive `st`
               throw std::runtime_error(
                   "io_context::run_until: the context was stopped before the work finished");
+            }
             step(true, true);
           }
         });
@@ -296,6 +303,17 @@ public:
   void finish_inline(detail::op_base* op) noexcept {
     disarm_cancel(op);
     outstanding_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  /// Takes back a completion post()ed and not yet run (call it on the thread that drives the loop).
+  void withdraw_posted(detail::op_base* op) noexcept {
+    bool removed = ready_.remove(op);
+    if (!removed) {
+      std::lock_guard lock(remote_mutex_);
+      removed = remote_ready_.remove(op);
+    }
+    if (removed)
+      outstanding_.fetch_sub(1, std::memory_order_relaxed);
   }
 
   /// Adds a timer (on the loop's thread, or queued for it).
@@ -441,7 +459,7 @@ private:
       // keep queueing more handlers, so that a busy loop cannot starve them.
       if (ready_.empty() || ++handlers_since_gather_ >= 64) {
         handlers_since_gather_ = 0;
-        gather(false);
+        gather(false, ignore_outstanding);
       }
       if (auto* op = ready_.pop()) {
         outstanding_.fetch_sub(1, std::memory_order_relaxed);
@@ -458,12 +476,12 @@ private:
         return 0;
       if (!ignore_outstanding && outstanding_.load(std::memory_order_acquire) == 0)
         return 0;
-      gather(true);
+      gather(true, ignore_outstanding);
     }
   }
 
   /// Moves work handed over by other threads, due timers and backend completions into ready_.
-  void gather(bool block) {
+  void gather(bool block, bool ignore_outstanding) {
     op_queue_and_starts incoming;
     std::vector<std::uint64_t> cancels;
     {
@@ -521,6 +539,11 @@ private:
       }
       std::lock_guard lock(remote_mutex_);
       if (!remote_ready_.empty() || !remote_starts_.empty() || !remote_timers_.empty())
+        timeout = &zero;
+      // why: a work_guard let go on another thread after this gather cleared wake_pending_ wakes the loop,
+      // but one let go just before may have found the flag still set from a wake-up whose eventfd write an
+      // earlier wait already consumed, and written nothing: the count is looked at again here
+      if (!ignore_outstanding && outstanding_.load(std::memory_order_acquire) == 0)
         timeout = &zero;
     }
 #if FERRY_WITH_URING

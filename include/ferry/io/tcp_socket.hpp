@@ -255,7 +255,12 @@ private:
     std::size_t first = 0;
     // why: sendmsg/recvmsg take at most IOV_MAX buffers per call.
     constexpr std::size_t max_iov = 1024;
-    while (first < rest.size()) {
+    for (;;) {
+      // why: empty buffers ask for nothing; a receive of only empty ones would read 0 and look like a close
+      while (first < rest.size() && rest[first].iov_len == 0)
+        ++first;
+      if (first == rest.size())
+        break;
       std::span<const ::iovec> window(rest.data() + first, std::min(rest.size() - first, max_iov));
       // why: one co_await outside the conditional; g++ 12 miscompiles co_await inside conditions
       auto op =
@@ -275,8 +280,6 @@ private:
         if (v.iov_len == 0)
           ++first;
       }
-      while (first < rest.size() && rest[first].iov_len == 0)
-        ++first;
     }
     co_return result<void>{};
   }
