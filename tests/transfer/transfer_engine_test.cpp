@@ -536,6 +536,31 @@ TEST_SUITE("transfer_engine") {
     CHECK(p.remote == p.local);
   }
 
+  TEST_CASE("a segment of twenty thousand regions is opened and reached to its last region") {
+    // Its descriptor (about 1.2 MB) is larger than a notification may be; a hello's reply carries it.
+    constexpr std::size_t regions = 20000, each = 64;
+    std::vector<std::byte> many(regions * each), local(each); // outlive the engines
+    served_pair p(1 << 16);
+    std::uint64_t last = 0;
+    for (std::size_t i = 0; i < regions; ++i) {
+      auto at = p.target.registry().add(many.data() + i * each, each, access::read_write);
+      REQUIRE(at);
+      last = *at;
+    }
+    fill(local, 53);
+    REQUIRE(p.initiator.registry().add(local.data(), local.size(), access::none));
+    auto seg = p.ctx.run_until(p.initiator.open_segment(p.address()));
+    REQUIRE_MESSAGE(seg, seg.error().message());
+    CHECK(p.initiator.find(*seg)->descriptor.regions.size() == regions + 1);
+    CHECK(p.initiator.find(*seg)->descriptor.to_json().size() >
+          ferry::tcp::frame_header::max_message_payload);
+    transfer_batch b;
+    b.write(local.data(), *seg, last, each);
+    auto r = p.ctx.run_until(p.initiator.transfer(b));
+    REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+    CHECK(std::equal(local.begin(), local.end(), many.end() - each));
+  }
+
   TEST_CASE("a corrupt frame or an absurd length drops only that connection") {
     served_pair p(1 << 20);
     auto& ctx = p.ctx;

@@ -95,5 +95,16 @@ TEST_SUITE("tcp frame") {
     bad_status.type = frame_type::write_reply;
     bad_status.status = 9999;
     CHECK(ferry::tcp::decode_header(wire(bad_status)).error() == ferry::errc::malformed_frame);
+    // a descriptor may be larger than a notification (a segment of many regions), up to its own bound
+    frame_header descriptor;
+    descriptor.type = frame_type::hello_reply;
+    descriptor.length = frame_header::max_message_payload + 1;
+    CHECK(ferry::tcp::decode_header(wire(descriptor)));
+    descriptor.length = frame_header::max_descriptor_payload + 1;
+    CHECK(ferry::tcp::decode_header(wire(descriptor)).error() == ferry::errc::malformed_frame);
+    frame_header long_note;
+    long_note.type = frame_type::notify;
+    long_note.length = frame_header::max_message_payload + 1;
+    CHECK(ferry::tcp::decode_header(wire(long_note)).error() == ferry::errc::malformed_frame);
   }
 }

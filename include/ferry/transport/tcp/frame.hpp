@@ -55,8 +55,10 @@ struct frame_header {
   static constexpr std::uint8_t version = 2;
   /// The largest payload of a read or write (one slice).
   static constexpr std::uint64_t max_data_payload = 64ull << 20;
-  /// The largest descriptor or notification.
+  /// The largest notification.
   static constexpr std::uint64_t max_message_payload = 1ull << 20;
+  /// The largest segment descriptor (a hello's reply): some 300,000 regions.
+  static constexpr std::uint64_t max_descriptor_payload = 16ull << 20;
 
   frame_type type = frame_type::ping;
   std::int32_t status = 0;
@@ -145,6 +147,9 @@ inline result<frame_header> decode_header(std::span<const std::byte, frame_heade
       return fail(errc::malformed_frame, "frame: empty transfer");
     break;
   case frame_type::hello_reply:
+    if (h.length > frame_header::max_descriptor_payload)
+      return fail(errc::malformed_frame, "frame: descriptor too large");
+    break;
   case frame_type::notify:
     if (h.length > frame_header::max_message_payload)
       return fail(errc::malformed_frame, "frame: message too large");

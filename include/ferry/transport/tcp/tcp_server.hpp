@@ -116,13 +116,27 @@ private:
     std::atomic<bool> fenced = false; // a fence named it: it serves nothing more
   };
 
+  static constexpr auto accept_backoff = std::chrono::milliseconds(50);
+
+  static bool out_of_resources(const error& e) noexcept {
+    auto c = e.code();
+    return c == std::errc::too_many_files_open || c == std::errc::too_many_files_open_in_system ||
+           c == std::errc::no_buffer_space || c == std::errc::not_enough_memory;
+  }
+
   task<> accept_loop() {
     while (!stop_.stop_requested()) {
       auto s = co_await listener_.accept(stop_.get_token());
       if (!s) {
         if (stop_.stop_requested() || !listener_.is_open())
           co_return;
-        continue; // e.g. EMFILE or a connection reset before accept: keep serving
+        // why: out of descriptors or memory, the connection stays queued and the listener stays readable:
+        // accepting again at once would spin on the loop; the process gets a moment to close some first
+        if (out_of_resources(s.error())) {
+          if (auto slept = co_await io_.sleep_for(accept_backoff, stop_.get_token()); !slept)
+            co_return;
+        }
+        continue; // a connection reset before accept, say: keep serving
       }
       tcp::detail::keep_alive(*s, keepalive_idle_);
       scope_.spawn(serve(std::move(*s)));
@@ -304,6 +318,10 @@ private:
         co_await to_own_loop(home);
         std::string d = hooks_.descriptor();
         co_await back_to(home);
+        if (d.size() > tcp::frame_header::max_descriptor_payload) { // why: no peer would take it; say why
+          reply.status = static_cast<std::int32_t>(errc::out_of_space);
+          d.clear();
+        }
         reply.length = d.size();
         if (auto ok = co_await send(sock, reply, out, d.data(), d.size(), step); !ok)
           co_return;

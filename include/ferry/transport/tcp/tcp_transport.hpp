@@ -202,7 +202,14 @@ public:
     auto reply = co_await exchange_on(*sock, tcp::frame_type::hello, std::string(), within.token());
     if (!reply)
       co_return fail(within.expired() ? error(errc::timed_out, "handshake") : reply.error());
-    co_return segment_descriptor::parse(reply->payload);
+    co_return descriptor_in(*reply);
+  }
+
+  /// The descriptor a hello's reply carries, or why it carries none.
+  static result<segment_descriptor> descriptor_in(const control_reply& reply) {
+    if (reply.header.status != 0)
+      return fail(error(reply.header.error(), "handshake: the peer's descriptor is too large to send"));
+    return segment_descriptor::parse(reply.payload);
   }
 
   /// Sends a control request to `p` on its control connection (opened on first use, reopened once if it
@@ -577,8 +584,7 @@ private:
       // why: the address may now be served by a restarted process whose regions differ; bytes must never
       // land by a stale descriptor. One hello per connection confirms who answers.
       auto hello = co_await exchange_on(*sock, tcp::frame_type::hello, std::string(), within.token(), tag);
-      auto d =
-          hello ? segment_descriptor::parse(hello->payload) : result<segment_descriptor>(fail(hello.error()));
+      auto d = hello ? descriptor_in(*hello) : result<segment_descriptor>(fail(hello.error()));
       if (!d)
         sock = fail(within.expired() ? error(errc::timed_out, "tcp connect: hello") : d.error());
       else if (d->incarnation != c.incarnation)
