@@ -1,6 +1,7 @@
 // The serving side of the tcp transport against peers that stop halfway: one that sends a write's header and
 // part of its payload and then nothing, one that asks for reads and never takes the replies. Each is dropped
-// after the stall timeout, and the memory its requests held in use can be unregistered again.
+// after the stall timeout, and the memory its requests held in use can be unregistered again. Notifications
+// still arriving hold at most a bounded share of memory, all connections together.
 
 #include "ferry/core/task.hpp"
 #include "ferry/io/deadline.hpp"
@@ -65,6 +66,45 @@ TEST_SUITE("tcp_server") {
         CHECK(t.engine.registry().remove(t.region.data()).has_value());
       }());
     }
+  }
+
+  TEST_CASE("notifications still arriving hold a bounded share of memory; beyond it one is refused") {
+    stalled_target t(0);
+    t.ctx.run_until([&]() -> ferry::task<> {
+      // sixteen peers each announce a 1 MiB notification and stop after its first bytes: the bound is held
+      std::vector<ferry::io::tcp_socket> stalled;
+      for (std::uint64_t i = 0; i < 16; ++i) {
+        auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
+        REQUIRE(raw);
+        REQUIRE(co_await raw->send_all(header(ferry::tcp::frame_type::notify, i + 1, 0, 1 << 20)));
+        std::vector<std::byte> part(100, std::byte{'x'});
+        REQUIRE(co_await raw->send_all(part));
+        stalled.push_back(std::move(*raw));
+      }
+      co_await t.ctx.sleep_for(50ms);
+      auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
+      REQUIRE(raw);
+      auto notify = [&](std::uint64_t id, std::string text) -> ferry::task<ferry::tcp::frame_header> {
+        REQUIRE(co_await raw->send_all(header(ferry::tcp::frame_type::notify, id, 0, text.size())));
+        REQUIRE(co_await raw->send_all(std::as_bytes(std::span(text))));
+        ferry_test::raw_header back;
+        REQUIRE(co_await raw->recv_all(back));
+        auto h = ferry::tcp::decode_header(back);
+        REQUIRE(h);
+        co_return *h;
+      };
+      auto refused = co_await notify(100, "peer\nrefused");
+      CHECK(refused.type == ferry::tcp::frame_type::notify_reply);
+      CHECK(refused.error() == errc::out_of_space);
+      // the stalled peers are dropped after the stall timeout, which gives their share back; the refused
+      // notification's connection was kept in step and serves the next one
+      co_await t.ctx.sleep_for(600ms);
+      auto taken = co_await notify(101, "peer\ntaken");
+      CHECK(taken.status == 0);
+      auto n = co_await t.engine.next_notification();
+      REQUIRE(n);
+      CHECK(n->message == "taken");
+    }());
   }
 
   TEST_CASE("a peer that never takes the replies to its reads is dropped and the region is released") {

@@ -117,11 +117,39 @@ private:
   };
 
   static constexpr auto accept_backoff = std::chrono::milliseconds(50);
+  /// Notification bytes being received at once, over all connections.
+  static constexpr std::uint64_t max_receiving_notification_bytes = 16ull << 20;
+
+  /// A share of what notifications being received may hold, given back when it goes.
+  struct notification_budget {
+    std::atomic<std::uint64_t>& in_use;
+    std::uint64_t bytes;
+    bool granted;
+    notification_budget(std::atomic<std::uint64_t>& pool, std::uint64_t n)
+        : in_use(pool), bytes(n), granted(pool.fetch_add(n) + n <= max_receiving_notification_bytes) {}
+    notification_budget(const notification_budget&) = delete;
+    notification_budget& operator=(const notification_budget&) = delete;
+    ~notification_budget() { in_use.fetch_sub(bytes); }
+  };
 
   static bool out_of_resources(const error& e) noexcept {
     auto c = e.code();
     return c == std::errc::too_many_files_open || c == std::errc::too_many_files_open_in_system ||
            c == std::errc::no_buffer_space || c == std::errc::not_enough_memory;
+  }
+
+  /// Reads `length` bytes of a payload that is refused, through `scratch`, so the stream stays in step.
+  static task<result<void>> read_past(tcp::detail::read_ahead& in, io::tcp_socket& sock,
+                                      std::vector<std::byte>& scratch, std::uint64_t length,
+                                      std::stop_token stop) {
+    scratch.resize(static_cast<std::size_t>(std::min<std::uint64_t>(length, 256 * 1024)));
+    for (std::uint64_t left = length; left > 0;) {
+      std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, scratch.size()));
+      if (auto ok = co_await in.take(sock, std::span(scratch).first(n), stop); !ok)
+        co_return ok;
+      left -= n;
+    }
+    co_return result<void>{};
   }
 
   task<> accept_loop() {
@@ -342,13 +370,23 @@ private:
         break;
       }
       case tcp::frame_type::notify: {
-        std::string message(h->length, '\0');
-        if (auto ok = co_await in.take(sock, std::as_writable_bytes(std::span(message)), step); !ok)
-          co_return;
-        co_await to_own_loop(home);
-        if (hooks_.notified && !hooks_.notified(std::move(message)))
+        // why: the engine bounds the notifications it keeps, but not those still arriving, each of which
+        // would hold its buffer for as long as its sender stalls: those are bounded here, all connections
+        // together; beyond, a message is read past and refused
+        notification_budget held(receiving_notification_bytes_, h->length);
+        if (!held.granted) {
           reply.status = static_cast<std::int32_t>(errc::out_of_space);
-        co_await back_to(home);
+          if (auto ok = co_await read_past(in, sock, scratch, h->length, step); !ok)
+            co_return;
+        } else {
+          std::string message(h->length, '\0');
+          if (auto ok = co_await in.take(sock, std::as_writable_bytes(std::span(message)), step); !ok)
+            co_return;
+          co_await to_own_loop(home);
+          if (hooks_.notified && !hooks_.notified(std::move(message)))
+            reply.status = static_cast<std::int32_t>(errc::out_of_space);
+          co_await back_to(home);
+        }
         if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
         break;
@@ -371,13 +409,8 @@ private:
         } else {
           // why: the payload is already on its way; consume it so the stream stays in step, then refuse.
           reply.status = status_of(lease.error());
-          scratch.resize(std::min<std::uint64_t>(h->length, 256 * 1024));
-          for (std::uint64_t left = h->length; left > 0;) {
-            std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, scratch.size()));
-            if (auto ok = co_await in.take(sock, std::span(scratch).first(n), step); !ok)
-              co_return;
-            left -= n;
-          }
+          if (auto ok = co_await read_past(in, sock, scratch, h->length, step); !ok)
+            co_return;
         }
         if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
@@ -438,6 +471,7 @@ private:
   std::stop_source stop_;
   mutable std::mutex sessions_mutex_;
   std::vector<served_connection*> sessions_;
+  std::atomic<std::uint64_t> receiving_notification_bytes_{0};
 };
 
 } // namespace ferry
