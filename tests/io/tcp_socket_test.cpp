@@ -2,6 +2,7 @@
 
 #include "ferry/core/async_scope.hpp"
 #include "ferry/core/task.hpp"
+#include "ferry/core/thread_pool.hpp"
 #include "ferry/core/when_all.hpp"
 #include "ferry/io/deadline.hpp"
 #include "ferry/io/endpoint.hpp"
@@ -13,6 +14,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <numeric>
@@ -20,6 +22,7 @@
 #include <stop_token>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -163,6 +166,50 @@ TEST_SUITE("tcp_socket") {
       CHECK((!*got || **got == 0)); // closed: an error or the end of the stream, never the new socket's bytes
       char left[32] = {};
       CHECK(::read(second[0], left, sizeof left) == 10); // still there for the new socket's owner
+      ::close(first[1]);
+      ::close(second[0]);
+      ::close(second[1]);
+    });
+  }
+
+  TEST_CASE("a receive handed over from another thread never reads a socket that reuses the number") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      int first[2], second[2];
+      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, first) == 0);
+      tcp_socket s(ctx, first[0]);
+      std::vector<std::byte> buf(64);
+      std::optional<ferry::result<std::size_t>> got;
+      bool reused = false;
+      ferry::thread_pool pool(1);
+      std::atomic<bool> asking{false};
+      auto receive = [&]() -> ferry::task<> {
+        co_await pool.schedule();
+        asking = true;
+        got =
+            co_await s.recv(buf); // started on the pool's thread: handed to the loop, which takes it in later
+      };
+      ctx.run_until([&]() -> ferry::task<> {
+        co_await ctx.schedule(); // now on the loop: this thread drives it
+        ferry::async_scope scope;
+        scope.spawn(receive());
+        while (!asking)
+          std::this_thread::yield();
+        // why: the loop's thread stays in this handler while the pool's hands the receive over; the loop
+        // takes it in only after the close below
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        int number = s.native_handle();
+        s.close();
+        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, second) == 0);
+        reused = second[0] == number;
+        const char stolen[] = "not yours";
+        REQUIRE(::write(second[1], stolen, sizeof stolen) == static_cast<ssize_t>(sizeof stolen));
+        co_await scope.join();
+      }());
+      CHECK(reused);
+      REQUIRE(got);
+      CHECK((!*got || **got == 0)); // cancelled or the end of the stream, never the new socket's bytes
+      char left[32] = {};
+      CHECK(::read(second[0], left, sizeof left) == 10);
       ::close(first[1]);
       ::close(second[0]);
       ::close(second[1]);

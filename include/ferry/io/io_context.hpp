@@ -168,6 +168,9 @@ public:
       auto* s = static_cast<state*>(p);
       s->ctx_->post(s);
     };
+    // why: `a` starts here, before the loop first runs; from now on only this thread may touch the backend,
+    // and operations that other threads start meanwhile are handed over rather than begun there
+    owner_.store(std::this_thread::get_id(), std::memory_order_release);
     return ferry::detail::make_sync_wait_task<R>(std::forward<A>(a))
         .drive(ferry::detail::on_finish{&st, finished}, [&] {
           while (!st.done_.load(std::memory_order_acquire)) {
@@ -349,6 +352,21 @@ public:
   /// Before the descriptor is closed: completes every operation waiting on `fd` (epoll), or hands the kernel
   /// the operations queued for it (io_uring), so that none reaches a descriptor that reuses the number.
   void release_fd(int fd) {
+    {
+      // why: an operation on `fd` started from another thread and not yet taken in by the loop would reach
+      // whatever descriptor gets the number after the close: it ends now, cancelled
+      std::lock_guard lock(remote_mutex_);
+      detail::op_queue keep;
+      while (auto* op = static_cast<detail::io_op*>(remote_starts_.pop())) {
+        if (op->fd_ == fd) {
+          op->result_ = -ECANCELED;
+          remote_ready_.push(op);
+        } else {
+          keep.push(op);
+        }
+      }
+      remote_starts_.splice(keep);
+    }
     if (!may_touch_backend())
       return;
     if (epoll_)
