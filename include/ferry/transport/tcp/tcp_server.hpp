@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstring>
@@ -133,9 +134,13 @@ private:
   };
 
   static bool out_of_resources(const error& e) noexcept {
-    auto c = e.code();
-    return c == std::errc::too_many_files_open || c == std::errc::too_many_files_open_in_system ||
-           c == std::errc::no_buffer_space || c == std::errc::not_enough_memory;
+    // why: the category by address and the errno values as they are: comparing with std::errc, or categories
+    // with ==, is a call on a polymorphic object, whose type UBSan checks through a pipe, which a process
+    // out of descriptors cannot open
+    const std::error_code& c = e.code();
+    int v = c.value();
+    return &c.category() == &std::system_category() &&
+           (v == EMFILE || v == ENFILE || v == ENOBUFS || v == ENOMEM);
   }
 
   /// Reads `length` bytes of a payload that is refused, through `scratch`, so the stream stays in step.
