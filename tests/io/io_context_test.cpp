@@ -109,6 +109,17 @@ TEST_SUITE("io_context") {
     });
   }
 
+  TEST_CASE("run_until gives the result of work that ended while the context was stopped") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto at_once = []() -> ferry::task<int> { co_return 5; };
+      ctx.stop();
+      CHECK(ctx.run_until(at_once()) == 5);
+      ctx.restart();
+      CHECK(ctx.poll() == 0); // nothing of it was left queued
+      CHECK(ctx.run_until(at_once()) == 5);
+    });
+  }
+
   TEST_CASE("stop makes run return from another thread, and restart lets it run again") {
     ferry_test::for_each_backend([](io_context& ctx) {
       io_context::work_guard guard(ctx); // without it run() would return at once

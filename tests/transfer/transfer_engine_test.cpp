@@ -202,6 +202,67 @@ void kill_mid_batch_then_restart(const std::string& listen, unsigned io_threads)
     REQUIRE(local[(1 << 20) + i] == pattern_at((8 << 20) + i, 7));
 }
 
+/// A batch of two writes to the segment "kv": the small first one lands in the process that serves it; then,
+/// while the large second write is under way, a new process takes the name over. With `old_goes`, the old
+/// process goes and the batch finds the new one when it looks the segment up again; without, the old one
+/// stays and the initiator opens the segment again meanwhile (as another batch's retry would), so the batch's
+/// later slices reach the new process and none fails. Either way the batch may only succeed if the new
+/// process has every byte of both writes.
+void replace_mid_batch(bool old_goes) {
+  constexpr std::size_t small = 64 << 10, large = 64 << 20, region = large + (1 << 20);
+  ferry::io::io_context ctx;
+  ferry::memory_metadata_store meta;
+  std::vector<std::byte> old_kv(region), new_kv(region), src(small + large); // outlive the engines
+  fill(src, 31);
+  auto serve_kv = [&](std::vector<std::byte>& kv, const char* listen) {
+    auto e =
+        std::make_unique<ferry::default_engine>(ctx, ferry::engine_options{.name = "kv", .listen = listen});
+    e->use_metadata(meta);
+    REQUIRE(e->registry().add(kv.data(), kv.size(), access::read_write));
+    REQUIRE(e->start());
+    return e;
+  };
+  auto old_target = serve_kv(old_kv, "127.0.0.2:0");
+  std::unique_ptr<ferry::default_engine> new_target;
+  tcp_engine initiator(ctx, {.name = "initiator", .tcp = {.connections_per_peer = 1}});
+  initiator.use_metadata(meta);
+  REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+  auto landed = [&](const std::vector<std::byte>& kv, std::size_t at, std::size_t from, std::size_t n) {
+    return std::memcmp(kv.data() + at, src.data() + from, n) == 0;
+  };
+  ferry::batch_result r;
+  ctx.run_until([&]() -> ferry::task<> {
+    REQUIRE(co_await old_target->publish());
+    auto seg = co_await initiator.open_segment("kv");
+    REQUIRE(seg);
+    transfer_batch b;
+    b.write(src.data(), *seg, 0, small).write(src.data() + small, *seg, 1 << 20, large);
+    ferry::async_scope replace;
+    auto replace_once_the_first_landed = [&]() -> ferry::task<> {
+      // why: once part of the second write is in, the first one's reply has long been taken
+      while (!landed(old_kv, 0, 0, small) || !landed(old_kv, 1 << 20, small, 4 << 20))
+        co_await ctx.schedule();
+      REQUIRE(co_await old_target->unpublish());
+      new_target = serve_kv(new_kv, "127.0.0.3:0");
+      REQUIRE(co_await new_target->publish());
+      if (old_goes) {
+        co_await old_target->shutdown();
+      } else {
+        auto again = co_await initiator.open_segment("kv");
+        REQUIRE(again);
+        CHECK(*again == *seg);
+      }
+    };
+    replace.spawn(replace_once_the_first_landed());
+    r = co_await initiator.transfer(b, ferry::transfer_options().with_timeout(20s));
+    co_await replace.join();
+  }());
+  REQUIRE_MESSAGE(!landed(old_kv, 1 << 20, small, large), "the second write ended before the replacement");
+  REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+  CHECK(landed(new_kv, 0, 0, small));
+  CHECK(landed(new_kv, 1 << 20, small, large));
+}
+
 } // namespace
 
 TEST_SUITE("transfer_engine") {
@@ -920,58 +981,12 @@ TEST_SUITE("transfer_engine metadata") {
   }
 
   TEST_CASE("writes that landed in a target that was replaced mid-batch are made again in the new process") {
-    // A batch of two writes to the segment "kv": the small first one lands in the process that serves it;
-    // then, while the large second write is under way, a new process takes the name over and the old one
-    // goes.
-    // The engine finds the new process when it looks the segment up again; the batch may only succeed if
-    // the new process has every byte of both writes.
-    constexpr std::size_t small = 64 << 10, large = 64 << 20, region = large + (1 << 20);
-    ferry::io::io_context ctx;
-    ferry::memory_metadata_store meta;
-    std::vector<std::byte> old_kv(region), new_kv(region), src(small + large); // outlive the engines
-    fill(src, 31);
-    auto serve_kv = [&](std::vector<std::byte>& kv, const char* listen) {
-      auto e =
-          std::make_unique<ferry::default_engine>(ctx, ferry::engine_options{.name = "kv", .listen = listen});
-      e->use_metadata(meta);
-      REQUIRE(e->registry().add(kv.data(), kv.size(), access::read_write));
-      REQUIRE(e->start());
-      return e;
-    };
-    auto old_target = serve_kv(old_kv, "127.0.0.2:0");
-    std::unique_ptr<ferry::default_engine> new_target;
-    tcp_engine initiator(ctx, {.name = "initiator", .tcp = {.connections_per_peer = 1}});
-    initiator.use_metadata(meta);
-    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
-    auto landed = [&](const std::vector<std::byte>& kv, std::size_t at, std::size_t from, std::size_t n) {
-      return std::memcmp(kv.data() + at, src.data() + from, n) == 0;
-    };
-    ferry::batch_result r;
-    ctx.run_until([&]() -> ferry::task<> {
-      REQUIRE(co_await old_target->publish());
-      auto seg = co_await initiator.open_segment("kv");
-      REQUIRE(seg);
-      transfer_batch b;
-      b.write(src.data(), *seg, 0, small).write(src.data() + small, *seg, 1 << 20, large);
-      ferry::async_scope replace;
-      auto replace_once_the_first_landed = [&]() -> ferry::task<> {
-        // why: once part of the second write is in, the first one's reply has long been taken
-        while (!landed(old_kv, 0, 0, small) || !landed(old_kv, 1 << 20, small, 4 << 20))
-          co_await ctx.schedule();
-        REQUIRE(co_await old_target->unpublish());
-        new_target = serve_kv(new_kv, "127.0.0.3:0");
-        REQUIRE(co_await new_target->publish());
-        co_await old_target->shutdown();
-      };
-      replace.spawn(replace_once_the_first_landed());
-      r = co_await initiator.transfer(b, ferry::transfer_options().with_timeout(20s));
-      co_await replace.join();
-    }());
-    REQUIRE_MESSAGE(!landed(old_kv, 1 << 20, small, large),
-                    "the second write ended before the old process went");
-    REQUIRE_MESSAGE(r.ok(), r.first_error().message());
-    CHECK(landed(new_kv, 0, 0, small));
-    CHECK(landed(new_kv, 1 << 20, small, large));
+    replace_mid_batch(true);
+  }
+
+  TEST_CASE(
+      "writes that landed before another call found the target replaced are made again in the new one") {
+    replace_mid_batch(false);
   }
 
   TEST_CASE("a malformed descriptor in the store is refused with a message") {

@@ -155,6 +155,7 @@ public:
     using R = std::remove_cvref_t<await_result_t<A>>;
     struct state : detail::op_base {
       io_context* ctx_ = nullptr;
+      std::atomic<bool> finishing_{false}; // the work ended; its end is posted, or about to be
       std::atomic<bool> done_{false};
     } st;
     st.ctx_ = this;
@@ -166,6 +167,7 @@ public:
     // would leave it waiting in the backend. `st` lives until that handler ran, since this waits for it.
     auto finished = [](void* p) noexcept {
       auto* s = static_cast<state*>(p);
+      s->finishing_.store(true, std::memory_order_release);
       s->ctx_->post(s);
     };
     // why: `a` starts here, before the loop first runs; from now on only this thread may touch the backend,
@@ -175,7 +177,13 @@ public:
         .drive(ferry::detail::on_finish{&st, finished}, [&] {
           while (!st.done_.load(std::memory_order_acquire)) {
             if (stopped()) {
-              withdraw_posted(&st); // why: the work may have ended already; its end must not outlive `st`
+              // why: work that has ended has its result; its posted end (perhaps still on its way from
+              // another thread) is taken back, since it must not outlive `st`
+              if (st.finishing_.load(std::memory_order_acquire)) {
+                while (!withdraw_posted(&st))
+                  std::this_thread::yield();
+                break;
+              }
               throw std::runtime_error(
                   "io_context::run_until: the context was stopped before the work finished");
             }
@@ -308,8 +316,9 @@ public:
     outstanding_.fetch_sub(1, std::memory_order_relaxed);
   }
 
-  /// Takes back a completion post()ed and not yet run (call it on the thread that drives the loop).
-  void withdraw_posted(detail::op_base* op) noexcept {
+  /// Takes back a completion post()ed and not yet run (call it on the thread that drives the loop); false if
+  /// it is in neither queue.
+  bool withdraw_posted(detail::op_base* op) noexcept {
     bool removed = ready_.remove(op);
     if (!removed) {
       std::lock_guard lock(remote_mutex_);
@@ -317,6 +326,7 @@ public:
     }
     if (removed)
       outstanding_.fetch_sub(1, std::memory_order_relaxed);
+    return removed;
   }
 
   /// Adds a timer (on the loop's thread, or queued for it).

@@ -228,8 +228,8 @@ public:
 
   /// Removes this segment from the metadata store (shutdown() does it too).
   task<result<void>> unpublish() {
-    if (shut_down_.load(std::memory_order_acquire) && !published_)
-      co_return result<void>{}; // why: shutdown() unpublished; its loop may no longer run
+    if (shut_down_.load(std::memory_order_acquire))
+      co_return result<void>{}; // why: shutdown() unpublishes; its loop may no longer run
     co_await enter();
     // why: a registration still in flight (a renewal that re-registers) sees the new generation and undoes
     // itself instead of publishing again
@@ -322,9 +322,12 @@ public:
       co_return refused_after_shutdown(batch, opts);
     co_await enter();
     auto started = std::chrono::steady_clock::now();
+    // why: the process that serves each target as the batch begins; a refresh during the batch (its own, or
+    // another batch's) may put a new one in its place, after some of the batch's bytes went to the old one
+    auto served_by = incarnations_of(batch);
     batch_result out = co_await run_batch(batch, opts);
-    if (!out.ok() && !opts.stop.stop_requested())
-      co_await retry_stale(batch, opts, started, out);
+    if ((!out.ok() || !restarted_since(served_by).empty()) && !opts.stop.stop_requested())
+      co_await retry_stale(batch, opts, started, out, served_by);
     if (opts.notify && out.ok()) {
       std::vector<segment_id> targets;
       for (auto& r : batch.requests())
@@ -369,9 +372,31 @@ private:
            e == errc::out_of_bounds || e.code().category() == std::system_category();
   }
 
+  using incarnations = std::vector<std::pair<segment_id, std::uint64_t>>;
+
+  /// The incarnation each peer the batch targets has now.
+  incarnations incarnations_of(const transfer_batch& batch) const {
+    incarnations out;
+    for (auto& r : batch.requests())
+      if (r.target != self && r.target < peers_.size() &&
+          std::none_of(out.begin(), out.end(), [&](const auto& p) { return p.first == r.target; }))
+        out.emplace_back(r.target, peers_[r.target].descriptor.incarnation);
+    return out;
+  }
+
+  /// The targets among `then` that a new process serves now.
+  std::vector<segment_id> restarted_since(const incarnations& then) const {
+    std::vector<segment_id> out;
+    for (auto& [t, incarnation] : then)
+      if (peers_[t].descriptor.incarnation != incarnation)
+        out.push_back(t);
+    return out;
+  }
+
   task<> retry_stale(const transfer_batch& batch, const transfer_options& opts,
-                     std::chrono::steady_clock::time_point started, batch_result& out) {
-    std::vector<segment_id> tried, changed, restarted;
+                     std::chrono::steady_clock::time_point started, batch_result& out,
+                     const incarnations& served_by) {
+    std::vector<segment_id> tried, changed;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       segment_id t = batch.requests()[i].target;
       if (out.requests[i] || !stale_descriptor_error(out.requests[i].error()) || t == self ||
@@ -388,10 +413,10 @@ private:
       auto r = co_await refresh(t, token);
       if (r && (peers_[t].descriptor.incarnation != before || peers_[t].version != version))
         changed.push_back(t);
-      if (r && peers_[t].descriptor.incarnation != before)
-        restarted.push_back(t);
     }
-    if (changed.empty())
+    // why: against the processes the batch began with, whoever refreshed the descriptors since
+    std::vector<segment_id> restarted = restarted_since(served_by);
+    if (changed.empty() && restarted.empty())
       co_return;
     transfer_batch again;
     std::vector<std::size_t> which;
@@ -401,7 +426,7 @@ private:
       // why: a request that completed against the process that is gone wrote into (or read from) memory the
       // new process does not have; reporting the batch done with only the failed ones redone would be false
       bool landed_in_the_old = std::find(restarted.begin(), restarted.end(), r.target) != restarted.end();
-      if (again_here && (!out.requests[i] || landed_in_the_old)) {
+      if ((again_here && !out.requests[i]) || landed_in_the_old) {
         again.add(r);
         which.push_back(i);
       }

@@ -50,6 +50,7 @@
 #include <string_view>
 #include <sys/uio.h>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 namespace ferry {
@@ -127,7 +128,10 @@ private:
     std::uint64_t bytes;
     bool granted;
     notification_budget(std::atomic<std::uint64_t>& pool, std::uint64_t n)
-        : in_use(pool), bytes(n), granted(pool.fetch_add(n) + n <= max_receiving_notification_bytes) {}
+        : in_use(pool), bytes(n), granted(pool.fetch_add(n) + n <= max_receiving_notification_bytes) {
+      if (!granted) // why: a refused message is read past through a small buffer; it holds no share
+        in_use.fetch_sub(std::exchange(bytes, 0));
+    }
     notification_budget(const notification_budget&) = delete;
     notification_budget& operator=(const notification_budget&) = delete;
     ~notification_budget() { in_use.fetch_sub(bytes); }
