@@ -68,7 +68,7 @@ TEST_SUITE("tcp_server") {
     }
   }
 
-  TEST_CASE("notifications still arriving hold a bounded share of memory; beyond it one is refused") {
+  TEST_CASE("notifications still arriving hold a bounded share of memory, and one beyond it is refused") {
     stalled_target t(0);
     t.ctx.run_until([&]() -> ferry::task<> {
       // sixteen peers each announce a 1 MiB notification and stop after its first bytes: the bound is held
