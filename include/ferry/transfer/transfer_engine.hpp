@@ -231,22 +231,7 @@ public:
     if (shut_down_.load(std::memory_order_acquire))
       co_return result<void>{}; // why: shutdown() unpublishes; its loop may no longer run
     co_await enter();
-    // why: a registration still in flight (a renewal that re-registers) sees the new generation and undoes
-    // itself instead of publishing again
-    ++registration_generation_;
-    renewal_stop_.request_stop();
-    if (!published_)
-      co_return result<void>{};
-    published_ = false;
-    result<void> r;
-    if (lease_) {
-      lease_id lease = *std::exchange(lease_, std::nullopt);
-      r = co_await metadata_.revoke(lease);
-    } else {
-      r = co_await metadata_.remove(metadata_prefix_ + options_.name);
-    }
-    co_await enter();
-    co_return r;
+    co_return co_await take_back_registration();
   }
 
   /// The last error of keeping this segment registered (empty while the registration is current).
@@ -643,7 +628,8 @@ public:
     co_await enter();
     renewal_stop_.request_stop();
     if (published_)
-      (void)co_await unpublish(); // why: best effort; a store that is down lets the lease run out instead
+      (void)co_await take_back_registration(); // why: best effort; a store that is down lets the lease run
+                                               // out instead
     if (server_)
       server_->stop();
     std::apply([](auto&... t) { (t.shutdown(), ...); }, transports_);
@@ -656,6 +642,26 @@ public:
   }
 
 private:
+  /// unpublish() on the engine's loop; shutdown() calls it after it has set shut_down_.
+  task<result<void>> take_back_registration() {
+    // why: a registration still in flight (a renewal that re-registers) sees the new generation and undoes
+    // itself instead of publishing again
+    ++registration_generation_;
+    renewal_stop_.request_stop();
+    if (!published_)
+      co_return result<void>{};
+    published_ = false;
+    result<void> r;
+    if (lease_) {
+      lease_id lease = *std::exchange(lease_, std::nullopt);
+      r = co_await metadata_.revoke(lease);
+    } else {
+      r = co_await metadata_.remove(metadata_prefix_ + options_.name);
+    }
+    co_await enter();
+    co_return r;
+  }
+
   /// Puts the descriptor, under a (new, if needed) lease when the store has leases (a store that turns out to
   /// have none gets a plain put). Gives up, undoing what it did, if unpublish() came meanwhile.
   task<result<void>> register_segment() {
