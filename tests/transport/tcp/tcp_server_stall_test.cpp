@@ -1,7 +1,8 @@
 // The serving side of the tcp transport against peers that stop halfway: one that sends a write's header and
-// part of its payload and then nothing, one that asks for reads and never takes the replies. Each is dropped
-// after the stall timeout, and the memory its requests held in use can be unregistered again. Notifications
-// still arriving hold at most a bounded share of memory, all connections together.
+// part of its payload and then nothing, one that stops inside a header, one that asks for reads and never
+// takes the replies. Each is dropped after the stall timeout, and the memory its requests held in use can be
+// unregistered again. Notifications still arriving hold at most a bounded share of memory, all connections
+// together.
 
 #include "ferry/core/task.hpp"
 #include "ferry/io/deadline.hpp"
@@ -105,6 +106,25 @@ TEST_SUITE("tcp_server") {
       REQUIRE(n);
       CHECK(n->message == "taken");
     }());
+  }
+
+  TEST_CASE("a peer that stops in the middle of a request header is dropped after the stall timeout") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      stalled_target t(io_threads);
+      t.ctx.run_until([&]() -> ferry::task<> {
+        auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
+        REQUIRE(raw);
+        auto h = header(ferry::tcp::frame_type::write, 1, 0, 4096);
+        REQUIRE(co_await raw->send_all(std::span(h).first(10)));
+        std::array<std::byte, 1> one;
+        ferry::io::deadline give_up(t.ctx, 5s);
+        auto n =
+            co_await raw->recv(one, give_up.token()); // the target hangs up once the stall timeout passed
+        CHECK_FALSE(give_up.expired());
+        CHECK((!n || *n == 0));
+      }());
+    }
   }
 
   TEST_CASE("a peer that never takes the replies to its reads is dropped and the region is released") {

@@ -308,9 +308,18 @@ private:
         if (!sent)
           co_return;
       }
-      auto got = co_await in.fill(sock, tcp::frame_header::size);
+      // why: a peer may stay idle between requests as long as it likes, but one that sent part of a header
+      // and then nothing is stalled in a request, and is dropped after the stall timeout like the others
+      if (in.size() == 0)
+        if (auto some = co_await in.fill(sock, 1); !some)
+          co_return; // closed, reset or stopped
+      std::optional<io::deadline> header_within;
+      std::stop_token header_stop;
+      if (in.size() < tcp::frame_header::size)
+        header_stop = bounded(header_within, home);
+      auto got = co_await in.fill(sock, tcp::frame_header::size, header_stop);
       if (!got)
-        co_return; // closed, reset or stopped
+        co_return; // closed, reset, stopped or stalled
       auto h = tcp::decode_header(in.take_header());
       if (!h || static_cast<int>(h->type) % 2 == 0) {
         co_await flush(sock, replies, home);

@@ -33,8 +33,9 @@ public:
 
   std::size_t size() const noexcept { return end_ - begin_; }
 
-  /// Makes `n` bytes available (n <= capacity); errc::closed when the peer closed, or the socket's error.
-  task<result<void>> fill(io::tcp_socket& sock, std::size_t n) {
+  /// Makes `n` bytes available (n <= capacity); errc::closed when the peer closed, or the socket's error
+  /// (errc::cancelled once `stop` is requested).
+  task<result<void>> fill(io::tcp_socket& sock, std::size_t n, std::stop_token stop = {}) {
     if (size() >= n)
       co_return result<void>{};
     if (begin_ > 0) {
@@ -43,7 +44,7 @@ public:
       begin_ = 0;
     }
     while (end_ < n) {
-      auto got = co_await sock.recv(std::span(buf_).subspan(end_));
+      auto got = co_await sock.recv(std::span(buf_).subspan(end_), stop);
       if (!got)
         co_return fail(got.error());
       if (*got == 0)
