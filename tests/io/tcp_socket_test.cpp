@@ -56,6 +56,43 @@ ferry::task<ferry::result<void>> echo_once(tcp_listener& l, std::size_t n) {
   co_return co_await s->send_all(buf);
 }
 
+/// A socket closed while a receive on it is pending, and a new socket that takes its number and has bytes
+/// waiting: the receive must end (closed or cancelled), never with the new socket's bytes.
+struct closed_under_a_receive {
+  int first[2] = {-1, -1}, second[2] = {-1, -1};
+  tcp_socket s;
+  std::vector<std::byte> buf = std::vector<std::byte>(64);
+  std::optional<ferry::result<std::size_t>> got;
+  bool reused = false;
+
+  explicit closed_under_a_receive(io_context& ctx) {
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, first) == 0);
+    s = tcp_socket(ctx, first[0]);
+  }
+  ~closed_under_a_receive() {
+    for (int fd : {first[1], second[0], second[1]})
+      if (fd >= 0)
+        ::close(fd);
+  }
+  /// Closes `s`, opens the socket that takes its number, and puts bytes there.
+  void close_and_reuse() {
+    int number = s.native_handle();
+    s.close();
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, second) == 0);
+    reused = second[0] == number;
+    const char stolen[] = "not yours";
+    REQUIRE(::write(second[1], stolen, sizeof stolen) == static_cast<ssize_t>(sizeof stolen));
+  }
+  /// Once the receive has ended.
+  void check() {
+    CHECK(reused); // the new socket took the closed one's number
+    REQUIRE(got);
+    CHECK((!*got || **got == 0)); // closed or cancelled, never the new socket's bytes
+    char left[32] = {};
+    CHECK(::read(second[0], left, sizeof left) == 10); // still there for the new socket's owner
+  }
+};
+
 } // namespace
 
 TEST_SUITE("tcp_socket") {
@@ -141,52 +178,30 @@ TEST_SUITE("tcp_socket") {
 
   TEST_CASE("a receive still queued when its socket closes never reads a socket that reuses the number") {
     ferry_test::for_each_backend([](io_context& ctx) {
-      int first[2], second[2];
-      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, first) == 0);
-      tcp_socket s(ctx, first[0]);
-      std::vector<std::byte> buf(64);
-      std::optional<ferry::result<std::size_t>> got;
-      bool reused = false;
-      auto receive = [&]() -> ferry::task<> { got = co_await s.recv(buf); };
+      closed_under_a_receive c(ctx);
+      auto receive = [&]() -> ferry::task<> { c.got = co_await c.s.recv(c.buf); };
       ctx.run_until([&]() -> ferry::task<> {
         ferry::async_scope scope;
         // why: spawned, the receive is queued and waits; closing in the same turn of the loop, before the
         // loop hands its queue to the kernel, is the case
         scope.spawn(receive());
-        int number = s.native_handle();
-        s.close();
-        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, second) == 0);
-        reused = second[0] == number;
-        const char stolen[] = "not yours";
-        REQUIRE(::write(second[1], stolen, sizeof stolen) == static_cast<ssize_t>(sizeof stolen));
+        c.close_and_reuse();
         co_await scope.join();
       }());
-      CHECK(reused); // the new socket took the closed one's number
-      REQUIRE(got);
-      CHECK((!*got || **got == 0)); // closed: an error or the end of the stream, never the new socket's bytes
-      char left[32] = {};
-      CHECK(::read(second[0], left, sizeof left) == 10); // still there for the new socket's owner
-      ::close(first[1]);
-      ::close(second[0]);
-      ::close(second[1]);
+      c.check();
     });
   }
 
   TEST_CASE("a receive handed over from another thread never reads a socket that reuses the number") {
     ferry_test::for_each_backend([](io_context& ctx) {
-      int first[2], second[2];
-      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, first) == 0);
-      tcp_socket s(ctx, first[0]);
-      std::vector<std::byte> buf(64);
-      std::optional<ferry::result<std::size_t>> got;
-      bool reused = false;
+      closed_under_a_receive c(ctx);
       ferry::thread_pool pool(1);
       std::atomic<bool> asking{false};
       auto receive = [&]() -> ferry::task<> {
         co_await pool.schedule();
         asking = true;
-        got =
-            co_await s.recv(buf); // started on the pool's thread: handed to the loop, which takes it in later
+        // started on the pool's thread: handed to the loop, which takes it in later
+        c.got = co_await c.s.recv(c.buf);
       };
       ctx.run_until([&]() -> ferry::task<> {
         co_await ctx.schedule(); // now on the loop: this thread drives it
@@ -197,22 +212,10 @@ TEST_SUITE("tcp_socket") {
         // why: the loop's thread stays in this handler while the pool's hands the receive over; the loop
         // takes it in only after the close below
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        int number = s.native_handle();
-        s.close();
-        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, second) == 0);
-        reused = second[0] == number;
-        const char stolen[] = "not yours";
-        REQUIRE(::write(second[1], stolen, sizeof stolen) == static_cast<ssize_t>(sizeof stolen));
+        c.close_and_reuse();
         co_await scope.join();
       }());
-      CHECK(reused);
-      REQUIRE(got);
-      CHECK((!*got || **got == 0)); // cancelled or the end of the stream, never the new socket's bytes
-      char left[32] = {};
-      CHECK(::read(second[0], left, sizeof left) == 10);
-      ::close(first[1]);
-      ::close(second[0]);
-      ::close(second[1]);
+      c.check();
     });
   }
 

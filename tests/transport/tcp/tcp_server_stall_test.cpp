@@ -37,6 +37,15 @@ struct stalled_target {
     REQUIRE(engine.registry().add(region.data(), region.size(), access::read_write));
     REQUIRE(engine.start());
   }
+
+  /// Waits, up to 5 s, for the target to hang up on `raw`, as it does once the stall timeout passed.
+  ferry::task<> hangs_up(ferry::io::tcp_socket& raw) {
+    std::array<std::byte, 1> one;
+    ferry::io::deadline give_up(ctx, 5s);
+    auto n = co_await raw.recv(one, give_up.token());
+    CHECK_FALSE(give_up.expired());
+    CHECK((!n || *n == 0));
+  }
 };
 
 } // namespace
@@ -57,12 +66,7 @@ TEST_SUITE("tcp_server") {
         auto busy = t.engine.registry().remove(t.region.data());
         REQUIRE_FALSE(busy);
         CHECK(busy.error() == errc::busy);
-        std::array<std::byte, 1> one;
-        ferry::io::deadline give_up(t.ctx, 5s);
-        auto n =
-            co_await raw->recv(one, give_up.token()); // the target hangs up once the stall timeout passed
-        CHECK_FALSE(give_up.expired());
-        CHECK((!n || *n == 0));
+        co_await t.hangs_up(*raw);
         co_await t.ctx.sleep_for(50ms);
         CHECK(t.engine.registry().remove(t.region.data()).has_value());
       }());
@@ -117,12 +121,7 @@ TEST_SUITE("tcp_server") {
         REQUIRE(raw);
         auto h = header(ferry::tcp::frame_type::write, 1, 0, 4096);
         REQUIRE(co_await raw->send_all(std::span(h).first(10)));
-        std::array<std::byte, 1> one;
-        ferry::io::deadline give_up(t.ctx, 5s);
-        auto n =
-            co_await raw->recv(one, give_up.token()); // the target hangs up once the stall timeout passed
-        CHECK_FALSE(give_up.expired());
-        CHECK((!n || *n == 0));
+        co_await t.hangs_up(*raw);
       }());
     }
   }
