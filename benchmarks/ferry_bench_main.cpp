@@ -141,6 +141,15 @@ std::uint64_t write_seed(std::uint64_t iteration) noexcept {
   return mix(fill_seed + iteration + 1);
 }
 
+// Writes the complement of the pattern of [offset, offset + length) to dst: every byte differs from what a
+// transfer of that range must deliver, so a block that a "successful" transfer left untouched, in whole or in
+// part, fails --verify instead of passing on what an earlier batch put there.
+void poison(std::byte* dst, std::uint64_t offset, std::size_t length, std::uint64_t seed) noexcept {
+  fill_pattern(dst, offset, length, seed);
+  for (std::size_t i = 0; i < length; ++i)
+    dst[i] = ~dst[i];
+}
+
 // ---- target ----
 
 volatile std::sig_atomic_t stop_requested = 0;
@@ -247,6 +256,7 @@ struct worker {
   std::uint64_t area = 0;   // first target offset of this worker's area
   std::uint64_t blocks_in_area = 0;
   std::uint64_t next_block = 0; // blocks issued so far; block k lands at area + (k % blocks_in_area) * size
+  std::uint64_t written = 0;    // write blocks handed to the engine, including a batch that failed
   std::uint64_t iteration = 0;
   std::vector<std::uint64_t> offsets;
   std::vector<std::byte> expected;
@@ -309,13 +319,19 @@ task<bool> one_batch(Engine& engine, run_state& s, worker& w, bool measured) {
     std::uint64_t at = w.area + (w.next_block + i) % w.blocks_in_area * o.block_size;
     std::byte* local = w.local.data() + (i % o.local_blocks) * o.block_size;
     w.offsets[i] = at;
-    if (s.write && o.verify)
-      fill_pattern(local, at, o.block_size, seed);
+    if (o.verify) {
+      if (s.write)
+        fill_pattern(local, at, o.block_size, seed);
+      else
+        poison(local, at, o.block_size, seed);
+    }
     if (s.write)
       batch.write(local, s.segment, at, o.block_size);
     else
       batch.read(local, s.segment, at, o.block_size);
   }
+  if (s.write)
+    w.written = std::max(w.written, w.next_block + o.batch_size); // restored even if this batch fails
   const ferry::transfer_options how = batch_options(o);
   auto t0 = clock_type::now();
   ferry::batch_result r = co_await engine.transfer(std::move(batch), how);
@@ -334,8 +350,10 @@ task<bool> one_batch(Engine& engine, run_state& s, worker& w, bool measured) {
     const std::byte* got = w.local.data();
     if (s.write) {
       ferry::transfer_batch back;
-      for (unsigned i = 0; i < o.batch_size; ++i)
+      for (unsigned i = 0; i < o.batch_size; ++i) {
+        poison(w.check.data() + i * o.block_size, w.offsets[i], o.block_size, seed);
         back.read(w.check.data() + i * o.block_size, s.segment, w.offsets[i], o.block_size);
+      }
       ferry::batch_result rb = co_await engine.transfer(std::move(back), how);
       if (!rb.ok()) {
         s.fail(1, "reading back for --verify failed: " + rb.first_error().message());
@@ -411,7 +429,7 @@ task<ferry::result<void>> restore(Engine& engine, run_state& s, std::vector<work
   const options& o = s.o;
   const ferry::transfer_options how = batch_options(o);
   for (auto& w : workers) {
-    std::uint64_t touched = std::min(w.next_block, w.blocks_in_area) * o.block_size;
+    std::uint64_t touched = std::min(w.written, w.blocks_in_area) * o.block_size;
     std::uint64_t chunk = w.local.size();
     for (std::uint64_t done = 0; done < touched; done += chunk) {
       std::uint64_t n = std::min(chunk, touched - done);
@@ -506,6 +524,19 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
         static_cast<unsigned long long>(region->length), static_cast<unsigned long long>(o.block_size));
     co_return 1;
   }
+  if (!o.remote_blocks && blocks_in_area < o.batch_size) {
+    // why: the requests of one batch would then share target blocks, and the throughput would count bytes
+    // that moved through the same memory twice; --remote-blocks asks for that on purpose
+    std::fprintf(stderr,
+                 "ferry-bench: the target's region (%llu bytes) holds %llu blocks of %llu bytes per thread, "
+                 "fewer than a batch of %u; start the target with --buffer-size %llu or more, or reuse "
+                 "target blocks on purpose with --remote-blocks\n",
+                 static_cast<unsigned long long>(region->length),
+                 static_cast<unsigned long long>(blocks_in_area),
+                 static_cast<unsigned long long>(o.block_size), o.batch_size,
+                 static_cast<unsigned long long>(o.block_size * o.batch_size * o.threads));
+    co_return 2;
+  }
 
   std::vector<worker> workers(o.threads);
   for (unsigned t = 0; t < o.threads; ++t) {
@@ -550,7 +581,9 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
   co_await run_measured(engine, s, workers, o.progress && !o.json && ::isatty(STDOUT_FILENO));
   double seconds = std::chrono::duration<double>(clock_type::now() - s.begin).count();
 
-  if (write && o.restore && s.exit_code != 1) {
+  // why: after a failed batch too (its blocks may hold part of what it wrote); a target that died fails the
+  // first restoring batch at once, or within --timeout
+  if (write && o.restore) {
     auto restored = co_await restore(engine, s, workers);
     if (!restored)
       std::fprintf(stderr, "ferry-bench: warning: could not restore the target's fill pattern: %s\n",
@@ -559,6 +592,22 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
   if (s.exit_code != 0) {
     std::fprintf(stderr, "ferry-bench: %s\n", s.failure.c_str());
     co_return s.exit_code;
+  }
+
+  if (s.batches == 0) {
+    std::fprintf(stderr, "ferry-bench: no batch completed within --duration %.3f s; nothing was measured\n",
+                 duration);
+    co_return 1;
+  }
+  // why: the engine takes a transport that reaches the target; with --protocol shm that must have been shared
+  // memory for every byte, or the figures would be TCP's under shm's name
+  const std::uint64_t over_shm = engine.routed_bytes("shm"), over_tcp = engine.routed_bytes("tcp");
+  if (shm && over_tcp != 0) {
+    std::fprintf(stderr,
+                 "ferry-bench: --protocol shm: %llu bytes went over tcp (shared memory did not reach the "
+                 "target for them); no figures reported\n",
+                 static_cast<unsigned long long>(over_tcp));
+    co_return 1;
   }
 
   std::sort(s.latencies_us.begin(), s.latencies_us.end());
@@ -596,6 +645,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
         {"copy_threads", shm ? o.threads : 0u},
         {"slice_size", o.slice_size},
         {"verify", o.verify},
+        {"routed_bytes", {{"shm", over_shm}, {"tcp", over_tcp}}},
         {"target", locator(o)},
         {"metadata", o.metadata.empty() ? "p2p" : o.metadata},
         {"io_backend", io::to_string(ctx.backend())},
@@ -766,6 +816,14 @@ int main(int argc, char** argv) {
     o.name = o.segment;
   if (o.mode == "target")
     return run_target(o);
+  if (o.block_size == 0) {
+    std::fprintf(stderr, "ferry-bench: --block-size must be at least 1\n");
+    return 2;
+  }
+  if (o.duration == 0) {
+    std::fprintf(stderr, "ferry-bench: --duration must be more than 0 seconds (it is what is measured)\n");
+    return 2;
+  }
   if (o.mode == "local" || o.protocol == "file" || o.operation == "randread") {
 #if FERRY_WITH_URING
     if (o.mode != "local" || o.protocol != "file" || file_path.empty()) {
@@ -843,10 +901,6 @@ int main(int argc, char** argv) {
   } stop_local{local_target};
   if (local_target_code != 0)
     return local_target_code;
-  if (o.block_size == 0) {
-    std::fprintf(stderr, "ferry-bench: --block-size must be at least 1\n");
-    return 2;
-  }
   if (o.local_blocks == 0 || o.local_blocks > o.batch_size)
     o.local_blocks = o.batch_size;
   if (o.verify && o.remote_blocks != 0 && o.remote_blocks < o.batch_size) {

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -97,11 +98,13 @@ inline ferry::task<> lane(file_run& run, std::byte* local, unsigned seed, std::u
   }
 }
 
+// The nearest-rank percentile (the smallest sample with at least p of the samples at or below it), as the
+// tcp and shm rows compute it.
 inline double percentile_of(const std::vector<double>& sorted, double p) {
   if (sorted.empty())
     return 0;
-  return sorted[std::min(sorted.size() - 1,
-                         static_cast<std::size_t>(p * static_cast<double>(sorted.size())))];
+  auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(sorted.size()) - 1e-9));
+  return sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1];
 }
 
 inline ferry::task<int> run_file(ferry::io::io_context& ctx, ferry::file_engine& engine,

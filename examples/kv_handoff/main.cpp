@@ -142,6 +142,16 @@ task<int> prefill(Engine& engine, const options& o) {
     std::fprintf(stderr, "prefill: the handoff failed: %s\n", r.first_error().message().c_str());
     co_return 1;
   }
+  // The path the bytes took, as the engine counted them: the note above named the one expected.
+  const std::uint64_t over_shm = engine.routed_bytes("shm"), over_tcp = engine.routed_bytes("tcp");
+  std::printf("prefill: %llu bytes written, %llu over shm and %llu over tcp\n",
+              static_cast<unsigned long long>(total), static_cast<unsigned long long>(over_shm),
+              static_cast<unsigned long long>(over_tcp));
+  if ((shm ? over_tcp : over_shm) != 0 || (shm ? over_shm : over_tcp) < total) {
+    std::fprintf(stderr, "prefill: the bytes did not all go over %s, as the note to decode says\n",
+                 shm ? "shm" : "tcp");
+    co_return 1;
+  }
   co_return 0;
 }
 
@@ -280,6 +290,15 @@ int run_decode(const options& o, const char* self) {
   nlohmann::json note = nlohmann::json::parse(n->message, nullptr, false);
   if (note.is_discarded() || !note.contains("blocks") || !note.contains("seed")) {
     std::fprintf(stderr, "decode: the notification from %s is not a block list\n", n->from.c_str());
+    return 1;
+  }
+  // why: what decode asked prefill for, not only what the note says was sent: a note that lists fewer blocks
+  // (or another seed) would otherwise verify as well as the full handoff
+  if (!note["blocks"].is_array() || note["blocks"].size() != o.blocks ||
+      note["seed"] != nlohmann::json(o.seed)) {
+    std::fprintf(stderr, "decode: the note lists %zu blocks of seed %s; decode asked for %u of seed %llu\n",
+                 note["blocks"].size(), note["seed"].dump().c_str(), o.blocks,
+                 static_cast<unsigned long long>(o.seed));
     return 1;
   }
   // Both processes run on this machine, so they share the monotonic clock.
