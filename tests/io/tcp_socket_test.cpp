@@ -14,9 +14,11 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstring>
 #include <numeric>
 #include <optional>
 #include <stop_token>
@@ -189,6 +191,34 @@ TEST_SUITE("tcp_socket") {
         co_await scope.join();
       }());
       c.check();
+    });
+  }
+
+  TEST_CASE(
+      "a receive started by a thread that then exits completes for the thread that drives the loop next") {
+    // The kernel cancels what a thread handed to io_uring when that thread exits; the loop may be driven by
+    // one thread and then another (transfer handles waited for on several threads take turns).
+    ferry_test::for_each_backend([](io_context& ctx) {
+      int ends[2];
+      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, ends) == 0);
+      tcp_socket s(ctx, ends[0]);
+      std::array<std::byte, 4> buf{};
+      std::optional<ferry::result<std::size_t>> got;
+      ferry::async_scope scope;
+      auto receive = [&]() -> ferry::task<> { got = co_await s.recv(buf); }; // outlives the thread
+      std::thread first([&] {
+        scope.spawn(receive());
+        ctx.poll(); // hands the receive to the kernel from this thread
+      });
+      first.join();
+      REQUIRE_FALSE(got);
+      REQUIRE(::write(ends[1], "ping", 4) == 4);
+      ctx.run_until(scope.join());
+      REQUIRE(got);
+      REQUIRE_MESSAGE(*got, got->error().message());
+      CHECK(**got == 4);
+      CHECK(std::memcmp(buf.data(), "ping", 4) == 0);
+      ::close(ends[1]);
     });
   }
 

@@ -1,4 +1,5 @@
 #include "ferry/core/async_scope.hpp"
+#include "ferry/core/sync_wait.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/core/when_all.hpp"
 #include "ferry/io/tcp_listener.hpp"
@@ -202,13 +203,23 @@ void kill_mid_batch_then_restart(const std::string& listen, unsigned io_threads)
     REQUIRE(local[(1 << 20) + i] == pattern_at((8 << 20) + i, 7));
 }
 
+/// How replace_mid_batch() replaces the target.
+enum class replacement {
+  old_goes,                // the old process shuts down
+  reopened,                // the old process stays; the initiator opens the segment again meanwhile
+  reopened_then_cancelled, // as reopened, and then the batch is cancelled
+};
+
 /// A batch of two writes to the segment "kv": the small first one lands in the process that serves it; then,
-/// while the large second write is under way, a new process takes the name over. With `old_goes`, the old
-/// process goes and the batch finds the new one when it looks the segment up again; without, the old one
-/// stays and the initiator opens the segment again meanwhile (as another batch's retry would), so the batch's
-/// later slices reach the new process and none fails. Either way the batch may only succeed if the new
-/// process has every byte of both writes.
-void replace_mid_batch(bool old_goes) {
+/// while the large second write is under way, a new process takes the name over. With old_goes, the old
+/// process goes and the batch finds the new one when it looks the segment up again; with reopened, the old
+/// one stays and the initiator opens the segment again meanwhile (as another batch's retry would), so the
+/// batch's later slices reach the new process and none fails. Either way the batch may only succeed if the
+/// new process has every byte of both writes; cancelled before it could write them again, it must not report
+/// the first write done.
+void replace_mid_batch(replacement how) {
+  const bool old_goes = how == replacement::old_goes;
+  std::stop_source cancel;
   constexpr std::size_t small = 64 << 10, large = 64 << 20, region = large + (1 << 20);
   ferry::io::io_context ctx;
   ferry::memory_metadata_store meta;
@@ -251,17 +262,62 @@ void replace_mid_batch(bool old_goes) {
         auto again = co_await initiator.open_segment("kv");
         REQUIRE(again);
         CHECK(*again == *seg);
+        if (how == replacement::reopened_then_cancelled)
+          cancel.request_stop();
       }
     };
     replace.spawn(replace_once_the_first_landed());
-    r = co_await initiator.transfer(b, ferry::transfer_options().with_timeout(20s));
+    r = co_await initiator.transfer(
+        b, ferry::transfer_options().with_timeout(20s).with_stop(cancel.get_token()));
     co_await replace.join();
   }());
   REQUIRE_MESSAGE(!landed(old_kv, 1 << 20, small, large), "the second write ended before the replacement");
+  if (how == replacement::reopened_then_cancelled) {
+    REQUIRE_FALSE(r.ok());
+    REQUIRE(landed(old_kv, 0, 0, small)); // it landed, in the process that no longer serves "kv"
+    REQUIRE_FALSE(r.requests[0]);
+    CHECK(r.requests[0].error() == errc::cancelled);
+    CHECK(r.requests[0].error().message().find("since been replaced") != std::string::npos);
+    return;
+  }
   REQUIRE_MESSAGE(r.ok(), r.first_error().message());
   CHECK(landed(new_kv, 0, 0, small));
   CHECK(landed(new_kv, 1 << 20, small, large));
 }
+
+/// The memory store with the delays of a remote one: a lease takes 5 ms to grant, the first leased put 30 ms
+/// and later ones 5 ms (so that two registrations under way at once would land out of order).
+struct slow_store {
+  ferry::io::io_context& ctx;
+  ferry::memory_metadata_store inner;
+  int leased_puts = 0;
+
+  ferry::task<ferry::result<std::optional<std::string>>> get(std::string key) {
+    co_return co_await inner.get(std::move(key));
+  }
+  ferry::task<ferry::result<void>> put(std::string key, std::string value) {
+    co_return co_await inner.put(std::move(key), std::move(value));
+  }
+  ferry::task<ferry::result<void>> remove(std::string key) {
+    co_return co_await inner.remove(std::move(key));
+  }
+  ferry::task<ferry::result<std::vector<std::pair<std::string, std::string>>>> list(std::string prefix) {
+    co_return co_await inner.list(std::move(prefix));
+  }
+  ferry::task<ferry::result<ferry::lease_id>> grant(std::chrono::milliseconds ttl) {
+    (void)co_await ctx.sleep_for(5ms);
+    co_return co_await inner.grant(ttl);
+  }
+  ferry::task<ferry::result<void>> keep_alive(ferry::lease_id lease) {
+    co_return co_await inner.keep_alive(lease);
+  }
+  ferry::task<ferry::result<void>> revoke(ferry::lease_id lease) { co_return co_await inner.revoke(lease); }
+  ferry::task<ferry::result<void>> put(std::string key, std::string value, ferry::lease_id lease) {
+    (void)co_await ctx.sleep_for(++leased_puts == 1 ? 30ms : 5ms);
+    co_return co_await inner.put(std::move(key), std::move(value), lease);
+  }
+};
+static_assert(ferry::leasing_metadata_store<slow_store>);
 
 } // namespace
 
@@ -912,6 +968,54 @@ TEST_SUITE("transfer_engine") {
     CHECK(again.wait().ok());
   }
 
+  TEST_CASE("a handle waited for twice gives the same result, a failure included") {
+    served_pair p(1 << 20);
+    auto seg = p.ctx.run_until(p.initiator.open_segment(p.address()));
+    REQUIRE(seg);
+    transfer_batch b;
+    b.write(p.local.data(), *seg, 0, 4096)
+        .write(p.local.data(), *seg, 2 << 20, 4096); // the second: out of bounds
+    auto handle = p.initiator.submit(b);
+    auto first = handle.wait();
+    auto second = handle.wait();
+    for (auto* r : {&first, &second}) {
+      REQUIRE(r->requests.size() == 2);
+      CHECK(r->requests[0]);
+      CHECK_FALSE(r->ok());
+      CHECK(r->first_error() == errc::out_of_bounds);
+    }
+  }
+
+  TEST_CASE("handles waited for on several threads take turns driving the engine, and all complete") {
+    served_pair p(4 << 20);
+    fill(p.local, 8);
+    auto seg = p.ctx.run_until(p.initiator.open_segment(p.address()));
+    REQUIRE(seg);
+    constexpr int threads = 4, rounds = 20;
+    std::atomic<int> ok{0};
+    std::vector<std::thread> waiters;
+    for (int t = 0; t < threads; ++t)
+      waiters.emplace_back([&, t] {
+        for (int i = 0; i < rounds; ++i) {
+          transfer_batch b;
+          std::size_t at = std::size_t(t) << 20;
+          b.write(p.local.data() + at, *seg, at, 1 << 20);
+          auto h = p.initiator.submit(b);
+          while (i % 2 == 0 && !h.ready()) // half the rounds poll first
+            std::this_thread::yield();
+          auto r = h.wait();
+          if (r.ok())
+            ++ok;
+          else
+            std::fprintf(stderr, "thread %d round %d: %s\n", t, i, r.first_error().message().c_str());
+        }
+      });
+    for (auto& w : waiters)
+      w.join();
+    CHECK(ok == threads * rounds);
+    CHECK(p.remote == p.local);
+  }
+
   TEST_CASE("an engine on a background thread serves coroutines and submit from other threads") {
     served_pair p(1 << 20);
     fill(p.local, 6);
@@ -981,12 +1085,163 @@ TEST_SUITE("transfer_engine metadata") {
   }
 
   TEST_CASE("writes that landed in a target that was replaced mid-batch are made again in the new process") {
-    replace_mid_batch(true);
+    replace_mid_batch(replacement::old_goes);
   }
 
   TEST_CASE(
       "writes that landed before another call found the target replaced are made again in the new one") {
-    replace_mid_batch(false);
+    replace_mid_batch(replacement::reopened);
+  }
+
+  TEST_CASE("a write that landed in a target replaced before the batch was cancelled is not reported done") {
+    replace_mid_batch(replacement::reopened_then_cancelled);
+  }
+
+  TEST_CASE("two engines of the same name at different addresses are two segments") {
+    ferry::io::io_context ctx;
+    std::vector<std::byte> kv_a(1 << 20), kv_b(1 << 20), src(2 << 20); // outlive the engines
+    fill(src, 23);
+    // why: both keep the default name, as engines opened by address often do
+    ferry::default_engine a(ctx, {.listen = "127.0.0.2:0"}), b(ctx, {.listen = "127.0.0.3:0"});
+    REQUIRE(a.registry().add(kv_a.data(), kv_a.size(), access::read_write));
+    REQUIRE(b.registry().add(kv_b.data(), kv_b.size(), access::read_write));
+    REQUIRE(a.start());
+    REQUIRE(b.start());
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto to_a = co_await initiator.open_segment(a.endpoint()->to_string());
+      auto to_b = co_await initiator.open_segment(b.endpoint()->to_string());
+      REQUIRE(to_a);
+      REQUIRE(to_b);
+      CHECK(*to_a != *to_b);
+      transfer_batch batch;
+      batch.write(src.data(), *to_a, 0, 1 << 20).write(src.data() + (1 << 20), *to_b, 0, 1 << 20);
+      auto r = co_await initiator.transfer(batch);
+      REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+      auto again = co_await initiator.open_segment(a.endpoint()->to_string()); // the same process again
+      REQUIRE(again);
+      CHECK(*again == *to_a);
+    }());
+    CHECK(std::equal(kv_a.begin(), kv_a.end(), src.begin()));
+    CHECK(std::equal(kv_b.begin(), kv_b.end(), src.begin() + (1 << 20)));
+  }
+
+  TEST_CASE("an address now served by a segment of another name never gets the old segment's bytes") {
+    ferry::io::io_context ctx;
+    std::vector<std::byte> kv_x(1 << 20), kv_y(1 << 20), src(1 << 20); // outlive the engines
+    fill(src, 29);
+    auto x = std::make_unique<ferry::default_engine>(
+        ctx, ferry::engine_options{.name = "x", .listen = "127.0.0.2:0"});
+    REQUIRE(x->registry().add(kv_x.data(), kv_x.size(), access::read_write));
+    REQUIRE(x->start());
+    const std::string address = x->endpoint()->to_string();
+    tcp_engine initiator(ctx, {.name = "initiator", .tcp = {.connect_timeout = 500ms}});
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(address);
+      REQUIRE(seg);
+      transfer_batch batch;
+      batch.write(src.data(), *seg, 0, src.size());
+      REQUIRE((co_await initiator.transfer(batch)).ok());
+      co_await x->shutdown();
+      x.reset();
+      ferry::default_engine y(ctx, {.name = "y", .listen = address}); // x's address, taken by another segment
+      REQUIRE(y.registry().add(kv_y.data(), kv_y.size(), access::read_write));
+      REQUIRE(y.start());
+      auto r = co_await initiator.transfer(batch, ferry::transfer_options().with_timeout(10s));
+      CHECK_FALSE(r.ok());
+      MESSAGE("a batch to x once y serves its address: ", r.first_error().message());
+      auto refreshed = co_await initiator.refresh(*seg);
+      REQUIRE_FALSE(refreshed);
+      CHECK(refreshed.error() == errc::unknown_segment);
+      CHECK(initiator.find(*seg)->descriptor.name == "x");
+      auto to_y = co_await initiator.open_segment(address); // opening the address anew finds y
+      REQUIRE(to_y);
+      CHECK(*to_y != *seg);
+      CHECK(initiator.find(*to_y)->descriptor.name == "y");
+      co_await y.shutdown();
+    }());
+    CHECK(std::all_of(kv_y.begin(), kv_y.end(), [](std::byte v) { return v == std::byte{0}; }));
+  }
+
+  TEST_CASE(
+      "a notification never reaches a process that took over the target's address after its bytes landed") {
+    ferry::io::io_context ctx;
+    std::vector<std::byte> kv(1 << 20), src(1 << 20); // outlive the engines
+    auto serve = [&](const std::string& listen) {
+      auto e = std::make_unique<ferry::default_engine>(
+          ctx, ferry::engine_options{.name = "decode", .listen = listen});
+      REQUIRE(e->registry().add(kv.data(), kv.size(), access::read_write));
+      REQUIRE(e->start());
+      return e;
+    };
+    auto first = serve("127.0.0.2:0");
+    const std::string address = first->endpoint()->to_string();
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(address);
+      REQUIRE(seg);
+      transfer_batch batch;
+      batch.write(src.data(), *seg, 0, src.size());
+      REQUIRE((co_await initiator.transfer(batch)).ok());
+      co_await first->shutdown();
+      first.reset();
+      auto second = serve(address); // restarted: it never had the bytes
+      auto sent = co_await initiator.notify(*seg, "kv ready");
+      REQUIRE_FALSE(sent);
+      CHECK(sent.error() == errc::version_mismatch);
+      auto ping = co_await initiator.probe(*seg);
+      CHECK_FALSE(ping);
+      ferry::io::deadline soon(ctx, 200ms);
+      auto got = co_await second->next_notification(soon.token());
+      CHECK_FALSE(got);
+      co_await second->shutdown();
+    }());
+  }
+
+  TEST_CASE("two registrations under way at once leave the segment under the one lease that is renewed") {
+    ferry::io::io_context ctx;
+    slow_store store{ctx};
+    ferry::default_engine kv(ctx, {.name = "kv", .listen = "127.0.0.2:0", .metadata_ttl = 150ms});
+    REQUIRE(kv.start());
+    kv.use_metadata(store);
+    auto [first, second] =
+        ctx.run_until(ferry::when_all(kv.publish(), kv.publish())); // e.g. after adding regions
+    REQUIRE_MESSAGE(first, first.error().message());
+    REQUIRE_MESSAGE(second, second.error().message());
+    ctx.run_until([&]() -> ferry::task<> { (void)co_await ctx.sleep_for(600ms); }()); // four TTLs
+    auto held = ferry::sync_wait(store.inner.get("ferry/segments/kv"));
+    REQUIRE(held);
+    CHECK(held->has_value());
+    CHECK_FALSE(kv.registration_error());
+    ctx.run_until(kv.shutdown());
+  }
+
+  TEST_CASE("a process that unpublishes leaves the registration of a successor of the same name in place") {
+    ferry::io::io_context ctx;
+    ferry::memory_metadata_store meta;
+    // why: no lease (a store without leases, or metadata_ttl 0): the key is removed by name
+    ferry::default_engine old_kv(ctx, {.name = "kv", .listen = "127.0.0.2:0", .metadata_ttl = 0ms});
+    ferry::default_engine new_kv(ctx, {.name = "kv", .listen = "127.0.0.3:0", .metadata_ttl = 0ms});
+    for (auto* e : {&old_kv, &new_kv}) {
+      REQUIRE(e->start());
+      e->use_metadata(meta);
+    }
+    REQUIRE(ctx.run_until(old_kv.publish()));
+    REQUIRE(ctx.run_until(new_kv.publish())); // the successor, while the old one is still going
+    REQUIRE(ctx.run_until(old_kv.unpublish()));
+    auto held = ferry::sync_wait(meta.get("ferry/segments/kv"));
+    REQUIRE(held);
+    REQUIRE(held->has_value());
+    auto d = ferry::segment_descriptor::parse(**held);
+    REQUIRE(d);
+    CHECK(d->incarnation == new_kv.descriptor().incarnation);
+    ctx.run_until(old_kv.shutdown());
+    CHECK(ferry::sync_wait(meta.get("ferry/segments/kv"))->has_value()); // shutting down leaves it too
+    ctx.run_until(new_kv.shutdown());
+    CHECK_FALSE(ferry::sync_wait(meta.get("ferry/segments/kv"))->has_value()); // its own goes with it
   }
 
   TEST_CASE("a malformed descriptor in the store is refused with a message") {

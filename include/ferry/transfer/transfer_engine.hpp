@@ -19,6 +19,7 @@
 ///   auto r = co_await engine.transfer(batch, ferry::transfer_options().with_timeout(2s).with_notify("kv
 ///   ready"));
 
+#include "ferry/core/async_mutex.hpp"
 #include "ferry/core/async_scope.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
@@ -54,6 +55,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <stop_token>
@@ -248,8 +250,12 @@ public:
       co_return fail(d.error());
     if (d->name == options_.name && d->incarnation == incarnation_)
       co_return self;
+    // why: a name is unique in a metadata store, not among engines opened by address (every engine left with
+    // the default name is "ferry"); found through another locator, it is the same segment only if the same
+    // process serves it. A locator that now reaches a segment of another name opens that one anew.
     for (auto& p : peers_)
-      if (!p.is_self && (p.locator == locator || p.descriptor.name == d->name)) {
+      if (!p.is_self && p.descriptor.name == d->name &&
+          (p.locator == locator || p.descriptor.incarnation == d->incarnation)) {
         replace(p, std::move(*d), std::move(locator));
         co_return p.id;
       }
@@ -273,6 +279,11 @@ public:
     auto d = co_await fetch(peers_[id].locator, stop);
     if (!d)
       co_return fail(d.error());
+    // why: the address may now be served by another segment (the old owner gone, its address taken); the
+    // id stays bound to the segment it was opened as, and bytes meant for it never go to the other one
+    if (d->name != peers_[id].descriptor.name)
+      co_return fail(errc::unknown_segment, "refresh: " + peers_[id].locator + " now serves segment '" +
+                                                d->name + "', not '" + peers_[id].descriptor.name + "'");
     replace(peers_[id], std::move(*d), peers_[id].locator);
     co_return result<void>{};
   }
@@ -313,6 +324,7 @@ public:
     batch_result out = co_await run_batch(batch, opts);
     if ((!out.ok() || !restarted_since(served_by).empty()) && !opts.stop.stop_requested())
       co_await retry_stale(batch, opts, started, out, served_by);
+    fail_landed_in_replaced(batch, opts, out, served_by);
     if (opts.notify && out.ok()) {
       std::vector<segment_id> targets;
       for (auto& r : batch.requests())
@@ -369,6 +381,29 @@ private:
     return out;
   }
 
+  /// Fails the completed requests to targets that a new process serves now, unless they ran again against it
+  /// (`served_by` then names the new one): their bytes are in the process that is gone. Left so when the
+  /// batch was cancelled, its deadline passed, or the target was replaced once more during the rerun.
+  void fail_landed_in_replaced(const transfer_batch& batch, const transfer_options& opts, batch_result& out,
+                               const incarnations& served_by) const {
+    std::vector<segment_id> replaced = restarted_since(served_by);
+    if (replaced.empty())
+      return;
+    const char* why = opts.stop.stop_requested()
+                          ? "the batch was cancelled before it could run again"
+                          : "the batch's deadline left no time to run it again, or the target was replaced "
+                            "again while it did";
+    errc code = opts.stop.stop_requested() ? errc::cancelled
+                : opts.timeout.count() > 0 ? errc::timed_out
+                                           : errc::closed;
+    for (std::size_t i = 0; i < batch.size(); ++i)
+      if (out.requests[i] &&
+          std::find(replaced.begin(), replaced.end(), batch.requests()[i].target) != replaced.end())
+        out.requests[i] = fail(error(code, std::string("transfer: the request landed in a process that has "
+                                                       "since been replaced as the target's server; ") +
+                                               why));
+  }
+
   /// The targets among `then` that a new process serves now.
   std::vector<segment_id> restarted_since(const incarnations& then) const {
     std::vector<segment_id> out;
@@ -380,7 +415,7 @@ private:
 
   task<> retry_stale(const transfer_batch& batch, const transfer_options& opts,
                      std::chrono::steady_clock::time_point started, batch_result& out,
-                     const incarnations& served_by) {
+                     incarnations& served_by) {
     std::vector<segment_id> tried, changed;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       segment_id t = batch.requests()[i].target;
@@ -425,6 +460,10 @@ private:
         co_return;
       rest.timeout = left;
     }
+    // why: what runs again runs against the processes that serve its targets now
+    for (auto& [t, incarnation] : served_by)
+      if (std::find(restarted.begin(), restarted.end(), t) != restarted.end())
+        incarnation = peers_[t].descriptor.incarnation;
     batch_result redo = co_await run_batch(again, rest);
     for (std::size_t k = 0; k < which.size(); ++k)
       out.requests[which[k]] = std::move(redo.requests[k]);
@@ -511,6 +550,7 @@ public:
     auto state = std::make_shared<transfer_handle::shared_state>();
     state->io = &io_;
     state->background = &in_background_;
+    state->driving = &driving_;
     if (shut_down_.load(std::memory_order_acquire)) {
       state->set(refused_after_shutdown(batch, opts));
       return transfer_handle(std::move(state));
@@ -527,9 +567,10 @@ public:
     if (background_.joinable())
       return;
     guard_.emplace(io_);
+    // why: before the thread starts: a handle must not drive the loop on another thread meanwhile
+    in_background_.store(true, std::memory_order_release);
     background_ = std::thread([this] { io_.run(); });
     io_.hand_over(background_.get_id());
-    in_background_.store(true, std::memory_order_release);
   }
 
   // ---- notifications and liveness ----
@@ -656,7 +697,7 @@ private:
       lease_id lease = *std::exchange(lease_, std::nullopt);
       r = co_await metadata_.revoke(lease);
     } else {
-      r = co_await metadata_.remove(metadata_prefix_ + options_.name);
+      r = co_await remove_own_registration(metadata_prefix_ + options_.name);
     }
     co_await enter();
     co_return r;
@@ -668,6 +709,12 @@ private:
     const std::uint64_t generation = registration_generation_;
     std::string key = metadata_prefix_ + options_.name;
     auto superseded = [&] { return generation != registration_generation_ || shut_down_; };
+    // why: one registration at a time (publish() again, or the renewal's, while one is under way): two would
+    // each take a lease, and the key could end under the one nobody renews
+    auto turn = co_await registering_.lock();
+    co_await enter();
+    if (superseded())
+      co_return fail(errc::cancelled, "publish: unpublished meanwhile");
     if (metadata_.grant && options_.metadata_ttl.count() > 0) {
       for (int attempt = 0; attempt < 2; ++attempt) {
         std::optional<lease_id> fresh;
@@ -709,12 +756,25 @@ private:
     co_await enter();
     if (superseded()) {
       if (r)
-        (void)co_await metadata_.remove(key);
+        (void)co_await remove_own_registration(key);
       co_await enter();
       co_return fail(errc::cancelled, "publish: unpublished meanwhile");
     }
     if (r)
       published_ = true;
+    co_return r;
+  }
+
+  /// Removes `key` (registered without a lease) unless it now holds another process's descriptor: a
+  /// successor that published under this name while this engine was going must stay findable.
+  task<result<void>> remove_own_registration(const std::string& key) {
+    auto held = co_await metadata_.get(key);
+    co_await enter();
+    if (held && *held)
+      if (auto d = segment_descriptor::parse(**held); d && d->incarnation != incarnation_)
+        co_return result<void>{};
+    auto r = co_await metadata_.remove(key);
+    co_await enter();
     co_return r;
   }
 
@@ -969,6 +1029,7 @@ private:
   bool published_ = false;
   bool renewing_ = false;
   std::uint64_t registration_generation_ = 0;
+  async_mutex registering_; // register_segment() one at a time
   std::optional<lease_id> lease_;
   std::stop_source renewal_stop_;
   error registration_error_;
@@ -979,6 +1040,7 @@ private:
   // why: handles look here when they wait, not when they were made: a batch submitted before
   // run_in_background() must not be driven from the waiting thread as well
   std::atomic<bool> in_background_{false};
+  std::mutex driving_; // held by the thread that drives the loop for a transfer_handle
   std::optional<io::io_context::work_guard> guard_;
   // why: atomic: calls made after shutdown() look at it on their caller's thread, where they must not hop to
   // a loop that may no longer run

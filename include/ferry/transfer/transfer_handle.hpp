@@ -1,7 +1,9 @@
 #pragma once
 /// `ferry::transfer_handle`: a batch started with `transfer_engine::submit()`, for code without coroutines.
 /// `ready()` checks without blocking; `wait()` blocks until the batch is done. When nobody else drives the
-/// engine's io_context (no run_in_background()), both drive it on the calling thread.
+/// engine's io_context (no run_in_background()), both drive it on the calling thread, one thread at a time:
+/// handles waited for on several threads take turns. (A thread of yours that runs the io_context itself
+/// does not take part in the turns: then call them only from that thread, or use run_in_background().)
 ///
 ///   auto h = engine.submit(batch);
 ///   while (!h.ready()) do_other_work();
@@ -11,6 +13,7 @@
 #include "ferry/transfer/transfer_batch.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -27,6 +30,7 @@ public:
     std::optional<batch_result> result;
     io::io_context* io = nullptr;
     const std::atomic<bool>* background = nullptr; // the engine's: another thread runs its loop
+    std::mutex* driving = nullptr;                 // the engine's: held by the thread that drives its loop
     bool driven_elsewhere() const noexcept {
       return background && background->load(std::memory_order_acquire);
     }
@@ -49,26 +53,37 @@ public:
     if (state_->has_result())
       return true;
     if (!state_->driven_elsewhere())
-      state_->io->poll();
+      if (std::unique_lock turn(*state_->driving, std::try_to_lock); turn)
+        state_->io->poll();
     return state_->has_result();
   }
 
-  /// Blocks until the batch is done and yields its result (once).
+  /// Blocks until the batch is done and yields its result (the same one each time it is asked).
   batch_result wait() {
     // why: as in ready(): a handle whose batch has ended may have outlived its engine
-    if (!state_->has_result()) {
+    while (!state_->has_result()) {
       if (state_->driven_elsewhere()) {
         std::unique_lock lock(state_->mutex);
         state_->cv.wait(lock, [&] { return state_->result.has_value(); });
-      } else {
-        io::io_context::work_guard busy(
-            *state_->io); // why: keeps run_one() waiting while copies run elsewhere
-        while (!state_->has_result())
-          state_->io->run_one();
+        break;
       }
+      std::unique_lock turn(*state_->driving, std::try_to_lock);
+      if (turn && !state_->io->stopped()) {
+        // why: keeps run_one() waiting while copies run elsewhere; one handler a turn, so that a thread whose
+        // batch the driver's loop finishes takes over if the driver leaves first
+        io::io_context::work_guard busy(*state_->io);
+        state_->io->run_one();
+        continue;
+      }
+      if (turn)
+        turn.unlock();
+      // another thread drives the loop (it runs what ends this batch too), or the loop was stopped: wait
+      // for the result a while, then look again
+      std::unique_lock lock(state_->mutex);
+      state_->cv.wait_for(lock, std::chrono::milliseconds(1), [&] { return state_->result.has_value(); });
     }
     std::lock_guard lock(state_->mutex);
-    return std::move(*state_->result);
+    return *state_->result;
   }
 
 private:

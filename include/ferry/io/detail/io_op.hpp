@@ -58,6 +58,7 @@ struct io_op : op_base {
   ::socklen_t addrlen_ = 0;            // connect: the address length
   ::socklen_t* addrlen_out_ = nullptr; // accept: in/out length
   bool connect_started_ = false;       // readiness backend: connect() already issued, waiting for writability
+  bool cancel_asked_ = false;          // io_uring backend: this process asked the kernel to cancel it
 };
 
 struct timer_op : op_base {

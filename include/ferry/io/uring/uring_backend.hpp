@@ -50,6 +50,7 @@ public:
 
   /// Queues the operation; it is submitted with the next wait. Never completes at once.
   bool start(io_op* op) {
+    op->cancel_asked_ = false;
     ::io_uring_sqe* sqe = next_sqe();
     switch (op->code_) {
     case op_code::nop:
@@ -96,6 +97,7 @@ public:
   /// Asks the kernel to cancel an operation in flight; it then completes with -ECANCELED (or its own result
   /// if it finished first).
   void cancel(io_op* op) {
+    op->cancel_asked_ = true;
     ::io_uring_sqe* sqe = next_sqe();
     ::io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(static_cast<op_base*>(op)), 0);
     ::io_uring_sqe_set_data64(sqe, ignore_tag);
@@ -216,9 +218,17 @@ private:
         rearm = true;
         continue;
       }
-      auto* op = reinterpret_cast<op_base*>(tag);
+      auto* op = reinterpret_cast<io_op*>(tag); // why: timers and posted work never enter the ring
+      // why: the kernel cancels what a thread submitted when that thread exits, and the thread that drives a
+      // loop may change (a transfer_handle's wait() on one thread, then another's); an operation nobody here
+      // asked to cancel has not happened yet, and goes in again. A connect may have begun: its caller
+      // decides.
+      if (cqe->res == -ECANCELED && !op->cancel_asked_ && op->code_ != op_code::connect) {
+        start(op);
+        continue;
+      }
       op->result_ = cqe->res;
-      sink_(op);
+      sink_(static_cast<op_base*>(op));
       ++n;
     }
     ::io_uring_cq_advance(&ring_, seen);

@@ -148,6 +148,7 @@ class tcp_transport {
   struct control_channel {
     io::tcp_socket sock;
     io::endpoint address;
+    std::uint64_t incarnation = 0; // of the process at the other end, confirmed by a hello
     async_mutex mutex;
   };
 
@@ -222,6 +223,7 @@ public:
     if (!address)
       co_return fail(errc::peer_unreachable, "tcp: the peer has no TCP endpoint");
     const segment_id id = p.id; // why: `p` may move while this waits (the engine's peers are a vector)
+    const std::uint64_t incarnation = p.descriptor.incarnation;
     auto& slot = controls_[id];
     if (!slot)
       slot = std::make_unique<control_channel>();
@@ -232,13 +234,25 @@ public:
     if (auto it = fence_books_.find(id); type == tcp::frame_type::notify && it != fence_books_.end())
       book = it->second;
     for (int attempt = 0;; ++attempt) {
-      if (!ch.sock.is_open() || ch.address != *address) {
+      if (!ch.sock.is_open() || ch.address != *address || ch.incarnation != incarnation) {
+        ch.sock.close();
         io::deadline connecting(tc_.io, tc_.options.tcp.reply_timeout, stop);
         auto sock = co_await io::tcp_socket::connect(tc_.io, *address, connecting.token());
         if (!sock)
           co_return fail(connecting.expired() ? error(errc::timed_out, "tcp connect") : sock.error());
+        // why: as on the data connections, a hello confirms who answers: a notification for bytes that
+        // landed in a process now gone must not reach the one that took its address (nor a ping answer for
+        // it)
+        auto hello = co_await exchange_on(*sock, tcp::frame_type::hello, std::string(), connecting.token());
+        auto d = hello ? descriptor_in(*hello) : result<segment_descriptor>(fail(hello.error()));
+        if (!d)
+          co_return fail(connecting.expired() ? error(errc::timed_out, "tcp connect: hello") : d.error());
+        if (d->incarnation != incarnation)
+          co_return fail(errc::version_mismatch,
+                         "tcp: the segment at this address restarted; its descriptor is stale");
         ch.sock = std::move(*sock);
         ch.address = *address;
+        ch.incarnation = incarnation;
       }
       // why: as on the data connections, a fence gets twice the reply timeout (the owner may wait its stall
       // timeout for the connection it names); decided now, after the connect, during which a fence may have
