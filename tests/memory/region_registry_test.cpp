@@ -125,7 +125,7 @@ TEST_SUITE("shared_buffer") {
     ::waitpid(child, &status, 0);
     auto left_by_child = [&] {
       int n = 0;
-      std::string prefix = "ferry-" + std::to_string(child) + "-";
+      std::string prefix = "ferry-" + std::to_string(child) + ".";
       for (auto& e : std::filesystem::directory_iterator("/dev/shm"))
         n += e.path().filename().string().rfind(prefix, 0) == 0;
       return n;

@@ -4,6 +4,14 @@
 
 #include <doctest/doctest.h>
 
+#include <csignal>
+#include <fcntl.h>
+#include <regex>
+#include <sched.h>
+#include <string>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -87,6 +95,78 @@ TEST_SUITE("shm_gates") {
     REQUIRE_FALSE(a);
     CHECK(a.error() == errc::peer_unreachable);
     CHECK_FALSE(shm_gates::attach("/ferry-no-such-table"));
+  }
+
+  TEST_CASE("a table of an owner in another PID namespace is refused: its tickets name other processes") {
+    int lines[2];
+    REQUIRE(::pipe(lines) == 0);
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      // why: a new PID namespace takes effect for the children of the process that makes it
+      if (::unshare(CLONE_NEWPID) != 0)
+        ::_exit(2);
+      pid_t owner = ::fork();
+      if (owner == 0) {
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        auto gates = shm_gates::create();
+        if (!gates)
+          ::_exit(3);
+        std::string line = gates->name() + "\n";
+        (void)!::write(lines[1], line.data(), line.size());
+        ::pause();
+        ::_exit(0);
+      }
+      int status = 0;
+      ::waitpid(owner, &status, 0);
+      ::_exit(0);
+    }
+    ::close(lines[1]);
+    std::string name;
+    char c;
+    while (::read(lines[0], &c, 1) == 1 && c != '\n')
+      name += c;
+    ::close(lines[0]);
+    REQUIRE_FALSE(name.empty());
+    CHECK(name.find("/ferry-1.") == 0); // the owner is process 1 of its namespace
+    auto peer = shm_gates::attach(name);
+    CHECK_FALSE(peer);
+    if (!peer) {
+      CHECK(peer.error() == errc::peer_unreachable);
+      CHECK(peer.error().message().find("another PID namespace") != std::string::npos);
+    }
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    ::shm_unlink(name.c_str()); // why: its owner was killed, and no process of this namespace reaps it
+  }
+
+  TEST_CASE("shared objects have names of their own, and only this PID namespace's orphans are removed") {
+    auto a = ferry::shared_buffer::create(64), b = ferry::shared_buffer::create(64);
+    REQUIRE(a);
+    REQUIRE(b);
+    const std::string own =
+        std::to_string(::getpid()) + "\\." + std::to_string(ferry::detail::pid_namespace_id());
+    CHECK(std::regex_match(a->name(), std::regex("/ferry-" + own + "-[0-9]+-[0-9a-f]{16}")));
+    CHECK(a->name() != b->name());
+    pid_t gone = ::fork(); // a process id that is free once it has been waited for
+    REQUIRE(gone >= 0);
+    if (gone == 0)
+      ::_exit(0);
+    ::waitpid(gone, nullptr, 0);
+    const std::string ns = std::to_string(ferry::detail::pid_namespace_id());
+    const std::string here = "/ferry-" + std::to_string(gone) + "." + ns + "-0-0000000000000001";
+    const std::string elsewhere = "/ferry-" + std::to_string(gone) + "." + ns + "1-0-0000000000000002";
+    for (const auto& name : {here, elsewhere}) {
+      int fd = ::shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      REQUIRE(fd >= 0);
+      ::close(fd);
+    }
+    ferry::shared_buffer::remove_orphans();
+    struct ::stat st {};
+    CHECK(::stat(("/dev/shm" + here).c_str(), &st) != 0);      // its process ended: removed
+    CHECK(::stat(("/dev/shm" + elsewhere).c_str(), &st) == 0); // another namespace's process id: kept
+    ::shm_unlink(elsewhere.c_str());
+    CHECK(::stat(("/dev/shm" + a->name()).c_str(), &st) == 0); // a live process's: kept
   }
 
   TEST_CASE("the registry puts each shared region behind a gate and refuses to drop it while a peer copies") {

@@ -17,10 +17,15 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <span>
 #include <string>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -319,6 +324,46 @@ struct slow_store {
 };
 static_assert(ferry::leasing_metadata_store<slow_store>);
 
+/// Whether this process maps the shared-memory object `name` (as /dev/shm/NAME in /proc/self/maps).
+bool maps_object(const std::string& name) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line))
+    if (line.find("/dev/shm" + name) != std::string::npos)
+      return true;
+  return false;
+}
+
+/// A same-host target with a shared region is written once through shared memory and then killed; a
+/// second write must fail (nothing serves the segment), never land in the memory it left behind. 0 when
+/// so, else a code saying what went wrong. Also checks that the dead owner's memory is unmapped.
+int write_to_a_target_that_ended() {
+  auto child = spawn_target("127.0.0.2:0", 1 << 20, true);
+  ferry::io::io_context ctx;
+  ferry::default_engine engine(ctx, {.name = "local", .tcp = {.connect_timeout = 500ms}});
+  std::vector<std::byte> buf(1 << 20);
+  fill(buf, 17);
+  if (!engine.registry().add(buf.data(), buf.size(), access::none))
+    return 10;
+  auto seg = ctx.run_until(engine.open_segment(child.line()));
+  if (!seg)
+    return 11;
+  const std::string object = engine.find(*seg)->descriptor.regions.front().shm_name;
+  transfer_batch w;
+  w.write(buf.data(), *seg, 0, buf.size());
+  if (!ctx.run_until(engine.transfer(w)).ok() || engine.routed_bytes("shm") != buf.size())
+    return 12;
+  if (!maps_object(object))
+    return 13;
+  child.kill();
+  auto again = ctx.run_until(engine.transfer(w, ferry::transfer_options().with_timeout(5s)));
+  if (again.ok())
+    return 14; // reported done, with nobody to read it
+  if (maps_object(object))
+    return 15; // still mapped: its memory (and /dev/shm's) is held for a process that is gone
+  return 0;
+}
+
 } // namespace
 
 TEST_SUITE("transfer_engine") {
@@ -484,6 +529,36 @@ TEST_SUITE("transfer_engine") {
     // the new descriptor, whose shared memory it then uses
     CHECK(engine.find(*seg)->descriptor.pid == static_cast<std::uint64_t>(second.pid()));
     CHECK(engine.routed_bytes("shm") >= 3 * buf.size());
+  }
+
+  TEST_CASE(
+      "a same-host target that ended is not written through its orphaned shared memory, which is unmapped") {
+    CHECK(write_to_a_target_that_ended() == 0);
+  }
+
+  TEST_CASE(
+      "without pidfd_open (an old kernel, a seccomp profile), a same-host target that ended is noticed too") {
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::sock_filter filter[] = {
+          BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0), // seccomp_data.nr
+          BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_open, 0, 1),
+          BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+          BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      };
+      ::sock_fprog prog{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+      if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+          ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        ::_exit(9);
+      if (::syscall(SYS_pidfd_open, ::getpid(), 0) >= 0 || errno != ENOSYS)
+        ::_exit(8);
+      ::_exit(write_to_a_target_that_ended());
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
   }
 
   TEST_CASE("transfers to the engine's own segment are copies within the process") {

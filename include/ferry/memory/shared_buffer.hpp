@@ -8,15 +8,18 @@
 
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
+#include "ferry/memory/detail/pid_namespace.hpp"
 
 #include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <fcntl.h>
 #include <filesystem>
 #include <mutex>
+#include <random>
 #include <span>
 #include <string>
 #include <sys/mman.h>
@@ -41,7 +44,10 @@ public:
   }
   ~shared_buffer() { release(); }
 
-  /// Creates a zero-filled shared object of `size` bytes (rounded up to the page size) and maps it.
+  /// Creates a zero-filled shared object of `size` bytes (rounded up to the page size) and maps it. Its name,
+  /// "/ferry-PID.PIDNS-N-RANDOM", is this process's alone: the random part keeps it from meeting an object
+  /// that a process of the same id left behind (a restarted container's PID 1, say), and from being found
+  /// by a process that sees another /dev/shm under the same names.
   static result<shared_buffer> create(std::size_t size) {
     static std::atomic<unsigned> counter{0};
     static std::once_flag reaped;
@@ -49,8 +55,13 @@ public:
     std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
     size = (size + page - 1) / page * page;
     shared_buffer b;
-    b.name_ = "/ferry-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
-    int fd = ::shm_open(b.name_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int fd = -1;
+    for (int attempt = 0; fd < 0 && attempt < 8; ++attempt) {
+      b.name_ = fresh_name(counter.fetch_add(1));
+      fd = ::shm_open(b.name_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd < 0 && errno != EEXIST)
+        break;
+    }
     if (fd < 0)
       return fail_errno(-errno, "shm_open");
     if (::ftruncate(fd, static_cast<off_t>(size)) < 0) {
@@ -77,13 +88,18 @@ public:
   /// The name peers open it by (shm_open).
   const std::string& name() const noexcept { return name_; }
 
-  /// Removes the shared objects of ferry processes that ended without removing them (killed, crashed).
+  /// Removes the shared objects of ferry processes that ended without removing them (killed, crashed). Only
+  /// those of this PID namespace: another namespace's ids name other processes (containers that share
+  /// /dev/shm), whose objects may be in use.
   static void remove_orphans() noexcept {
     std::error_code ec;
+    const unsigned long own_namespace = detail::pid_namespace_id();
     for (auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
       std::string name = entry.path().filename().string();
-      unsigned long pid = 0;
-      if (std::sscanf(name.c_str(), "ferry-%lu-", &pid) != 1 || pid == 0)
+      unsigned long pid = 0, pid_namespace = 0;
+      int fields = std::sscanf(name.c_str(), "ferry-%lu.%lu-", &pid, &pid_namespace);
+      // why: a name without the namespace comes from an older ferry, which named objects so on every host
+      if (fields < 1 || pid == 0 || (fields == 2 && pid_namespace != own_namespace))
         continue;
       if (::kill(static_cast<pid_t>(pid), 0) < 0 && errno == ESRCH)
         ::shm_unlink(("/" + name).c_str());
@@ -91,6 +107,16 @@ public:
   }
 
 private:
+  static std::string fresh_name(unsigned n) {
+    static thread_local std::mt19937_64 random{(std::uint64_t(std::random_device{}()) << 32) ^
+                                               std::random_device{}() ^ std::uint64_t(::getpid())};
+    char text[96];
+    std::snprintf(text, sizeof text, "/ferry-%lu.%lu-%u-%016llx", static_cast<unsigned long>(::getpid()),
+                  static_cast<unsigned long>(detail::pid_namespace_id()), n,
+                  static_cast<unsigned long long>(random()));
+    return text;
+  }
+
   void release() noexcept {
     if (!data_)
       return;

@@ -17,6 +17,7 @@
 
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
+#include "ferry/memory/detail/pid_namespace.hpp"
 #include "ferry/memory/shared_buffer.hpp"
 
 #include <atomic>
@@ -46,6 +47,7 @@ public:
     if (!buf)
       return fail(buf.error());
     auto* t = new (buf->data()) table;
+    t->pid_namespace.store(detail::pid_namespace_id(), std::memory_order_relaxed);
     t->magic.store(table::magic_value, std::memory_order_release);
     shm_gates g;
     g.pid_ = ::getpid();
@@ -55,7 +57,9 @@ public:
     return g;
   }
 
-  /// A peer's view of the owner's table named `name` (from the segment descriptor).
+  /// A peer's view of the owner's table named `name` (from the segment descriptor). Refused for an owner in
+  /// another PID namespace: tickets name their holders by process id, and the owner tells a live holder from
+  /// a dead one by it.
   static result<shm_gates> attach(const std::string& name) {
     int fd = ::shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
     if (fd < 0)
@@ -72,7 +76,11 @@ public:
     auto* t = static_cast<table*>(p);
     if (t->magic.load(std::memory_order_acquire) != table::magic_value) {
       ::munmap(p, sizeof(table));
-      return fail(errc::peer_unreachable, "shm gates: not a gate table");
+      return fail(errc::peer_unreachable, "shm gates: not a gate table (or one of another ferry version)");
+    }
+    if (t->pid_namespace.load(std::memory_order_relaxed) != detail::pid_namespace_id()) {
+      ::munmap(p, sizeof(table));
+      return fail(errc::peer_unreachable, "shm gates: the owner runs in another PID namespace");
     }
     shm_gates g;
     g.pid_ = ::getpid();
@@ -196,8 +204,9 @@ private:
   static bool process_alive(pid_t pid) noexcept { return pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH); }
 
   struct table {
-    static constexpr std::uint64_t magic_value = 0x3153455441475946ull; // "FYGATES1"
+    static constexpr std::uint64_t magic_value = 0x3253455441475946ull; // "FYGATES2"
     std::atomic<std::uint64_t> magic{0};
+    std::atomic<std::uint64_t> pid_namespace{0};  // the owner's (detail::pid_namespace_id())
     std::atomic<std::uint64_t> gates[gate_count]; // epoch << 2 | state
     std::atomic<std::uint64_t> tickets[ticket_count];
   };

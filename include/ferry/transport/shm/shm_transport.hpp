@@ -57,10 +57,11 @@ class shm_transport {
     std::shared_ptr<shm_gates> gates;                        // the owner's, attached on first use
     bool unreachable = false; // its shared memory cannot be opened from here, or its process ended
     int pidfd = -1;           // the owner process, to notice that it ended
+    pid_t pid = 0;            // the owner process, where no pidfd could be had
     peer_maps() = default;
     peer_maps(peer_maps&& o) noexcept
         : incarnation(o.incarnation), by_name(std::move(o.by_name)), gates(std::move(o.gates)),
-          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)) {}
+          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)), pid(o.pid) {}
     peer_maps& operator=(peer_maps&&) = delete;
     ~peer_maps() {
       if (pidfd >= 0)
@@ -68,10 +69,16 @@ class shm_transport {
     }
     /// False once the owner process has exited (its memory would then reach nobody).
     bool owner_alive() {
-      if (pidfd < 0)
-        return true;
+      if (pidfd <
+          0) // why: no pidfd (an old kernel, a seccomp profile): the process id, in the same namespace
+        return ::kill(pid, 0) == 0 || errno != ESRCH;
       ::pollfd p{pidfd, POLLIN, 0};
       return ::poll(&p, 1, 0) == 0;
+    }
+    /// Unmaps what this peer's copies no longer use (copies under way keep their mappings until they end).
+    void drop_mappings() {
+      by_name.clear();
+      gates.reset();
     }
   };
 
@@ -89,7 +96,9 @@ public:
   bool reaches(const peer& p, std::uint64_t offset, std::uint64_t length) const {
     if (p.is_self)
       return true;
-    if (p.descriptor.host.empty() || p.descriptor.host != tc_.host)
+    // why: the owner's process id tells when it ended (its shared memory then reaches nobody): without one,
+    // TCP
+    if (p.descriptor.host.empty() || p.descriptor.host != tc_.host || p.descriptor.pid == 0)
       return false;
     if (auto it = maps_.find(p.id); it != maps_.end() && it->second.unreachable)
       return false;
@@ -150,23 +159,38 @@ private:
       return fail(errc::permission_denied, "shm: the region does not permit this");
     auto& maps = maps_[p.id];
     if (maps.incarnation != p.descriptor.incarnation) {
-      maps.by_name.clear();
-      maps.gates.reset();
+      maps.drop_mappings();
       maps.incarnation = p.descriptor.incarnation;
       if (maps.pidfd >= 0)
         ::close(std::exchange(maps.pidfd, -1));
-      if (p.descriptor.pid != 0) {
-        maps.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(p.descriptor.pid), 0));
+      maps.pid = static_cast<pid_t>(p.descriptor.pid);
+      if (maps.pid > 0) {
+        maps.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, maps.pid, 0));
         if (maps.pidfd < 0 && errno == ESRCH)
           maps.unreachable = true;
+      } else {
+        maps.unreachable = true; // why: reaches() refuses it; a descriptor from elsewhere, say
       }
     }
     // why: a process that ended (and perhaps restarted elsewhere) leaves its shared objects behind; copying
     // into them would report success for bytes nobody will read. Such slices go to the next transport
-    // instead.
+    // instead, and its memory is unmapped once no copy uses it.
     if (maps.unreachable || !maps.owner_alive()) {
       maps.unreachable = true;
+      maps.drop_mappings();
       return fail(errc::peer_unreachable, "shm: the segment's process has ended");
+    }
+    // why: first the table of gates, whose name is the owner's alone: a process that sees another /dev/shm
+    // (another container on this kernel) does not find it, and never maps an object of its own that has the
+    // name of one of the owner's regions
+    if (!maps.gates) {
+      auto attached = shm_gates::attach(p.descriptor.shm_gates);
+      if (!attached) {
+        maps.unreachable = true; // later requests go to the next transport
+        maps.drop_mappings();
+        return fail(attached.error());
+      }
+      maps.gates = std::make_shared<shm_gates>(std::move(*attached));
     }
     // why: a read-only mapping must not serve a later write to a writable region of the same object
     std::string key = r->shm_name + (allows(r->permissions, access::write) ? "#rw" : "#ro");
@@ -176,19 +200,10 @@ private:
       if (!opened) {
         maps.by_name.erase(key);
         maps.unreachable = true; // later requests go to the next transport
+        maps.drop_mappings();
         return fail(opened.error());
       }
       m = std::move(*opened);
-    }
-    // why: a changed descriptor (another table, perhaps) drops this peer's maps first (forget, or the
-    // incarnation check above), so a table attached once serves until then
-    if (!maps.gates) {
-      auto attached = shm_gates::attach(p.descriptor.shm_gates);
-      if (!attached) {
-        maps.unreachable = true; // later requests go to the next transport
-        return fail(attached.error());
-      }
-      maps.gates = std::make_shared<shm_gates>(std::move(*attached));
     }
     std::uint64_t at = r->shm_offset + (s->remote_offset - r->offset);
     if (at > m->length || s->length > m->length - at)
