@@ -182,6 +182,7 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
     CHECK_FALSE(r.ok());
     REQUIRE(r.notify_error);
     CHECK(r.notify_error == errc::timed_out);
+    CHECK(r.notify_error.message().rfind("notify '", 0) == 0); // names the target it did not reach
     MESSAGE("notification past the deadline: ", r.notify_error.message());
     CHECK(took < 3s);
   }

@@ -656,6 +656,7 @@ TEST_SUITE("transfer_engine") {
       CHECK(r.requests[5].error() == errc::invalid_argument);
       CHECK(r.requests[6].value() == 4096);
       CHECK(r.first_error() == errc::unknown_segment);
+      CHECK(r.first_error().message().rfind("request 1 of 7: ", 0) == 0); // which request it was
     }());
   }
 

@@ -96,11 +96,14 @@ struct batch_result {
         return false;
     return !notify_error;
   }
-  /// The first failed request's error, else the notification's error (an empty error when ok()).
-  error first_error() const noexcept {
-    for (auto& r : requests)
-      if (!r)
-        return r.error();
+  /// The first failed request's error, saying which request it was ("request 3 of 128: ..."), else the
+  /// notification's error (an empty error when ok()). `requests[i].error()` is each one's own.
+  error first_error() const {
+    for (std::size_t i = 0; i < requests.size(); ++i)
+      if (!requests[i])
+        return error(requests[i].error().code(), "request " + std::to_string(i) + " of " +
+                                                     std::to_string(requests.size()) + ": " +
+                                                     requests[i].error().what());
     return notify_error;
   }
   /// Bytes moved by the successful requests.

@@ -339,9 +339,11 @@ public:
       std::stop_token token = within ? within->token() : opts.stop;
       for (segment_id t : targets)
         if (auto n = co_await notify(t, *opts.notify, token); !n) {
+          // why: with several targets, the caller learns which one did not get it (those before it did)
+          const std::string to = "notify '" + peers_[t].descriptor.name + "'";
           out.notify_error = within && within->expired()
-                                 ? error(errc::timed_out, "notify: the batch's deadline passed")
-                                 : n.error();
+                                 ? error(errc::timed_out, to + ": the batch's deadline passed")
+                                 : error(n.error().code(), to + ": " + n.error().what());
           break;
         }
     }

@@ -557,7 +557,7 @@ TEST_SUITE("cuda_transport") {
     auto refused = ctx2.run_until(late.transfer(std::move(w2), within));
     REQUIRE_FALSE(refused.ok());
     MESSAGE("stale IPC handle: ", refused.first_error().message());
-    CHECK(std::string(refused.first_error().what()) == "cudaIpcOpenMemHandle");
+    CHECK(std::string(refused.requests[0].error().what()) == "cudaIpcOpenMemHandle");
     CHECK(::cudaDeviceSynchronize() == ::cudaSuccess);
   }
 }
