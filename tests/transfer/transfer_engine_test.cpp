@@ -293,6 +293,7 @@ void replace_mid_batch(replacement how) {
 /// The memory store with the delays of a remote one: a lease takes 5 ms to grant, the first leased put 30 ms
 /// and later ones 5 ms (so that two registrations under way at once would land out of order).
 struct slow_store {
+  explicit slow_store(ferry::io::io_context& c) : ctx(c) {}
   ferry::io::io_context& ctx;
   ferry::memory_metadata_store inner;
   int leased_puts = 0;
@@ -727,6 +728,34 @@ TEST_SUITE("transfer_engine") {
     }());
     CHECK_MESSAGE(r.ok(), r.first_error().message());
     CHECK(p.remote == p.local);
+  }
+
+  TEST_CASE("the connections of a replaced descriptor are freed once idle, with or without io threads") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      std::vector<std::vector<std::byte>> later(6, std::vector<std::byte>(4096)); // outlive the engines
+      served_pair p(1 << 20, {.name = "initiator", .tcp = {.io_threads = io_threads}});
+      fill(p.local, 43);
+      auto& tcp = p.initiator.transport<ferry::tcp_transport>();
+      const std::size_t per_peer = p.initiator.options().tcp.connections_per_peer;
+      p.ctx.run_until([&]() -> ferry::task<> {
+        auto seg = co_await p.initiator.open_segment(p.address());
+        REQUIRE(seg);
+        transfer_batch b;
+        b.write(p.local.data(), *seg, 0, p.local.size());
+        for (auto& region : later) {
+          REQUIRE((co_await p.initiator.transfer(b)).ok());
+          // the target's descriptor changes; the initiator takes it, and its connections are replaced
+          REQUIRE(p.target.registry().add(region.data(), region.size(), access::read_write));
+          REQUIRE(co_await p.initiator.refresh(*seg));
+        }
+        REQUIRE((co_await p.initiator.transfer(b)).ok());
+        for (int i = 0; i < 200 && tcp.connections_held() > per_peer; ++i)
+          (void)co_await p.ctx.sleep_for(5ms);
+      }());
+      CHECK(tcp.connections_held() == per_peer); // before: per_peer more for every replaced descriptor
+      CHECK(p.remote == p.local);
+    }
   }
 
   TEST_CASE("a segment of twenty thousand regions is opened and reached to its last region") {
@@ -1279,12 +1308,13 @@ TEST_SUITE("transfer_engine metadata") {
 
   TEST_CASE("two registrations under way at once leave the segment under the one lease that is renewed") {
     ferry::io::io_context ctx;
-    slow_store store{ctx};
+    slow_store store(ctx);
     ferry::default_engine kv(ctx, {.name = "kv", .listen = "127.0.0.2:0", .metadata_ttl = 150ms});
     REQUIRE(kv.start());
     kv.use_metadata(store);
-    auto [first, second] =
-        ctx.run_until(ferry::when_all(kv.publish(), kv.publish())); // e.g. after adding regions
+    auto both = ctx.run_until(ferry::when_all(kv.publish(), kv.publish())); // e.g. after adding regions
+    auto& first = std::get<0>(both);
+    auto& second = std::get<1>(both);
     REQUIRE_MESSAGE(first, first.error().message());
     REQUIRE_MESSAGE(second, second.error().message());
     ctx.run_until([&]() -> ferry::task<> { (void)co_await ctx.sleep_for(600ms); }()); // four TTLs

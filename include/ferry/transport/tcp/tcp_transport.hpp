@@ -129,8 +129,10 @@ class tcp_transport {
     std::shared_ptr<fence_book> fences; // its peer's; fixed
     std::uint64_t incarnation = 0;      // of the process the descriptor describes; checked on every connect
     bool retired = false;     // its peer's descriptor was replaced: it takes no new work and never reconnects
+    bool reclaiming = false;  // retired, idle, and about to be freed
     std::deque<slice*> queue; // accepted, not yet sent
     session* current = nullptr;
+    int sessions = 0; // alive: the current one and broken ones whose coroutines have not ended yet
     bool connecting = false;
     bool writing = false;
     std::uint64_t next_wire_id = 0;
@@ -324,10 +326,21 @@ public:
           if (!t.stopping_)
             t.retire(of);
         }(*this, *c));
-    // why: keep the connection objects: reader/writer coroutines may still refer to them; new ones are
-    // addressed from the refreshed descriptor.
+    // why: keep the connection objects while reader/writer coroutines may still refer to them: each is freed
+    // once it is idle (reclaim_if_idle); new ones are addressed from the refreshed descriptor.
     retired_.push_back(std::move(it->second));
     peers_.erase(it);
+  }
+
+  /// Connection objects this transport holds: those of its peers and retired ones not freed yet (on the
+  /// engine's loop).
+  std::size_t connections_held() const noexcept {
+    std::size_t n = 0;
+    for (auto& [id, ps] : peers_)
+      n += ps.connections.size();
+    for (auto& ps : retired_)
+      n += ps.connections.size();
+    return n;
   }
 
   /// Drops every connection and fails everything queued; background work ends (join the engine's scope).
@@ -523,6 +536,7 @@ private:
     }
     for (slice* s : arrived)
       enqueue(c, s);
+    reclaim_if_idle(c);
   }
 
   void join_home(connection& c) {
@@ -558,6 +572,54 @@ private:
     c.retired = true;
     fail_queued(c, error(errc::closed, "tcp: the peer's descriptor changed")); // retried with the new one
     break_current(c, error(errc::closed, "tcp: the peer's descriptor changed"));
+    reclaim_if_idle(c);
+  }
+
+  /// On the connection's loop: once a retired connection holds nothing (no session, no connect under way,
+  /// nothing queued or handed over), it leaves its loop's list and is freed on the engine's loop.
+  void reclaim_if_idle(connection& c) {
+    if (!c.retired) // why: the common case, on every session's end: no lock taken
+      return;
+    auto idle = [this](connection& of) {
+      std::lock_guard lock(of.inbox_mutex);
+      return of.retired && !of.reclaiming && !of.connecting && of.sessions == 0 && !of.current &&
+             of.queue.empty() && of.inbox.empty() && !of.inbox_scheduled && !stopping_;
+    };
+    if (!idle(c))
+      return;
+    c.reclaiming = true;
+    // why: later, on the same loop: the coroutine that calls this (a session's last user, say) is still
+    // running and refers to `c` until it ends
+    c.at->scope->spawn([](tcp_transport& t, connection& of, auto still_idle) -> task<> {
+      co_await of.at->loop->schedule();
+      of.reclaiming = false;
+      if (!still_idle(of))
+        co_return;
+      of.reclaiming = true;
+      std::erase(of.at->connections, &of);
+      if (of.at->loop == &t.tc_.io) {
+        t.free_retired(of);
+        co_return;
+      }
+      t.tc_.scope.spawn([](tcp_transport& owner, connection& gone) -> task<> {
+        co_await owner.tc_.io.schedule();
+        owner.free_retired(gone);
+      }(t, of));
+    }(*this, c, idle));
+  }
+
+  /// On the engine's loop: frees a retired connection that left its loop's list.
+  void free_retired(connection& c) {
+    for (auto it = retired_.begin(); it != retired_.end(); ++it) {
+      auto& list = it->connections;
+      auto found = std::find_if(list.begin(), list.end(), [&](auto& owned) { return owned.get() == &c; });
+      if (found == list.end())
+        continue;
+      list.erase(found);
+      if (list.empty())
+        retired_.erase(it);
+      return;
+    }
   }
 
   void close_connections(home& h) {
@@ -614,6 +676,7 @@ private:
       error e = !sock ? (within.expired() ? error(errc::timed_out, "tcp connect") : sock.error())
                       : error(errc::cancelled, "tcp: engine shutting down");
       fail_queued(c, e); // retries go to another connection
+      reclaim_if_idle(c);
       co_return;
     }
     tcp::detail::keep_alive(*sock, tc_.options.tcp.keepalive_idle);
@@ -621,6 +684,7 @@ private:
     sn->sock = std::move(*sock);
     sn->tag = tag;
     sn->users = 1; // the reader
+    ++c.sessions;
     c.current = sn;
     c.at->scope->spawn(reader(c, *sn));
     kick(c);
@@ -841,7 +905,9 @@ private:
     error reason = sn.broken ? sn.reason : error(errc::closed, "tcp");
     sn.sock.close();
     delete &sn;
+    --c.sessions;
     finish_all(c, pending, reason);
+    reclaim_if_idle(c);
   }
 
   /// Drops the connections of `h` that have requests outstanding and have not answered within the reply
