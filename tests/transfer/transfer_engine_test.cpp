@@ -325,6 +325,28 @@ struct slow_store {
 };
 static_assert(ferry::leasing_metadata_store<slow_store>);
 
+/// An engine named `name`, listening on `listen`, that serves `kv` read-write.
+std::unique_ptr<ferry::default_engine> serve_memory(ferry::io::io_context& ctx, const char* name,
+                                                    const std::string& listen, std::vector<std::byte>& kv) {
+  auto e =
+      std::make_unique<ferry::default_engine>(ctx, ferry::engine_options{.name = name, .listen = listen});
+  REQUIRE(e->registry().add(kv.data(), kv.size(), access::read_write));
+  REQUIRE(e->start());
+  return e;
+}
+
+/// Opens the segment at `address` and writes all of `src` to its offset 0; the segment's id.
+ferry::task<ferry::segment_id> open_and_write(tcp_engine& initiator, std::string address,
+                                              std::vector<std::byte>& src) {
+  auto seg = co_await initiator.open_segment(std::move(address));
+  REQUIRE(seg);
+  transfer_batch batch;
+  batch.write(src.data(), *seg, 0, src.size());
+  auto r = co_await initiator.transfer(batch);
+  REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+  co_return *seg;
+}
+
 /// Whether this process maps the shared-memory object `name` (as /dev/shm/NAME in /proc/self/maps).
 bool maps_object(const std::string& name) {
   std::ifstream maps("/proc/self/maps");
@@ -1236,36 +1258,29 @@ TEST_SUITE("transfer_engine metadata") {
     ferry::io::io_context ctx;
     std::vector<std::byte> kv_x(1 << 20), kv_y(1 << 20), src(1 << 20); // outlive the engines
     fill(src, 29);
-    auto x = std::make_unique<ferry::default_engine>(
-        ctx, ferry::engine_options{.name = "x", .listen = "127.0.0.2:0"});
-    REQUIRE(x->registry().add(kv_x.data(), kv_x.size(), access::read_write));
-    REQUIRE(x->start());
+    auto x = serve_memory(ctx, "x", "127.0.0.2:0", kv_x);
     const std::string address = x->endpoint()->to_string();
     tcp_engine initiator(ctx, {.name = "initiator", .tcp = {.connect_timeout = 500ms}});
     REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
     ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await initiator.open_segment(address);
-      REQUIRE(seg);
-      transfer_batch batch;
-      batch.write(src.data(), *seg, 0, src.size());
-      REQUIRE((co_await initiator.transfer(batch)).ok());
+      auto seg = co_await open_and_write(initiator, address, src);
       co_await x->shutdown();
       x.reset();
-      ferry::default_engine y(ctx, {.name = "y", .listen = address}); // x's address, taken by another segment
-      REQUIRE(y.registry().add(kv_y.data(), kv_y.size(), access::read_write));
-      REQUIRE(y.start());
+      auto y = serve_memory(ctx, "y", address, kv_y); // x's address, taken by another segment
+      transfer_batch batch;
+      batch.write(src.data(), seg, 0, src.size());
       auto r = co_await initiator.transfer(batch, ferry::transfer_options().with_timeout(10s));
       CHECK_FALSE(r.ok());
       MESSAGE("a batch to x once y serves its address: ", r.first_error().message());
-      auto refreshed = co_await initiator.refresh(*seg);
+      auto refreshed = co_await initiator.refresh(seg);
       REQUIRE_FALSE(refreshed);
       CHECK(refreshed.error() == errc::unknown_segment);
-      CHECK(initiator.find(*seg)->descriptor.name == "x");
+      CHECK(initiator.find(seg)->descriptor.name == "x");
       auto to_y = co_await initiator.open_segment(address); // opening the address anew finds y
       REQUIRE(to_y);
-      CHECK(*to_y != *seg);
+      CHECK(*to_y != seg);
       CHECK(initiator.find(*to_y)->descriptor.name == "y");
-      co_await y.shutdown();
+      co_await y->shutdown();
     }());
     CHECK(std::all_of(kv_y.begin(), kv_y.end(), [](std::byte v) { return v == std::byte{0}; }));
   }
@@ -1274,30 +1289,19 @@ TEST_SUITE("transfer_engine metadata") {
       "a notification never reaches a process that took over the target's address after its bytes landed") {
     ferry::io::io_context ctx;
     std::vector<std::byte> kv(1 << 20), src(1 << 20); // outlive the engines
-    auto serve = [&](const std::string& listen) {
-      auto e = std::make_unique<ferry::default_engine>(
-          ctx, ferry::engine_options{.name = "decode", .listen = listen});
-      REQUIRE(e->registry().add(kv.data(), kv.size(), access::read_write));
-      REQUIRE(e->start());
-      return e;
-    };
-    auto first = serve("127.0.0.2:0");
+    auto first = serve_memory(ctx, "decode", "127.0.0.2:0", kv);
     const std::string address = first->endpoint()->to_string();
     tcp_engine initiator(ctx, {.name = "initiator"});
     REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
     ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await initiator.open_segment(address);
-      REQUIRE(seg);
-      transfer_batch batch;
-      batch.write(src.data(), *seg, 0, src.size());
-      REQUIRE((co_await initiator.transfer(batch)).ok());
+      auto seg = co_await open_and_write(initiator, address, src);
       co_await first->shutdown();
       first.reset();
-      auto second = serve(address); // restarted: it never had the bytes
-      auto sent = co_await initiator.notify(*seg, "kv ready");
+      auto second = serve_memory(ctx, "decode", address, kv); // restarted: it never had the bytes
+      auto sent = co_await initiator.notify(seg, "kv ready");
       REQUIRE_FALSE(sent);
       CHECK(sent.error() == errc::version_mismatch);
-      auto ping = co_await initiator.probe(*seg);
+      auto ping = co_await initiator.probe(seg);
       CHECK_FALSE(ping);
       ferry::io::deadline soon(ctx, 200ms);
       auto got = co_await second->next_notification(soon.token());
