@@ -570,6 +570,10 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
     co_await ferry::when_all(std::move(warm));
   }
   if (s.exit_code != 0) {
+    if (write && o.restore) // why: the failed warm-up batch may have written part of its blocks
+      if (auto restored = co_await restore(engine, s, workers); !restored)
+        std::fprintf(stderr, "ferry-bench: warning: could not restore the target's fill pattern: %s\n",
+                     restored.error().message().c_str());
     std::fprintf(stderr, "ferry-bench: %s\n", s.failure.c_str());
     co_return s.exit_code;
   }

@@ -1158,6 +1158,33 @@ TEST_SUITE("transfer_engine") {
     ferry::sync_wait(p.target.shutdown());
   }
 
+  TEST_CASE(
+      "a handle waited for while the engine moves to a background thread completes, driven by one thread") {
+    served_pair p(64 << 20);
+    fill(p.local, 14);
+    auto seg = p.ctx.run_until(p.initiator.open_segment(p.address()));
+    REQUIRE(seg);
+    transfer_batch b;
+    for (std::size_t at = 0; at < p.local.size(); at += 1 << 20)
+      b.write(p.local.data() + at, *seg, at, 1 << 20);
+    std::atomic<bool> waiting{false};
+    ferry::batch_result r;
+    std::thread waiter([&] {
+      auto h = p.initiator.submit(b);
+      waiting = true;
+      r = h.wait(); // drives the loop: its turn ends when the background thread starts
+    });
+    while (!waiting)
+      std::this_thread::yield();
+    p.initiator.run_in_background();
+    waiter.join();
+    CHECK_MESSAGE(r.ok(), r.first_error().message());
+    CHECK(p.remote == p.local);
+    CHECK(p.initiator.submit(b).wait().ok()); // and the background thread serves what comes next
+    ferry::sync_wait(p.initiator.shutdown());
+    ferry::sync_wait(p.target.shutdown());
+  }
+
   TEST_CASE("a hundred concurrent batches of many small blocks all land") {
     constexpr std::size_t blocks = 16, block = 16 * 1024, batches = 100;
     served_pair p(batches * blocks * block,
@@ -1306,6 +1333,31 @@ TEST_SUITE("transfer_engine metadata") {
       ferry::io::deadline soon(ctx, 200ms);
       auto got = co_await second->next_notification(soon.token());
       CHECK_FALSE(got);
+      co_await second->shutdown();
+    }());
+  }
+
+  TEST_CASE("a segment opened by address and, after it restarted there, by name keeps its one id") {
+    ferry::io::io_context ctx;
+    ferry::memory_metadata_store meta;
+    std::vector<std::byte> kv(1 << 20), src(1 << 20); // outlive the engines
+    fill(src, 37);
+    auto first = serve_memory(ctx, "kv", "127.0.0.2:0", kv);
+    const std::string address = first->endpoint()->to_string();
+    tcp_engine initiator(ctx, {.name = "initiator"});
+    initiator.use_metadata(meta);
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto by_address = co_await open_and_write(initiator, address, src);
+      co_await first->shutdown();
+      first.reset();
+      auto second = serve_memory(ctx, "kv", address, kv); // the same segment, restarted at its address
+      second->use_metadata(meta);
+      REQUIRE(co_await second->publish());
+      auto by_name = co_await initiator.open_segment("kv");
+      REQUIRE(by_name);
+      CHECK(*by_name == by_address);
+      CHECK(initiator.find(by_address)->descriptor.incarnation == second->descriptor().incarnation);
       co_await second->shutdown();
     }());
   }

@@ -377,6 +377,10 @@ public:
       }
       remote_starts_.splice(keep);
     }
+#if FERRY_WITH_URING
+    if (uring_)
+      uring_->note_released(fd);
+#endif
     if (!may_touch_backend())
       return;
     if (epoll_)

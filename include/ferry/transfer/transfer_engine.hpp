@@ -252,10 +252,12 @@ public:
       co_return self;
     // why: a name is unique in a metadata store, not among engines opened by address (every engine left with
     // the default name is "ferry"); found through another locator, it is the same segment only if the same
-    // process serves it. A locator that now reaches a segment of another name opens that one anew.
+    // process serves it, or one at the same address (it restarted). A locator that now reaches a segment of
+    // another name opens that one anew.
     for (auto& p : peers_)
       if (!p.is_self && p.descriptor.name == d->name &&
-          (p.locator == locator || p.descriptor.incarnation == d->incarnation)) {
+          (p.locator == locator || p.descriptor.incarnation == d->incarnation ||
+           same_address(p.descriptor, *d))) {
         replace(p, std::move(*d), std::move(locator));
         co_return p.id;
       }
@@ -569,9 +571,14 @@ public:
     if (background_.joinable())
       return;
     guard_.emplace(io_);
-    // why: before the thread starts: a handle must not drive the loop on another thread meanwhile
+    // why: before the thread starts: a handle must not drive the loop on another thread meanwhile; one that
+    // does now (its turn, in wait()) is woken by this, ends its turn and leaves the loop to the thread
     in_background_.store(true, std::memory_order_release);
-    background_ = std::thread([this] { io_.run(); });
+    scope_.spawn([](io::io_context& io) -> task<> { co_await io.schedule(); }(io_));
+    background_ = std::thread([this] {
+      std::lock_guard turn(driving_);
+      io_.run();
+    });
     io_.hand_over(background_.get_id());
   }
 
@@ -955,6 +962,17 @@ private:
           error(d.error().code(), "open_segment: the metadata store holds a malformed descriptor for '" +
                                       locator + "': " + d.error().message()));
     co_return d;
+  }
+
+  /// Whether two descriptors are served at the same tcp address (a restarted process of the same name, say);
+  /// a wildcard address (0.0.0.0, [::]) names no one host.
+  static bool same_address(const segment_descriptor& a, const segment_descriptor& b) {
+    auto* x = a.endpoint_for("tcp");
+    auto* y = b.endpoint_for("tcp");
+    auto wildcard = [](const std::string& at) {
+      return at.rfind("0.0.0.0:", 0) == 0 || at.rfind("[::]:", 0) == 0;
+    };
+    return x && y && x->address == y->address && !wildcard(x->address);
   }
 
   void replace(peer& p, segment_descriptor d, std::string locator) {

@@ -61,6 +61,7 @@ public:
   /// Blocks until the batch is done and yields its result (the same one each time it is asked).
   batch_result wait() {
     // why: as in ready(): a handle whose batch has ended may have outlived its engine
+    std::optional<io::io_context::work_guard> busy; // one for the whole wait: a release may wake the loop
     while (!state_->has_result()) {
       if (state_->driven_elsewhere()) {
         std::unique_lock lock(state_->mutex);
@@ -71,7 +72,8 @@ public:
       if (turn && !state_->io->stopped()) {
         // why: keeps run_one() waiting while copies run elsewhere; one handler a turn, so that a thread whose
         // batch the driver's loop finishes takes over if the driver leaves first
-        io::io_context::work_guard busy(*state_->io);
+        if (!busy)
+          busy.emplace(*state_->io);
         state_->io->run_one();
         continue;
       }

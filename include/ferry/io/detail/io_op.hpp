@@ -59,6 +59,7 @@ struct io_op : op_base {
   ::socklen_t* addrlen_out_ = nullptr; // accept: in/out length
   bool connect_started_ = false;       // readiness backend: connect() already issued, waiting for writability
   bool cancel_asked_ = false;          // io_uring backend: this process asked the kernel to cancel it
+  std::uint64_t start_mark_ = 0;       // io_uring backend: the count of released descriptors when it started
 };
 
 struct timer_op : op_base {

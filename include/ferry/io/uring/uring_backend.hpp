@@ -5,16 +5,19 @@
 #include "ferry/io/detail/completion_sink.hpp"
 #include "ferry/io/detail/io_op.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <ctime>
 #include <liburing.h>
+#include <mutex>
 #include <span>
 #include <string>
 #include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <system_error>
 #include <unistd.h>
+#include <vector>
 
 namespace ferry::io::detail {
 
@@ -51,6 +54,7 @@ public:
   /// Queues the operation; it is submitted with the next wait. Never completes at once.
   bool start(io_op* op) {
     op->cancel_asked_ = false;
+    op->start_mark_ = releases_.load(std::memory_order_acquire);
     ::io_uring_sqe* sqe = next_sqe();
     switch (op->code_) {
     case op_code::nop:
@@ -110,6 +114,17 @@ public:
   void release_fd(int) noexcept {
     if (unsubmitted_ && ::io_uring_submit(&ring_) >= 0)
       unsubmitted_ = 0;
+  }
+
+  /// Notes that `fd` is about to be closed (from any thread): an operation on it that the kernel cancelled
+  /// unasked is then not submitted again (the number may already name another descriptor).
+  void note_released(int fd) {
+    if (fd < 0)
+      return;
+    std::lock_guard lock(released_mutex_);
+    if (released_at_.size() <= static_cast<std::size_t>(fd))
+      released_at_.resize(static_cast<std::size_t>(fd) + 1, 0);
+    released_at_[static_cast<std::size_t>(fd)] = releases_.fetch_add(1, std::memory_order_acq_rel) + 1;
   }
 
   /// Submits what is queued, waits up to `timeout` (nullptr: forever; zero: just look) for completions and
@@ -209,6 +224,7 @@ private:
     unsigned seen = 0;
     ::io_uring_cqe* cqe;
     bool rearm = false;
+    std::vector<io_op*> again; // why: started after the completions are consumed (a start may reap)
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++seen;
       std::uint64_t tag = ::io_uring_cqe_get_data64(cqe);
@@ -219,19 +235,25 @@ private:
         continue;
       }
       auto* op = reinterpret_cast<io_op*>(tag); // why: timers and posted work never enter the ring
+      op->result_ = cqe->res;
       // why: the kernel cancels what a thread submitted when that thread exits, and the thread that drives a
       // loop may change (a transfer_handle's wait() on one thread, then another's); an operation nobody here
-      // asked to cancel has not happened yet, and goes in again. A connect may have begun: its caller
-      // decides.
-      if (cqe->res == -ECANCELED && !op->cancel_asked_ && op->code_ != op_code::connect) {
-        start(op);
-        continue;
+      // asked to cancel has not happened yet, and goes in again, unless its descriptor was released since
+      // it started. A connect may have begun: it fails as aborted, which its callers retry.
+      if (cqe->res == -ECANCELED && !op->cancel_asked_) {
+        if (op->code_ == op_code::connect) {
+          op->result_ = -ECONNABORTED;
+        } else if (!released_since(op->fd_, op->start_mark_)) {
+          again.push_back(op);
+          continue;
+        }
       }
-      op->result_ = cqe->res;
       sink_(static_cast<op_base*>(op));
       ++n;
     }
     ::io_uring_cq_advance(&ring_, seen);
+    for (io_op* op : again)
+      start(op);
     if (rearm)
       arm_wake();
     return n;
@@ -244,13 +266,22 @@ private:
     ++unsubmitted_;
   }
 
+  bool released_since(int fd, std::uint64_t mark) {
+    std::lock_guard lock(released_mutex_);
+    return fd >= 0 && static_cast<std::size_t>(fd) < released_at_.size() &&
+           released_at_[static_cast<std::size_t>(fd)] > mark;
+  }
+
   completion_sink sink_;
   ::io_uring ring_{};
   int wake_fd_ = -1;
   std::uint64_t wake_value_ = 0;
   unsigned unsubmitted_ = 0;
   bool buffers_registered_ = false;
-  bool files_waiting_ = false; // a file operation is among the unsubmitted ones
+  bool files_waiting_ = false;             // a file operation is among the unsubmitted ones
+  std::atomic<std::uint64_t> releases_{0}; // descriptors released so far
+  std::mutex released_mutex_;
+  std::vector<std::uint64_t> released_at_; // by descriptor: the value of releases_ its last release made
 };
 
 } // namespace ferry::io::detail
