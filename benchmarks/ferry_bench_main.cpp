@@ -444,6 +444,16 @@ task<ferry::result<void>> restore(Engine& engine, run_state& s, std::vector<work
   co_return ferry::result<void>{};
 }
 
+// After a write run (unless --no-restore): restore(), or a warning saying why it could not.
+template<class Engine>
+task<> restore_after_writes(Engine& engine, run_state& s, std::vector<worker>& workers) {
+  if (!s.write || !s.o.restore)
+    co_return;
+  if (auto restored = co_await restore(engine, s, workers); !restored)
+    std::fprintf(stderr, "ferry-bench: warning: could not restore the target's fill pattern: %s\n",
+                 restored.error().message().c_str());
+}
+
 // The largest region of the target that permits the operation.
 const ferry::region_descriptor* pick_region(const ferry::segment_descriptor& d, ferry::access wanted) {
   const ferry::region_descriptor* best = nullptr;
@@ -570,10 +580,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
     co_await ferry::when_all(std::move(warm));
   }
   if (s.exit_code != 0) {
-    if (write && o.restore) // why: the failed warm-up batch may have written part of its blocks
-      if (auto restored = co_await restore(engine, s, workers); !restored)
-        std::fprintf(stderr, "ferry-bench: warning: could not restore the target's fill pattern: %s\n",
-                     restored.error().message().c_str());
+    co_await restore_after_writes(engine, s, workers); // why: the failed batch may have written part of it
     std::fprintf(stderr, "ferry-bench: %s\n", s.failure.c_str());
     co_return s.exit_code;
   }
@@ -587,12 +594,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
 
   // why: after a failed batch too (its blocks may hold part of what it wrote); a target that died fails the
   // first restoring batch at once, or within --timeout
-  if (write && o.restore) {
-    auto restored = co_await restore(engine, s, workers);
-    if (!restored)
-      std::fprintf(stderr, "ferry-bench: warning: could not restore the target's fill pattern: %s\n",
-                   restored.error().message().c_str());
-  }
+  co_await restore_after_writes(engine, s, workers);
   if (s.exit_code != 0) {
     std::fprintf(stderr, "ferry-bench: %s\n", s.failure.c_str());
     co_return s.exit_code;

@@ -38,6 +38,13 @@ struct stalled_target {
     REQUIRE(engine.start());
   }
 
+  /// A connection to the target, for a peer that writes frames by hand.
+  ferry::task<ferry::io::tcp_socket> peer() {
+    auto raw = co_await ferry::io::tcp_socket::connect(ctx, *engine.endpoint());
+    REQUIRE(raw);
+    co_return std::move(*raw);
+  }
+
   /// Waits, up to 5 s, for the target to hang up on `raw`, as it does once the stall timeout passed.
   ferry::task<> hangs_up(ferry::io::tcp_socket& raw) {
     std::array<std::byte, 1> one;
@@ -56,17 +63,16 @@ TEST_SUITE("tcp_server") {
       CAPTURE(io_threads);
       stalled_target t(io_threads);
       t.ctx.run_until([&]() -> ferry::task<> {
-        auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
-        REQUIRE(raw);
-        REQUIRE(co_await raw->send_all(header(ferry::tcp::frame_type::write, 1, 0, 4096)));
+        auto raw = co_await t.peer();
+        REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::write, 1, 0, 4096)));
         std::vector<std::byte> part(100, std::byte{9});
-        REQUIRE(co_await raw->send_all(part));
+        REQUIRE(co_await raw.send_all(part));
         co_await t.ctx.sleep_for(100ms);
         // the write holds the region while its payload is awaited
         auto busy = t.engine.registry().remove(t.region.data());
         REQUIRE_FALSE(busy);
         CHECK(busy.error() == errc::busy);
-        co_await t.hangs_up(*raw);
+        co_await t.hangs_up(raw);
         co_await t.ctx.sleep_for(50ms);
         CHECK(t.engine.registry().remove(t.region.data()).has_value());
       }());
@@ -79,21 +85,19 @@ TEST_SUITE("tcp_server") {
       // sixteen peers each announce a 1 MiB notification and stop after its first bytes: the bound is held
       std::vector<ferry::io::tcp_socket> stalled;
       for (std::uint64_t i = 0; i < 16; ++i) {
-        auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
-        REQUIRE(raw);
-        REQUIRE(co_await raw->send_all(header(ferry::tcp::frame_type::notify, i + 1, 0, 1 << 20)));
+        auto raw = co_await t.peer();
+        REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::notify, i + 1, 0, 1 << 20)));
         std::vector<std::byte> part(100, std::byte{'x'});
-        REQUIRE(co_await raw->send_all(part));
-        stalled.push_back(std::move(*raw));
+        REQUIRE(co_await raw.send_all(part));
+        stalled.push_back(std::move(raw));
       }
       co_await t.ctx.sleep_for(50ms);
-      auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
-      REQUIRE(raw);
+      auto raw = co_await t.peer();
       auto notify = [&](std::uint64_t id, std::string text) -> ferry::task<ferry::tcp::frame_header> {
-        REQUIRE(co_await raw->send_all(header(ferry::tcp::frame_type::notify, id, 0, text.size())));
-        REQUIRE(co_await raw->send_all(std::as_bytes(std::span(text))));
+        REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::notify, id, 0, text.size())));
+        REQUIRE(co_await raw.send_all(std::as_bytes(std::span(text))));
         ferry_test::raw_header back;
-        REQUIRE(co_await raw->recv_all(back));
+        REQUIRE(co_await raw.recv_all(back));
         auto h = ferry::tcp::decode_header(back);
         REQUIRE(h);
         co_return *h;
@@ -117,11 +121,10 @@ TEST_SUITE("tcp_server") {
       CAPTURE(io_threads);
       stalled_target t(io_threads);
       t.ctx.run_until([&]() -> ferry::task<> {
-        auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
-        REQUIRE(raw);
+        auto raw = co_await t.peer();
         auto h = header(ferry::tcp::frame_type::write, 1, 0, 4096);
-        REQUIRE(co_await raw->send_all(std::span(h).first(10)));
-        co_await t.hangs_up(*raw);
+        REQUIRE(co_await raw.send_all(std::span(h).first(10)));
+        co_await t.hangs_up(raw);
       }());
     }
   }
@@ -131,16 +134,15 @@ TEST_SUITE("tcp_server") {
       CAPTURE(io_threads);
       stalled_target t(io_threads);
       t.ctx.run_until([&]() -> ferry::task<> {
-        auto raw = co_await ferry::io::tcp_socket::connect(t.ctx, *t.engine.endpoint());
-        REQUIRE(raw);
-        raw->set_buffer_sizes(64 << 10); // why: a small window fills fast
+        auto raw = co_await t.peer();
+        raw.set_buffer_sizes(64 << 10); // why: a small window fills fast
         // 256 reads of the whole region: far more than the sockets between the two ends hold
         std::vector<std::byte> asks;
         for (std::uint64_t id = 1; id <= 256; ++id) {
           auto h = header(ferry::tcp::frame_type::read, id, 0, t.region.size());
           asks.insert(asks.end(), h.begin(), h.end());
         }
-        REQUIRE(co_await raw->send_all(asks));
+        REQUIRE(co_await raw.send_all(asks));
         co_await t.ctx.sleep_for(100ms);
         auto busy = t.engine.registry().remove(t.region.data());
         REQUIRE_FALSE(busy);

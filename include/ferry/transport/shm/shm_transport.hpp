@@ -172,24 +172,23 @@ private:
         maps.unreachable = true; // why: reaches() refuses it; a descriptor from elsewhere, say
       }
     }
-    // why: a process that ended (and perhaps restarted elsewhere) leaves its shared objects behind; copying
-    // into them would report success for bytes nobody will read. Such slices go to the next transport
-    // instead, and its memory is unmapped once no copy uses it.
-    if (maps.unreachable || !maps.owner_alive()) {
+    // Later requests go to the next transport; what is mapped is unmapped once no copy uses it.
+    auto give_up = [&maps](error why) -> result<target_ref> {
       maps.unreachable = true;
       maps.drop_mappings();
-      return fail(errc::peer_unreachable, "shm: the segment's process has ended");
-    }
+      return fail(std::move(why));
+    };
+    // why: a process that ended (and perhaps restarted elsewhere) leaves its shared objects behind; copying
+    // into them would report success for bytes nobody will read
+    if (maps.unreachable || !maps.owner_alive())
+      return give_up(error(errc::peer_unreachable, "shm: the segment's process has ended"));
     // why: first the table of gates, whose name is the owner's alone: a process that sees another /dev/shm
     // (another container on this kernel) does not find it, and never maps an object of its own that has the
     // name of one of the owner's regions
     if (!maps.gates) {
       auto attached = shm_gates::attach(p.descriptor.shm_gates);
-      if (!attached) {
-        maps.unreachable = true; // later requests go to the next transport
-        maps.drop_mappings();
-        return fail(attached.error());
-      }
+      if (!attached)
+        return give_up(attached.error());
       maps.gates = std::make_shared<shm_gates>(std::move(*attached));
     }
     // why: a read-only mapping must not serve a later write to a writable region of the same object
@@ -197,12 +196,8 @@ private:
     auto& m = maps.by_name[key];
     if (!m) {
       auto opened = open_mapping(*r);
-      if (!opened) {
-        maps.by_name.erase(key);
-        maps.unreachable = true; // later requests go to the next transport
-        maps.drop_mappings();
-        return fail(opened.error());
-      }
+      if (!opened)
+        return give_up(opened.error());
       m = std::move(*opened);
     }
     std::uint64_t at = r->shm_offset + (s->remote_offset - r->offset);

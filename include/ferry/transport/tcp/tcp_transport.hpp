@@ -215,6 +215,20 @@ public:
     return segment_descriptor::parse(reply.payload);
   }
 
+  /// Says hello on a new connection (naming it by `tag`) and confirms that the process answering is the
+  /// `incarnation` its descriptor describes, not one that took its address over since.
+  static task<result<void>> confirm_owner(io::tcp_socket& sock, std::uint64_t incarnation,
+                                          const io::deadline& within, std::uint64_t tag = 0) {
+    auto hello = co_await exchange_on(sock, tcp::frame_type::hello, std::string(), within.token(), tag);
+    auto d = hello ? descriptor_in(*hello) : result<segment_descriptor>(fail(hello.error()));
+    if (!d)
+      co_return fail(within.expired() ? error(errc::timed_out, "tcp connect: hello") : d.error());
+    if (d->incarnation != incarnation)
+      co_return fail(errc::version_mismatch,
+                     "tcp: the segment at this address restarted; its descriptor is stale");
+    co_return result<void>{};
+  }
+
   /// Sends a control request to `p` on its control connection (opened on first use, reopened once if it
   /// broke) and yields the reply. Requests to one peer are serialized. A notification goes after a fence of
   /// each connection to `p` given up with writes in flight: what it announces is not overtaken by them.
@@ -242,16 +256,10 @@ public:
         auto sock = co_await io::tcp_socket::connect(tc_.io, *address, connecting.token());
         if (!sock)
           co_return fail(connecting.expired() ? error(errc::timed_out, "tcp connect") : sock.error());
-        // why: as on the data connections, a hello confirms who answers: a notification for bytes that
-        // landed in a process now gone must not reach the one that took its address (nor a ping answer for
-        // it)
-        auto hello = co_await exchange_on(*sock, tcp::frame_type::hello, std::string(), connecting.token());
-        auto d = hello ? descriptor_in(*hello) : result<segment_descriptor>(fail(hello.error()));
-        if (!d)
-          co_return fail(connecting.expired() ? error(errc::timed_out, "tcp connect: hello") : d.error());
-        if (d->incarnation != incarnation)
-          co_return fail(errc::version_mismatch,
-                         "tcp: the segment at this address restarted; its descriptor is stale");
+        // why: as on the data connections: a notification for bytes that landed in a process now gone must
+        // not reach the one that took its address (nor a ping answer for it)
+        if (auto confirmed = co_await confirm_owner(*sock, incarnation, connecting); !confirmed)
+          co_return fail(confirmed.error());
         ch.sock = std::move(*sock);
         ch.address = *address;
         ch.incarnation = incarnation;
@@ -578,22 +586,15 @@ private:
   /// On the connection's loop: once a retired connection holds nothing (no session, no connect under way,
   /// nothing queued or handed over), it leaves its loop's list and is freed on the engine's loop.
   void reclaim_if_idle(connection& c) {
-    if (!c.retired) // why: the common case, on every session's end: no lock taken
-      return;
-    auto idle = [this](connection& of) {
-      std::lock_guard lock(of.inbox_mutex);
-      return of.retired && !of.reclaiming && !of.connecting && of.sessions == 0 && !of.current &&
-             of.queue.empty() && of.inbox.empty() && !of.inbox_scheduled && !stopping_;
-    };
-    if (!idle(c))
+    if (!c.retired || !reclaimable(c)) // why: not retired is the common case, on every session's end: no lock
       return;
     c.reclaiming = true;
     // why: later, on the same loop: the coroutine that calls this (a session's last user, say) is still
     // running and refers to `c` until it ends
-    c.at->scope->spawn([](tcp_transport& t, connection& of, auto still_idle) -> task<> {
+    c.at->scope->spawn([](tcp_transport& t, connection& of) -> task<> {
       co_await of.at->loop->schedule();
       of.reclaiming = false;
-      if (!still_idle(of))
+      if (!t.reclaimable(of))
         co_return;
       of.reclaiming = true;
       std::erase(of.at->connections, &of);
@@ -605,7 +606,14 @@ private:
         co_await owner.tc_.io.schedule();
         owner.free_retired(gone);
       }(t, of));
-    }(*this, c, idle));
+    }(*this, c));
+  }
+
+  /// A retired connection that holds nothing and is not being freed already.
+  bool reclaimable(connection& c) {
+    std::lock_guard lock(c.inbox_mutex);
+    return c.retired && !c.reclaiming && !c.connecting && c.sessions == 0 && !c.current && c.queue.empty() &&
+           c.inbox.empty() && !c.inbox_scheduled && !stopping_;
   }
 
   /// On the engine's loop: frees a retired connection that left its loop's list.
@@ -658,14 +666,9 @@ private:
     std::uint64_t tag = next_tag();
     if (sock && !stopping_) {
       // why: the address may now be served by a restarted process whose regions differ; bytes must never
-      // land by a stale descriptor. One hello per connection confirms who answers.
-      auto hello = co_await exchange_on(*sock, tcp::frame_type::hello, std::string(), within.token(), tag);
-      auto d = hello ? descriptor_in(*hello) : result<segment_descriptor>(fail(hello.error()));
-      if (!d)
-        sock = fail(within.expired() ? error(errc::timed_out, "tcp connect: hello") : d.error());
-      else if (d->incarnation != c.incarnation)
-        sock = fail(errc::version_mismatch,
-                    "tcp: the segment at this address restarted; its descriptor is stale");
+      // land by a stale descriptor
+      if (auto confirmed = co_await confirm_owner(*sock, c.incarnation, within, tag); !confirmed)
+        sock = fail(confirmed.error());
     }
     c.connecting = false;
     if (c.retired && sock) {
