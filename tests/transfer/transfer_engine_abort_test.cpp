@@ -2,7 +2,8 @@
 // copy thread past their deadline, a deadline kept while another batch fills the copy queue, a loop that
 // must not run dry while copy threads work, a notification that would outlive the batch's deadline, requests
 // to the own segment that do not fit one region, a retry budget larger than a slice can count, a handle
-// waited on after its engine moved to a background thread, and calls made after that engine shut down.
+// waited on after its engine moved to a background thread, and calls made after (or while) that engine shut
+// down.
 
 #include "ferry/core/async_scope.hpp"
 #include "ferry/core/task.hpp"
@@ -14,13 +15,16 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <sched.h>
 #include <stop_token>
 #include <string>
+#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -294,5 +298,73 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
     REQUIRE(before->ready());
     CHECK(before->wait().ok());
     CHECK(exposed == local);
+  }
+
+  TEST_CASE("calls made on other threads while an engine on a background thread shuts down all end") {
+    // why: in a child process: a call left waiting for a loop that no longer runs would hang the test; the
+    // parent kills the child instead and fails
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      // why: on one core the callers below run only in the gaps the engine's threads leave
+      ::cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(std::max(::sched_getcpu(), 0), &one);
+      (void)::sched_setaffinity(0, sizeof one, &one);
+      for (int round = 0; round < 300; ++round) {
+        ferry::io::io_context ctx;
+        ferry::default_engine engine(ctx, {.name = "self"});
+        std::vector<std::byte> exposed(1 << 16), local(1 << 16, std::byte{0x5a});
+        if (!engine.registry().add(exposed.data(), exposed.size(), access::read_write) ||
+            !engine.registry().add(local.data(), local.size(), access::none))
+          ::_exit(2);
+        engine.run_in_background();
+        std::atomic<bool> wrong{false};
+        std::vector<std::thread> callers;
+        for (int t = 0; t < 8; ++t)
+          callers.emplace_back([&] {
+            // why: a caller that runs only when nothing else wants the core is often held up between
+            // finding the engine open and reaching its loop, while the shutdown goes on
+            ::sched_param idle{};
+            (void)::sched_setscheduler(0, SCHED_IDLE, &idle);
+            transfer_batch b;
+            b.write(local.data(), engine.self, 0, local.size());
+            for (;;) {
+              auto probed = ferry::sync_wait(engine.probe(engine.self));
+              auto moved = ferry::sync_wait(engine.transfer(b));
+              auto handed = engine.submit(b).wait();
+              // what fails fails because the engine shut down, and says so
+              if (!probed && probed.error() != errc::cancelled)
+                wrong = true;
+              for (auto* r : {&moved, &handed})
+                if (!r->ok() && r->requests[0].error() != errc::cancelled)
+                  wrong = true;
+              if (!probed && !moved.ok() && !handed.ok())
+                return;
+            }
+          });
+        std::this_thread::sleep_for(std::chrono::microseconds(round % 20 * 100));
+        ferry::sync_wait(engine.shutdown());
+        for (auto& c : callers)
+          c.join();
+        if (wrong)
+          ::_exit(3);
+      }
+      ::_exit(0);
+    }
+    int status = 0;
+    bool ended = false;
+    for (auto until = clock_type::now() + 120s; !ended && clock_type::now() < until;) {
+      ended = ::waitpid(pid, &status, WNOHANG) == pid;
+      std::this_thread::sleep_for(10ms);
+    }
+    if (!ended) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      FAIL("a call was still waiting for the engine's loop two minutes after the rounds began");
+    }
+    REQUIRE(WIFEXITED(status));
+    CHECK_MESSAGE(WEXITSTATUS(status) == 0, "exit status ", WEXITSTATUS(status),
+                  " (3: a call failed for another reason than the shutdown)");
   }
 }

@@ -211,9 +211,8 @@ public:
   /// With a leasing store the key lives under a lease that the engine renews in the background; if the
   /// store loses it (it was down longer than the TTL, or restarted empty), the engine registers again.
   task<result<void>> publish() {
-    if (shut_down_.load(std::memory_order_acquire))
+    if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("publish"));
-    co_await enter();
     if (metadata_direct_)
       co_return result<void>{}; // p2p: peers ask this engine itself (the hello handshake)
     if (!metadata_.put)
@@ -230,9 +229,8 @@ public:
 
   /// Removes this segment from the metadata store (shutdown() does it too).
   task<result<void>> unpublish() {
-    if (shut_down_.load(std::memory_order_acquire))
-      co_return result<void>{}; // why: shutdown() unpublishes; its loop may no longer run
-    co_await enter();
+    if (bool open = co_await enter_unless_shut_down(); !open)
+      co_return result<void>{}; // why: shutdown() unpublishes
     co_return co_await take_back_registration();
   }
 
@@ -242,9 +240,8 @@ public:
   /// Opens a segment: "host:port" asks the engine serving there for its descriptor (no server needed);
   /// any other text is a segment name looked up in the metadata store. Opening again refreshes it.
   task<result<segment_id>> open_segment(std::string locator, std::stop_token stop = {}) {
-    if (shut_down_.load(std::memory_order_acquire))
+    if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("open_segment"));
-    co_await enter();
     auto d = co_await fetch(locator, stop);
     if (!d)
       co_return fail(d.error());
@@ -271,9 +268,8 @@ public:
 
   /// Fetches the descriptor of an opened segment again (after its owner restarted or changed its regions).
   task<result<void>> refresh(segment_id id, std::stop_token stop = {}) {
-    if (shut_down_.load(std::memory_order_acquire))
+    if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("refresh"));
-    co_await enter();
     if (id >= peers_.size())
       co_return fail(errc::unknown_segment, "refresh");
     if (id == self)
@@ -316,9 +312,8 @@ public:
   /// now serves the target, every request of the batch to that target runs again, those that had completed
   /// too: their bytes went to (or came from) the process that is gone.
   task<batch_result> transfer(transfer_batch batch, transfer_options opts = {}) {
-    if (shut_down_.load(std::memory_order_acquire))
+    if (bool open = co_await enter_unless_shut_down(); !open)
       co_return refused_after_shutdown(batch, opts);
-    co_await enter();
     auto started = std::chrono::steady_clock::now();
     // why: the process that serves each target as the batch begins; a refresh during the batch (its own, or
     // another batch's) may put a new one in its place, after some of the batch's bytes went to the old one
@@ -555,7 +550,10 @@ public:
     state->io = &io_;
     state->background = &in_background_;
     state->driving = &driving_;
-    if (shut_down_.load(std::memory_order_acquire)) {
+    // why: entering until spawned, so that shutdown() joins the scope only once no spawn is under way
+    entering_.fetch_add(1, std::memory_order_seq_cst);
+    if (shut_down_.load(std::memory_order_seq_cst)) {
+      entering_.fetch_sub(1, std::memory_order_seq_cst);
       state->set(refused_after_shutdown(batch, opts));
       return transfer_handle(std::move(state));
     }
@@ -563,6 +561,7 @@ public:
                     std::shared_ptr<transfer_handle::shared_state> s) -> task<> {
       s->set(co_await e.transfer(std::move(b), std::move(o)));
     }(*this, std::move(batch), std::move(opts), state));
+    entering_.fetch_sub(1, std::memory_order_seq_cst);
     return transfer_handle(std::move(state));
   }
 
@@ -586,9 +585,8 @@ public:
 
   /// Delivers `message` to the segment's owner (it receives it from next_notification()).
   task<result<void>> notify(segment_id target, std::string message, std::stop_token stop = {}) {
-    if (shut_down_.load(std::memory_order_acquire))
+    if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("notify"));
-    co_await enter();
     if (target >= peers_.size())
       co_return fail(errc::unknown_segment, "notify");
     if (message.size() > tcp::frame_header::max_message_payload - 512)
@@ -615,9 +613,8 @@ public:
   /// The next notification delivered to this segment (in arrival order), or errc::cancelled (also once the
   /// engine has shut down: notifications not taken by then are dropped with it).
   task<result<notification>> next_notification(std::stop_token stop = {}) {
-    if (shut_down_.load(std::memory_order_acquire))
+    if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("next_notification"));
-    co_await enter();
     if (!inbox_.empty()) {
       auto n = std::move(inbox_.front());
       inbox_.pop_front();
@@ -649,9 +646,8 @@ public:
 
   /// Round trip of a ping to the segment's owner.
   task<result<std::chrono::nanoseconds>> probe(segment_id target, std::stop_token stop = {}) {
-    if (shut_down_.load(std::memory_order_acquire))
+    if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("probe"));
-    co_await enter();
     if (target >= peers_.size())
       co_return fail(errc::unknown_segment, "probe");
     if (target == self)
@@ -671,11 +667,16 @@ public:
   // ---- ending ----
 
   /// Stops serving, fails what is queued, waits for background work, and stops the background thread. Calls
-  /// made afterwards do nothing and say so (errc::cancelled), at once, on the caller's thread.
+  /// made afterwards do nothing and say so (errc::cancelled), at once, on the caller's thread; calls made on
+  /// other threads as it begins say so too, from the engine's loop, before the loop stops.
   task<> shutdown() {
-    if (shut_down_.exchange(true, std::memory_order_acq_rel))
+    if (shut_down_.exchange(true, std::memory_order_seq_cst))
       co_return;
     co_await enter();
+    // why: a call from another thread that found the engine open as this began is on its way to the loop;
+    // once there it finds the engine shut down and ends. Were the loop to stop first, it would wait for ever.
+    while (entering_.load(std::memory_order_seq_cst) != 0)
+      co_await io_.schedule();
     renewal_stop_.request_stop();
     if (published_)
       (void)co_await take_back_registration(); // why: best effort; a store that is down lets the lease run
@@ -872,6 +873,44 @@ private:
     return hop{io_, {}};
   }
 
+  /// Continues on the loop's thread unless the engine has shut down or is shutting down; true if the call
+  /// may go on. A call that finds it open on another thread counts as entering until it is on the loop, and
+  /// looks again there: shutdown() waits for those entering before it lets the loop stop.
+  auto enter_unless_shut_down() noexcept {
+    struct hop {
+      transfer_engine& e;
+      io::detail::resume_op op{};
+      bool open = true;
+      bool await_ready() noexcept {
+        if (e.io_.running_in_this_thread()) {
+          open = !e.shut_down_.load(std::memory_order_acquire);
+          return true;
+        }
+        // why: sequentially consistent with shutdown()'s store and load: either this sees the engine shut
+        // down, or shutdown() sees this entering and waits for it
+        e.entering_.fetch_add(1, std::memory_order_seq_cst);
+        if (e.shut_down_.load(std::memory_order_seq_cst)) {
+          e.entering_.fetch_sub(1, std::memory_order_seq_cst);
+          open = false;
+          return true;
+        }
+        return false;
+      }
+      void await_suspend(std::coroutine_handle<> h) noexcept {
+        op.handle = h;
+        e.io_.post(&op);
+      }
+      bool await_resume() noexcept {
+        if (op.handle) { // it came over from another thread
+          open = !e.shut_down_.load(std::memory_order_seq_cst);
+          e.entering_.fetch_sub(1, std::memory_order_seq_cst);
+        }
+        return open;
+      }
+    };
+    return hop{*this};
+  }
+
   error validate(const transfer_request& r) const {
     if (r.length == 0)
       return error(errc::invalid_argument, "transfer: empty request");
@@ -1065,6 +1104,7 @@ private:
   // why: atomic: calls made after shutdown() look at it on their caller's thread, where they must not hop to
   // a loop that may no longer run
   std::atomic<bool> shut_down_{false};
+  std::atomic<std::size_t> entering_{0}; // calls from other threads on their way to the loop
 };
 
 } // namespace ferry
