@@ -297,6 +297,9 @@ public:
   /// The peer behind an id, or nullptr.
   const peer* find(segment_id id) const noexcept { return id < peers_.size() ? &peers_[id] : nullptr; }
 
+  /// The server that serves this segment to peers over tcp (to inspect it); nullptr until start() listens.
+  const tcp_server* server() const noexcept { return server_.get(); }
+
   /// The engine's transport of type T (to inspect or configure it).
   template<class T>
   T& transport() noexcept {

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <sys/mount.h>
+#include <unistd.h>
 #include <vector>
 
 using ferry::access;
@@ -167,6 +168,62 @@ TEST_SUITE("uring_transport") {
     MESSAGE("without uring_transport: ", r.first_error().message());
   }
 
+  TEST_CASE(
+      "a remote file segment moves requests larger than its staging piece in pieces, unaligned ends too") {
+    io_context ctx;
+    temp_dir dir;
+    const std::string path = dir / "remote.bin";
+    make_file(path, 16 << 20, 1);
+    file_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    file_engine initiator(ctx, {.name = "initiator", .slice_size = 16 << 20}); // one slice per request
+    auto f = uring_file::open(ctx, path);
+    REQUIRE(f);
+    auto at = target.registry().add_file(*f, access::read_write);
+    REQUIRE(at);
+    REQUIRE(target.start());
+    constexpr std::uint64_t piece = ferry::tcp_server::file_piece;
+    const std::uint64_t length = 5 * piece + 777, from = 3 * 4096 + 5; // six pieces, unaligned at both ends
+    aligned_buffer src(length), back(length);
+    fill(src.bytes(), 9);
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(src.data(), *seg, *at + from, length);
+      auto wr = co_await initiator.transfer(w);
+      REQUIRE_MESSAGE(wr.ok(), wr.first_error().message());
+      transfer_batch r;
+      r.read(back.data(), *seg, *at + from, length);
+      auto rr = co_await initiator.transfer(r);
+      REQUIRE_MESSAGE(rr.ok(), rr.first_error().message());
+      CHECK(std::memcmp(back.data(), src.data(), length) == 0);
+      auto disk = file_bytes(path, from, length);
+      CHECK(std::memcmp(disk.data(), src.data(), length) == 0);
+      // each connection held one piece, not a request's length
+      REQUIRE(target.server());
+      CHECK(target.server()->connections() >= 1);
+      CHECK(target.server()->staging_bytes() > 0);
+      CHECK(target.server()->staging_bytes() <= piece * target.server()->connections());
+
+      // The file shrinks under its registration: the reply to a read is sent with its first piece, and a
+      // later piece cannot be read. The read fails; it is never reported done with the bytes it lacks.
+      REQUIRE(::truncate(path.c_str(), static_cast<off_t>(piece + piece / 2)) == 0);
+      transfer_batch past;
+      past.read(back.data(), *seg, *at, 3 * piece);
+      auto pr =
+          co_await initiator.transfer(past, ferry::transfer_options().with_timeout(std::chrono::seconds(20)));
+      REQUIRE_FALSE(pr.ok());
+      MESSAGE("a read of a file that shrank: ", pr.first_error().message());
+      // the target still serves: a read within what is left succeeds
+      transfer_batch within;
+      within.read(back.data(), *seg, *at + from, piece);
+      auto wi = co_await initiator.transfer(within);
+      CHECK_MESSAGE(wi.ok(), wi.first_error().message());
+    }());
+  }
+
   TEST_CASE("ENOSPC fails the write that hit it while the rest of the batch succeeds") {
     temp_dir dir;
     if (::mount("tmpfs", dir.path.c_str(), "tmpfs", 0, "size=1m") != 0) {
@@ -208,13 +265,15 @@ TEST_SUITE("uring_transport") {
       MESSAGE("the full filesystem's write: ", r2.requests[1].error().message());
       CHECK(r2.requests[2].value() == 256 * 1024);
 
-      // A peer writing to the full disk over tcp learns that it is full; its other requests succeed.
+      // A peer writing to the full disk over tcp learns that it is full; its other requests succeed. The
+      // write's first piece (4 KiB, up to the next piece's boundary in the file) fits, the next ones do not.
       REQUIRE(engine.start());
       REQUIRE(peer.registry().add(local.data(), local.size(), access::none));
       auto seg = co_await peer.open_segment(engine.endpoint()->to_string());
       REQUIRE(seg);
+      static_assert((5 << 20) % ferry::tcp_server::file_piece == 0); // a piece boundary in the file
       transfer_batch remote;
-      remote.write(local.data(), *seg, *at + (5 << 20), 2 << 20)
+      remote.write(local.data(), *seg, *at + (5 << 20) - 4096, 2 << 20)
           .read(local.data() + (3 << 20), *seg, *at, 4096);
       auto r3 = co_await peer.transfer(remote);
       CHECK_FALSE(r3.ok());

@@ -4,8 +4,9 @@
 /// permissions, for every request), notifications and pings. Writes are received straight into the region and
 /// reads sent straight from it; the headers of requests already waiting are taken with one receive and the
 /// reads among them answered with one send. A connection that sends anything malformed is dropped; the others
-/// carry on. File regions (region_registry::add_file) are served too: a write is received into a staging
-/// buffer and then written to the file, a read is read from the file and then sent (remote file segments).
+/// carry on. File regions (region_registry::add_file) are served too (remote file segments), through a
+/// staging buffer, at most `file_piece` bytes at a time: a write is received and written to the file piece by
+/// piece, a read is read from the file and sent piece by piece.
 /// Given an io_context_pool, the server serves each connection it accepts on one of the pool's loops, so that
 /// the receives and sends of several connections (and the copies the kernel makes in them) use several cores;
 /// the hooks and file regions are still served on the server's own loop.
@@ -109,6 +110,12 @@ public:
     std::lock_guard lock(sessions_mutex_);
     return sessions_.size();
   }
+
+  /// The most a connection stages of a file region's data at once: larger requests move in pieces.
+  static constexpr std::uint64_t file_piece = 1ull << 20;
+
+  /// Bytes that the connections being served hold to stage file regions' data (at most file_piece each).
+  std::uint64_t staging_bytes() const noexcept { return staging_bytes_.load(std::memory_order_relaxed); }
 
 private:
   // A connection being served, as other connections see it: fences look it up by its tag.
@@ -298,8 +305,8 @@ private:
     io::tcp_socket& sock = *me.sock;
     std::array<std::byte, tcp::frame_header::size> out;
     std::vector<std::byte> scratch;
-    io::aligned_buffer staging; // file regions: what travels between the socket and the file
-    tcp::detail::read_ahead in; // request headers already received
+    staging_buffer staging(staging_bytes_); // file regions: what travels between the socket and the file
+    tcp::detail::read_ahead in;             // request headers already received
     pending_replies replies;
     while (!stop_.stop_requested() && !me.fenced.load(std::memory_order_acquire)) {
       // why: replies wait only while more requests are already here; before waiting for the peer, send them
@@ -412,15 +419,25 @@ private:
       case tcp::frame_type::write: {
         auto lease = registry_.pin_exposed(h->offset, h->length, access::write, true);
         if (lease && lease->file()) {
-          stage(staging, h->length);
-          if (auto ok = co_await in.take(sock, staging.bytes().first(h->length), step); !ok)
-            co_return;
-          co_await to_own_loop(home);
-          auto written =
-              co_await lease->file()->write(lease->file_offset(), staging.bytes().first(h->length));
-          co_await back_to(home);
-          if (!written)
-            reply.status = status_of(written.error());
+          std::optional<error> failed;
+          for (std::uint64_t done = 0; done < h->length;) {
+            const std::uint64_t at = lease->file_offset() + done;
+            auto piece = staging.hold(piece_at(at, h->length - done));
+            if (auto ok = co_await in.take(sock, piece, step); !ok)
+              co_return;
+            // why: after a piece failed, the rest of the payload is still taken (the stream stays in step)
+            // and the write refused with the first error
+            if (!failed) {
+              co_await to_own_loop(home);
+              auto written = co_await lease->file()->write(at, piece);
+              co_await back_to(home);
+              if (!written)
+                failed = written.error();
+            }
+            done += piece.size();
+          }
+          if (failed)
+            reply.status = status_of(*failed);
         } else if (lease) {
           if (auto ok = co_await in.take(sock, std::span(lease->data(), h->length), step); !ok)
             co_return;
@@ -435,18 +452,34 @@ private:
         break;
       }
       case tcp::frame_type::read: {
-        // A file region: read from the file into the staging buffer, then sent.
-        stage(staging, h->length);
-        co_await to_own_loop(home);
-        auto got =
-            co_await file_lease->file()->read(file_lease->file_offset(), staging.bytes().first(h->length));
-        co_await back_to(home);
-        if (got)
-          reply.length = h->length;
-        else
-          reply.status = status_of(got.error());
-        if (auto ok = co_await send(sock, reply, out, staging.data(), got ? h->length : 0, step); !ok)
-          co_return;
+        // A file region: read from the file into the staging buffer, then sent, a piece at a time. The first
+        // piece is read before the reply goes, so that a file that fails at once is answered with its error.
+        for (std::uint64_t done = 0; done < h->length;) {
+          const std::uint64_t at = file_lease->file_offset() + done;
+          auto piece = staging.hold(piece_at(at, h->length - done));
+          co_await to_own_loop(home);
+          auto got = co_await file_lease->file()->read(at, piece);
+          co_await back_to(home);
+          if (done == 0) {
+            if (got)
+              reply.length = h->length;
+            else
+              reply.status = status_of(got.error());
+            if (auto ok = co_await send(sock, reply, out, piece.data(), got ? piece.size() : 0, step); !ok)
+              co_return;
+            if (!got)
+              break;
+          } else {
+            // why: the reply promised the whole length; a piece that cannot be read now ends the
+            // connection, and the initiator learns of it as a broken connection, never as bytes received
+            if (!got)
+              co_return;
+            std::array<::iovec, 1> iov{::iovec{piece.data(), piece.size()}};
+            if (auto ok = co_await sock.send_all(std::span(iov), step); !ok)
+              co_return;
+          }
+          done += piece.size();
+        }
         break;
       }
       default:
@@ -464,11 +497,33 @@ private:
     co_return sent.has_value();
   }
 
-  /// Grows the staging buffer to hold `length` bytes (the engine's slices bound it).
-  static void stage(io::aligned_buffer& b, std::uint64_t length) {
-    if (b.size() < length)
-      b = io::aligned_buffer(static_cast<std::size_t>(length));
+  /// The piece of a file region's request that starts at file offset `at`, `left` bytes before its end: up
+  /// to the next multiple of file_piece, so that every piece after the first is aligned in the file.
+  static std::uint64_t piece_at(std::uint64_t at, std::uint64_t left) noexcept {
+    return std::min(left, file_piece - at % file_piece);
   }
+
+  /// A connection's staging buffer, counted in the server's staging_bytes().
+  class staging_buffer {
+  public:
+    explicit staging_buffer(std::atomic<std::uint64_t>& total) noexcept : total_(total) {}
+    staging_buffer(const staging_buffer&) = delete;
+    staging_buffer& operator=(const staging_buffer&) = delete;
+    ~staging_buffer() { total_.fetch_sub(buffer_.size(), std::memory_order_relaxed); }
+    /// `length` bytes (at most file_piece) of the buffer, grown to hold them.
+    std::span<std::byte> hold(std::uint64_t length) {
+      if (buffer_.size() < length) {
+        total_.fetch_sub(buffer_.size(), std::memory_order_relaxed);
+        buffer_ = io::aligned_buffer(static_cast<std::size_t>(length));
+        total_.fetch_add(buffer_.size(), std::memory_order_relaxed);
+      }
+      return buffer_.bytes().first(static_cast<std::size_t>(length));
+    }
+
+  private:
+    std::atomic<std::uint64_t>& total_;
+    io::aligned_buffer buffer_;
+  };
 
   static std::int32_t status_of(const error& e) noexcept {
     if (e.code().category() == ferry_category())
@@ -490,6 +545,7 @@ private:
   mutable std::mutex sessions_mutex_;
   std::vector<served_connection*> sessions_;
   std::atomic<std::uint64_t> receiving_notification_bytes_{0};
+  std::atomic<std::uint64_t> staging_bytes_{0};
 };
 
 } // namespace ferry
