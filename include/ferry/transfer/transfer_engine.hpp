@@ -554,9 +554,8 @@ public:
     state->background = &in_background_;
     state->driving = &driving_;
     // why: entering until spawned, so that shutdown() joins the scope only once no spawn is under way
-    entering_.fetch_add(1, std::memory_order_seq_cst);
-    if (shut_down_.load(std::memory_order_seq_cst)) {
-      entering_.fetch_sub(1, std::memory_order_seq_cst);
+    entering entry(*this);
+    if (!entry.open) {
       state->set(refused_after_shutdown(batch, opts));
       return transfer_handle(std::move(state));
     }
@@ -564,7 +563,6 @@ public:
                     std::shared_ptr<transfer_handle::shared_state> s) -> task<> {
       s->set(co_await e.transfer(std::move(b), std::move(o)));
     }(*this, std::move(batch), std::move(opts), state));
-    entering_.fetch_sub(1, std::memory_order_seq_cst);
     return transfer_handle(std::move(state));
   }
 
@@ -671,15 +669,18 @@ public:
 
   /// Stops serving, fails what is queued, waits for background work, and stops the background thread. Calls
   /// made afterwards do nothing and say so (errc::cancelled), at once, on the caller's thread; calls made on
-  /// other threads as it begins say so too, from the engine's loop, before the loop stops.
+  /// other threads as it begins say so too, from the engine's loop, before the loop stops. Like every call,
+  /// it completes only while the loop runs: without run_in_background(), drive the loop until it has
+  /// completed (a handle's wait() drives it only until that handle is ready).
   task<> shutdown() {
     if (shut_down_.exchange(true, std::memory_order_seq_cst))
       co_return;
     co_await enter();
     // why: a call from another thread that found the engine open as this began is on its way to the loop;
     // once there it finds the engine shut down and ends. Were the loop to stop first, it would wait for ever.
+    // A short sleep, not a yield: the loop's thread leaves the core to a caller that has yet to get there.
     while (entering_.load(std::memory_order_seq_cst) != 0)
-      co_await io_.schedule();
+      co_await io_.sleep_for(std::chrono::microseconds(50));
     renewal_stop_.request_stop();
     if (published_)
       (void)co_await take_back_registration(); // why: best effort; a store that is down lets the lease run
@@ -876,38 +877,57 @@ private:
     return hop{io_, {}};
   }
 
+  /// A call from another thread on its way into the engine: counted while the engine was open when it
+  /// looked, so that shutdown() lets the loop stop only after it arrived (and found the engine shut down).
+  class entering {
+  public:
+    explicit entering(transfer_engine& e) noexcept : e_(e) {
+      if (e_.shut_down_.load(std::memory_order_acquire))
+        return; // why: refused at once, without touching the count shutdown() waits on
+      // why: sequentially consistent with shutdown()'s store and load: either this sees the engine shut down,
+      // or shutdown() sees this entering and waits for it
+      e_.entering_.fetch_add(1, std::memory_order_seq_cst);
+      counted_ = true;
+      open = !e_.shut_down_.load(std::memory_order_seq_cst);
+    }
+    entering(const entering&) = delete;
+    entering& operator=(const entering&) = delete;
+    ~entering() {
+      if (counted_)
+        e_.entering_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    bool open = false;
+
+  private:
+    transfer_engine& e_;
+    bool counted_ = false;
+  };
+
   /// Continues on the loop's thread unless the engine has shut down or is shutting down; true if the call
-  /// may go on. A call that finds it open on another thread counts as entering until it is on the loop, and
-  /// looks again there: shutdown() waits for those entering before it lets the loop stop.
+  /// may go on. A call from another thread counts as entering until it is on the loop, and looks again there.
   auto enter_unless_shut_down() noexcept {
     struct hop {
       transfer_engine& e;
       io::detail::resume_op op{};
+      std::optional<entering> entry{};
       bool open = true;
       bool await_ready() noexcept {
         if (e.io_.running_in_this_thread()) {
           open = !e.shut_down_.load(std::memory_order_acquire);
           return true;
         }
-        // why: sequentially consistent with shutdown()'s store and load: either this sees the engine shut
-        // down, or shutdown() sees this entering and waits for it
-        e.entering_.fetch_add(1, std::memory_order_seq_cst);
-        if (e.shut_down_.load(std::memory_order_seq_cst)) {
-          e.entering_.fetch_sub(1, std::memory_order_seq_cst);
-          open = false;
-          return true;
-        }
-        return false;
+        entry.emplace(e);
+        open = entry->open;
+        return !open;
       }
       void await_suspend(std::coroutine_handle<> h) noexcept {
         op.handle = h;
         e.io_.post(&op);
       }
       bool await_resume() noexcept {
-        if (op.handle) { // it came over from another thread
+        if (op.handle) // it came over from another thread: it looks again, then no longer counts
           open = !e.shut_down_.load(std::memory_order_seq_cst);
-          e.entering_.fetch_sub(1, std::memory_order_seq_cst);
-        }
+        entry.reset();
         return open;
       }
     };

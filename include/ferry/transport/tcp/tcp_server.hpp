@@ -421,6 +421,8 @@ private:
         if (lease && lease->file()) {
           std::optional<error> failed;
           for (std::uint64_t done = 0; done < h->length;) {
+            if (done > 0)
+              step = bounded(within, home); // why: the stall timeout bounds each piece, not the whole request
             const std::uint64_t at = lease->file_offset() + done;
             auto piece = staging.hold(piece_at(at, h->length - done));
             if (auto ok = co_await in.take(sock, piece, step); !ok)
@@ -455,6 +457,8 @@ private:
         // A file region: read from the file into the staging buffer, then sent, a piece at a time. The first
         // piece is read before the reply goes, so that a file that fails at once is answered with its error.
         for (std::uint64_t done = 0; done < h->length;) {
+          if (done > 0)
+            step = bounded(within, home);
           const std::uint64_t at = file_lease->file_offset() + done;
           auto piece = staging.hold(piece_at(at, h->length - done));
           co_await to_own_loop(home);
@@ -513,9 +517,9 @@ private:
     /// `length` bytes (at most file_piece) of the buffer, grown to hold them.
     std::span<std::byte> hold(std::uint64_t length) {
       if (buffer_.size() < length) {
-        total_.fetch_sub(buffer_.size(), std::memory_order_relaxed);
-        buffer_ = io::aligned_buffer(static_cast<std::size_t>(length));
-        total_.fetch_add(buffer_.size(), std::memory_order_relaxed);
+        io::aligned_buffer larger(static_cast<std::size_t>(length));
+        total_.fetch_add(larger.size() - buffer_.size(), std::memory_order_relaxed);
+        buffer_ = std::move(larger);
       }
       return buffer_.bytes().first(static_cast<std::size_t>(length));
     }
