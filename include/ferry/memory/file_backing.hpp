@@ -21,6 +21,9 @@ public:
   virtual ~file_backing() = default;
   /// Bytes of the file the region covers (fixed at registration).
   virtual std::uint64_t length() const noexcept = 0;
+  /// Bytes the file has now: fewer than length() once it shrank under the registration (a block device: its
+  /// capacity). Lets a server refuse a read that cannot be whole before it starts answering it.
+  virtual result<std::uint64_t> size_now() const { return length(); }
   /// Reads exactly `into.size()` bytes at `offset`, or fails (a file that ends early is an error, never
   /// data). Runs on the loop of the io_context the file was opened with.
   virtual task<result<void>> read(std::uint64_t offset, std::span<std::byte> into) = 0;

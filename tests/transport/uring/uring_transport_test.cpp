@@ -207,14 +207,15 @@ TEST_SUITE("uring_transport") {
       REQUIRE(target.server());
       CHECK(target.server()->staging_bytes() == piece);
 
-      // The file shrinks under its registration: the reply to a read is sent with its first piece, and a
-      // later piece cannot be read. The read fails; it is never reported done with the bytes it lacks.
+      // The file shrinks under its registration: a read past its new end is refused by the owner, as out of
+      // bounds, before any of it is sent; it is never reported done with the bytes it lacks.
       REQUIRE(::truncate(path.c_str(), static_cast<off_t>(piece + piece / 2)) == 0);
       transfer_batch past;
       past.read(back.data(), *seg, *at, 3 * piece);
       auto pr =
           co_await initiator.transfer(past, ferry::transfer_options().with_timeout(std::chrono::seconds(20)));
       REQUIRE_FALSE(pr.ok());
+      CHECK(pr.requests[0].error() == errc::out_of_bounds);
       MESSAGE("a read of a file that shrank: ", pr.first_error().message());
       // the target still serves: a read within what is left succeeds
       transfer_batch within;

@@ -455,7 +455,14 @@ private:
       }
       case tcp::frame_type::read: {
         // A file region: read from the file into the staging buffer, then sent, a piece at a time. The first
-        // piece is read before the reply goes, so that a file that fails at once is answered with its error.
+        // piece is read before the reply goes, so that a file that fails at once is answered with its error,
+        // and so is one that has shrunk below the range since it was registered.
+        if (auto now = file_lease->file()->size_now(); now && *now < file_lease->file_offset() + h->length) {
+          reply.status = static_cast<std::int32_t>(errc::out_of_bounds);
+          if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
+            co_return;
+          break;
+        }
         for (std::uint64_t done = 0; done < h->length;) {
           if (done > 0)
             step = bounded(within, home);

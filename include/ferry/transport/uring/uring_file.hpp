@@ -113,6 +113,7 @@ public:
   static constexpr std::uint64_t alignment = 4096;
 
   std::uint64_t length() const noexcept override { return length_; }
+  result<std::uint64_t> size_now() const override { return device_size(); }
   const std::string& path() const noexcept { return path_; }
   /// Whether O_DIRECT is in use.
   bool direct() const noexcept { return direct_; }
