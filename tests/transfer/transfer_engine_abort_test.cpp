@@ -40,6 +40,77 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
+/// A metadata store that answers from a thread of its own after `delay`, as a remote store's client does.
+struct threaded_store {
+  ferry::memory_metadata_store inner;
+  ferry::thread_pool worker{1};
+  std::chrono::milliseconds delay{200};
+
+  ferry::task<ferry::result<std::optional<std::string>>> get(std::string key) {
+    co_await worker.schedule();
+    std::this_thread::sleep_for(delay);
+    co_return co_await inner.get(std::move(key));
+  }
+  ferry::task<ferry::result<void>> put(std::string key, std::string value) {
+    co_await worker.schedule();
+    std::this_thread::sleep_for(delay);
+    co_return co_await inner.put(std::move(key), std::move(value));
+  }
+  ferry::task<ferry::result<void>> remove(std::string key) {
+    co_await worker.schedule();
+    co_return co_await inner.remove(std::move(key));
+  }
+  ferry::task<ferry::result<std::vector<std::pair<std::string, std::string>>>> list(std::string prefix) {
+    co_await worker.schedule();
+    co_return co_await inner.list(std::move(prefix));
+  }
+};
+static_assert(ferry::metadata_store<threaded_store>);
+
+/// Runs `rounds` of `round` in a child process; fails if one fails (its exit status) or none ends for 30 s.
+template<class F>
+void in_child_rounds(int rounds, F round) {
+  int progress[2];
+  REQUIRE(::pipe2(progress, O_CLOEXEC) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(progress[0]);
+    for (int i = 0; i < rounds; ++i) {
+      if (int failed = round(i); failed != 0)
+        ::_exit(failed);
+      char done = 'r';
+      if (::write(progress[1], &done, 1) != 1)
+        ::_exit(4);
+    }
+    ::_exit(0);
+  }
+  ::close(progress[1]);
+  int finished = 0;
+  bool stuck = false;
+  for (;;) {
+    ::pollfd p{progress[0], POLLIN, 0};
+    if (::poll(&p, 1, 30'000) <= 0) {
+      stuck = true;
+      break;
+    }
+    char buf[64];
+    auto n = ::read(progress[0], buf, sizeof buf);
+    if (n <= 0)
+      break; // the child ended
+    finished += static_cast<int>(n);
+  }
+  ::close(progress[0]);
+  if (stuck)
+    ::kill(pid, SIGKILL);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE_MESSAGE(!stuck, "after ", finished, " rounds, nothing ended for 30 s");
+  REQUIRE(WIFEXITED(status));
+  CHECK_MESSAGE(WEXITSTATUS(status) == 0, "exit status ", WEXITSTATUS(status));
+  CHECK(finished == rounds);
+}
+
 bool all_zero(std::span<const std::byte> s) {
   return std::all_of(s.begin(), s.end(), [](std::byte b) { return b == std::byte{0}; });
 }
@@ -303,86 +374,94 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
     CHECK(exposed == local);
   }
 
+  TEST_CASE("a shutdown waits for calls that wait on a metadata store answering from a thread of its own, "
+            "and so does a second shutdown") {
+    // exit status 3: a call never ended; 5: a shutdown returned while a call was still under way;
+    // 6: the call failed for another reason than the shutdown or the missing segment
+    in_child_rounds(4, [](int round) {
+      ferry::io::io_context ctx;
+      threaded_store store;
+      std::atomic<bool> call_done{false}, early{false}, wrong{false};
+      {
+        ferry::default_engine engine(ctx, {.name = "self", .metadata_ttl = 0ms});
+        engine.use_metadata(store);
+        engine.run_in_background();
+        std::thread caller([&] {
+          // the store answers 200 ms later, from its thread, after the engine began to shut down
+          ferry::error failed;
+          if (round % 2 == 0) {
+            if (auto opened = ferry::sync_wait(engine.open_segment("nobody")); !opened)
+              failed = opened.error();
+          } else if (auto published = ferry::sync_wait(engine.publish()); !published) {
+            failed = published.error();
+          }
+          if (failed && failed != errc::unknown_segment && failed != errc::cancelled)
+            wrong = true;
+          call_done = true;
+        });
+        std::this_thread::sleep_for(50ms);
+        std::thread second([&] {
+          ferry::sync_wait(engine.shutdown());
+          if (!call_done)
+            early = true;
+        });
+        ferry::sync_wait(engine.shutdown());
+        if (!call_done)
+          early = true;
+        second.join();
+        auto until = clock_type::now() + 10s;
+        while (!call_done && clock_type::now() < until)
+          std::this_thread::sleep_for(1ms);
+        if (!call_done)
+          return 3; // the test would hang on the join
+        caller.join();
+      }
+      return early ? 5 : wrong ? 6 : 0;
+    });
+  }
+
   TEST_CASE("calls made on other threads while an engine on a background thread shuts down all end") {
-    // why: in a child process: a call left waiting for a loop that no longer runs would hang the test; the
-    // child reports each round it finished, and the parent kills it and fails once none finishes for long
-    int progress[2];
-    REQUIRE(::pipe2(progress, O_CLOEXEC) == 0);
-    pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::close(progress[0]);
+    // exit status 3: a call failed for another reason than the shutdown
+    in_child_rounds(1000, [](int round) {
       // why: on one core, with the callers at the lowest priority, a caller is often held up between finding
       // the engine open and reaching its loop while the engine's threads shut it down
       ::cpu_set_t one;
       CPU_ZERO(&one);
       CPU_SET(std::max(::sched_getcpu(), 0), &one);
       (void)::sched_setaffinity(0, sizeof one, &one);
-      for (int round = 0; round < 1000; ++round) {
-        ferry::io::io_context ctx;
-        ferry::default_engine engine(ctx, {.name = "self"});
-        std::vector<std::byte> exposed(1 << 16), local(1 << 16, std::byte{0x5a});
-        if (!engine.registry().add(exposed.data(), exposed.size(), access::read_write) ||
-            !engine.registry().add(local.data(), local.size(), access::none))
-          ::_exit(2);
-        engine.run_in_background();
-        std::atomic<bool> wrong{false};
-        std::vector<std::thread> callers;
-        for (int t = 0; t < 8; ++t)
-          callers.emplace_back([&] {
-            (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
-            transfer_batch b;
-            b.write(local.data(), engine.self, 0, local.size());
-            for (;;) {
-              auto probed = ferry::sync_wait(engine.probe(engine.self));
-              auto moved = ferry::sync_wait(engine.transfer(b));
-              auto handed = engine.submit(b).wait();
-              // what fails fails because the engine shut down, and says so
-              if (!probed && probed.error() != errc::cancelled)
+      ferry::io::io_context ctx;
+      ferry::default_engine engine(ctx, {.name = "self"});
+      std::vector<std::byte> exposed(1 << 16), local(1 << 16, std::byte{0x5a});
+      if (!engine.registry().add(exposed.data(), exposed.size(), access::read_write) ||
+          !engine.registry().add(local.data(), local.size(), access::none))
+        return 2;
+      engine.run_in_background();
+      std::atomic<bool> wrong{false};
+      std::vector<std::thread> callers;
+      for (int t = 0; t < 8; ++t)
+        callers.emplace_back([&] {
+          (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
+          transfer_batch b;
+          b.write(local.data(), engine.self, 0, local.size());
+          for (;;) {
+            auto probed = ferry::sync_wait(engine.probe(engine.self));
+            auto moved = ferry::sync_wait(engine.transfer(b));
+            auto handed = engine.submit(b).wait();
+            // what fails fails because the engine shut down, and says so
+            if (!probed && probed.error() != errc::cancelled)
+              wrong = true;
+            for (auto* r : {&moved, &handed})
+              if (!r->ok() && r->requests[0].error() != errc::cancelled)
                 wrong = true;
-              for (auto* r : {&moved, &handed})
-                if (!r->ok() && r->requests[0].error() != errc::cancelled)
-                  wrong = true;
-              if (!probed && !moved.ok() && !handed.ok())
-                return;
-            }
-          });
-        std::this_thread::sleep_for(std::chrono::microseconds(round % 20 * 100));
-        ferry::sync_wait(engine.shutdown());
-        for (auto& c : callers)
-          c.join();
-        if (wrong)
-          ::_exit(3);
-        char done = 'r';
-        if (::write(progress[1], &done, 1) != 1)
-          ::_exit(4);
-      }
-      ::_exit(0);
-    }
-    ::close(progress[1]);
-    int rounds = 0;
-    bool stuck = false;
-    for (;;) {
-      ::pollfd p{progress[0], POLLIN, 0};
-      if (::poll(&p, 1, 30'000) <= 0) {
-        stuck = true;
-        break;
-      }
-      char buf[64];
-      auto n = ::read(progress[0], buf, sizeof buf);
-      if (n <= 0)
-        break; // the child ended
-      rounds += static_cast<int>(n);
-    }
-    ::close(progress[0]);
-    if (stuck)
-      ::kill(pid, SIGKILL);
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    REQUIRE_MESSAGE(!stuck, "after ", rounds, " rounds, a call waited for the engine's loop for 30 s");
-    REQUIRE(WIFEXITED(status));
-    CHECK_MESSAGE(WEXITSTATUS(status) == 0, "exit status ", WEXITSTATUS(status),
-                  " (3: a call failed for another reason than the shutdown)");
-    CHECK(rounds == 1000);
+            if (!probed && !moved.ok() && !handed.ok())
+              return;
+          }
+        });
+      std::this_thread::sleep_for(std::chrono::microseconds(round % 20 * 100));
+      ferry::sync_wait(engine.shutdown());
+      for (auto& c : callers)
+        c.join();
+      return wrong ? 3 : 0;
+    });
   }
 }

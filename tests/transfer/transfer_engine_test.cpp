@@ -1337,6 +1337,94 @@ TEST_SUITE("transfer_engine metadata") {
     }());
   }
 
+  TEST_CASE("a batch's notification never reaches a process that another call found serving its target "
+            "after the bytes landed") {
+    // why: a batch notifies its targets one after another; while it waits for the first, another call may
+    // find a new process serving the second, which never got the batch's bytes
+    ferry::io::io_context ctx, a_ctx;
+    std::vector<std::byte> kv_a(1 << 20), kv_b(1 << 20), src(2 << 20); // outlive the engines
+    fill(src, 41);
+    // a: its data connections on a loop of their own, its notifications on its main loop, which the test
+    // holds up while the batch notifies it
+    ferry::default_engine a(a_ctx, {.name = "a", .listen = "127.0.0.2:0", .tcp = {.io_threads = 1}});
+    REQUIRE(a.registry().add(kv_a.data(), kv_a.size(), access::read_write));
+    REQUIRE(a.start());
+    a.run_in_background();
+    auto b = serve_memory(ctx, "b", "127.0.0.3:0", kv_b);
+    const std::string b_address = b->endpoint()->to_string();
+    // why: one connection a peer, which the first batch opens: the second's bytes to a need nothing of a's
+    // main loop
+    tcp_engine initiator(ctx,
+                         {.name = "initiator", .tcp = {.connections_per_peer = 1, .reply_timeout = 20s}});
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    std::atomic<bool> held{false}, release{false};
+    std::thread holder;
+    ferry::batch_result out;
+    ctx.run_until([&]() -> ferry::task<> {
+      auto to_a = co_await initiator.open_segment(a.endpoint()->to_string());
+      auto to_b = co_await initiator.open_segment(b_address);
+      REQUIRE(to_a);
+      REQUIRE(to_b);
+      transfer_batch batch;
+      batch.write(src.data(), *to_a, 0, 1 << 20).write(src.data() + (1 << 20), *to_b, 0, 1 << 20);
+      auto warm = co_await initiator.transfer(batch); // opens the data connections while a's loop runs
+      REQUIRE_MESSAGE(warm.ok(), warm.first_error().message());
+      std::fill(kv_b.begin(), kv_b.end(), std::byte{0});
+      holder = std::thread([&] {
+        ferry::sync_wait([&]() -> ferry::task<> {
+          co_await a_ctx.schedule();
+          held = true;
+          for (auto until = clock_type::now() + 30s; !release && clock_type::now() < until;)
+            std::this_thread::sleep_for(1ms);
+        }());
+      });
+      while (!held)
+        (void)co_await ctx.sleep_for(1ms);
+      ferry::async_scope scope;
+      // why: arguments, not captures: the lambda is gone once spawn() returns
+      scope.spawn([](tcp_engine& e, transfer_batch b, ferry::batch_result& to) -> ferry::task<> {
+        to = co_await e.transfer(std::move(b), ferry::transfer_options().with_notify("kv ready"));
+      }(initiator, batch, out));
+      // b's bytes land (b serves on this loop), then the batch waits for a to take its notification
+      for (auto until = clock_type::now() + 20s;
+           !std::equal(kv_b.begin(), kv_b.end(), src.begin() + (1 << 20)) && clock_type::now() < until;)
+        (void)co_await ctx.sleep_for(1ms);
+      (void)co_await ctx.sleep_for(300ms);
+      co_await b->shutdown();
+      b.reset();
+      std::vector<std::byte> kv_new(1 << 20);
+      auto b_new = serve_memory(ctx, "b", b_address, kv_new); // b restarted: it never got the bytes
+      auto refreshed = co_await initiator.refresh(*to_b);     // another call finds it
+      CHECK(refreshed);
+      CHECK(initiator.find(*to_b)->descriptor.incarnation == b_new->descriptor().incarnation);
+      release = true;
+      co_await scope.join();
+      ferry::io::deadline soon(ctx, 300ms);
+      auto got = co_await b_new->next_notification(soon.token());
+      // why: unless the batch ran b's request again in the new process (it found b replaced before it was
+      // done), the new process must not hear of bytes it never got
+      if (got)
+        CHECK(std::equal(kv_new.begin(), kv_new.end(), src.begin() + (1 << 20)));
+      co_await b_new->shutdown();
+    }());
+    holder.join();
+    bool landed = std::all_of(out.requests.begin(), out.requests.end(), [](auto& r) { return bool(r); });
+    if (landed && out.notify_error) {
+      // the batch reached a's notification before b restarted: b's, which follows it, is refused
+      CHECK(out.notify_error.code() == errc::version_mismatch);
+      MESSAGE("the batch's notification of b: ", out.notify_error.message());
+      auto at_a = ferry::sync_wait(a.next_notification());
+      REQUIRE(at_a);
+      CHECK(at_a->message == "kv ready");
+    } else if (landed) {
+      MESSAGE("the batch ran b's request again in the new process and notified it");
+    } else {
+      MESSAGE("the batch failed: ", out.first_error().message());
+    }
+    CHECK(std::equal(kv_a.begin(), kv_a.end(), src.begin()));
+    ferry::sync_wait(a.shutdown());
+  }
+
   TEST_CASE("a segment opened by address and, after it restarted there, by name keeps its one id") {
     ferry::io::io_context ctx;
     ferry::memory_metadata_store meta;

@@ -213,6 +213,7 @@ public:
   task<result<void>> publish() {
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("publish"));
+    active_call busy(*this);
     if (metadata_direct_)
       co_return result<void>{}; // p2p: peers ask this engine itself (the hello handshake)
     if (!metadata_.put)
@@ -231,6 +232,7 @@ public:
   task<result<void>> unpublish() {
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return result<void>{}; // why: shutdown() unpublishes
+    active_call busy(*this);
     co_return co_await take_back_registration();
   }
 
@@ -242,6 +244,7 @@ public:
   task<result<segment_id>> open_segment(std::string locator, std::stop_token stop = {}) {
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("open_segment"));
+    active_call busy(*this);
     auto d = co_await fetch(locator, stop);
     if (!d)
       co_return fail(d.error());
@@ -270,6 +273,7 @@ public:
   task<result<void>> refresh(segment_id id, std::stop_token stop = {}) {
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("refresh"));
+    active_call busy(*this);
     if (id >= peers_.size())
       co_return fail(errc::unknown_segment, "refresh");
     if (id == self)
@@ -317,12 +321,14 @@ public:
   task<batch_result> transfer(transfer_batch batch, transfer_options opts = {}) {
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return refused_after_shutdown(batch, opts);
+    active_call busy(*this);
     auto started = std::chrono::steady_clock::now();
     // why: the process that serves each target as the batch begins; a refresh during the batch (its own, or
     // another batch's) may put a new one in its place, after some of the batch's bytes went to the old one
     auto served_by = incarnations_of(batch);
     batch_result out = co_await run_batch(batch, opts);
-    if ((!out.ok() || !restarted_since(served_by).empty()) && !opts.stop.stop_requested())
+    if ((!out.ok() || !restarted_since(served_by).empty()) && !opts.stop.stop_requested() &&
+        !shut_down_.load(std::memory_order_acquire))
       co_await retry_stale(batch, opts, started, out, served_by);
     fail_landed_in_replaced(batch, opts, out, served_by);
     if (opts.notify && out.ok()) {
@@ -337,8 +343,14 @@ public:
         co_return out;
       }
       std::stop_token token = within ? within->token() : opts.stop;
-      for (segment_id t : targets)
-        if (auto n = co_await notify(t, *opts.notify, token); !n) {
+      for (segment_id t : targets) {
+        // why: to the process the batch's bytes went to; while the notifications before this one were on
+        // their way, another call may have found a new process serving this target, which never got them
+        std::optional<std::uint64_t> landed_in;
+        for (auto& [at, incarnation] : served_by)
+          if (at == t)
+            landed_in = incarnation;
+        if (auto n = co_await notify_process(t, *opts.notify, token, landed_in); !n) {
           // why: with several targets, the caller learns which one did not get it (those before it did)
           const std::string to = "notify '" + peers_[t].descriptor.name + "'";
           out.notify_error = within && within->expired()
@@ -346,6 +358,7 @@ public:
                                  : error(n.error().code(), to + ": " + n.error().what());
           break;
         }
+      }
     }
     co_return out;
   }
@@ -588,6 +601,17 @@ public:
   task<result<void>> notify(segment_id target, std::string message, std::stop_token stop = {}) {
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("notify"));
+    active_call busy(*this);
+    co_return co_await notify_process(target, std::move(message), stop, std::nullopt);
+  }
+
+private:
+  /// notify() on the loop, to the process `incarnation` names (by default the one that serves `target` now);
+  /// errc::version_mismatch if another one serves it by then.
+  task<result<void>> notify_process(segment_id target, std::string message, std::stop_token stop,
+                                    std::optional<std::uint64_t> incarnation) {
+    if (shut_down_.load(std::memory_order_acquire))
+      co_return fail(after_shutdown("notify"));
     if (target >= peers_.size())
       co_return fail(errc::unknown_segment, "notify");
     if (message.size() > tcp::frame_header::max_message_payload - 512)
@@ -599,8 +623,9 @@ public:
       co_return result<void>{};
     }
     if constexpr (has_tcp) {
-      auto reply = co_await std::get<tcp_transport>(transports_)
-                       .control(peers_[target], tcp::frame_type::notify, std::move(payload), stop);
+      auto reply =
+          co_await std::get<tcp_transport>(transports_)
+              .control(peers_[target], tcp::frame_type::notify, std::move(payload), stop, incarnation);
       if (!reply)
         co_return fail(reply.error());
       if (reply->header.status != 0)
@@ -611,11 +636,13 @@ public:
     }
   }
 
+public:
   /// The next notification delivered to this segment (in arrival order), or errc::cancelled (also once the
   /// engine has shut down: notifications not taken by then are dropped with it).
   task<result<notification>> next_notification(std::stop_token stop = {}) {
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("next_notification"));
+    active_call busy(*this);
     if (!inbox_.empty()) {
       auto n = std::move(inbox_.front());
       inbox_.pop_front();
@@ -649,6 +676,7 @@ public:
   task<result<std::chrono::nanoseconds>> probe(segment_id target, std::stop_token stop = {}) {
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("probe"));
+    active_call busy(*this);
     if (target >= peers_.size())
       co_return fail(errc::unknown_segment, "probe");
     if (target == self)
@@ -667,14 +695,18 @@ public:
 
   // ---- ending ----
 
-  /// Stops serving, fails what is queued, waits for background work, and stops the background thread. Calls
-  /// made afterwards do nothing and say so (errc::cancelled), at once, on the caller's thread; calls made on
-  /// other threads as it begins say so too, from the engine's loop, before the loop stops. Like every call,
-  /// it completes only while the loop runs: without run_in_background(), drive the loop until it has
-  /// completed (a handle's wait() drives it only until that handle is ready).
+  /// Stops serving, fails what is queued, waits for background work and for the calls under way (a lookup in
+  /// a metadata store ends when the store answers or times out), and stops the background thread. Calling it
+  /// again completes once the first call has. Calls made afterwards do nothing and say so (errc::cancelled),
+  /// at once, on the caller's thread; calls made on other threads as it begins say so too, from the engine's
+  /// loop, before the loop stops. Like every call, it completes only while the loop runs: without
+  /// run_in_background(), drive the loop until it has completed (a handle's wait() drives it only until that
+  /// handle is ready).
   task<> shutdown() {
-    if (shut_down_.exchange(true, std::memory_order_seq_cst))
+    if (shut_down_.exchange(true, std::memory_order_seq_cst)) {
+      co_await shut_down_already();
       co_return;
+    }
     co_await enter();
     // why: a call from another thread that found the engine open as this began is on its way to the loop;
     // once there it finds the engine shut down and ends. Were the loop to stop first, it would wait for ever.
@@ -691,12 +723,35 @@ public:
     for (auto* w : std::exchange(inbox_waiters_, {}))
       wake(*w);
     co_await scope_.join();
+    // why: calls their callers await (not spawned in the scope) may still be on their way: a metadata lookup
+    // whose store answers on a thread of its own, a batch's last steps. They continue on this loop, which
+    // must not stop first, in an engine that must not be destroyed under them.
+    while (active_.load(std::memory_order_acquire) != 0)
+      co_await io_.sleep_for(std::chrono::milliseconds(1));
+    // why: a second shutdown() waits for this one (see shut_down_already)
+    shutdown_complete_.store(true, std::memory_order_seq_cst);
+    while (entering_.load(std::memory_order_seq_cst) != 0)
+      co_await io_.sleep_for(std::chrono::microseconds(50));
     context_.connection_loops = nullptr;
     connection_loops_.reset(); // why: after the join: the work that ran there has ended or moved back here
     guard_.reset();            // the background thread, if any, ends once nothing is left to run
   }
 
 private:
+  /// A shutdown() after the first: completes once the first has (at once if it has). Counts as entering while
+  /// it looks, so that the first lets the loop stop only after this one is on it.
+  task<> shut_down_already() {
+    entering_.fetch_add(1, std::memory_order_seq_cst);
+    if (shutdown_complete_.load(std::memory_order_seq_cst)) {
+      entering_.fetch_sub(1, std::memory_order_seq_cst);
+      co_return;
+    }
+    co_await enter();
+    entering_.fetch_sub(1, std::memory_order_seq_cst);
+    while (!shutdown_complete_.load(std::memory_order_seq_cst))
+      co_await io_.sleep_for(std::chrono::milliseconds(1));
+  }
+
   /// unpublish() on the engine's loop; shutdown() calls it after it has set shut_down_.
   task<result<void>> take_back_registration() {
     // why: a registration still in flight (a renewal that re-registers) sees the new generation and undoes
@@ -901,6 +956,21 @@ private:
   private:
     transfer_engine& e_;
     bool counted_ = false;
+  };
+
+  /// A call under way on the engine's loop, from the moment it found the engine open until it returns:
+  /// shutdown() completes only once none is.
+  class active_call {
+  public:
+    explicit active_call(transfer_engine& e) noexcept : e_(e) {
+      e_.active_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    active_call(const active_call&) = delete;
+    active_call& operator=(const active_call&) = delete;
+    ~active_call() { e_.active_.fetch_sub(1, std::memory_order_acq_rel); }
+
+  private:
+    transfer_engine& e_;
   };
 
   /// Continues on the loop's thread unless the engine has shut down or is shutting down; true if the call
@@ -1128,6 +1198,8 @@ private:
   // a loop that may no longer run
   std::atomic<bool> shut_down_{false};
   std::atomic<std::size_t> entering_{0}; // calls from other threads on their way to the loop
+  std::atomic<std::size_t> active_{0};   // calls under way on the loop (active_call)
+  std::atomic<bool> shutdown_complete_{false};
 };
 
 } // namespace ferry

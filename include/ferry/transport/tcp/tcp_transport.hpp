@@ -232,19 +232,24 @@ public:
   /// Sends a control request to `p` on its control connection (opened on first use, reopened once if it
   /// broke) and yields the reply. Requests to one peer are serialized. A notification goes after a fence of
   /// each connection to `p` given up with writes in flight: what it announces is not overtaken by them.
+  /// Only the process `incarnation` names (by default the one `p`'s descriptor names now) gets the request;
+  /// another one serving `p`'s address fails it with errc::version_mismatch.
   task<result<control_reply>> control(const peer& p, tcp::frame_type type, std::string payload,
-                                      std::stop_token stop) {
+                                      std::stop_token stop,
+                                      std::optional<std::uint64_t> incarnation_of = {}) {
     auto* ep = p.descriptor.endpoint_for(name);
     auto address = ep ? io::endpoint::parse(ep->address) : result<io::endpoint>(fail(errc::invalid_argument));
     if (!address)
       co_return fail(errc::peer_unreachable, "tcp: the peer has no TCP endpoint");
     const segment_id id = p.id; // why: `p` may move while this waits (the engine's peers are a vector)
-    const std::uint64_t incarnation = p.descriptor.incarnation;
+    const std::uint64_t incarnation = incarnation_of.value_or(p.descriptor.incarnation);
     auto& slot = controls_[id];
     if (!slot)
       slot = std::make_unique<control_channel>();
     control_channel& ch = *slot;
     auto guard = co_await ch.mutex.lock();
+    if (stopping_)
+      co_return fail(errc::cancelled, "tcp: engine shutting down");
     // the fences a notification follows (see exchange_after_fences)
     std::shared_ptr<fence_book> book;
     if (auto it = fence_books_.find(id); type == tcp::frame_type::notify && it != fence_books_.end())
@@ -263,6 +268,10 @@ public:
         ch.sock = std::move(*sock);
         ch.address = *address;
         ch.incarnation = incarnation;
+        if (stopping_) { // why: shutdown() came while this connected, and will not close it
+          ch.sock.close();
+          co_return fail(errc::cancelled, "tcp: engine shutting down");
+        }
       }
       // why: as on the data connections, a fence gets twice the reply timeout (the owner may wait its stall
       // timeout for the connection it names); decided now, after the connect, during which a fence may have
@@ -273,6 +282,8 @@ public:
       if (reply)
         co_return reply;
       ch.sock.close();
+      if (stopping_) // why: shutdown() closed the connection under it
+        co_return fail(errc::cancelled, "tcp: engine shutting down");
       // why: a control connection that sat idle may have been dropped by the peer (restart): reconnect once.
       if (attempt > 0 || within.token().stop_requested() || !detail::retryable(reply.error()))
         co_return fail(within.expired() ? error(errc::timed_out, "tcp: no reply from the peer")
