@@ -56,6 +56,8 @@ TEST_SUITE("segment_descriptor") {
         R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":"/a","shm_offset":0,"shm_gate":4294967295,"shm_epoch":1}]})",
         R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":"/a","shm_offset":0,"shm_gate":1}]})",
         R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":10,"access":"read","shm_name":"/a","shm_offset":0,"shm_gate":-1,"shm_epoch":1}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":8192,"access":"read","shm_name":"/a","shm_offset":18446744073709547520}]})",
+        R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":8192,"access":"read","memory":"cuda_device","device":0,"ipc_handle":"h","ipc_offset":18446744073709547520}]})",
         R"({"name":"x","incarnation":1,"host":"h","shm_gates":"","endpoints":[],"regions":[]})",
         R"({"name":"x","incarnation":1,"host":"h","shm_gates":7,"endpoints":[],"regions":[]})",
     };

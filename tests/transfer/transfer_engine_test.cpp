@@ -359,16 +359,31 @@ bool maps_object(const std::string& name) {
 
 /// A same-host target with a shared region is written once through shared memory and then killed; a
 /// second write must fail (nothing serves the segment), never land in the memory it left behind. 0 when
-/// so, else a code saying what went wrong. Also checks that the dead owner's memory is unmapped.
-int write_to_a_target_that_ended() {
+/// so, else a code saying what went wrong. Also checks that the dead owner's memory is unmapped. With
+/// `incarnation_zero`, the target is found through a metadata store that holds its descriptor with
+/// incarnation 0 (as a descriptor made elsewhere may have it).
+int write_to_a_target_that_ended(bool incarnation_zero = false) {
   auto child = spawn_target("127.0.0.2:0", 1 << 20, true);
   ferry::io::io_context ctx;
+  ferry::memory_metadata_store store;
   ferry::default_engine engine(ctx, {.name = "local", .tcp = {.connect_timeout = 500ms}});
+  engine.use_metadata(store);
   std::vector<std::byte> buf(1 << 20);
   fill(buf, 17);
   if (!engine.registry().add(buf.data(), buf.size(), access::none))
     return 10;
-  auto seg = ctx.run_until(engine.open_segment(child.line()));
+  std::string locator = child.line();
+  if (incarnation_zero) {
+    auto d = ctx.run_until(
+        ferry::tcp_transport::fetch_descriptor(ctx, *ferry::io::endpoint::parse(locator), 5s, {}));
+    if (!d)
+      return 16;
+    d->incarnation = 0;
+    if (!ferry::sync_wait(store.put("ferry/segments/" + d->name, d->to_json())))
+      return 17;
+    locator = d->name;
+  }
+  auto seg = ctx.run_until(engine.open_segment(locator));
   if (!seg)
     return 11;
   const std::string object = engine.find(*seg)->descriptor.regions.front().shm_name;
@@ -390,6 +405,31 @@ int write_to_a_target_that_ended() {
 } // namespace
 
 TEST_SUITE("transfer_engine") {
+  TEST_CASE("a slice size larger than a tcp frame carries is taken as the largest one, and bytes move") {
+    ferry::io::io_context ctx;
+    std::vector<std::byte> remote((65 << 20) + 4096), src(remote.size()), back(remote.size());
+    fill(src, 43);
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    tcp_engine initiator(ctx, {.name = "initiator", .slice_size = 128u << 20});
+    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target.start());
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch w, r;
+      w.write(src.data(), *seg, 0, src.size());
+      r.read(back.data(), *seg, 0, back.size());
+      auto wr = co_await initiator.transfer(w, ferry::transfer_options().with_timeout(60s));
+      REQUIRE_MESSAGE(wr.ok(), wr.first_error().message());
+      auto rr = co_await initiator.transfer(r, ferry::transfer_options().with_timeout(60s));
+      REQUIRE_MESSAGE(rr.ok(), rr.first_error().message());
+    }());
+    CHECK(remote == src);
+    CHECK(back == src);
+  }
+
   TEST_CASE("writes and reads move every byte between two engines over tcp") {
     ferry::io::io_context ctx;
     ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
@@ -557,6 +597,10 @@ TEST_SUITE("transfer_engine") {
   TEST_CASE(
       "a same-host target that ended is not written through its orphaned shared memory, which is unmapped") {
     CHECK(write_to_a_target_that_ended() == 0);
+  }
+
+  TEST_CASE("a same-host target that ended is noticed also when its descriptor names incarnation 0") {
+    CHECK(write_to_a_target_that_ended(true) == 0);
   }
 
   TEST_CASE(

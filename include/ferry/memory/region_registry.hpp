@@ -103,14 +103,21 @@ public:
   region_registry() = default;
   region_registry(const region_registry&) = delete;
   region_registry& operator=(const region_registry&) = delete;
-  /// Closes the gates of the shared regions still registered, so that same-host peers stop copying there
-  /// (waiting up to a second for copies in progress).
+  /// Closes the gates of the shared regions still registered, so that same-host peers stop copying there:
+  /// it waits up to a second for copies in progress, then closes them anyway (a peer still copying finishes
+  /// that copy; none starts another).
   ~region_registry() {
     for (auto& [key, e] : by_address_) {
       if (e.exposed.shm_gate == region_descriptor::no_gate)
         continue;
-      for (int i = 0; i < 1000 && !gates_.close_gate(e.exposed.shm_gate); ++i)
+      bool closed = false;
+      for (int i = 0; i < 1000 && !(closed = gates_.close_gate(e.exposed.shm_gate)); ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      // why: left open, the gate would let peers that hold the region's descriptor copy into memory that is
+      // no longer registered (and may be registered again, for something else) for as long as this process
+      // lives
+      if (!closed)
+        gates_.force_close_gate(e.exposed.shm_gate);
     }
   }
 

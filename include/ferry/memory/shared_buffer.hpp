@@ -44,7 +44,8 @@ public:
   }
   ~shared_buffer() { release(); }
 
-  /// Creates a zero-filled shared object of `size` bytes (rounded up to the page size) and maps it. Its name,
+  /// Creates a zero-filled shared object of `size` bytes (rounded up to the page size), with its memory
+  /// allocated (errc::out_of_space when /dev/shm has no room for it), and maps it. Its name,
   /// "/ferry-PID.PIDNS-N-RANDOM", is this process's alone: the random part keeps it from meeting an object
   /// that a process of the same id left behind (a restarted container's PID 1, say), and from being found
   /// by a process that sees another /dev/shm under the same names.
@@ -64,14 +65,23 @@ public:
     }
     if (fd < 0)
       return fail_errno(-errno, "shm_open");
-    if (::ftruncate(fd, static_cast<off_t>(size)) < 0) {
-      int e = errno;
+    // why: allocated now, not on first touch: a size-only object (ftruncate) on a /dev/shm with less room
+    // than that maps fine, and the first write to a page there is met with SIGBUS, in this process or in a
+    // peer that copies into it
+    int e = 0;
+    do
+      e = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
+    while (e == EINTR);
+    if (e != 0) {
       ::close(fd);
       ::shm_unlink(b.name_.c_str());
-      return fail_errno(-e, "ftruncate (shared memory; is /dev/shm large enough?)");
+      if (e == ENOSPC || e == ENOMEM)
+        return fail(errc::out_of_space,
+                    "shared memory: /dev/shm has no room for " + std::to_string(size) + " bytes");
+      return fail_errno(-e, "posix_fallocate (shared memory)");
     }
     void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int e = errno;
+    e = errno;
     ::close(fd);
     if (p == MAP_FAILED) {
       ::shm_unlink(b.name_.c_str());

@@ -147,6 +147,14 @@ public:
     return true;
   }
 
+  /// Closes an open gate whatever tickets are out: peers that hold one finish the copy they are in, and no
+  /// peer starts another. For an owner that cannot wait any longer (its registry is going).
+  void force_close_gate(std::uint32_t gate) {
+    auto& g = table_->gates[gate];
+    std::uint64_t s = g.load(std::memory_order_relaxed);
+    g.store((s & ~state_mask) | free_state, std::memory_order_seq_cst);
+  }
+
   // ---- a peer ----
 
   /// A ticket held while copying through a gate; released on destruction.

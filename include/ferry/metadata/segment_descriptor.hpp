@@ -161,6 +161,8 @@ struct segment_descriptor {
         if (so == r.end() || !so->is_number_unsigned())
           return bad("segment descriptor: shm_offset missing");
         rd.shm_offset = so->get<std::uint64_t>();
+        if (rd.shm_offset > std::numeric_limits<std::uint64_t>::max() - rd.length)
+          return bad("segment descriptor: shm_offset + length overflows");
         if (auto gate = r.find("shm_gate"); gate != r.end()) {
           auto epoch = r.find("shm_epoch");
           if (!gate->is_number_unsigned() || gate->get<std::uint64_t>() >= region_descriptor::no_gate ||
@@ -186,6 +188,8 @@ struct segment_descriptor {
           if (io == r.end() || !io->is_number_unsigned())
             return bad("segment descriptor: ipc_offset missing");
           rd.location.ipc_offset = io->get<std::uint64_t>();
+          if (rd.location.ipc_offset > std::numeric_limits<std::uint64_t>::max() - rd.length)
+            return bad("segment descriptor: ipc_offset + length overflows");
         }
       }
       if (!d.regions.empty() && d.regions.back().offset + d.regions.back().length > rd.offset)

@@ -92,7 +92,8 @@ struct engine_options {
   std::string name = "ferry";
   /// "host:port" to serve this segment to peers over TCP (port 0: any); nullopt: serve nobody.
   std::optional<std::string> listen;
-  /// Requests longer than this are cut into slices of this size, spread over paths.
+  /// Requests longer than this are cut into slices of this size, spread over paths (taken as 4 KiB if
+  /// smaller, as 64 MiB, the most one tcp frame carries, if larger).
   std::uint32_t slice_size = 1u << 20;
   /// Times a failed slice is retried on another path before its request fails (at most 65535).
   unsigned retry_budget = 3;

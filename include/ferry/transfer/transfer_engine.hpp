@@ -492,7 +492,10 @@ private:
 
     // Validate and cut into slices.
     std::size_t slice_count = 0;
-    std::uint64_t slice_size = std::max<std::uint32_t>(options_.slice_size, 4096);
+    // why: at most what one tcp frame carries: a larger slice would be refused by every target, and the
+    // connection dropped under the other batches' slices on it
+    std::uint64_t slice_size =
+        std::clamp<std::uint64_t>(options_.slice_size, 4096, tcp::frame_header::max_data_payload);
     for (std::size_t i = 0; i < batch.size(); ++i) {
       auto& r = batch.requests()[i];
       if (auto bad = validate(r)) {

@@ -58,10 +58,11 @@ class shm_transport {
     bool unreachable = false; // its shared memory cannot be opened from here, or its process ended
     int pidfd = -1;           // the owner process, to notice that it ended
     pid_t pid = 0;            // the owner process, where no pidfd could be had
+    bool set_up = false;      // the fields above describe `incarnation`
     peer_maps() = default;
     peer_maps(peer_maps&& o) noexcept
         : incarnation(o.incarnation), by_name(std::move(o.by_name)), gates(std::move(o.gates)),
-          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)), pid(o.pid) {}
+          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)), pid(o.pid), set_up(o.set_up) {}
     peer_maps& operator=(peer_maps&&) = delete;
     ~peer_maps() {
       if (pidfd >= 0)
@@ -69,6 +70,8 @@ class shm_transport {
     }
     /// False once the owner process has exited (its memory would then reach nobody).
     bool owner_alive() {
+      if (pidfd < 0 && pid <= 0) // why: kill(0) or kill(-1) would ask about a group of processes
+        return false;
       if (pidfd <
           0) // why: no pidfd (an old kernel, a seccomp profile): the process id, in the same namespace
         return ::kill(pid, 0) == 0 || errno != ESRCH;
@@ -158,7 +161,10 @@ private:
     if (!allows(r->permissions, wanted))
       return fail(errc::permission_denied, "shm: the region does not permit this");
     auto& maps = maps_[p.id];
-    if (maps.incarnation != p.descriptor.incarnation) {
+    // why: by a flag as well as by the incarnation: a descriptor may name incarnation 0, which a new entry
+    // has too
+    if (!maps.set_up || maps.incarnation != p.descriptor.incarnation) {
+      maps.set_up = true;
       maps.drop_mappings();
       maps.incarnation = p.descriptor.incarnation;
       if (maps.pidfd >= 0)
