@@ -335,6 +335,41 @@ std::unique_ptr<ferry::default_engine> serve_memory(ferry::io::io_context& ctx, 
   return e;
 }
 
+/// An engine on a loop of its own, its data connections on another (io_threads 1): the test can hold up its
+/// main loop, where it answers handshakes, notifications and pings, while its memory still takes bytes.
+struct engine_with_held_loop {
+  ferry::io::io_context ctx;
+  ferry::default_engine engine;
+  std::atomic<bool> held{false}, release{false};
+  std::thread holder;
+
+  engine_with_held_loop(const char* name, const char* listen, std::vector<std::byte>& kv)
+      : engine(ctx, {.name = name, .listen = listen, .tcp = {.io_threads = 1}}) {
+    REQUIRE(engine.registry().add(kv.data(), kv.size(), access::read_write));
+    REQUIRE(engine.start());
+    engine.run_in_background();
+  }
+  ~engine_with_held_loop() { let_go(); }
+  /// Holds the main loop (up to 30 s) from now until let_go().
+  void hold() {
+    holder = std::thread([this] {
+      ferry::sync_wait([](engine_with_held_loop& me) -> ferry::task<> {
+        co_await me.ctx.schedule();
+        me.held = true;
+        for (auto until = clock_type::now() + 30s; !me.release && clock_type::now() < until;)
+          std::this_thread::sleep_for(1ms);
+      }(*this));
+    });
+    while (!held)
+      std::this_thread::sleep_for(1ms);
+  }
+  void let_go() {
+    release = true;
+    if (holder.joinable())
+      holder.join();
+  }
+};
+
 /// Opens the segment at `address` and writes all of `src` to its offset 0; the segment's id.
 ferry::task<ferry::segment_id> open_and_write(tcp_engine& initiator, std::string address,
                                               std::vector<std::byte>& src) {
@@ -1385,15 +1420,11 @@ TEST_SUITE("transfer_engine metadata") {
             "after the bytes landed") {
     // why: a batch notifies its targets one after another; while it waits for the first, another call may
     // find a new process serving the second, which never got the batch's bytes
-    ferry::io::io_context ctx, a_ctx;
+    ferry::io::io_context ctx;
     std::vector<std::byte> kv_a(1 << 20), kv_b(1 << 20), src(2 << 20); // outlive the engines
     fill(src, 41);
-    // a: its data connections on a loop of their own, its notifications on its main loop, which the test
-    // holds up while the batch notifies it
-    ferry::default_engine a(a_ctx, {.name = "a", .listen = "127.0.0.2:0", .tcp = {.io_threads = 1}});
-    REQUIRE(a.registry().add(kv_a.data(), kv_a.size(), access::read_write));
-    REQUIRE(a.start());
-    a.run_in_background();
+    // a: the test holds up its main loop, where it takes notifications, while the batch notifies it
+    engine_with_held_loop a("a", "127.0.0.2:0", kv_a);
     auto b = serve_memory(ctx, "b", "127.0.0.3:0", kv_b);
     const std::string b_address = b->endpoint()->to_string();
     // why: one connection a peer, which the first batch opens: the second's bytes to a need nothing of a's
@@ -1401,11 +1432,9 @@ TEST_SUITE("transfer_engine metadata") {
     tcp_engine initiator(ctx,
                          {.name = "initiator", .tcp = {.connections_per_peer = 1, .reply_timeout = 20s}});
     REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
-    std::atomic<bool> held{false}, release{false};
-    std::thread holder;
     ferry::batch_result out;
     ctx.run_until([&]() -> ferry::task<> {
-      auto to_a = co_await initiator.open_segment(a.endpoint()->to_string());
+      auto to_a = co_await initiator.open_segment(a.engine.endpoint()->to_string());
       auto to_b = co_await initiator.open_segment(b_address);
       REQUIRE(to_a);
       REQUIRE(to_b);
@@ -1414,16 +1443,7 @@ TEST_SUITE("transfer_engine metadata") {
       auto warm = co_await initiator.transfer(batch); // opens the data connections while a's loop runs
       REQUIRE_MESSAGE(warm.ok(), warm.first_error().message());
       std::fill(kv_b.begin(), kv_b.end(), std::byte{0});
-      holder = std::thread([&] {
-        ferry::sync_wait([&]() -> ferry::task<> {
-          co_await a_ctx.schedule();
-          held = true;
-          for (auto until = clock_type::now() + 30s; !release && clock_type::now() < until;)
-            std::this_thread::sleep_for(1ms);
-        }());
-      });
-      while (!held)
-        (void)co_await ctx.sleep_for(1ms);
+      a.hold();
       ferry::async_scope scope;
       // why: arguments, not captures: the lambda is gone once spawn() returns
       scope.spawn([](tcp_engine& e, transfer_batch b, ferry::batch_result& to) -> ferry::task<> {
@@ -1441,7 +1461,7 @@ TEST_SUITE("transfer_engine metadata") {
       auto refreshed = co_await initiator.refresh(*to_b);     // another call finds it
       CHECK(refreshed);
       CHECK(initiator.find(*to_b)->descriptor.incarnation == b_new->descriptor().incarnation);
-      release = true;
+      a.let_go();
       co_await scope.join();
       ferry::io::deadline soon(ctx, 300ms);
       auto got = co_await b_new->next_notification(soon.token());
@@ -1451,13 +1471,12 @@ TEST_SUITE("transfer_engine metadata") {
         CHECK(std::equal(kv_new.begin(), kv_new.end(), src.begin() + (1 << 20)));
       co_await b_new->shutdown();
     }());
-    holder.join();
     bool landed = std::all_of(out.requests.begin(), out.requests.end(), [](auto& r) { return bool(r); });
     if (landed && out.notify_error) {
       // the batch reached a's notification before b restarted: b's, which follows it, is refused
       CHECK(out.notify_error.code() == errc::version_mismatch);
       MESSAGE("the batch's notification of b: ", out.notify_error.message());
-      auto at_a = ferry::sync_wait(a.next_notification());
+      auto at_a = ferry::sync_wait(a.engine.next_notification());
       REQUIRE(at_a);
       CHECK(at_a->message == "kv ready");
     } else if (landed) {
@@ -1466,7 +1485,43 @@ TEST_SUITE("transfer_engine metadata") {
       MESSAGE("the batch failed: ", out.first_error().message());
     }
     CHECK(std::equal(kv_a.begin(), kv_a.end(), src.begin()));
-    ferry::sync_wait(a.shutdown());
+  }
+
+  TEST_CASE(
+      "a notification waiting behind another control request to its peer ends at the batch's deadline") {
+    ferry::io::io_context ctx;
+    std::vector<std::byte> kv(1 << 20), src(1 << 20); // outlive the engines
+    fill(src, 47);
+    engine_with_held_loop a("a", "127.0.0.2:0", kv);
+    tcp_engine initiator(ctx,
+                         {.name = "initiator", .tcp = {.connections_per_peer = 1, .reply_timeout = 20s}});
+    REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(a.engine.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch batch;
+      batch.write(src.data(), *seg, 0, src.size());
+      auto warm = co_await initiator.transfer(batch); // opens the data connection while a's loop runs
+      REQUIRE_MESSAGE(warm.ok(), warm.first_error().message());
+      a.hold();
+      // a ping without a deadline takes the control connection first, and waits: a answers nothing now
+      ferry::async_scope scope;
+      scope.spawn([](tcp_engine& e, ferry::segment_id to) -> ferry::task<> {
+        (void)co_await e.probe(to);
+      }(initiator, *seg));
+      (void)co_await ctx.sleep_for(50ms);
+      auto t0 = clock_type::now();
+      auto r = co_await initiator.transfer(
+          batch, ferry::transfer_options().with_timeout(1s).with_notify("kv ready"));
+      auto took = clock_type::now() - t0;
+      REQUIRE(r.requests[0]); // the bytes landed: a's memory takes them on its own loop
+      CHECK(r.notify_error == errc::timed_out);
+      MESSAGE("notify: ", r.notify_error.message());
+      CHECK_MESSAGE(took < 5s, "the batch took ",
+                    std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), " ms");
+      a.let_go();
+      co_await scope.join();
+    }());
   }
 
   TEST_CASE("a segment opened by address and, after it restarted there, by name keeps its one id") {

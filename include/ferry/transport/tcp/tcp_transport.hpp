@@ -16,7 +16,6 @@
 ///
 ///   ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport> engine(ctx, options);
 
-#include "ferry/core/async_mutex.hpp"
 #include "ferry/core/async_scope.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/task.hpp"
@@ -151,8 +150,59 @@ class tcp_transport {
     io::tcp_socket sock;
     io::endpoint address;
     std::uint64_t incarnation = 0; // of the process at the other end, confirmed by a hello
-    async_mutex mutex;
+    // Requests take turns on the connection, in order of arrival; only the engine's loop touches these.
+    struct turn_waiter {
+      std::stop_source wake; // requested when the turn is handed over, or when the waiter's stop is
+      bool granted = false;
+    };
+    bool busy = false;
+    std::deque<turn_waiter*> waiting;
   };
+
+  /// The turn on a control channel, held until destroyed (which hands it to the next waiter).
+  class control_turn {
+  public:
+    explicit control_turn(control_channel* ch) noexcept : ch_(ch) {}
+    control_turn(control_turn&& o) noexcept : ch_(std::exchange(o.ch_, nullptr)) {}
+    control_turn& operator=(control_turn&&) = delete;
+    ~control_turn() {
+      if (!ch_)
+        return;
+      if (ch_->waiting.empty()) {
+        ch_->busy = false;
+        return;
+      }
+      auto* next = ch_->waiting.front();
+      ch_->waiting.pop_front();
+      next->granted = true;
+      next->wake.request_stop();
+    }
+
+  private:
+    control_channel* ch_;
+  };
+
+  /// Waits for the turn on `ch`, in order of arrival, until `stop` (errc::cancelled then).
+  task<result<control_turn>> take_turn(control_channel& ch, std::stop_token stop) {
+    if (!ch.busy) {
+      ch.busy = true;
+      co_return control_turn(&ch);
+    }
+    control_channel::turn_waiter w;
+    ch.waiting.push_back(&w);
+    {
+      // why: a stop may come from any thread; it only wakes the timer, which resumes this on the loop, where
+      // the turn is handed over: `granted` is read and written on the loop alone
+      std::stop_callback relay(stop, [&w] { w.wake.request_stop(); });
+      (void)co_await tc_.io.sleep_for(std::chrono::hours(24), w.wake.get_token());
+      while (!w.granted && !stop.stop_requested()) // a day went by: wait on
+        (void)co_await tc_.io.sleep_for(std::chrono::hours(24), w.wake.get_token());
+    }
+    if (w.granted)
+      co_return control_turn(&ch);
+    std::erase(ch.waiting, &w);
+    co_return fail(errc::cancelled, "tcp: stopped while waiting for the peer's control connection");
+  }
 
 public:
   static constexpr std::string_view name = "tcp";
@@ -247,7 +297,11 @@ public:
     if (!slot)
       slot = std::make_unique<control_channel>();
     control_channel& ch = *slot;
-    auto guard = co_await ch.mutex.lock();
+    // why: by turns that give up at the caller's stop (a batch's deadline): a request ahead that waits for a
+    // peer that does not answer must not hold the batch past its deadline
+    auto turn = co_await take_turn(ch, stop);
+    if (!turn)
+      co_return fail(turn.error());
     if (stopping_)
       co_return fail(errc::cancelled, "tcp: engine shutting down");
     // the fences a notification follows (see exchange_after_fences)
