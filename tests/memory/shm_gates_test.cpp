@@ -4,6 +4,8 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <fcntl.h>
 #include <regex>
@@ -13,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 using ferry::access;
@@ -64,6 +67,44 @@ TEST_SUITE("shm_gates") {
       CHECK(owner->close_gate(other.first));       // another gate is not held
     }
     CHECK(owner->close_gate(gate));
+  }
+
+  TEST_CASE("a peer waits for an owner held up in the middle of closing a gate, and goes ahead when it "
+            "opens again") {
+    auto owner = shm_gates::create();
+    REQUIRE(owner);
+    auto peer = shm_gates::attach(owner->name());
+    REQUIRE(peer);
+    auto [gate, epoch] = *owner->open_gate();
+    // why: the owner's thread stopped between marking the gate closing and finding a copy in progress, which
+    // no call can hold it at: the test writes the gate's word in the table itself (after the magic and the
+    // namespace come the gates, epoch << 2 | state, 2 meaning closing), checking first that it holds what an
+    // open gate of this epoch does
+    int fd = ::shm_open(owner->name().c_str(), O_RDWR, 0);
+    REQUIRE(fd >= 0);
+    const std::size_t span = 16 + 8 * shm_gates::gate_count;
+    void* p = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(p != MAP_FAILED);
+    auto* word = reinterpret_cast<std::atomic<std::uint64_t>*>(static_cast<char*>(p) + 16 + 8 * gate);
+    REQUIRE(word->load() == ((epoch << 2) | 1));
+    word->store((epoch << 2) | 2);
+    std::thread owner_thread([word, e = epoch] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50)); // held up a while, then it reopens
+      word->store((e << 2) | 1);
+    });
+    auto pass = peer->enter(gate, epoch);
+    owner_thread.join();
+    CHECK(pass.has_value());
+    // an owner that stays held up longer than the peer's patience: the peer gives up, saying so
+    word->store((epoch << 2) | 2);
+    auto t0 = std::chrono::steady_clock::now();
+    auto refused = peer->enter(gate, epoch);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error() == errc::out_of_bounds);
+    CHECK(std::chrono::steady_clock::now() - t0 >= shm_gates::closing_patience);
+    word->store((epoch << 2) | 1);
+    ::munmap(p, span);
   }
 
   TEST_CASE("a ticket left behind by a process that died does not hold a gate") {

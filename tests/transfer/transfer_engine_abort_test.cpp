@@ -374,6 +374,29 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
     CHECK(exposed == local);
   }
 
+  TEST_CASE("opening a segment by name gives up at its stop while the metadata store has not answered") {
+    ferry::io::io_context ctx;
+    threaded_store store;
+    store.delay = 1s;
+    ferry::default_engine engine(ctx, {.name = "self", .metadata_ttl = 0ms});
+    engine.use_metadata(store);
+    ctx.run_until([&]() -> ferry::task<> {
+      auto t0 = clock_type::now();
+      ferry::io::deadline soon(ctx, 100ms);
+      auto opened = co_await engine.open_segment("slow", soon.token());
+      auto took = clock_type::now() - t0;
+      REQUIRE_FALSE(opened);
+      CHECK(opened.error() == errc::cancelled);
+      CHECK_MESSAGE(took < 700ms, "took ",
+                    std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), " ms");
+      // without a stop, the store's answer is waited for
+      auto answered = co_await engine.open_segment("slow");
+      REQUIRE_FALSE(answered);
+      CHECK(answered.error() == errc::unknown_segment);
+      co_await engine.shutdown(); // waits for the lookup given up above, which still runs
+    }());
+  }
+
   TEST_CASE("a shutdown waits for calls that wait on a metadata store answering from a thread of its own, "
             "and so does a second shutdown") {
     // exit status 3: a call never ended; 5: a shutdown returned while a call was still under way;

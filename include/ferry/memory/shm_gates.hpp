@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
@@ -40,6 +41,8 @@ class shm_gates {
 public:
   static constexpr std::uint32_t gate_count = 4096;
   static constexpr std::uint32_t ticket_count = 256;
+  /// How long a peer waits for an owner in the middle of closing a gate to open it again or close it.
+  static constexpr std::chrono::milliseconds closing_patience{200};
 
   /// The owner's table: a new shared object, every gate free.
   static result<shm_gates> create() {
@@ -190,14 +193,26 @@ public:
     auto& g = table_->gates[gate];
     const std::uint64_t wanted = (epoch << 2) | open_state;
     // why: a gate is closing only for the moment its owner looks at the tickets; if the owner then finds a
-    // copy in progress it opens the gate again, and this copy goes ahead
-    for (int spin = 0; spin < 10000; ++spin) {
+    // copy in progress it opens the gate again, and this copy goes ahead. That moment may last while the
+    // owner's thread waits for a core: after a while of yielding, this waits in short sleeps, up to
+    // closing_patience.
+    std::chrono::steady_clock::time_point give_up{};
+    for (int spin = 0;; ++spin) {
       std::uint64_t s = g.load(std::memory_order_seq_cst);
       if (s == wanted)
         return pass(t);
       if ((s & ~state_mask) != (epoch << 2) || (s & state_mask) != closing_state)
         break;
-      std::this_thread::yield();
+      if (spin < 1000) {
+        std::this_thread::yield();
+        continue;
+      }
+      auto now = std::chrono::steady_clock::now();
+      if (spin == 1000)
+        give_up = now + closing_patience;
+      else if (now >= give_up)
+        break;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
     t->store(0, std::memory_order_release);
     return fail(errc::out_of_bounds, "shm: the owner no longer exposes this region (unregistered)");

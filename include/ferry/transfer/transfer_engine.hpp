@@ -1083,9 +1083,7 @@ private:
       co_return fail(errc::unknown_segment,
                      "open_segment: '" + locator +
                          "' is not HOST:PORT and there is no metadata store (use_metadata)");
-    auto text = co_await metadata_.get(metadata_prefix_ + locator);
-    co_await enter(); // why: a metadata store may complete on a thread of its own; the engine's state is the
-                      // loop's
+    auto text = co_await lookup(metadata_prefix_ + locator, stop);
     if (!text)
       co_return fail(text.error());
     if (!*text)
@@ -1097,6 +1095,38 @@ private:
           error(d.error().code(), "open_segment: the metadata store holds a malformed descriptor for '" +
                                       locator + "': " + d.error().message()));
     co_return d;
+  }
+
+  /// The metadata store's value of `key`, on the engine's loop (a store may answer on a thread of its own).
+  /// Given up at `stop` (errc::cancelled): a store call cannot be taken back, so it goes on in the background
+  /// and its answer is dropped.
+  task<result<std::optional<std::string>>> lookup(std::string key, std::stop_token stop) {
+    if (!stop.stop_possible()) {
+      auto r = co_await metadata_.get(std::move(key));
+      co_await enter();
+      co_return r;
+    }
+    struct pending {
+      std::optional<result<std::optional<std::string>>> answer;
+      std::stop_source wake; // requested by the answer, or by `stop`
+    };
+    auto p = std::make_shared<pending>();
+    scope_.spawn([](transfer_engine& e, decltype(metadata_calls::get) get, std::string k,
+                    std::shared_ptr<pending> p) -> task<> {
+      auto r = co_await get(std::move(k));
+      co_await e.enter();
+      p->answer = std::move(r);
+      p->wake.request_stop();
+    }(*this, metadata_.get, std::move(key), p));
+    {
+      // why: a stop from another thread only wakes the timer, which resumes this on the loop
+      std::stop_callback relay(stop, [p] { p->wake.request_stop(); });
+      while (!p->answer && !stop.stop_requested())
+        (void)co_await io_.sleep_for(std::chrono::hours(24), p->wake.get_token());
+    }
+    if (!p->answer)
+      co_return fail(errc::cancelled, "open_segment: stopped before the metadata store answered");
+    co_return std::move(*p->answer);
   }
 
   /// Whether two descriptors are served at the same tcp address (a restarted process of the same name, say);
