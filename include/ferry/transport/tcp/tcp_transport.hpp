@@ -380,7 +380,7 @@ public:
     // address could already belong to a new batch
     for (auto& h : homes_)
       on_home(*h, [this, at = h.get()] {
-        for (connection* c : at->connections)
+        for (connection* c : snapshot(*at))
           drop_aborted(*c);
       });
   }
@@ -695,8 +695,13 @@ private:
     }
   }
 
+  /// The connections of `h` as they are now. why: what a loop over them does to one (failing its slices,
+  /// which are retried at once) may add a connection to the list on the way, with a backend that completes
+  /// an operation in the call that starts it
+  static std::vector<connection*> snapshot(const home& h) { return h.connections; }
+
   void close_connections(home& h) {
-    for (connection* c : h.connections) {
+    for (connection* c : snapshot(h)) {
       fail_queued(*c, error(errc::cancelled, "tcp: engine shutting down"));
       if (c->current)
         break_current(*c, error(errc::cancelled, "tcp: engine shutting down"));
@@ -989,7 +994,7 @@ private:
       if (!slept)
         break;
       auto now = clock::now();
-      for (connection* c : h.connections) {
+      for (connection* c : snapshot(h)) {
         session* sn = c->current;
         if (!sn || sn->in_flight.empty())
           continue;
