@@ -404,13 +404,14 @@ private:
     std::vector<segment_id> replaced = restarted_since(served_by);
     if (replaced.empty())
       return;
-    const char* why = opts.stop.stop_requested()
-                          ? "the batch was cancelled before it could run again"
-                          : "the batch's deadline left no time to run it again, or the target was replaced "
-                            "again while it did";
-    errc code = opts.stop.stop_requested() ? errc::cancelled
-                : opts.timeout.count() > 0 ? errc::timed_out
-                                           : errc::closed;
+    const bool shut = shut_down_.load(std::memory_order_acquire);
+    const char* why = opts.stop.stop_requested() ? "the batch was cancelled before it could run again"
+                      : shut                     ? "the engine shut down before it could run again"
+                             : "the batch's deadline left no time to run it again, or the "
+                               "target was replaced again while it did";
+    errc code = opts.stop.stop_requested() || shut ? errc::cancelled
+                : opts.timeout.count() > 0         ? errc::timed_out
+                                                   : errc::closed;
     for (std::size_t i = 0; i < batch.size(); ++i)
       if (out.requests[i] &&
           std::find(replaced.begin(), replaced.end(), batch.requests()[i].target) != replaced.end())
@@ -738,20 +739,28 @@ public:
     context_.connection_loops = nullptr;
     connection_loops_.reset(); // why: after the join: the work that ran there has ended or moved back here
     guard_.reset();            // the background thread, if any, ends once nothing is left to run
+    shutdown_finished_.store(true, std::memory_order_seq_cst);
   }
 
 private:
-  /// A shutdown() after the first: completes once the first has (at once if it has). Counts as entering while
-  /// it looks, so that the first lets the loop stop only after this one is on it.
+  /// A shutdown() after the first: completes once the first has (at once if it has). From another thread, it
+  /// counts as entering while it looks, so that the first lets the loop stop only after this one is on it;
+  /// one that finds the first past that point waits on its own thread for the first's last steps.
   task<> shut_down_already() {
-    entering_.fetch_add(1, std::memory_order_seq_cst);
-    if (shutdown_complete_.load(std::memory_order_seq_cst)) {
+    if (!io_.running_in_this_thread()) {
+      entering_.fetch_add(1, std::memory_order_seq_cst);
+      if (shutdown_complete_.load(std::memory_order_seq_cst)) {
+        entering_.fetch_sub(1, std::memory_order_seq_cst);
+        // why: the loop may stop any moment now, so this cannot wait on it; what is left takes no long
+        while (!shutdown_finished_.load(std::memory_order_seq_cst))
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+        co_return;
+      }
+      co_await enter();
       entering_.fetch_sub(1, std::memory_order_seq_cst);
-      co_return;
     }
-    co_await enter();
-    entering_.fetch_sub(1, std::memory_order_seq_cst);
-    while (!shutdown_complete_.load(std::memory_order_seq_cst))
+    // why: on the loop, a pending timer keeps it running until the first shutdown() has finished
+    while (!shutdown_finished_.load(std::memory_order_seq_cst))
       co_await io_.sleep_for(std::chrono::milliseconds(1));
   }
 
@@ -1113,7 +1122,12 @@ private:
     auto p = std::make_shared<pending>();
     scope_.spawn([](transfer_engine& e, decltype(metadata_calls::get) get, std::string k,
                     std::shared_ptr<pending> p) -> task<> {
-      auto r = co_await get(std::move(k));
+      result<std::optional<std::string>> r;
+      try {
+        r = co_await get(std::move(k));
+      } catch (const std::exception& x) { // why: the caller may have gone; it must not be left waiting
+        r = fail(errc::invalid_state, std::string("open_segment: the metadata store failed: ") + x.what());
+      }
       co_await e.enter();
       p->answer = std::move(r);
       p->wake.request_stop();
@@ -1230,9 +1244,10 @@ private:
   // why: atomic: calls made after shutdown() look at it on their caller's thread, where they must not hop to
   // a loop that may no longer run
   std::atomic<bool> shut_down_{false};
-  std::atomic<std::size_t> entering_{0}; // calls from other threads on their way to the loop
-  std::atomic<std::size_t> active_{0};   // calls under way on the loop (active_call)
-  std::atomic<bool> shutdown_complete_{false};
+  std::atomic<std::size_t> entering_{0};       // calls from other threads on their way to the loop
+  std::atomic<std::size_t> active_{0};         // calls under way on the loop (active_call)
+  std::atomic<bool> shutdown_complete_{false}; // shutdown() waits only for second shutdown()s to get here
+  std::atomic<bool> shutdown_finished_{false}; // shutdown() has returned, or is returning
 };
 
 } // namespace ferry
