@@ -90,7 +90,7 @@ TEST_SUITE("shm_gates") {
     REQUIRE(word->load() == ((epoch << 2) | 1));
     word->store((epoch << 2) | 2);
     std::thread owner_thread([word, e = epoch] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50)); // held up a while, then it reopens
+      std::this_thread::sleep_for(std::chrono::milliseconds(20)); // held up a while, then it reopens
       word->store((e << 2) | 1);
     });
     auto pass = peer->enter(gate, epoch);

@@ -411,16 +411,20 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
         engine.run_in_background();
         std::thread caller([&] {
           // the store answers 200 ms later, from its thread, after the engine began to shut down
-          ferry::error failed;
-          if (round % 2 == 0) {
-            if (auto opened = ferry::sync_wait(engine.open_segment("nobody")); !opened)
-              failed = opened.error();
-          } else if (auto published = ferry::sync_wait(engine.publish()); !published) {
-            failed = published.error();
-          }
-          if (failed && failed != errc::unknown_segment && failed != errc::cancelled)
-            wrong = true;
-          call_done = true;
+          ferry::sync_wait([&]() -> ferry::task<> {
+            ferry::error failed;
+            if (round % 2 == 0) {
+              if (auto opened = co_await engine.open_segment("nobody"); !opened)
+                failed = opened.error();
+            } else if (auto published = co_await engine.publish(); !published) {
+              failed = published.error();
+            }
+            if (failed && failed != errc::unknown_segment && failed != errc::cancelled)
+              wrong = true;
+            // why: here, where the call resumes its caller (on the engine's loop), not once this thread woke
+            // up after it: a shutdown may well return before then
+            call_done = true;
+          }());
         });
         std::this_thread::sleep_for(50ms);
         std::thread second([&] {
