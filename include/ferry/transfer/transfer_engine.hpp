@@ -30,6 +30,7 @@
 #include "ferry/io/endpoint.hpp"
 #include "ferry/io/io_context.hpp"
 #include "ferry/io/io_context_pool.hpp"
+#include "ferry/io/wake_signal.hpp"
 #include "ferry/memory/region_registry.hpp"
 #include "ferry/metadata/concepts.hpp"
 #include "ferry/metadata/segment_descriptor.hpp"
@@ -715,8 +716,7 @@ public:
     // why: a call from another thread that found the engine open as this began is on its way to the loop;
     // once there it finds the engine shut down and ends. Were the loop to stop first, it would wait for ever.
     // A short sleep, not a yield: the loop's thread leaves the core to a caller that has yet to get there.
-    while (entering_.load(std::memory_order_seq_cst) != 0)
-      co_await io_.sleep_for(std::chrono::microseconds(50));
+    co_await until_none(entering_, std::chrono::microseconds(50));
     renewal_stop_.request_stop();
     if (published_)
       (void)co_await take_back_registration(); // why: best effort; a store that is down lets the lease run
@@ -730,12 +730,10 @@ public:
     // why: calls their callers await (not spawned in the scope) may still be on their way: a metadata lookup
     // whose store answers on a thread of its own, a batch's last steps. They continue on this loop, which
     // must not stop first, in an engine that must not be destroyed under them.
-    while (active_.load(std::memory_order_acquire) != 0)
-      co_await io_.sleep_for(std::chrono::milliseconds(1));
+    co_await until_none(active_, std::chrono::milliseconds(1));
     // why: a second shutdown() waits for this one (see shut_down_already)
     shutdown_complete_.store(true, std::memory_order_seq_cst);
-    while (entering_.load(std::memory_order_seq_cst) != 0)
-      co_await io_.sleep_for(std::chrono::microseconds(50));
+    co_await until_none(entering_, std::chrono::microseconds(50));
     context_.connection_loops = nullptr;
     connection_loops_.reset(); // why: after the join: the work that ran there has ended or moved back here
     guard_.reset();            // the background thread, if any, ends once nothing is left to run
@@ -743,6 +741,13 @@ public:
   }
 
 private:
+  /// Sleeps on the loop, a `period` at a time, until `count` is 0 (calls of other threads or of this loop
+  /// that shutdown() waits for).
+  task<> until_none(const std::atomic<std::size_t>& count, io::io_context::clock::duration period) {
+    while (count.load(std::memory_order_seq_cst) != 0)
+      co_await io_.sleep_for(period);
+  }
+
   /// A shutdown() after the first: completes once the first has (at once if it has). From another thread, it
   /// counts as entering while it looks, so that the first lets the loop stop only after this one is on it;
   /// one that finds the first past that point waits on its own thread for the first's last steps.
@@ -1117,7 +1122,7 @@ private:
     }
     struct pending {
       std::optional<result<std::optional<std::string>>> answer;
-      std::stop_source wake; // requested by the answer, or by `stop`
+      io::wake_signal answered;
     };
     auto p = std::make_shared<pending>();
     scope_.spawn([](transfer_engine& e, decltype(metadata_calls::get) get, std::string k,
@@ -1130,14 +1135,9 @@ private:
       }
       co_await e.enter();
       p->answer = std::move(r);
-      p->wake.request_stop();
+      p->answered.set();
     }(*this, metadata_.get, std::move(key), p));
-    {
-      // why: a stop from another thread only wakes the timer, which resumes this on the loop
-      std::stop_callback relay(stop, [p] { p->wake.request_stop(); });
-      while (!p->answer && !stop.stop_requested())
-        (void)co_await io_.sleep_for(std::chrono::hours(24), p->wake.get_token());
-    }
+    co_await p->answered.wait(io_, stop);
     if (!p->answer)
       co_return fail(errc::cancelled, "open_segment: stopped before the metadata store answered");
     co_return std::move(*p->answer);

@@ -24,6 +24,7 @@
 #include "ferry/io/io_context_pool.hpp"
 #include "ferry/io/tcp_socket.hpp"
 #include "ferry/io/timer_awaiter.hpp"
+#include "ferry/io/wake_signal.hpp"
 #include "ferry/metadata/segment_descriptor.hpp"
 #include "ferry/transfer/detail/batch_state.hpp"
 #include "ferry/transfer/peer.hpp"
@@ -152,7 +153,7 @@ class tcp_transport {
     std::uint64_t incarnation = 0; // of the process at the other end, confirmed by a hello
     // Requests take turns on the connection, in order of arrival; only the engine's loop touches these.
     struct turn_waiter {
-      std::stop_source wake; // requested when the turn is handed over, or when the waiter's stop is
+      io::wake_signal wake; // set when the turn is handed over
       bool granted = false;
     };
     bool busy = false;
@@ -175,7 +176,7 @@ class tcp_transport {
       auto* next = ch_->waiting.front();
       ch_->waiting.pop_front();
       next->granted = true;
-      next->wake.request_stop();
+      next->wake.set();
     }
 
   private:
@@ -190,14 +191,8 @@ class tcp_transport {
     }
     control_channel::turn_waiter w;
     ch.waiting.push_back(&w);
-    {
-      // why: a stop may come from any thread; it only wakes the timer, which resumes this on the loop, where
-      // the turn is handed over: `granted` is read and written on the loop alone
-      std::stop_callback relay(stop, [&w] { w.wake.request_stop(); });
-      (void)co_await tc_.io.sleep_for(std::chrono::hours(24), w.wake.get_token());
-      while (!w.granted && !stop.stop_requested()) // a day went by: wait on
-        (void)co_await tc_.io.sleep_for(std::chrono::hours(24), w.wake.get_token());
-    }
+    // why: on the loop, where the turn is handed over: `granted` is read and written there alone
+    co_await w.wake.wait(tc_.io, stop);
     if (w.granted)
       co_return control_turn(&ch);
     std::erase(ch.waiting, &w);
