@@ -405,6 +405,50 @@ TEST_SUITE("tcp_socket") {
     });
   }
 
+  TEST_CASE(
+      "a socket's byte count moves with what it sends and receives, also in the middle of one receive") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      auto data = pattern(1 << 20, 5);
+      std::vector<std::byte> got(data.size());
+      ctx.run_until([&]() -> ferry::task<> {
+        auto s = co_await tcp_socket::connect(ctx, *l->local_endpoint());
+        REQUIRE(s);
+        auto peer = co_await l->accept();
+        REQUIRE(peer);
+        // why: the kernel counts the handshake's SYN as one byte acknowledged on the side that connected
+        const std::uint64_t s0 = s->bytes_moved(), peer0 = peer->bytes_moved();
+        CHECK(s0 <= 1);
+        CHECK(peer0 <= 1);
+        // half of the payload arrives; the receive of all of it is still waiting, and the count says so
+        REQUIRE(co_await s->send_all(std::span(data).first(data.size() / 2)));
+        std::uint64_t midway = 0;
+        auto receiver = [&]() -> ferry::task<bool> {
+          auto all = co_await peer->recv_all(got);
+          co_return all.has_value();
+        };
+        auto sender = [&]() -> ferry::task<bool> {
+          co_await ctx.sleep_for(50ms);
+          midway = peer->bytes_moved();
+          auto rest = co_await s->send_all(std::span(data).subspan(data.size() / 2));
+          co_return rest.has_value();
+        };
+        auto [received, sent] = co_await ferry::when_all(receiver(), sender());
+        CHECK(received);
+        CHECK(sent);
+        CHECK(midway - peer0 == data.size() / 2);
+        CHECK(peer->bytes_moved() - peer0 == data.size());
+        // what the sender moved counts once the receiver's kernel acknowledged it
+        ferry::io::deadline within(ctx, 2s);
+        while (s->bytes_moved() - s0 != data.size() && !within.token().stop_requested())
+          co_await ctx.sleep_for(1ms);
+        CHECK(s->bytes_moved() - s0 == data.size());
+      }());
+      CHECK(got == data);
+    });
+  }
+
   TEST_CASE("distinct loopback addresses act as distinct hosts") {
     ferry_test::for_each_backend([](io_context& ctx) {
       auto l = tcp_listener::listen(ctx, loopback("127.0.0.2"));

@@ -137,4 +137,60 @@ TEST_SUITE("timers") {
       CHECK_FALSE(dl.expired());
     });
   }
+  TEST_CASE(
+      "a deadline given a progress count waits while the count moves and fires a period after it stops") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      std::uint64_t count = 0;
+      int reads = 0;
+      ferry::io::deadline dl(ctx, 100ms, ferry::io::progress{[&] {
+                               ++reads;
+                               return count;
+                             }});
+      // the count moves every 20 ms for 400 ms: four periods, and the deadline holds
+      auto moving = [&]() -> ferry::task<> {
+        for (int i = 0; i < 20; ++i) {
+          co_await ctx.sleep_for(20ms);
+          ++count;
+        }
+      };
+      ctx.run_until(moving());
+      auto stopped_moving = clock_type::now();
+      CHECK_FALSE(dl.token().stop_requested());
+      auto r = ctx.run_until(ctx.sleep_for(2s, dl.token()));
+      REQUIRE_FALSE(r);
+      CHECK(dl.expired());
+      auto silent = clock_type::now() - stopped_moving;
+      CHECK(silent >= 95ms); // never before a whole period without progress (5 ms: when the count last moved)
+      CHECK(silent < 400ms);
+      CHECK(reads >= 4);
+      CHECK(reads <= 8);
+    });
+  }
+
+  TEST_CASE("a deadline given a progress count that never moves fires after one and a half periods") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      ferry::io::deadline dl(ctx, 100ms, ferry::io::progress{[] { return std::uint64_t{7}; }});
+      auto t0 = clock_type::now();
+      auto r = ctx.run_until(ctx.sleep_for(2s, dl.token()));
+      REQUIRE_FALSE(r);
+      CHECK(dl.expired());
+      CHECK(clock_type::now() - t0 >= 150ms);
+      CHECK(clock_type::now() - t0 < 600ms);
+    });
+  }
+
+  TEST_CASE("an operation that ends within half its stall period never reads the progress count") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      int reads = 0;
+      {
+        ferry::io::deadline dl(ctx, 100ms, ferry::io::progress{[&] {
+                                 ++reads;
+                                 return std::uint64_t{0};
+                               }});
+        CHECK(ctx.run_until(ctx.sleep_for(20ms, dl.token())).has_value());
+      }
+      CHECK(reads == 0);
+      CHECK(ctx.run() == 0); // the withdrawn timer left nothing behind
+    });
+  }
 }

@@ -79,16 +79,21 @@ ferry_test::forked_child spawn_target(const std::string& listen, std::size_t siz
   });
 }
 
-/// A server that completes the handshake with a valid descriptor and then never answers anything: a hung
-/// peer.
-struct silent_target {
+/// A server that completes the handshake with a valid descriptor of `region_bytes`, and then either never
+/// answers anything (a hung peer), or, given a `pace`, serves reads and writes slowly: it moves each payload
+/// 1 MiB at a time with a pause of `pace` after each MiB (a peer behind a slow or shared link).
+struct hand_made_target {
   ferry::io::io_context& ctx;
+  std::optional<std::chrono::milliseconds> pace;
+  std::vector<std::byte> region;
   ferry::io::tcp_listener listener;
   ferry::async_scope scope;
   std::vector<ferry::io::tcp_socket*> open;
   std::string address;
 
-  explicit silent_target(ferry::io::io_context& c) : ctx(c) {
+  explicit hand_made_target(ferry::io::io_context& c, std::optional<std::chrono::milliseconds> slowly = {},
+                            std::size_t region_bytes = 1 << 20)
+      : ctx(c), pace(slowly), region(region_bytes) {
     listener = std::move(*ferry::io::tcp_listener::listen(ctx, *ferry::io::endpoint::parse("127.0.0.4:0")));
     address = listener.local_endpoint()->to_string();
     scope.spawn(accept_loop());
@@ -99,7 +104,7 @@ struct silent_target {
     d.incarnation = 1;
     d.host = "elsewhere";
     d.endpoints = {{"tcp", address}};
-    d.regions = {{0, 1 << 20, access::read_write, "", 0, {}}};
+    d.regions = {{0, region.size(), access::read_write, "", 0, {}}};
     return d.to_json();
   }
   ferry::task<> accept_loop() {
@@ -109,6 +114,21 @@ struct silent_target {
         co_return;
       scope.spawn(serve(std::move(*s)));
     }
+  }
+  /// Moves `bytes` a MiB at a time, pausing `pace` after each; false once the socket fails.
+  ferry::task<bool> slowly(ferry::io::tcp_socket& s, std::span<std::byte> bytes, bool receive) {
+    for (std::size_t at = 0; at < bytes.size(); at += 1 << 20) {
+      auto piece = bytes.subspan(at, std::min<std::size_t>(1 << 20, bytes.size() - at));
+      ferry::result<void> moved;
+      if (receive)
+        moved = co_await s.recv_all(piece);
+      else
+        moved = co_await s.send_all(piece);
+      if (!moved)
+        co_return false;
+      co_await ctx.sleep_for(*pace);
+    }
+    co_return true;
   }
   ferry::task<> serve(ferry::io::tcp_socket s) {
     open.push_back(&s);
@@ -121,15 +141,28 @@ struct silent_target {
       auto h = ferry::tcp::decode_header(raw);
       if (!h)
         break;
+      ferry::tcp::frame_header reply;
+      reply.request_id = h->request_id;
       if (h->type == ferry::tcp::frame_type::hello) {
         auto d = descriptor();
-        ferry::tcp::frame_header reply;
         reply.type = ferry::tcp::frame_type::hello_reply;
-        reply.request_id = h->request_id;
         reply.length = d.size();
         ferry::tcp::encode(reply, raw);
         co_await s.send_all(raw);
         co_await s.send_all(std::as_bytes(std::span(d)));
+      } else if (pace && h->type == ferry::tcp::frame_type::write && h->offset + h->length <= region.size()) {
+        if (auto ok = co_await slowly(s, std::span(region).subspan(h->offset, h->length), true); !ok)
+          break;
+        reply.type = ferry::tcp::frame_type::write_reply;
+        ferry::tcp::encode(reply, raw);
+        co_await s.send_all(raw);
+      } else if (pace && h->type == ferry::tcp::frame_type::read && h->offset + h->length <= region.size()) {
+        reply.type = ferry::tcp::frame_type::read_reply;
+        reply.length = h->length;
+        ferry::tcp::encode(reply, raw);
+        co_await s.send_all(raw);
+        if (auto ok = co_await slowly(s, std::span(region).subspan(h->offset, h->length), false); !ok)
+          break;
       } else if (h->payload_length() > 0) {
         if (auto ok = co_await s.recv_all(std::span(sink).first(h->payload_length())); !ok)
           break;
@@ -917,7 +950,7 @@ TEST_SUITE("transfer_engine") {
     // Both batches' slices are in flight on the one connection to a target that never answers. Cancelling B
     // drops that connection; A's slices are retried, so A ends at its own deadline, not as "cancelled".
     ferry::io::io_context ctx;
-    silent_target silent(ctx);
+    hand_made_target silent(ctx);
     tcp_engine initiator(ctx, {.name = "initiator",
                                .slice_size = 64 * 1024,
                                .tcp = {.connections_per_peer = 1, .in_flight_per_connection = 8}});
@@ -960,7 +993,7 @@ TEST_SUITE("transfer_engine") {
 
   TEST_CASE("a target that never answers fails the batch at its deadline") {
     ferry::io::io_context ctx;
-    silent_target silent(ctx);
+    hand_made_target silent(ctx);
     tcp_engine initiator(ctx, {.name = "initiator", .tcp = {.reply_timeout = 60s}});
     std::vector<std::byte> local(1 << 20);
     REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
@@ -980,7 +1013,7 @@ TEST_SUITE("transfer_engine") {
 
   TEST_CASE("a target that stops answering is dropped after the reply timeout and the batch fails") {
     ferry::io::io_context ctx;
-    silent_target silent(ctx);
+    hand_made_target silent(ctx);
     tcp_engine initiator(ctx, {.name = "initiator", .retry_budget = 1, .tcp = {.reply_timeout = 100ms}});
     std::vector<std::byte> local(1 << 16);
     REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
@@ -996,9 +1029,41 @@ TEST_SUITE("transfer_engine") {
     silent.close();
   }
 
+  TEST_CASE(
+      "a target that moves a large slice slowly but steadily is not taken for one that stopped answering") {
+    ferry::io::io_context ctx;
+    hand_made_target slow(ctx, 60ms, 16 << 20);
+    tcp_engine initiator(ctx, {.name = "initiator",
+                               .slice_size = 16 << 20,
+                               .retry_budget = 0,
+                               .tcp = {.connections_per_peer = 1, .reply_timeout = 300ms}});
+    std::vector<std::byte> local(16 << 20), back(16 << 20);
+    fill(local, 4);
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    REQUIRE(initiator.registry().add(back.data(), back.size(), access::read_write));
+    auto t0 = clock_type::now();
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await initiator.open_segment(slow.address);
+      REQUIRE(seg);
+      // each way: 16 MiB in one slice at 1 MiB per 60 ms, about a second, and never 300 ms without a byte
+      transfer_batch w;
+      w.write(local.data(), *seg, 0, local.size());
+      auto wrote = co_await initiator.transfer(w, ferry::transfer_options().with_timeout(20s));
+      CHECK_MESSAGE(wrote.ok(), wrote.first_error().message());
+      transfer_batch r;
+      r.read(back.data(), *seg, 0, back.size());
+      auto read = co_await initiator.transfer(r, ferry::transfer_options().with_timeout(20s));
+      CHECK_MESSAGE(read.ok(), read.first_error().message());
+    }());
+    CHECK(clock_type::now() - t0 > 1500ms); // the two slices did move slowly
+    CHECK(slow.region == local);
+    CHECK(back == local);
+    slow.close();
+  }
+
   TEST_CASE("a stop request from another thread cancels a batch, and its buffer is released") {
     ferry::io::io_context ctx;
-    silent_target silent(ctx);
+    hand_made_target silent(ctx);
     tcp_engine initiator(ctx, {.name = "initiator"});
     std::vector<std::byte> local(1 << 20);
     REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));

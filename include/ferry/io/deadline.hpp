@@ -6,27 +6,43 @@
 ///   ferry::io::deadline dl(ctx, 2s);
 ///   auto n = co_await sock.recv(buf, dl.token());
 ///   if (!n && dl.expired()) /* timed out */;
+///
+/// Given a progress count (`io::progress`), it fires only once a whole period went by without the count
+/// changing: a slow transfer that keeps moving is not a stalled one.
+///
+///   ferry::io::deadline stall(ctx, 10s, ferry::io::progress{[&] { return sock.bytes_moved(); }});
 
 #include "ferry/io/detail/io_op.hpp"
 #include "ferry/io/io_context.hpp"
 
 #include <chrono>
+#include <cstdint>
+#include <functional>
 #include <optional>
 #include <stop_token>
 
 namespace ferry::io {
+
+/// What a deadline asks, when its period is up, for a count of the work done so far (say, bytes moved).
+struct progress {
+  std::function<std::uint64_t()> count;
+};
 
 class deadline {
 public:
   deadline(io_context& ctx, io_context::clock::duration after, std::stop_token parent = {})
       : deadline(ctx, io_context::clock::now() + after, std::move(parent)) {}
   deadline(io_context& ctx, io_context::clock::time_point at, std::stop_token parent = {}) : ctx_(ctx) {
-    timer_.owner_ = this;
-    timer_.deadline_ = at;
-    timer_.complete_ = &on_fire;
-    if (parent.stop_possible())
-      parent_.emplace(std::move(parent), forward_stop{&source_});
-    ctx_.start_timer(&timer_);
+    arm(at, std::move(parent));
+  }
+  /// Fires once `period` went by with `made.count()` unchanged. The count is first read half a period after
+  /// this starts (an operation that ends sooner never reads it) and then once a period: a stall is noticed
+  /// one to two periods after the last progress, never before a whole one.
+  // why: reading the count may cost a system call (TCP_INFO); most operations bounded this way end long
+  // before half their period, and no count is needed for them
+  deadline(io_context& ctx, io_context::clock::duration period, progress made, std::stop_token parent = {})
+      : ctx_(ctx), period_(period), made_(std::move(made)) {
+    arm(io_context::clock::now() + period / 2, std::move(parent));
   }
   deadline(const deadline&) = delete;
   deadline& operator=(const deadline&) = delete;
@@ -48,19 +64,51 @@ private:
   struct op : detail::timer_op {
     deadline* owner_;
   };
+
+  void arm(io_context::clock::time_point at, std::stop_token parent) {
+    timer_.owner_ = this;
+    timer_.deadline_ = at;
+    timer_.complete_ = &on_fire;
+    if (parent.stop_possible())
+      parent_.emplace(std::move(parent), forward_stop{&source_});
+    ctx_.start_timer(&timer_);
+  }
+
+  /// With a progress count: true (and the timer armed again) if the count moved since it was last read.
+  bool still_moving() {
+    if (!made_.count)
+      return false;
+    std::uint64_t now = made_.count();
+    bool moved =
+        !seen_ || *seen_ != now; // why: the first reading has nothing to compare with: benefit of doubt
+    seen_ = now;
+    if (!moved)
+      return false;
+    timer_.deadline_ = io_context::clock::now() + period_;
+    ctx_.start_timer(&timer_);
+    return true;
+  }
+
   static void on_fire(detail::op_base* o) noexcept {
     auto* self = static_cast<op*>(o)->owner_;
-    self->fired_ = true;
-    if (o->result_ != -ECANCELED) {
-      self->expired_ = true;
-      self->source_.request_stop();
+    if (o->result_ == -ECANCELED) {
+      self->fired_ = true;
+      return;
     }
+    if (self->still_moving())
+      return;
+    self->fired_ = true;
+    self->expired_ = true;
+    self->source_.request_stop();
   }
 
   io_context& ctx_;
   std::stop_source source_;
   std::optional<std::stop_callback<forward_stop>> parent_;
   op timer_;
+  io_context::clock::duration period_{};
+  progress made_;
+  std::optional<std::uint64_t> seen_;
   bool fired_ = false;
   bool expired_ = false;
 };

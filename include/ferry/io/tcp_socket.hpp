@@ -10,6 +10,7 @@
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/io/detail/congestion_control.hpp"
+#include "ferry/io/detail/tcp_bytes_moved.hpp"
 #include "ferry/io/endpoint.hpp"
 #include "ferry/io/io_context.hpp"
 #include "ferry/io/operation.hpp"
@@ -194,6 +195,11 @@ public:
   }
   /// The congestion control algorithm in use ("" if it cannot be read).
   std::string congestion_control() const { return detail::congestion_control(fd_); }
+  /// Bytes this connection has moved so far, as the kernel counts them: those the peer acknowledged plus
+  /// those received (TCP_INFO's tcpi_bytes_acked + tcpi_bytes_received). It changes whenever the stream moves
+  /// in either direction, also in the middle of one large send or receive, so a watchdog can tell a slow
+  /// transfer from a stalled one. 0 if the kernel does not say (before Linux 4.1).
+  std::uint64_t bytes_moved() const noexcept { return detail::tcp_bytes_moved(fd_); }
   /// Sends TCP keepalive probes once the connection sat idle for `idle`, then every `interval`, and drops it
   /// after `probes` unanswered ones.
   void set_keepalive(std::chrono::seconds idle, std::chrono::seconds interval, int probes) noexcept {

@@ -30,10 +30,10 @@ struct stalled_target {
   ferry::io::io_context ctx;
   ferry::default_engine engine;
 
-  explicit stalled_target(unsigned io_threads)
-      : region(1 << 20), engine(ctx, {.name = "target",
-                                      .listen = "127.0.0.2:0",
-                                      .tcp = {.io_threads = io_threads, .stall_timeout = 300ms}}) {
+  explicit stalled_target(unsigned io_threads, std::size_t bytes = 1 << 20)
+      : region(bytes), engine(ctx, {.name = "target",
+                                    .listen = "127.0.0.2:0",
+                                    .tcp = {.io_threads = io_threads, .stall_timeout = 300ms}}) {
     REQUIRE(engine.registry().add(region.data(), region.size(), access::read_write));
     REQUIRE(engine.start());
   }
@@ -107,13 +107,70 @@ TEST_SUITE("tcp_server") {
       CHECK(refused.error() == errc::out_of_space);
       // the stalled peers are dropped after the stall timeout, which gives their share back; the refused
       // notification's connection was kept in step and serves the next one
-      co_await t.ctx.sleep_for(600ms);
+      co_await t.ctx.sleep_for(800ms);
       auto taken = co_await notify(101, "peer\ntaken");
       CHECK(taken.status == 0);
       auto n = co_await t.engine.next_notification();
       REQUIRE(n);
       CHECK(n->message == "taken");
     }());
+  }
+
+  TEST_CASE(
+      "a peer that sends a large write's payload slowly but steadily is served past the stall timeout") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      stalled_target t(io_threads, 16 << 20);
+      t.ctx.run_until([&]() -> ferry::task<> {
+        auto raw = co_await t.peer();
+        std::vector<std::byte> payload(t.region.size());
+        for (std::size_t i = 0; i < payload.size(); ++i)
+          payload[i] = static_cast<std::byte>(i * 7 + 1);
+        // 16 MiB at 1 MiB every 60 ms: about a second, more than three stall timeouts, and never 300 ms
+        // silent
+        REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::write, 1, 0, payload.size())));
+        for (std::size_t at = 0; at < payload.size(); at += 1 << 20) {
+          REQUIRE(co_await raw.send_all(std::span(payload).subspan(at, 1 << 20)));
+          co_await t.ctx.sleep_for(60ms);
+        }
+        ferry_test::raw_header back;
+        ferry::io::deadline within(t.ctx, 5s);
+        REQUIRE(co_await raw.recv_all(back, within.token()));
+        auto h = ferry::tcp::decode_header(back);
+        REQUIRE(h);
+        CHECK(h->type == ferry::tcp::frame_type::write_reply);
+        CHECK(h->status == 0);
+        CHECK(t.region == payload);
+      }());
+    }
+  }
+
+  TEST_CASE("a peer that takes a large read's reply slowly but steadily is served past the stall timeout") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      stalled_target t(io_threads, 16 << 20);
+      for (std::size_t i = 0; i < t.region.size(); ++i)
+        t.region[i] = static_cast<std::byte>(i * 5 + 3);
+      t.ctx.run_until([&]() -> ferry::task<> {
+        auto raw = co_await t.peer();
+        raw.set_buffer_sizes(256 << 10); // why: the reply must not fit in the sockets between the two ends
+        REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::read, 1, 0, t.region.size())));
+        ferry_test::raw_header back;
+        REQUIRE(co_await raw.recv_all(back));
+        auto h = ferry::tcp::decode_header(back);
+        REQUIRE(h);
+        CHECK(h->type == ferry::tcp::frame_type::read_reply);
+        REQUIRE(h->status == 0);
+        // 16 MiB taken at 1 MiB every 60 ms
+        std::vector<std::byte> got(t.region.size());
+        for (std::size_t at = 0; at < got.size(); at += 1 << 20) {
+          ferry::io::deadline within(t.ctx, 5s);
+          REQUIRE(co_await raw.recv_all(std::span(got).subspan(at, 1 << 20), within.token()));
+          co_await t.ctx.sleep_for(60ms);
+        }
+        CHECK(got == t.region);
+      }());
+    }
   }
 
   TEST_CASE("a peer that stops in the middle of a request header is dropped after the stall timeout") {

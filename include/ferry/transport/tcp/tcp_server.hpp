@@ -258,21 +258,24 @@ private:
     if (p.count == 0)
       co_return true;
     std::optional<io::deadline> within;
-    auto sent =
-        co_await sock.send_all(std::span<const ::iovec>(p.iov.data(), p.iov_count), bounded(within, home));
+    auto sent = co_await sock.send_all(std::span<const ::iovec>(p.iov.data(), p.iov_count),
+                                       bounded(within, sock, home));
     p.count = p.iov_count = 0;
     p.leases.clear();
     co_return sent.has_value();
   }
 
-  /// A token that stops once this step of a request has taken stall_timeout.
+  /// A token that stops once this step of a request went on for stall_timeout without the connection moving
+  /// a byte either way.
   // why: a peer that sends a header and then nothing, or stops reading our replies (a zero window is probed
   // for ever), would otherwise hold the memory the request addressed in use for good: the region could
-  // never be unregistered
-  std::stop_token bounded(std::optional<io::deadline>& within, io::io_context& home) {
+  // never be unregistered. Progress, not the whole step, is what is bounded: a 64 MiB payload, or a send of
+  // sixteen such read replies, over a slow or shared link may take far longer than the timeout and still
+  // be moving.
+  std::stop_token bounded(std::optional<io::deadline>& within, io::tcp_socket& sock, io::io_context& home) {
     // why: no parent token: stop() shuts the sockets down anyway, and linking every request's deadline to the
     // server's one stop source would have every connection's thread take that source's lock per request
-    within.emplace(home, stall_timeout_);
+    within.emplace(home, stall_timeout_, io::progress{[&sock] { return sock.bytes_moved(); }});
     return within->token();
   }
 
@@ -323,7 +326,7 @@ private:
       std::optional<io::deadline> header_within;
       std::stop_token header_stop;
       if (in.size() < tcp::frame_header::size)
-        header_stop = bounded(header_within, home);
+        header_stop = bounded(header_within, sock, home);
       auto got = co_await in.fill(sock, tcp::frame_header::size, header_stop);
       if (!got)
         co_return; // closed, reset, stopped or stalled
@@ -361,7 +364,7 @@ private:
       if (!flushed)
         co_return;
       std::optional<io::deadline> within;
-      std::stop_token step = bounded(within, home);
+      std::stop_token step = bounded(within, sock, home);
       switch (h->type) {
       case tcp::frame_type::hello: {
         if (h->offset != 0) {
@@ -389,7 +392,7 @@ private:
         // why: what follows the fence on this connection must not be served before it: drop it instead
         if (!ended)
           co_return;
-        step = bounded(within, home); // why: the wait above may have used most of the first deadline
+        step = bounded(within, sock, home); // why: the wait above may have used most of the first deadline
         if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
         break;
@@ -422,7 +425,8 @@ private:
           std::optional<error> failed;
           for (std::uint64_t done = 0; done < h->length;) {
             if (done > 0)
-              step = bounded(within, home); // why: the stall timeout bounds each piece, not the whole request
+              step = bounded(within, sock,
+                             home); // why: the stall timeout bounds each piece, not the whole request
             const std::uint64_t at = lease->file_offset() + done;
             auto piece = staging.hold(piece_at(at, h->length - done));
             if (auto ok = co_await in.take(sock, piece, step); !ok)
@@ -465,7 +469,7 @@ private:
         }
         for (std::uint64_t done = 0; done < h->length;) {
           if (done > 0)
-            step = bounded(within, home);
+            step = bounded(within, sock, home);
           const std::uint64_t at = file_lease->file_offset() + done;
           auto piece = staging.hold(piece_at(at, h->length - done));
           co_await to_own_loop(home);

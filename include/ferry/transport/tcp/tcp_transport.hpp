@@ -104,7 +104,9 @@ class tcp_transport {
     bool broken = false;
     error reason;
     int users = 0;
-    clock::time_point last_progress = clock::now();
+    clock::time_point last_progress = clock::now(); // the last reply, or the end of a send
+    // What the sweep last read of the socket's byte count (io::tcp_socket::bytes_moved), and when.
+    std::optional<std::uint64_t> bytes_seen;
     // On a loop of its own: slices whose replies came, held to be handed back to the engine's loop together.
     finished_slices done;
     std::uint64_t done_bytes = 0;
@@ -996,8 +998,20 @@ private:
         // why: the owner answers a fence once the connection it names has ended, which it waits for up to its
         // stall timeout (as long as a reply timeout by default): give a fence twice the time before giving up
         auto allowed = sn->in_flight.front().s ? timeout : 2 * timeout;
+        if (now - sn->last_progress <= allowed / 2)
+          continue;
+        // why: a reply that is long in coming may still be on its way, or a long send still going out (a
+        // 64 MiB slice, or eight of them gathered, over a slow or shared link): as long as the stream moves,
+        // the target is alive. The first reading has nothing to compare with and counts as progress.
+        std::uint64_t moved = sn->sock.bytes_moved();
+        if (!sn->bytes_seen || *sn->bytes_seen != moved) {
+          sn->bytes_seen = moved;
+          sn->last_progress = now;
+          continue;
+        }
         if (now - sn->last_progress > allowed)
-          break_current(*c, error(errc::timed_out, "tcp: no reply from the target"));
+          break_current(
+              *c, error(errc::timed_out, "tcp: no reply from the target, and no byte moved either way"));
       }
     }
   }
