@@ -33,6 +33,7 @@ enum class errc : int {
   invalid_state,     ///< the operation does not fit the object's current state
   peer_unreachable,  ///< the peer could not be reached or stopped answering
   short_transfer,    ///< fewer bytes moved than requested and the rest cannot follow
+  internal,          ///< a part failed in a way it has no error for: it threw (out of memory, a bug)
 };
 
 namespace detail {
@@ -77,6 +78,8 @@ public:
       return "peer unreachable";
     case errc::short_transfer:
       return "transfer ended early";
+    case errc::internal:
+      return "internal failure";
     }
     return "unknown ferry error";
   }

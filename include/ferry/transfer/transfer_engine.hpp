@@ -53,6 +53,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -579,7 +580,15 @@ public:
     }
     scope_.spawn([](transfer_engine& e, transfer_batch b, transfer_options o,
                     std::shared_ptr<transfer_handle::shared_state> s) -> task<> {
-      s->set(co_await e.transfer(std::move(b), std::move(o)));
+      const std::size_t requests = b.size();
+      batch_result r;
+      // why: an exception (out of memory) would otherwise end in the scope, and the handle wait for ever
+      try {
+        r = co_await e.transfer(std::move(b), std::move(o));
+      } catch (...) {
+        r.requests.assign(requests, result<std::uint64_t>(fail(thrown_by("transfer"))));
+      }
+      s->set(std::move(r));
     }(*this, std::move(batch), std::move(opts), state));
     return transfer_handle(std::move(state));
   }
@@ -1051,16 +1060,41 @@ private:
       auto& t = std::get<I>(transports_);
       using T = std::tuple_element_t<I, std::tuple<Transports...>>;
       constexpr bool carries_gpu_memory = moves_gpu_memory<T>;
-      if (I >= first && (!s->local_on_gpu || carries_gpu_memory) &&
-          t.reaches(p, s->remote_offset, s->length)) {
-        s->transport = static_cast<std::uint8_t>(I);
-        routed_[I] += s->length;
-        t.submit(p, s);
-        return true;
+      if (I >= first && (!s->local_on_gpu || carries_gpu_memory)) {
+        // why: a transport that throws (out of memory, or one of the user's own) has not taken the slice; the
+        // slice fails with the reason. Letting it through would leave the slices submitted before it in
+        // flight under a batch that unwinds, or end the process where a retry routes the slice (retry_slice
+        // is noexcept)
+        try {
+          if (t.reaches(p, s->remote_offset, s->length)) {
+            s->transport = static_cast<std::uint8_t>(I);
+            t.submit(p, s);
+            routed_[I] += s->length;
+            return true;
+          }
+        } catch (...) {
+          s->settle(thrown_by(T::name));
+          return true;
+        }
       }
       return route<I + 1>(p, s, first);
     } else {
       return false;
+    }
+  }
+
+  /// The exception being handled, as an error that names `who` threw it.
+  static error thrown_by(std::string_view who) noexcept {
+    try {
+      try {
+        throw;
+      } catch (const std::exception& e) {
+        return error(errc::internal, std::string(who) + " threw: " + e.what());
+      } catch (...) {
+        return error(errc::internal, std::string(who) + " threw an exception that is not a std::exception");
+      }
+    } catch (...) { // why: no memory left even for the message
+      return error(errc::internal, "a transport threw");
     }
   }
 

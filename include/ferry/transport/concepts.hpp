@@ -23,7 +23,8 @@ concept transport = requires(T& t, const peer& p, slice* s, detail::batch_state*
   { T::name } -> std::convertible_to<std::string_view>;
   /// Whether this transport can move [offset, offset + length) of `p` (a cheap check, made per request).
   { t.reaches(p, n, n) } -> std::same_as<bool>;
-  /// Takes the slice; it is settled later (or at once) through s->settle().
+  /// Takes the slice; it is settled later (or at once) through s->settle(). One that throws (from reaches()
+  /// too) has not taken it: the engine fails the slice with errc::internal and the reason.
   t.submit(p, s);
   /// Settles, as soon as it safely can, every slice of `b` it holds: afterwards no byte of b moves.
   t.abort(b);

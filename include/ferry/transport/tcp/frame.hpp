@@ -135,6 +135,7 @@ inline result<frame_header> decode_header(std::span<const std::byte, frame_heade
   bool is_reply = type % 2 == 0;
   if (!is_reply && h.status != 0)
     return fail(errc::malformed_frame, "frame: status set on a request");
+  // why: errc values after short_transfer (internal) describe this process, never a peer's reply
   if (h.status < 0 || h.status > static_cast<std::int32_t>(errc::short_transfer))
     return fail(errc::malformed_frame, "frame: unknown status");
   switch (h.type) {

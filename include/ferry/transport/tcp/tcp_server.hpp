@@ -541,7 +541,8 @@ private:
   };
 
   static std::int32_t status_of(const error& e) noexcept {
-    if (e.code().category() == ferry_category())
+    // why: a status the peer's decoder knows (errc::internal is this process's own business)
+    if (e.code().category() == ferry_category() && e.code().value() <= static_cast<int>(errc::short_transfer))
       return e.code().value();
     if (e.code() == std::errc::no_space_on_device) // a file region's disk is full
       return static_cast<std::int32_t>(errc::out_of_space);
