@@ -14,6 +14,8 @@ ferry::segment_descriptor sample() {
   d.regions = {{0, 4096, ferry::access::read_write, "/ferry-1-0", 0, {}, 7, 3},
                {8192, 100, ferry::access::read, "", 0, {}}};
   d.shm_gates = "/ferry-1-1";
+  d.pid = 4242;
+  d.pid_start = 123456789;
   return d;
 }
 } // namespace
@@ -60,6 +62,8 @@ TEST_SUITE("segment_descriptor") {
         R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[{"offset":0,"length":8192,"access":"read","memory":"cuda_device","device":0,"ipc_handle":"h","ipc_offset":18446744073709547520}]})",
         R"({"name":"x","incarnation":1,"host":"h","shm_gates":"","endpoints":[],"regions":[]})",
         R"({"name":"x","incarnation":1,"host":"h","shm_gates":7,"endpoints":[],"regions":[]})",
+        R"({"name":"x","incarnation":1,"host":"h","pid":7,"pid_start":-3,"endpoints":[],"regions":[]})",
+        R"({"name":"x","incarnation":1,"host":"h","pid":7,"pid_start":"soon","endpoints":[],"regions":[]})",
     };
     for (const char* text : bad) {
       CAPTURE(text);

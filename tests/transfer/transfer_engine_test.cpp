@@ -17,14 +17,18 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <fcntl.h>
 #include <fstream>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -445,25 +449,41 @@ bool maps_object(const std::string& name) {
   return false;
 }
 
+/// A forked same-host target serving a shared 1 MiB region, and a local engine that finds segments through
+/// a metadata store, with 1 MiB of its own to write from.
+struct same_host_writer {
+  ferry_test::forked_child child = spawn_target("127.0.0.2:0", 1 << 20, true);
+  ferry::io::io_context ctx;
+  ferry::memory_metadata_store store;
+  ferry::default_engine engine{ctx, {.name = "local", .tcp = {.connect_timeout = 500ms}}};
+  std::vector<std::byte> buf = std::vector<std::byte>(1 << 20);
+  bool ready = false;
+
+  same_host_writer() {
+    engine.use_metadata(store);
+    fill(buf, 17);
+    ready = engine.registry().add(buf.data(), buf.size(), access::none).has_value();
+  }
+  /// The target's descriptor, as it hands it out.
+  ferry::result<ferry::segment_descriptor> descriptor() {
+    return ctx.run_until(
+        ferry::tcp_transport::fetch_descriptor(ctx, *ferry::io::endpoint::parse(child.line()), 5s, {}));
+  }
+};
+
 /// A same-host target with a shared region is written once through shared memory and then killed; a
 /// second write must fail (nothing serves the segment), never land in the memory it left behind. 0 when
 /// so, else a code saying what went wrong. Also checks that the dead owner's memory is unmapped. With
 /// `incarnation_zero`, the target is found through a metadata store that holds its descriptor with
 /// incarnation 0 (as a descriptor made elsewhere may have it).
 int write_to_a_target_that_ended(bool incarnation_zero = false) {
-  auto child = spawn_target("127.0.0.2:0", 1 << 20, true);
-  ferry::io::io_context ctx;
-  ferry::memory_metadata_store store;
-  ferry::default_engine engine(ctx, {.name = "local", .tcp = {.connect_timeout = 500ms}});
-  engine.use_metadata(store);
-  std::vector<std::byte> buf(1 << 20);
-  fill(buf, 17);
-  if (!engine.registry().add(buf.data(), buf.size(), access::none))
+  same_host_writer setup;
+  auto& [child, ctx, store, engine, buf, ready] = setup;
+  if (!ready)
     return 10;
   std::string locator = child.line();
   if (incarnation_zero) {
-    auto d = ctx.run_until(
-        ferry::tcp_transport::fetch_descriptor(ctx, *ferry::io::endpoint::parse(locator), 5s, {}));
+    auto d = setup.descriptor();
     if (!d)
       return 16;
     d->incarnation = 0;
@@ -488,6 +508,73 @@ int write_to_a_target_that_ended(bool incarnation_zero = false) {
   if (maps_object(object))
     return 15; // still mapped: its memory (and /dev/shm's) is held for a process that is gone
   return 0;
+}
+
+/// Run as process 1 of a PID namespace of its own: a same-host target with a shared region is looked at
+/// (its descriptor put in a metadata store) and killed, and the kernel gives its process id to another
+/// process, a sleeper, before anyone copies to it. A write must fail (nothing serves the segment), never land
+/// in the memory the target left behind because the sleeper lives under its pid. 0 when so, else a code.
+int write_to_a_target_whose_pid_was_reused() {
+  // why: a /proc of this namespace, where the target's and the sleeper's ids are found
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+      ::mount("proc", "/proc", "proc", 0, nullptr) != 0)
+    return 20;
+  same_host_writer setup;
+  auto& [child, ctx, store, engine, buf, ready] = setup;
+  if (!ready)
+    return 10;
+  auto d = setup.descriptor();
+  if (!d || d->pid == 0 || d->pid_start == 0 || d->regions.empty())
+    return 16;
+  // why: the target is killed, and no process of this namespace is left to clear what it leaves behind
+  struct clear_left {
+    std::vector<std::string> names;
+    ~clear_left() {
+      for (auto& n : names)
+        ::shm_unlink(n.c_str());
+    }
+  } left_behind{{d->regions.front().shm_name, d->shm_gates}};
+  if (!ferry::sync_wait(store.put("ferry/segments/" + d->name, d->to_json())))
+    return 17;
+  child.kill();
+  // the next process of this namespace gets the target's id
+  if (std::FILE* last = std::fopen("/proc/sys/kernel/ns_last_pid", "w")) {
+    std::fprintf(last, "%d", static_cast<int>(d->pid) - 1);
+    std::fclose(last);
+  }
+  pid_t sleeper = ::fork();
+  if (sleeper == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  struct end_sleeper {
+    pid_t pid;
+    ~end_sleeper() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } ended{sleeper};
+  if (sleeper != static_cast<pid_t>(d->pid))
+    return 22;
+  auto seg = ctx.run_until(engine.open_segment(d->name));
+  if (!seg)
+    return 11;
+  transfer_batch w;
+  w.write(buf.data(), *seg, 0, buf.size());
+  auto r = ctx.run_until(engine.transfer(w, ferry::transfer_options().with_timeout(5s)));
+  if (r.ok())
+    return 14; // reported done, with nobody to read it
+  // the memory the target left behind still holds what the target put there
+  int fd = ::shm_open(d->regions.front().shm_name.c_str(), O_RDONLY, 0);
+  if (fd < 0)
+    return 18;
+  void* left = ::mmap(nullptr, buf.size(), PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (left == MAP_FAILED)
+    return 19;
+  bool written = std::memcmp(left, buf.data(), buf.size()) == 0;
+  ::munmap(left, buf.size());
+  return written ? 15 : 0;
 }
 
 } // namespace
@@ -689,6 +776,27 @@ TEST_SUITE("transfer_engine") {
 
   TEST_CASE("a same-host target that ended is noticed also when its descriptor names incarnation 0") {
     CHECK(write_to_a_target_that_ended(true) == 0);
+  }
+
+  TEST_CASE("a same-host target whose process id the kernel gave to another process is noticed as ended") {
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      // why: a new PID namespace takes effect for the children of the process that makes it; there this test
+      // chooses which id the next process gets (ns_last_pid)
+      if (::unshare(CLONE_NEWPID | CLONE_NEWNS) != 0)
+        ::_exit(2);
+      pid_t first = ::fork();
+      if (first == 0)
+        ::_exit(write_to_a_target_whose_pid_was_reused());
+      int status = 0;
+      ::waitpid(first, &status, 0);
+      ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status));
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
   }
 
   TEST_CASE(

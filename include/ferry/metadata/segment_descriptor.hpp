@@ -40,6 +40,9 @@ struct segment_descriptor {
   std::uint64_t incarnation = 0;
   std::string host;      ///< identifies the machine (its boot id); equal hosts can share memory
   std::uint64_t pid = 0; ///< the serving process on that host (0: unknown); lets same-host peers see it end
+  /// When that process started (clock ticks after the host booted; 0: unknown): tells it from a later process
+  /// that the kernel gave the same pid after it ended.
+  std::uint64_t pid_start = 0;
   std::vector<transport_endpoint> endpoints;
   std::vector<region_descriptor> regions; ///< sorted by offset, not overlapping
   std::string shm_gates; ///< the owner's shm_gates table, which same-host peers copy through; empty: none
@@ -63,6 +66,8 @@ struct segment_descriptor {
     j["host"] = host;
     if (pid != 0)
       j["pid"] = pid;
+    if (pid_start != 0)
+      j["pid_start"] = pid_start;
     auto& eps = j["endpoints"] = nlohmann::json::array();
     for (auto& e : endpoints)
       eps.push_back({{"transport", e.transport}, {"address", e.address}});
@@ -119,6 +124,11 @@ struct segment_descriptor {
       if (!pid->is_number_unsigned() || pid->get<std::uint64_t>() > 0x7fffffff)
         return bad("segment descriptor: pid must be a process id");
       d.pid = pid->get<std::uint64_t>();
+    }
+    if (auto start = j.find("pid_start"); start != j.end()) {
+      if (!start->is_number_unsigned())
+        return bad("segment descriptor: pid_start must be a number of clock ticks");
+      d.pid_start = start->get<std::uint64_t>();
     }
     if (auto gates = j.find("shm_gates"); gates != j.end()) {
       if (!gates->is_string() || gates->get_ref<const std::string&>().empty() ||

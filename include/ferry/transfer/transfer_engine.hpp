@@ -31,6 +31,7 @@
 #include "ferry/io/io_context.hpp"
 #include "ferry/io/io_context_pool.hpp"
 #include "ferry/io/wake_signal.hpp"
+#include "ferry/memory/detail/process_start.hpp"
 #include "ferry/memory/region_registry.hpp"
 #include "ferry/metadata/concepts.hpp"
 #include "ferry/metadata/segment_descriptor.hpp"
@@ -148,6 +149,7 @@ public:
     d.incarnation = incarnation_;
     d.host = host_;
     d.pid = static_cast<std::uint64_t>(::getpid());
+    d.pid_start = detail::own_start_time();
     if (listening_)
       d.endpoints.push_back({"tcp", listening_->to_string()});
     // Transports that serve peers on their own endpoint (verbs: its handshake listener) add it here.

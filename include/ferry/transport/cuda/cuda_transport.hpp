@@ -21,6 +21,7 @@
 #include "ferry/io/detail/resume_op.hpp"
 #include "ferry/io/io_context.hpp"
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/detail/process_start.hpp"
 #include "ferry/memory/detail/stream_copy.hpp"
 #include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_registry.hpp"
@@ -249,8 +250,10 @@ private:
       if (ps.pidfd >= 0)
         ::close(std::exchange(ps.pidfd, -1));
       if (p.descriptor.pid != 0) {
-        ps.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(p.descriptor.pid), 0));
-        if (ps.pidfd < 0 && errno == ESRCH)
+        // why: as for shared memory: the descriptor's pid may name a later process by now
+        const auto pid = static_cast<pid_t>(p.descriptor.pid);
+        ps.pidfd = detail::open_process(pid, p.descriptor.pid_start);
+        if (ps.pidfd < 0 && (errno == ESRCH || !detail::same_process(pid, p.descriptor.pid_start)))
           ps.unreachable = true;
       }
       ps.checked_in_flush = ~0ull;

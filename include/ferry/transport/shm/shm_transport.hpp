@@ -13,6 +13,7 @@
 #include "ferry/core/task.hpp"
 #include "ferry/core/thread_pool.hpp"
 #include "ferry/memory/access.hpp"
+#include "ferry/memory/detail/process_start.hpp"
 #include "ferry/memory/detail/stream_copy.hpp"
 #include "ferry/memory/shm_gates.hpp"
 #include "ferry/transfer/detail/batch_state.hpp"
@@ -171,8 +172,10 @@ private:
         ::close(std::exchange(maps.pidfd, -1));
       maps.pid = static_cast<pid_t>(p.descriptor.pid);
       if (maps.pid > 0) {
-        maps.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, maps.pid, 0));
-        if (maps.pidfd < 0 && errno == ESRCH)
+        // why: the descriptor may be older than the owner's end, and its pid given to another process since;
+        // that process's pidfd would say "alive" for good while copies went to the memory the owner left
+        maps.pidfd = detail::open_process(maps.pid, p.descriptor.pid_start);
+        if (maps.pidfd < 0 && (errno == ESRCH || !detail::same_process(maps.pid, p.descriptor.pid_start)))
           maps.unreachable = true;
       } else {
         maps.unreachable = true; // why: reaches() refuses it; a descriptor from elsewhere, say

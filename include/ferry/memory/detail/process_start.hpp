@@ -1,0 +1,89 @@
+#pragma once
+// When a process started: what tells a process from a later one that the kernel gave the same process id.
+// A segment descriptor carries its owner's, and same-host peers check it when they first look at the owner.
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+namespace ferry::detail {
+
+/// When process `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); 0 where it cannot be
+/// read (no such process, or no /proc).
+inline std::uint64_t process_start_time(pid_t pid) noexcept {
+  char path[32];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  char buf[1024];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  // why: the second field is the command in parentheses, which may hold spaces and parentheses itself
+  const char* p = std::strrchr(buf, ')');
+  if (!p)
+    return 0;
+  // fields 3 to 21 follow, then the start time
+  for (int field = 3; field <= 22; ++field) {
+    p = std::strchr(p, ' ');
+    if (!p)
+      return 0;
+    ++p;
+  }
+  std::uint64_t start = 0;
+  for (; *p >= '0' && *p <= '9'; ++p)
+    start = start * 10 + static_cast<std::uint64_t>(*p - '0');
+  return start;
+}
+
+/// This process's start time (looked up again in a forked child, which started later).
+inline std::uint64_t own_start_time() noexcept {
+  static std::atomic<pid_t> looked_up_by{0};
+  static std::atomic<std::uint64_t> start{0};
+  const pid_t me = ::getpid();
+  if (looked_up_by.load(std::memory_order_acquire) != me) {
+    start.store(process_start_time(me), std::memory_order_relaxed);
+    looked_up_by.store(me, std::memory_order_release);
+  }
+  return start.load(std::memory_order_relaxed);
+}
+
+/// False when process `pid` is known not to be the one that started at `start`: it started at another time.
+/// True when it is, or when either time is unknown (0).
+inline bool same_process(pid_t pid, std::uint64_t start) noexcept {
+  if (start == 0)
+    return true;
+  std::uint64_t now = process_start_time(pid);
+  return now == 0 || now == start;
+}
+
+/// A pidfd for the process `pid` that started at `start` (0: not checked). -1 with errno ESRCH when that
+/// process has ended, whether or not another now has its id; -1 with another errno where no pidfd can be had
+/// (an old kernel, a seccomp profile).
+inline int open_process(pid_t pid, std::uint64_t start) noexcept {
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0)
+    return -1;
+  // why: the start time is read after the pidfd is opened; if the process the pidfd names is still running
+  // after that read, the read was about that process, not a later one given its id
+  bool same = same_process(pid, start);
+  ::pollfd p{fd, POLLIN, 0};
+  if (!same || ::poll(&p, 1, 0) != 0) {
+    ::close(fd);
+    errno = ESRCH;
+    return -1;
+  }
+  return fd;
+}
+
+} // namespace ferry::detail
