@@ -537,6 +537,9 @@ int write_to_a_target_whose_pid_was_reused() {
   if (!ferry::sync_wait(store.put("ferry/segments/" + d->name, d->to_json())))
     return 17;
   child.kill();
+  // why: start times count clock ticks (10 ms); a real reuse of an id comes once the ids went all the way
+  // round, far later than the next tick
+  std::this_thread::sleep_for(30ms);
   // the next process of this namespace gets the target's id
   if (std::FILE* last = std::fopen("/proc/sys/kernel/ns_last_pid", "w")) {
     std::fprintf(last, "%d", static_cast<int>(d->pid) - 1);

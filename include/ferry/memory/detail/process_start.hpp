@@ -16,7 +16,8 @@
 namespace ferry::detail {
 
 /// When process `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); 0 where it cannot be
-/// read (no such process, or no /proc).
+/// read (no such process, or no /proc). A tick is 10 ms on most systems: two processes given the same id
+/// within one tick look the same, but the kernel hands an id out again only once it went round all of them.
 inline std::uint64_t process_start_time(pid_t pid) noexcept {
   char path[32];
   std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
