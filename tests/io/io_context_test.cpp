@@ -1,5 +1,7 @@
 #include "backends.hpp"
 
+#include "../support/refuse_syscall.hpp"
+
 #include "ferry/core/async_scope.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/core/thread_pool.hpp"
@@ -11,8 +13,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -142,18 +142,9 @@ TEST_SUITE("io_context") {
     pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
-      ::sock_filter filter[] = {
-          BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0), // seccomp_data.nr
-          BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-          BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-          BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      };
-      ::sock_fprog prog{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
       ::unsetenv("FERRY_IO_BACKEND"); // the fallback decision is what is tested here
-      if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+      if (!ferry_test::refuse_syscall(__NR_io_uring_setup, EPERM))
         ::_exit(10);
-      if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
-        ::_exit(11);
       int code = 0;
       try {
         io_context forced({.backend = io_backend::uring});

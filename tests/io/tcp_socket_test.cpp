@@ -424,13 +424,19 @@ TEST_SUITE("tcp_socket") {
         // half of the payload arrives; the receive of all of it is still waiting, and the count says so
         REQUIRE(co_await s->send_all(std::span(data).first(data.size() / 2)));
         std::uint64_t midway = 0;
+        bool received_all_midway = true;
+        bool all_received = false;
         auto receiver = [&]() -> ferry::task<bool> {
           auto all = co_await peer->recv_all(got);
+          all_received = true;
           co_return all.has_value();
         };
         auto sender = [&]() -> ferry::task<bool> {
-          co_await ctx.sleep_for(50ms);
+          ferry::io::deadline within(ctx, 2s);
+          while (peer->bytes_moved() - peer0 < data.size() / 2 && !within.token().stop_requested())
+            co_await ctx.sleep_for(1ms);
           midway = peer->bytes_moved();
+          received_all_midway = all_received;
           auto rest = co_await s->send_all(std::span(data).subspan(data.size() / 2));
           co_return rest.has_value();
         };
@@ -438,6 +444,7 @@ TEST_SUITE("tcp_socket") {
         CHECK(received);
         CHECK(sent);
         CHECK(midway - peer0 == data.size() / 2);
+        CHECK_FALSE(received_all_midway); // the count moved while the one receive was still waiting
         CHECK(peer->bytes_moved() - peer0 == data.size());
         // what the sender moved counts once the receiver's kernel acknowledged it
         ferry::io::deadline within(ctx, 2s);

@@ -15,6 +15,7 @@
 #include "ferry/io/detail/io_op.hpp"
 #include "ferry/io/io_context.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -26,6 +27,9 @@ namespace ferry::io {
 /// What a deadline asks, when its period is up, for a count of the work done so far (say, bytes moved).
 struct progress {
   std::function<std::uint64_t()> count;
+  /// A count that moved less than this over a whole period made no progress (a peer that trickles a byte
+  /// now and then is as stalled as one that sends nothing).
+  std::uint64_t at_least = 1;
 };
 
 class deadline {
@@ -35,14 +39,16 @@ public:
   deadline(io_context& ctx, io_context::clock::time_point at, std::stop_token parent = {}) : ctx_(ctx) {
     arm(at, std::move(parent));
   }
-  /// Fires once `period` went by with `made.count()` unchanged. The count is first read half a period after
-  /// this starts (an operation that ends sooner never reads it) and then once a period: a stall is noticed
-  /// one to two periods after the last progress, never before a whole one.
+  /// Fires once `period` went by with `made.count()` moving less than `made.at_least`. The count is first
+  /// read half a period after this starts (an operation that ends sooner never reads it) and then once a
+  /// period: a stall is noticed one to two periods after the last progress, never before a whole one. Without
+  /// a count, it fires after `period`.
   // why: reading the count may cost a system call (TCP_INFO); most operations bounded this way end long
   // before half their period, and no count is needed for them
   deadline(io_context& ctx, io_context::clock::duration period, progress made, std::stop_token parent = {})
-      : ctx_(ctx), period_(period), made_(std::move(made)) {
-    arm(io_context::clock::now() + period / 2, std::move(parent));
+      : ctx_(ctx), period_(std::max<io_context::clock::duration>(period, std::chrono::milliseconds(1))),
+        made_(std::move(made)) {
+    arm(io_context::clock::now() + (made_.count ? period_ / 2 : period_), std::move(parent));
   }
   deadline(const deadline&) = delete;
   deadline& operator=(const deadline&) = delete;
@@ -79,11 +85,13 @@ private:
     if (!made_.count)
       return false;
     std::uint64_t now = made_.count();
-    bool moved =
-        !seen_ || *seen_ != now; // why: the first reading has nothing to compare with: benefit of doubt
-    seen_ = now;
+    // why: the first reading has nothing to compare with: the benefit of the doubt. A count that went back
+    // (a new connection's) is movement too.
+    bool moved = !seen_ || now < *seen_ || now - *seen_ >= std::max<std::uint64_t>(made_.at_least, 1);
     if (!moved)
       return false;
+    seen_ = now;
+    // why: the timer just left the heap, which keeps its room: pushing it back allocates nothing
     timer_.deadline_ = io_context::clock::now() + period_;
     ctx_.start_timer(&timer_);
     return true;

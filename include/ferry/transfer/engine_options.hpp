@@ -25,17 +25,19 @@ struct tcp_options {
   // every connection an engine moves at most what one core copies (see BENCHMARKS.md, "More cores").
   unsigned io_threads = 0;
   std::chrono::milliseconds connect_timeout{3000};
-  /// A connection with requests outstanding that neither answered one nor moved a byte either way for this
-  /// long is dropped and its slices retried (noticed up to twice this long after it went silent). A large
-  /// slice over a slow link takes as long as it takes, as long as it moves.
+  /// A connection with requests outstanding that neither answered one nor moved 64 KiB either way for this
+  /// long is dropped and its slices retried (noticed up to twice this long after it went silent; a fence,
+  /// which the owner may hold up to its stall timeout, is given twice as long). A large slice over a slow
+  /// link takes as long as it takes, as long as it moves.
   std::chrono::milliseconds reply_timeout{10000};
   /// Data connections, opened and accepted, that sit idle this long send TCP keepalives (then every third of
   /// this, dropped after 3 unanswered): middleboxes keep the connection's state through idle periods, and a
   /// peer that vanished is noticed without waiting for a transfer to fail. 0: the system's keepalive.
   std::chrono::seconds keepalive_idle{30};
-  /// Serving: a peer that stalls this long in the middle of a request (moves no byte of its payload, or takes
-  /// none of the replies) is dropped, and the memory that request held in use is released (noticed up to
-  /// twice this long after it went silent).
+  /// Serving: a peer that stalls this long in the middle of a request (moves less than 64 KiB of its payload,
+  /// or of the replies, in this time) is dropped, and the memory that request held in use is released
+  /// (noticed up to twice this long after it went silent). One that keeps moving, however slowly beyond
+  /// that, is served.
   std::chrono::milliseconds stall_timeout{10000};
   /// The TCP congestion control algorithm of this engine's data connections, the ones it opens and the ones
   /// it accepts ("reno", "cubic", "dctcp", "bbr" ...); empty: the system's default

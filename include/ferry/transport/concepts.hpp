@@ -24,7 +24,8 @@ concept transport = requires(T& t, const peer& p, slice* s, detail::batch_state*
   /// Whether this transport can move [offset, offset + length) of `p` (a cheap check, made per request).
   { t.reaches(p, n, n) } -> std::same_as<bool>;
   /// Takes the slice; it is settled later (or at once) through s->settle(). One that throws (from reaches()
-  /// too) has not taken it: the engine fails the slice with errc::internal and the reason.
+  /// too) must not have taken it: the engine fails the slice with errc::internal and the reason. (ferry's own
+  /// transports take a slice in several steps, and their submit() is noexcept.)
   t.submit(p, s);
   /// Settles, as soon as it safely can, every slice of `b` it holds: afterwards no byte of b moves.
   t.abort(b);

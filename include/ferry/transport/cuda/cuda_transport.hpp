@@ -181,7 +181,9 @@ public:
     return r && r->location.kind == memory_kind::cuda_device && !r->location.ipc_handle.empty();
   }
 
-  void submit(const peer& p, slice* s) {
+  // why: noexcept: running out of memory halfway through taking a slice (queued, a connection half set up)
+  // must end the process, not reach the engine, which would fail a slice that is still held here
+  void submit(const peer& p, slice* s) noexcept {
     entry e;
     e.s = s;
     access wanted = s->op == transfer_op::write ? access::write : access::read;

@@ -22,6 +22,7 @@
 #include "ferry/transport/transport_context.hpp"
 
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <deque>
@@ -56,14 +57,17 @@ class shm_transport {
     std::uint64_t incarnation = 0;
     std::map<std::string, std::shared_ptr<mapping>> by_name; // key: object name and its protection
     std::shared_ptr<shm_gates> gates;                        // the owner's, attached on first use
-    bool unreachable = false; // its shared memory cannot be opened from here, or its process ended
-    int pidfd = -1;           // the owner process, to notice that it ended
-    pid_t pid = 0;            // the owner process, where no pidfd could be had
-    bool set_up = false;      // the fields above describe `incarnation`
+    bool unreachable = false;    // its shared memory cannot be opened from here, or its process ended
+    int pidfd = -1;              // the owner process, to notice that it ended
+    pid_t pid = 0;               // the owner process, where no pidfd could be had
+    std::uint64_t pid_start = 0; // when it started (0: unknown)
+    std::chrono::steady_clock::time_point identity_seen; // when its start time was last compared (no pidfd)
+    bool set_up = false;                                 // the fields above describe `incarnation`
     peer_maps() = default;
     peer_maps(peer_maps&& o) noexcept
         : incarnation(o.incarnation), by_name(std::move(o.by_name)), gates(std::move(o.gates)),
-          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)), pid(o.pid), set_up(o.set_up) {}
+          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)), pid(o.pid), pid_start(o.pid_start),
+          identity_seen(o.identity_seen), set_up(o.set_up) {}
     peer_maps& operator=(peer_maps&&) = delete;
     ~peer_maps() {
       if (pidfd >= 0)
@@ -74,8 +78,18 @@ class shm_transport {
       if (pidfd < 0 && pid <= 0) // why: kill(0) or kill(-1) would ask about a group of processes
         return false;
       if (pidfd <
-          0) // why: no pidfd (an old kernel, a seccomp profile): the process id, in the same namespace
-        return ::kill(pid, 0) == 0 || errno != ESRCH;
+          0) { // why: no pidfd (an old kernel, a seccomp profile): the process id, in the same namespace
+        if (::kill(pid, 0) != 0 && errno == ESRCH)
+          return false;
+        // why: a later process given the id answers kill() too; its start time tells them apart. Looked at
+        // every 10 ms at most (a file read per slice would cost more than small copies): the kernel hands an
+        // id out again only once it went round all of them
+        auto now = std::chrono::steady_clock::now();
+        if (now - identity_seen < std::chrono::milliseconds(10))
+          return true;
+        identity_seen = now;
+        return detail::same_process(pid, pid_start);
+      }
       ::pollfd p{pidfd, POLLIN, 0};
       return ::poll(&p, 1, 0) == 0;
     }
@@ -112,7 +126,9 @@ public:
            !p.descriptor.shm_gates.empty();
   }
 
-  void submit(const peer& p, slice* s) {
+  // why: noexcept: running out of memory halfway through taking a slice (queued, a connection half set up)
+  // must end the process, not reach the engine, which would fail a slice that is still held here
+  void submit(const peer& p, slice* s) noexcept {
     auto target = resolve(p, s);
     if (!target) {
       s->settle(target.error());
@@ -171,6 +187,8 @@ private:
       if (maps.pidfd >= 0)
         ::close(std::exchange(maps.pidfd, -1));
       maps.pid = static_cast<pid_t>(p.descriptor.pid);
+      maps.pid_start = p.descriptor.pid_start;
+      maps.identity_seen = {};
       if (maps.pid > 0) {
         // why: the descriptor may be older than the owner's end, and its pid given to another process since;
         // that process's pidfd would say "alive" for good while copies went to the memory the owner left

@@ -31,6 +31,7 @@
 #include "ferry/memory/access.hpp"
 #include "ferry/memory/region_registry.hpp"
 #include "ferry/transport/tcp/detail/keep_alive.hpp"
+#include "ferry/transport/tcp/detail/progress.hpp"
 #include "ferry/transport/tcp/detail/read_ahead.hpp"
 #include "ferry/transport/tcp/frame.hpp"
 
@@ -265,8 +266,8 @@ private:
     co_return sent.has_value();
   }
 
-  /// A token that stops once this step of a request went on for stall_timeout without the connection moving
-  /// a byte either way.
+  /// A token that stops once this step of a request went on for stall_timeout with the connection moving
+  /// less than tcp::detail::least_progress either way.
   // why: a peer that sends a header and then nothing, or stops reading our replies (a zero window is probed
   // for ever), would otherwise hold the memory the request addressed in use for good: the region could
   // never be unregistered. Progress, not the whole step, is what is bounded: a 64 MiB payload, or a send of
@@ -275,7 +276,7 @@ private:
   std::stop_token bounded(std::optional<io::deadline>& within, io::tcp_socket& sock, io::io_context& home) {
     // why: no parent token: stop() shuts the sockets down anyway, and linking every request's deadline to the
     // server's one stop source would have every connection's thread take that source's lock per request
-    within.emplace(home, stall_timeout_, io::progress{[&sock] { return sock.bytes_moved(); }});
+    within.emplace(home, stall_timeout_, tcp::detail::progress_of(sock));
     return within->token();
   }
 

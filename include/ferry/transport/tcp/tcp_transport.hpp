@@ -30,6 +30,7 @@
 #include "ferry/transfer/peer.hpp"
 #include "ferry/transport/slice.hpp"
 #include "ferry/transport/tcp/detail/keep_alive.hpp"
+#include "ferry/transport/tcp/detail/progress.hpp"
 #include "ferry/transport/tcp/detail/read_ahead.hpp"
 #include "ferry/transport/tcp/frame.hpp"
 #include "ferry/transport/transport_context.hpp"
@@ -105,7 +106,7 @@ class tcp_transport {
     error reason;
     int users = 0;
     clock::time_point last_progress = clock::now(); // the last reply, or the end of a send
-    // What the sweep last read of the socket's byte count (io::tcp_socket::bytes_moved), and when.
+    // The socket's byte count (io::tcp_socket::bytes_moved) when the sweep last took it as progress.
     std::optional<std::uint64_t> bytes_seen;
     // On a loop of its own: slices whose replies came, held to be handed back to the engine's loop together.
     finished_slices done;
@@ -351,7 +352,9 @@ public:
     return !p.is_self && p.descriptor.endpoint_for(name) != nullptr;
   }
 
-  void submit(const peer& p, slice* s) {
+  // why: noexcept: running out of memory halfway through taking a slice (queued, a connection half set up)
+  // must end the process, not reach the engine, which would fail a slice that is still held here
+  void submit(const peer& p, slice* s) noexcept {
     if (stopping_) {
       s->settle(error(errc::cancelled, "tcp: engine shutting down"));
       return;
@@ -1004,14 +1007,15 @@ private:
         // 64 MiB slice, or eight of them gathered, over a slow or shared link): as long as the stream moves,
         // the target is alive. The first reading has nothing to compare with and counts as progress.
         std::uint64_t moved = sn->sock.bytes_moved();
-        if (!sn->bytes_seen || *sn->bytes_seen != moved) {
+        if (!sn->bytes_seen || moved < *sn->bytes_seen ||
+            moved - *sn->bytes_seen >= tcp::detail::least_progress) {
           sn->bytes_seen = moved;
           sn->last_progress = now;
           continue;
         }
         if (now - sn->last_progress > allowed)
-          break_current(
-              *c, error(errc::timed_out, "tcp: no reply from the target, and no byte moved either way"));
+          break_current(*c, error(errc::timed_out,
+                                  "tcp: no reply from the target, and hardly a byte moved either way"));
       }
     }
   }

@@ -39,7 +39,9 @@ public:
     return p.is_self && tc_.registry.is_file(offset, length);
   }
 
-  void submit(const peer&, slice* s) {
+  // why: noexcept: running out of memory halfway through taking a slice (queued, a connection half set up)
+  // must end the process, not reach the engine, which would fail a slice that is still held here
+  void submit(const peer&, slice* s) noexcept {
     access wanted = s->op == transfer_op::write ? access::write : access::read;
     auto lease = tc_.registry.pin_exposed(s->remote_offset, s->length, wanted, true);
     if (!lease) {

@@ -254,7 +254,9 @@ public:
     return health_.any_usable();
   }
 
-  void submit(const peer& p, slice* s) {
+  // why: noexcept: running out of memory halfway through taking a slice (queued, a connection half set up)
+  // must end the process, not reach the engine, which would fail a slice that is still held here
+  void submit(const peer& p, slice* s) noexcept {
     if (stopping_ || s->batch->aborted()) {
       s->settle(error(errc::cancelled, "verbs"));
       return;
