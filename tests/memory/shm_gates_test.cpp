@@ -2,11 +2,14 @@
 #include "ferry/memory/shared_buffer.hpp"
 #include "ferry/memory/shm_gates.hpp"
 
+#include "../support/own_pid_namespace.hpp"
+
 #include <doctest/doctest.h>
 
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <fcntl.h>
 #include <regex>
 #include <sched.h>
@@ -127,6 +130,45 @@ TEST_SUITE("shm_gates") {
     REQUIRE(WIFEXITED(status));
     REQUIRE(WEXITSTATUS(status) == 0);
     CHECK(owner->close_gate(gate));
+  }
+
+  TEST_CASE("a ticket left behind by a process that died does not hold a gate once its id names another") {
+    int code = ferry_test::in_own_pid_namespace([] {
+      auto owner = shm_gates::create();
+      if (!owner)
+        return 3;
+      auto [gate, epoch] = *owner->open_gate();
+      pid_t peer = ::fork();
+      if (peer == 0) {
+        auto view = shm_gates::attach(owner->name());
+        if (!view)
+          ::_exit(2);
+        auto pass = view->enter(gate, epoch);
+        ::_exit(pass ? 0 : 3); // why: _exit skips the pass's destructor: the ticket stays marked
+      }
+      int status = 0;
+      if (::waitpid(peer, &status, 0) != peer || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return 4;
+      // why: start times count clock ticks (10 ms); a real reuse of an id comes far later
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      if (!ferry_test::next_pid_is(peer))
+        return ferry_test::no_own_pid_namespace;
+      pid_t sleeper = ::fork();
+      if (sleeper == 0) {
+        ::pause();
+        ::_exit(0);
+      }
+      int result = sleeper != peer ? 5 : owner->close_gate(gate) ? 0 : 6;
+      ::kill(sleeper, SIGKILL);
+      ::waitpid(sleeper, nullptr, 0);
+      return result;
+    });
+    if (code == ferry_test::no_own_pid_namespace) {
+      MESSAGE("skipped: this host does not let a new PID namespace mount its own /proc or choose its next "
+              "process id");
+      return;
+    }
+    CHECK(code == 0); // 6: the gate stayed open for the process that took the dead one's id
   }
 
   TEST_CASE("attaching to something that is not a gate table fails cleanly") {

@@ -7,6 +7,7 @@
 #include "ferry/transfer.hpp"
 
 #include "../support/forked_child.hpp"
+#include "../support/own_pid_namespace.hpp"
 #include "../support/refuse_syscall.hpp"
 #include "../support/socket_ends.hpp"
 
@@ -27,7 +28,6 @@
 #include <stdexcept>
 #include <string>
 #include <sys/mman.h>
-#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -525,10 +525,6 @@ int block_pidfd_open() {
 /// (nothing serves the segment), never land in the memory the target left behind because the sleeper lives
 /// under its pid. 0 when so, else a code.
 int write_to_a_target_whose_pid_was_reused(bool written_to_before) {
-  // why: a /proc of this namespace, where the target's and the sleeper's ids are found
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
-      ::mount("proc", "/proc", "proc", 0, nullptr) != 0)
-    return 20;
   same_host_writer setup;
   auto& [child, ctx, store, engine, buf, ready] = setup;
   if (!ready)
@@ -562,12 +558,8 @@ int write_to_a_target_whose_pid_was_reused(bool written_to_before) {
   // round, far later than the next tick
   std::this_thread::sleep_for(30ms);
   // the next process of this namespace gets the target's id
-  std::FILE* last = std::fopen("/proc/sys/kernel/ns_last_pid", "w");
-  if (!last)
-    return 21;
-  std::fprintf(last, "%d", static_cast<int>(d->pid) - 1);
-  if (std::fclose(last) != 0)
-    return 21;
+  if (!ferry_test::next_pid_is(static_cast<pid_t>(d->pid)))
+    return ferry_test::no_own_pid_namespace;
   pid_t sleeper = ::fork();
   if (sleeper == 0) {
     ::pause();
@@ -806,32 +798,17 @@ TEST_SUITE("transfer_engine") {
       const bool without_pidfd = round & 1, written_to_before = round & 2;
       CAPTURE(without_pidfd);
       CAPTURE(written_to_before);
-      pid_t child = ::fork();
-      REQUIRE(child >= 0);
-      if (child == 0) {
-        // why: a new PID namespace takes effect for the children of the process that makes it; there this
-        // test chooses which id the next process gets (ns_last_pid)
-        if (::unshare(CLONE_NEWPID | CLONE_NEWNS) != 0)
-          ::_exit(2);
+      int code = ferry_test::in_own_pid_namespace([&] {
         if (int blocked = without_pidfd ? block_pidfd_open() : 0; blocked != 0)
-          ::_exit(blocked);
-        pid_t first = ::fork();
-        if (first == 0)
-          ::_exit(write_to_a_target_whose_pid_was_reused(written_to_before));
-        int status = 0;
-        ::waitpid(first, &status, 0);
-        ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status));
-      }
-      int status = 0;
-      REQUIRE(::waitpid(child, &status, 0) == child);
-      REQUIRE(WIFEXITED(status));
-      if (WEXITSTATUS(status) == 20 || WEXITSTATUS(status) == 21) {
+          return blocked;
+        return write_to_a_target_whose_pid_was_reused(written_to_before);
+      });
+      if (code == ferry_test::no_own_pid_namespace) {
         MESSAGE("skipped: this host does not let a new PID namespace mount its own /proc or choose its next "
-                "process id (code ",
-                WEXITSTATUS(status), ")");
+                "process id");
         return;
       }
-      CHECK(WEXITSTATUS(status) == 0);
+      CHECK(code == 0);
     }
   }
 

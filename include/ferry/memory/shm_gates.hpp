@@ -7,7 +7,8 @@
 /// the owner closes a gate only when no live process holds a ticket marked with it (else unregistering is
 /// refused with errc::busy, as for any transfer in use), so once a region is unregistered no peer touches
 /// it, and a region registered again in its place (with other permissions, say) has a new epoch that stale
-/// descriptors do not match. A ticket left behind by a process that died does not hold a gate.
+/// descriptors do not match. A ticket left behind by a process that died does not hold a gate, also once the
+/// kernel gave its process id to another process (a ticket records when its holder started).
 ///
 ///   auto gates = ferry::shm_gates::create();                    // the owner (region_registry does this)
 ///   auto [gate, epoch] = *gates->open_gate();                   // published in the region's descriptor
@@ -18,6 +19,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/memory/detail/pid_namespace.hpp"
+#include "ferry/memory/detail/process_start.hpp"
 #include "ferry/memory/shared_buffer.hpp"
 
 #include <atomic>
@@ -54,6 +56,7 @@ public:
     t->magic.store(table::magic_value, std::memory_order_release);
     shm_gates g;
     g.pid_ = ::getpid();
+    g.start_ = detail::own_start_time();
     g.name_ = buf->name();
     g.table_ = t;
     g.owned_ = std::move(*buf);
@@ -87,6 +90,7 @@ public:
     }
     shm_gates g;
     g.pid_ = ::getpid();
+    g.start_ = detail::own_start_time();
     g.name_ = name;
     g.table_ = t;
     g.mapped_ = true;
@@ -96,7 +100,7 @@ public:
   shm_gates() = default;
   shm_gates(shm_gates&& o) noexcept
       : name_(std::move(o.name_)), table_(std::exchange(o.table_, nullptr)), owned_(std::move(o.owned_)),
-        mapped_(std::exchange(o.mapped_, false)), pid_(o.pid_) {}
+        mapped_(std::exchange(o.mapped_, false)), pid_(o.pid_), start_(o.start_) {}
   shm_gates& operator=(shm_gates&& o) noexcept {
     if (this != &o) {
       release();
@@ -105,6 +109,7 @@ public:
       owned_ = std::move(o.owned_);
       mapped_ = std::exchange(o.mapped_, false);
       pid_ = o.pid_;
+      start_ = o.start_;
     }
     return *this;
   }
@@ -139,9 +144,9 @@ public:
     // why: closing first, then looking at the tickets (both sequentially consistent), pairs with a peer that
     // marks its ticket first, then looks at the gate: one of the two sees the other
     g.store(epoch_bits | closing_state, std::memory_order_seq_cst);
-    for (auto& t : table_->tickets) {
-      std::uint64_t held = t.load(std::memory_order_seq_cst);
-      if (ticket_gate(held) == gate + 1 && process_alive(ticket_pid(held))) {
+    for (std::uint32_t i = 0; i < ticket_count; ++i) {
+      std::uint64_t held = table_->tickets[i].load(std::memory_order_seq_cst);
+      if (ticket_gate(held) == gate + 1 && holder_alive(i, held)) {
         g.store(open, std::memory_order_seq_cst);
         return false;
       }
@@ -189,6 +194,8 @@ public:
     auto* t = claim();
     if (!t)
       return fail(errc::busy, "shm gates: every ticket is taken");
+    // why: before the mark, which publishes it: whoever sees the mark sees when its holder started
+    table_->ticket_starts[t - table_->tickets].store(start_, std::memory_order_relaxed);
     t->store(mine() | (gate + 1), std::memory_order_seq_cst);
     auto& g = table_->gates[gate];
     const std::uint64_t wanted = (epoch << 2) | open_state;
@@ -225,13 +232,24 @@ private:
   static std::uint32_t ticket_gate(std::uint64_t t) noexcept { return static_cast<std::uint32_t>(t); }
   static pid_t ticket_pid(std::uint64_t t) noexcept { return static_cast<pid_t>(t >> 32); }
   static bool process_alive(pid_t pid) noexcept { return pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH); }
+  /// Whether the holder of ticket `i`, which holds `held`, still runs: its process id names a live process,
+  /// and, for a ticket marked with a gate, one that started when the holder did (not a later process the
+  /// kernel gave the id to after the holder died).
+  bool holder_alive(std::uint32_t i, std::uint64_t held) const noexcept {
+    if (!process_alive(ticket_pid(held)))
+      return false;
+    // why: only a marked ticket's start time is known to be its holder's (it is written before the mark)
+    return ticket_gate(held) == 0 ||
+           detail::same_process(ticket_pid(held), table_->ticket_starts[i].load(std::memory_order_relaxed));
+  }
 
   struct table {
-    static constexpr std::uint64_t magic_value = 0x3253455441475946ull; // "FYGATES2"
+    static constexpr std::uint64_t magic_value = 0x3353455441475946ull; // "FYGATES3"
     std::atomic<std::uint64_t> magic{0};
     std::atomic<std::uint64_t> pid_namespace{0};  // the owner's (detail::pid_namespace_id())
     std::atomic<std::uint64_t> gates[gate_count]; // epoch << 2 | state
     std::atomic<std::uint64_t> tickets[ticket_count];
+    std::atomic<std::uint64_t> ticket_starts[ticket_count]; // when each marked ticket's holder started
   };
   static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "gates live in shared memory");
 
@@ -242,10 +260,10 @@ private:
       if (s == 0 && t.compare_exchange_strong(s, mine(), std::memory_order_acq_rel))
         return &t;
     }
-    for (auto& t : table_->tickets) {
-      std::uint64_t s = t.load(std::memory_order_relaxed);
-      if (s != 0 && !process_alive(ticket_pid(s)) &&
-          t.compare_exchange_strong(s, mine(), std::memory_order_acq_rel))
+    for (std::uint32_t i = 0; i < ticket_count; ++i) {
+      auto& t = table_->tickets[i];
+      std::uint64_t s = t.load(std::memory_order_acquire);
+      if (s != 0 && !holder_alive(i, s) && t.compare_exchange_strong(s, mine(), std::memory_order_acq_rel))
         return &t;
     }
     return nullptr;
@@ -268,6 +286,7 @@ private:
   shared_buffer owned_; // the owner's: the object, unlinked when the owner ends
   bool mapped_ = false; // a peer's mapping
   pid_t pid_ = 0;
+  std::uint64_t start_ = 0; // when this process started (detail::own_start_time()), for its tickets
 };
 
 } // namespace ferry
