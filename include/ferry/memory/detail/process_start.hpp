@@ -69,12 +69,16 @@ inline bool same_process(pid_t pid, std::uint64_t start) noexcept {
 }
 
 /// A pidfd for the process `pid` that started at `start` (0: not checked). -1 with errno ESRCH when that
-/// process has ended, whether or not another now has its id; -1 with another errno where no pidfd can be had
-/// (an old kernel, a seccomp profile).
+/// process has ended, whether or not another now has its id (also where no pidfd can be had, as far as the
+/// start time tells); -1 with another errno where no pidfd can be had (an old kernel, a seccomp profile) and
+/// the process may still run.
 inline int open_process(pid_t pid, std::uint64_t start) noexcept {
   int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (fd < 0)
+  if (fd < 0) {
+    if (errno != ESRCH && !same_process(pid, start))
+      errno = ESRCH;
     return -1;
+  }
   // why: the start time is read after the pidfd is opened; if the process the pidfd names is still running
   // after that read, the read was about that process, not a later one given its id
   bool same = same_process(pid, start);

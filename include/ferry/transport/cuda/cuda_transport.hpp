@@ -253,9 +253,8 @@ private:
         ::close(std::exchange(ps.pidfd, -1));
       if (p.descriptor.pid != 0) {
         // why: as for shared memory: the descriptor's pid may name a later process by now
-        const auto pid = static_cast<pid_t>(p.descriptor.pid);
-        ps.pidfd = detail::open_process(pid, p.descriptor.pid_start);
-        if (ps.pidfd < 0 && (errno == ESRCH || !detail::same_process(pid, p.descriptor.pid_start)))
+        ps.pidfd = detail::open_process(static_cast<pid_t>(p.descriptor.pid), p.descriptor.pid_start);
+        if (ps.pidfd < 0 && errno == ESRCH)
           ps.unreachable = true;
       }
       ps.checked_in_flush = ~0ull;

@@ -193,7 +193,7 @@ private:
         // why: the descriptor may be older than the owner's end, and its pid given to another process since;
         // that process's pidfd would say "alive" for good while copies went to the memory the owner left
         maps.pidfd = detail::open_process(maps.pid, p.descriptor.pid_start);
-        if (maps.pidfd < 0 && (errno == ESRCH || !detail::same_process(maps.pid, p.descriptor.pid_start)))
+        if (maps.pidfd < 0 && errno == ESRCH)
           maps.unreachable = true;
       } else {
         maps.unreachable = true; // why: reaches() refuses it; a descriptor from elsewhere, say
