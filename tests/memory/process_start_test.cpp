@@ -16,7 +16,7 @@
 using ferry::detail::open_process;
 using ferry::detail::own_start_time;
 using ferry::detail::process_start_time;
-using ferry::detail::same_process;
+using ferry::detail::still_runs;
 
 namespace {
 /// A forked child that hands its parent its own start time, as it reads it, and then sleeps until killed
@@ -60,10 +60,10 @@ TEST_SUITE("process_start") {
     const auto mine = own_start_time();
     REQUIRE(mine != 0);
     CHECK(process_start_time(::getpid()) == mine);
-    CHECK(same_process(::getpid(), mine));
-    CHECK_FALSE(same_process(::getpid(), mine + 1));
-    CHECK(same_process(::getpid(), 0)); // unknown: not checked
-    usleep(20000);                      // why: at least two clock ticks (of 100 a second) later
+    CHECK(still_runs(::getpid(), mine));
+    CHECK_FALSE(still_runs(::getpid(), mine + 1));
+    CHECK(still_runs(::getpid(), 0)); // unknown: not checked
+    usleep(20000);                    // why: at least two clock ticks (of 100 a second) later
     sleeping_child later;
     const pid_t child = later.pid;
     const std::uint64_t childs = later.start;
@@ -83,6 +83,25 @@ TEST_SUITE("process_start") {
     errno = 0;
     CHECK(open_process(child, childs) == -1);
     CHECK(errno == ESRCH);
+  }
+
+  TEST_CASE("a process that exited and waits for its parent to reap it no longer runs") {
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0)
+      ::_exit(0);
+    ::siginfo_t info{};
+    REQUIRE(::waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOWAIT) == 0); // exited, not reaped
+    REQUIRE(::kill(child, 0) == 0); // why: what a zombie answers, like a running process
+    auto st = ferry::detail::read_process_stat(child);
+    CHECK(st.state == 'Z');
+    CHECK(st.start != 0);
+    CHECK_FALSE(still_runs(child, st.start));
+    CHECK_FALSE(still_runs(child, 0));
+    errno = 0;
+    CHECK(open_process(child, st.start) == -1);
+    CHECK(errno == ESRCH);
+    REQUIRE(::waitpid(child, nullptr, 0) == child);
   }
 
   TEST_CASE("a command with spaces and parentheses in its name does not confuse the reading") {

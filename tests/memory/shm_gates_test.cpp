@@ -25,6 +25,25 @@ using ferry::access;
 using ferry::errc;
 using ferry::shm_gates;
 
+namespace {
+/// Forks a peer that takes a ticket through `gate` of `owner`'s table and exits without giving it back, as
+/// after a crash (_exit skips the pass's destructor: the ticket stays marked); exits with 0 once it held it.
+pid_t exit_holding_a_ticket(const shm_gates& owner, std::uint32_t gate, std::uint64_t epoch) {
+  pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    auto peer = shm_gates::attach(owner.name());
+    if (!peer)
+      ::_exit(2);
+    auto pass = peer->enter(gate, epoch);
+    if (!pass)
+      ::_exit(3);
+    ::_exit(0);
+  }
+  return child;
+}
+} // namespace
+
 TEST_SUITE("shm_gates") {
   TEST_CASE("a peer passes an open gate with its epoch, and no other") {
     auto owner = shm_gates::create();
@@ -114,22 +133,28 @@ TEST_SUITE("shm_gates") {
     auto owner = shm_gates::create();
     REQUIRE(owner);
     auto [gate, epoch] = *owner->open_gate();
-    pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-      auto peer = shm_gates::attach(owner->name());
-      if (!peer)
-        ::_exit(2);
-      auto pass = peer->enter(gate, epoch);
-      if (!pass)
-        ::_exit(3);
-      ::_exit(0); // why: _exit skips the pass's destructor: the ticket stays marked, as after a crash
-    }
+    pid_t child = exit_holding_a_ticket(*owner, gate, epoch);
     int status = 0;
     REQUIRE(::waitpid(child, &status, 0) == child);
     REQUIRE(WIFEXITED(status));
     REQUIRE(WEXITSTATUS(status) == 0);
     CHECK(owner->close_gate(gate));
+  }
+
+  TEST_CASE("a ticket left behind by a process that died does not hold a gate before its parent reaps it") {
+    // why: a process that exited stays a zombie until its parent waits for it, and kill(pid, 0) still finds
+    // it; the owner here is that parent, as a decode process that forked its prefill peers would be
+    auto owner = shm_gates::create();
+    REQUIRE(owner);
+    auto [gate, epoch] = *owner->open_gate();
+    pid_t child = exit_holding_a_ticket(*owner, gate, epoch);
+    ::siginfo_t info{};
+    REQUIRE(::waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOWAIT) == 0); // exited, not reaped
+    REQUIRE(info.si_code == CLD_EXITED);
+    REQUIRE(info.si_status == 0);
+    REQUIRE(::kill(child, 0) == 0); // still there, as a zombie
+    CHECK(owner->close_gate(gate));
+    REQUIRE(::waitpid(child, nullptr, 0) == child);
   }
 
   TEST_CASE("a ticket left behind by a process that died does not hold a gate once its id names another") {
@@ -178,6 +203,13 @@ TEST_SUITE("shm_gates") {
     REQUIRE_FALSE(a);
     CHECK(a.error() == errc::peer_unreachable);
     CHECK_FALSE(shm_gates::attach("/ferry-no-such-table"));
+    // a name that is a FIFO in /dev/shm, not a shared-memory object
+    const std::string fifo = "/ferry-test-fifo-" + std::to_string(::getpid());
+    REQUIRE(::mkfifo(("/dev/shm" + fifo).c_str(), 0600) == 0);
+    auto f = shm_gates::attach(fifo);
+    ::unlink(("/dev/shm" + fifo).c_str());
+    REQUIRE_FALSE(f);
+    CHECK(f.error().message().find("not a shared-memory object") != std::string::npos);
   }
 
   TEST_CASE("a table of an owner in another PID namespace is refused: its tickets name other processes") {

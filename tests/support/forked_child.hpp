@@ -83,6 +83,16 @@ public:
     pid_ = -1;
   }
 
+  /// Kills the process and waits until it has exited, but leaves it unreaped (a zombie, which kill(pid, 0)
+  /// still finds) until the destructor or kill() reaps it.
+  void kill_leaving_zombie() {
+    if (pid_ <= 0)
+      return;
+    ::kill(pid_, SIGKILL);
+    ::siginfo_t info{};
+    ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOWAIT);
+  }
+
 private:
   pid_t pid_ = -1;
   std::string line_;

@@ -29,6 +29,7 @@
 #include <string>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <thread>
@@ -470,18 +471,25 @@ struct same_host_writer {
   }
 };
 
+/// How write_to_a_target_that_ended() goes about it.
+struct ended_target_case {
+  bool incarnation_zero = false; // the target is found through a metadata store that holds its descriptor
+                                 // with incarnation 0 (as a descriptor made elsewhere may have it)
+  bool left_unreaped = false;    // the killed target stays a zombie (its parent, this process, waits)
+  bool unmapped_before_writing = false; // its memory must be unmapped before anything is sent to it again
+};
+
 /// A same-host target with a shared region is written once through shared memory and then killed; a
 /// second write must fail (nothing serves the segment), never land in the memory it left behind. 0 when
-/// so, else a code saying what went wrong. Also checks that the dead owner's memory is unmapped. With
-/// `incarnation_zero`, the target is found through a metadata store that holds its descriptor with
-/// incarnation 0 (as a descriptor made elsewhere may have it).
-int write_to_a_target_that_ended(bool incarnation_zero = false) {
+/// so, else a code saying what went wrong. Also checks that the dead owner's memory is unmapped: after the
+/// failed write, or (`unmapped_before_writing`) within a few seconds without one.
+int write_to_a_target_that_ended(ended_target_case how = {}) {
   same_host_writer setup;
   auto& [child, ctx, store, engine, buf, ready] = setup;
   if (!ready)
     return 10;
   std::string locator = child.line();
-  if (incarnation_zero) {
+  if (how.incarnation_zero) {
     auto d = setup.descriptor();
     if (!d)
       return 16;
@@ -494,19 +502,85 @@ int write_to_a_target_that_ended(bool incarnation_zero = false) {
   if (!seg)
     return 11;
   const std::string object = engine.find(*seg)->descriptor.regions.front().shm_name;
+  const std::string gates = engine.find(*seg)->descriptor.shm_gates;
   transfer_batch w;
   w.write(buf.data(), *seg, 0, buf.size());
   if (!ctx.run_until(engine.transfer(w)).ok() || engine.routed_bytes("shm") != buf.size())
     return 12;
-  if (!maps_object(object))
+  if (!maps_object(object) || !maps_object(gates))
     return 13;
-  child.kill();
+  if (how.left_unreaped)
+    child.kill_leaving_zombie();
+  else
+    child.kill();
+  if (how.unmapped_before_writing) {
+    auto until = std::chrono::steady_clock::now() + 5s;
+    while ((maps_object(object) || maps_object(gates)) && std::chrono::steady_clock::now() < until)
+      ctx.run_until(ctx.sleep_for(20ms));
+    if (maps_object(object) || maps_object(gates))
+      return 18; // its memory (and /dev/shm's) is held for a process that is gone
+  }
   auto again = ctx.run_until(engine.transfer(w, ferry::transfer_options().with_timeout(5s)));
   if (again.ok())
     return 14; // reported done, with nobody to read it
-  if (maps_object(object))
-    return 15; // still mapped: its memory (and /dev/shm's) is held for a process that is gone
+  if (maps_object(object) || maps_object(gates))
+    return 15; // still mapped
   return 0;
+}
+
+/// A same-host target dies while a copy to it waits (here: for the owner to finish closing the region's gate,
+/// which the test holds closing): the copy then goes into memory nobody reads, and must not be reported done.
+/// 0 when so, else a code.
+int target_dies_while_a_copy_waits() {
+  same_host_writer setup;
+  auto& [child, ctx, store, engine, buf, ready] = setup;
+  if (!ready)
+    return 10;
+  auto seg = ctx.run_until(engine.open_segment(child.line()));
+  if (!seg)
+    return 11;
+  const auto& d = engine.find(*seg)->descriptor;
+  const std::uint32_t gate = d.regions.front().shm_gate;
+  const std::uint64_t epoch = d.regions.front().shm_epoch;
+  transfer_batch w;
+  w.write(buf.data(), *seg, 0, buf.size());
+  if (!ctx.run_until(engine.transfer(w)).ok() || engine.routed_bytes("shm") != buf.size())
+    return 12;
+  // why: as in the gates' own test: the owner's table holds, after its magic and namespace, the gates
+  // (epoch << 2 | state, 2 meaning closing) and then the tickets (pid << 32 | gate + 1)
+  int fd = ::shm_open(d.shm_gates.c_str(), O_RDWR, 0);
+  if (fd < 0)
+    return 13;
+  const std::size_t span = 16 + 8 * (ferry::shm_gates::gate_count + ferry::shm_gates::ticket_count);
+  void* table = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (table == MAP_FAILED)
+    return 14;
+  auto* words = static_cast<std::atomic<std::uint64_t>*>(table);
+  auto& word = words[2 + gate];
+  if (word.load() != ((epoch << 2) | 1))
+    return 15;
+  word.store((epoch << 2) | 2); // the owner, held up in the middle of closing the gate
+  std::atomic<bool> copy_waited{false};
+  std::thread owner_dies([&] {
+    // once the copy waits at the gate (its ticket marked with it), the owner dies, and the gate opens again
+    auto until = std::chrono::steady_clock::now() + 2s;
+    while (!copy_waited && std::chrono::steady_clock::now() < until) {
+      for (std::uint32_t i = 0; i < ferry::shm_gates::ticket_count; ++i)
+        if (static_cast<std::uint32_t>(words[2 + ferry::shm_gates::gate_count + i].load()) == gate + 1)
+          copy_waited = true;
+      std::this_thread::yield();
+    }
+    child.kill();
+    word.store((epoch << 2) | 1);
+  });
+  fill(buf, 19);
+  auto again = ctx.run_until(engine.transfer(w, ferry::transfer_options().with_timeout(5s)));
+  owner_dies.join();
+  ::munmap(table, span);
+  if (!copy_waited)
+    return 16;
+  return again.ok() ? 17 : 0; // 17: reported done, with nobody to read it
 }
 
 /// Makes pidfd_open fail with ENOSYS in this process and its children, as an old kernel or a seccomp profile
@@ -785,10 +859,48 @@ TEST_SUITE("transfer_engine") {
   TEST_CASE(
       "a same-host target that ended is not written through its orphaned shared memory, which is unmapped") {
     CHECK(write_to_a_target_that_ended() == 0);
+    CHECK(write_to_a_target_that_ended({.left_unreaped = true}) == 0);
+  }
+
+  TEST_CASE("a copy that waited while its same-host target died is not reported done") {
+    CHECK(target_dies_while_a_copy_waits() == 0);
+  }
+
+  TEST_CASE("the memory of a same-host target that ended is unmapped without waiting for a transfer to it") {
+    CHECK(write_to_a_target_that_ended({.unmapped_before_writing = true}) == 0);
+  }
+
+  TEST_CASE(
+      "a same-host descriptor whose region names a FIFO, not shared memory, does not block the engine") {
+    // why: a descriptor comes from the network or a metadata store; opening a FIFO to read waits for a
+    // writer, and the engine's loop would wait with it
+    same_host_writer setup;
+    auto& [child, ctx, store, engine, buf, ready] = setup;
+    REQUIRE(ready);
+    auto d = setup.descriptor();
+    REQUIRE(d);
+    REQUIRE_FALSE(d->regions.empty());
+    const std::string fifo = "/ferry-test-fifo-" + std::to_string(::getpid());
+    REQUIRE(::mkfifo(("/dev/shm" + fifo).c_str(), 0600) == 0);
+    struct remove_fifo {
+      std::string path;
+      ~remove_fifo() { ::unlink(path.c_str()); }
+    } removed{"/dev/shm" + fifo};
+    d->regions.front().shm_name = fifo;
+    d->regions.front().permissions = access::read; // why: read-only regions are opened read-only
+    REQUIRE(ferry::sync_wait(store.put("ferry/segments/" + d->name, d->to_json())));
+    auto seg = ctx.run_until(engine.open_segment(d->name));
+    REQUIRE(seg);
+    transfer_batch r;
+    r.read(buf.data(), *seg, 0, buf.size());
+    auto got = ctx.run_until(engine.transfer(r, ferry::transfer_options().with_timeout(10s)));
+    // shared memory refuses it at once, and the bytes come over tcp from the target the descriptor names
+    CHECK_MESSAGE(got.ok(), got.first_error().message());
+    CHECK(engine.routed_bytes("tcp") == buf.size());
   }
 
   TEST_CASE("a same-host target that ended is noticed also when its descriptor names incarnation 0") {
-    CHECK(write_to_a_target_that_ended(true) == 0);
+    CHECK(write_to_a_target_that_ended({.incarnation_zero = true}) == 0);
   }
 
   TEST_CASE("a same-host target whose process id the kernel gave to another process is noticed as ended") {
@@ -819,7 +931,11 @@ TEST_SUITE("transfer_engine") {
     if (pid == 0) {
       if (int blocked = block_pidfd_open(); blocked != 0)
         ::_exit(blocked);
-      ::_exit(write_to_a_target_that_ended());
+      // why: without a pidfd, a target that exited and waits to be reaped still answers kill(pid, 0)
+      int code = write_to_a_target_that_ended();
+      if (code == 0)
+        code = 20 + write_to_a_target_that_ended({.left_unreaped = true, .unmapped_before_writing = true});
+      ::_exit(code == 20 ? 0 : code);
     }
     int status = 0;
     REQUIRE(::waitpid(pid, &status, 0) == pid);

@@ -104,8 +104,9 @@ public:
   static void remove_orphans() noexcept {
     std::error_code ec;
     const unsigned long own_namespace = detail::pid_namespace_id();
-    for (auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      std::string name = entry.path().filename().string();
+    // why: increment(ec), not a range-for, whose ++ throws on a read error (this function is noexcept)
+    for (std::filesystem::directory_iterator it("/dev/shm", ec), end; !ec && it != end; it.increment(ec)) {
+      std::string name = it->path().filename().string();
       unsigned long pid = 0, pid_namespace = 0;
       int fields = std::sscanf(name.c_str(), "ferry-%lu.%lu-", &pid, &pid_namespace);
       // why: a name without the namespace comes from an older ferry, which named objects so on every host

@@ -67,11 +67,16 @@ public:
   /// another PID namespace: tickets name their holders by process id, and the owner tells a live holder from
   /// a dead one by it.
   static result<shm_gates> attach(const std::string& name) {
-    int fd = ::shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
+    // why: O_NONBLOCK: a name from a descriptor that names a FIFO must not block the caller's loop in open()
+    int fd = ::shm_open(name.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK, 0);
     if (fd < 0)
       return fail(errc::peer_unreachable, "shm gates: cannot open the owner's table");
     struct ::stat st {};
-    if (::fstat(fd, &st) < 0 || static_cast<std::uint64_t>(st.st_size) < sizeof(table)) {
+    if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      return fail(errc::peer_unreachable, "shm gates: the owner's table is not a shared-memory object");
+    }
+    if (static_cast<std::uint64_t>(st.st_size) < sizeof(table)) {
       ::close(fd);
       return fail(errc::peer_unreachable, "shm gates: the owner's table is too small");
     }
@@ -232,15 +237,17 @@ private:
   static std::uint32_t ticket_gate(std::uint64_t t) noexcept { return static_cast<std::uint32_t>(t); }
   static pid_t ticket_pid(std::uint64_t t) noexcept { return static_cast<pid_t>(t >> 32); }
   static bool process_alive(pid_t pid) noexcept { return pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH); }
-  /// Whether the holder of ticket `i`, which holds `held`, still runs: its process id names a live process,
+  /// Whether the holder of ticket `i`, which holds `held`, still runs: its process id names a live process
+  /// that is not a zombie (one that exited and waits for its parent to reap it, which kill() still finds),
   /// and, for a ticket marked with a gate, one that started when the holder did (not a later process the
   /// kernel gave the id to after the holder died).
   bool holder_alive(std::uint32_t i, std::uint64_t held) const noexcept {
     if (!process_alive(ticket_pid(held)))
       return false;
     // why: only a marked ticket's start time is known to be its holder's (it is written before the mark)
-    return ticket_gate(held) == 0 ||
-           detail::same_process(ticket_pid(held), table_->ticket_starts[i].load(std::memory_order_relaxed));
+    return detail::still_runs(
+        ticket_pid(held),
+        ticket_gate(held) == 0 ? 0 : table_->ticket_starts[i].load(std::memory_order_relaxed));
   }
 
   struct table {

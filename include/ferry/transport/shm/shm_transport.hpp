@@ -32,6 +32,7 @@
 #include <mutex>
 #include <optional>
 #include <poll.h>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <sys/mman.h>
@@ -53,46 +54,61 @@ class shm_transport {
         ::munmap(base, length);
     }
   };
+  /// The process that owns a peer's segment, to notice that it ended. Looked at on the loop's thread only.
+  struct owner_process {
+    int pidfd = -1;                                      // where one could be had
+    pid_t pid = 0;                                       // where none could be had
+    std::uint64_t pid_start = 0;                         // when it started (0: unknown)
+    std::chrono::steady_clock::time_point identity_seen; // when its start time was last compared (no pidfd)
+    bool ended = false;                                  // known to have ended
+
+    owner_process(pid_t id, std::uint64_t start) : pid(id), pid_start(start) {
+      // why: the descriptor may be older than the owner's end, and its pid given to another process since;
+      // that process's pidfd would say "alive" for good while copies went to the memory the owner left
+      pidfd = id > 0 ? detail::open_process(id, start) : -1;
+      // why: without a pid, kill(0) or kill(-1) would ask about a group of processes
+      ended = id <= 0 || (pidfd < 0 && errno == ESRCH);
+    }
+    owner_process(const owner_process&) = delete;
+    owner_process& operator=(const owner_process&) = delete;
+    ~owner_process() {
+      if (pidfd >= 0)
+        ::close(pidfd);
+    }
+    /// False once the process has exited (its memory would then reach nobody).
+    bool alive() {
+      if (!ended)
+        ended = !still_running();
+      return !ended;
+    }
+
+  private:
+    bool still_running() {
+      if (pidfd >= 0) {
+        ::pollfd p{pidfd, POLLIN, 0};
+        return ::poll(&p, 1, 0) == 0;
+      }
+      // why: no pidfd (an old kernel, a seccomp profile): the process id, in the same namespace
+      if (::kill(pid, 0) != 0 && errno == ESRCH)
+        return false;
+      // why: a later process given the id answers kill() too, and so does one that exited and waits for its
+      // parent; /proc tells them apart. Looked at every 10 ms at most (a file read per slice would cost more
+      // than small copies): the kernel hands an id out again only once it went round all of them
+      auto now = std::chrono::steady_clock::now();
+      if (now - identity_seen < std::chrono::milliseconds(10))
+        return true;
+      identity_seen = now;
+      return detail::still_runs(pid, pid_start);
+    }
+  };
+
   struct peer_maps {
     std::uint64_t incarnation = 0;
     std::map<std::string, std::shared_ptr<mapping>> by_name; // key: object name and its protection
     std::shared_ptr<shm_gates> gates;                        // the owner's, attached on first use
-    bool unreachable = false;    // its shared memory cannot be opened from here, or its process ended
-    int pidfd = -1;              // the owner process, to notice that it ended
-    pid_t pid = 0;               // the owner process, where no pidfd could be had
-    std::uint64_t pid_start = 0; // when it started (0: unknown)
-    std::chrono::steady_clock::time_point identity_seen; // when its start time was last compared (no pidfd)
-    bool set_up = false;                                 // the fields above describe `incarnation`
-    peer_maps() = default;
-    peer_maps(peer_maps&& o) noexcept
-        : incarnation(o.incarnation), by_name(std::move(o.by_name)), gates(std::move(o.gates)),
-          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)), pid(o.pid), pid_start(o.pid_start),
-          identity_seen(o.identity_seen), set_up(o.set_up) {}
-    peer_maps& operator=(peer_maps&&) = delete;
-    ~peer_maps() {
-      if (pidfd >= 0)
-        ::close(pidfd);
-    }
-    /// False once the owner process has exited (its memory would then reach nobody).
-    bool owner_alive() {
-      if (pidfd < 0 && pid <= 0) // why: kill(0) or kill(-1) would ask about a group of processes
-        return false;
-      if (pidfd <
-          0) { // why: no pidfd (an old kernel, a seccomp profile): the process id, in the same namespace
-        if (::kill(pid, 0) != 0 && errno == ESRCH)
-          return false;
-        // why: a later process given the id answers kill() too; its start time tells them apart. Looked at
-        // every 10 ms at most (a file read per slice would cost more than small copies): the kernel hands an
-        // id out again only once it went round all of them
-        auto now = std::chrono::steady_clock::now();
-        if (now - identity_seen < std::chrono::milliseconds(10))
-          return true;
-        identity_seen = now;
-        return detail::same_process(pid, pid_start);
-      }
-      ::pollfd p{pidfd, POLLIN, 0};
-      return ::poll(&p, 1, 0) == 0;
-    }
+    std::shared_ptr<owner_process> owner;                    // the process of `incarnation`
+    bool unreachable = false; // its shared memory cannot be opened from here, or its process ended
+    bool set_up = false;      // the fields above describe `incarnation`
     /// Unmaps what this peer's copies no longer use (copies under way keep their mappings until they end).
     void drop_mappings() {
       by_name.clear();
@@ -148,6 +164,7 @@ public:
   /// Copies waiting for a copy thread are settled as cancelled; running ones finish.
   void shutdown() noexcept {
     stopping_ = true;
+    stop_.request_stop();
     drop_queued([](const queued_copy&) { return true; });
   }
 
@@ -159,6 +176,7 @@ private:
     std::shared_ptr<shm_gates> gates; // a peer's memory: copied only with a pass through its gate
     std::uint32_t gate = 0;
     std::uint64_t epoch = 0;
+    std::shared_ptr<owner_process> owner; // a peer's memory: asked after the copy whether it still runs
   };
 
   result<target_ref> resolve(const peer& p, slice* s) {
@@ -184,20 +202,9 @@ private:
       maps.set_up = true;
       maps.drop_mappings();
       maps.incarnation = p.descriptor.incarnation;
-      if (maps.pidfd >= 0)
-        ::close(std::exchange(maps.pidfd, -1));
-      maps.pid = static_cast<pid_t>(p.descriptor.pid);
-      maps.pid_start = p.descriptor.pid_start;
-      maps.identity_seen = {};
-      if (maps.pid > 0) {
-        // why: the descriptor may be older than the owner's end, and its pid given to another process since;
-        // that process's pidfd would say "alive" for good while copies went to the memory the owner left
-        maps.pidfd = detail::open_process(maps.pid, p.descriptor.pid_start);
-        if (maps.pidfd < 0 && errno == ESRCH)
-          maps.unreachable = true;
-      } else {
-        maps.unreachable = true; // why: reaches() refuses it; a descriptor from elsewhere, say
-      }
+      maps.owner =
+          std::make_shared<owner_process>(static_cast<pid_t>(p.descriptor.pid), p.descriptor.pid_start);
+      maps.unreachable = maps.owner->ended;
     }
     // Later requests go to the next transport; what is mapped is unmapped once no copy uses it.
     auto give_up = [&maps](error why) -> result<target_ref> {
@@ -206,8 +213,10 @@ private:
       return fail(std::move(why));
     };
     // why: a process that ended (and perhaps restarted elsewhere) leaves its shared objects behind; copying
-    // into them would report success for bytes nobody will read
-    if (maps.unreachable || !maps.owner_alive())
+    // into them would report success for bytes nobody will read. Asked here, before anything is mapped or
+    // copied, and again once the copy is done (landed()), which may be long after this if it waits in the
+    // queue
+    if (maps.unreachable || !maps.owner->alive())
       return give_up(error(errc::peer_unreachable, "shm: the segment's process has ended"));
     // why: first the table of gates, whose name is the owner's alone: a process that sees another /dev/shm
     // (another container on this kernel) does not find it, and never maps an object of its own that has the
@@ -226,6 +235,10 @@ private:
       if (!opened)
         return give_up(opened.error());
       m = std::move(*opened);
+      if (!sweeping_ && !stopping_) {
+        sweeping_ = true;
+        tc_.scope.spawn(sweep());
+      }
     }
     std::uint64_t at = r->shm_offset + (s->remote_offset - r->offset);
     if (at > m->length || s->length > m->length - at)
@@ -236,16 +249,22 @@ private:
     t.gates = maps.gates;
     t.gate = r->shm_gate;
     t.epoch = r->shm_epoch;
+    t.owner = maps.owner;
     return t;
   }
 
   static result<std::shared_ptr<mapping>> open_mapping(const region_descriptor& r) {
     bool writable = allows(r.permissions, access::write);
-    int fd = ::shm_open(r.shm_name.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0);
+    // why: O_NONBLOCK: a descriptor that names a FIFO must not block the loop in open() until a writer comes
+    int fd = ::shm_open(r.shm_name.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK, 0);
     if (fd < 0)
       return fail(errc::peer_unreachable, "shm: cannot open the peer's shared memory");
     struct ::stat st {};
-    if (::fstat(fd, &st) < 0 || static_cast<std::uint64_t>(st.st_size) < r.shm_offset + r.length) {
+    if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      return fail(errc::peer_unreachable, "shm: the peer's region names something that is not shared memory");
+    }
+    if (static_cast<std::uint64_t>(st.st_size) < r.shm_offset + r.length) {
       ::close(fd);
       return fail(errc::peer_unreachable, "shm: the peer's shared object is smaller than its region");
     }
@@ -314,7 +333,7 @@ private:
       co_return;
     }
     if (!pool_) {
-      error outcome = copy_now(s, target);
+      error outcome = landed(s, target, copy_now(s, target));
       target = {};
       s->settle(outcome);
       co_return;
@@ -347,8 +366,42 @@ private:
     }
     co_await tc_.io.schedule();
     if (next) {
+      outcome = landed(next->s, next->target, std::move(outcome));
       next->target = {};
       next->s->settle(outcome);
+    }
+  }
+
+  /// On the loop's thread, after a copy that went well (`outcome` clear): whether the bytes are where their
+  /// owner can use them, that is, whether it still ran after the copy. The copy may have waited in the queue
+  /// long after resolve() looked, and the owner may have died meanwhile, or during the copy: its memory
+  /// outlives it, and a copy into it would be reported done for bytes nobody reads (or, for a read, bytes the
+  /// owner no longer vouches for).
+  error landed(slice* s, const target_ref& target, error outcome) {
+    if (outcome || !target.owner || target.owner->alive())
+      return outcome;
+    if (auto it = maps_.find(s->target); it != maps_.end() && it->second.owner == target.owner) {
+      it->second.unreachable = true;
+      it->second.drop_mappings();
+    }
+    return error(errc::peer_unreachable, "shm: the segment's process ended before the copy was done");
+  }
+
+  /// Once a second while peers' memory is mapped here: unmaps the memory of owners that ended. Their shared
+  /// objects stay in use (in /dev/shm, in RAM) for as long as a peer maps them, which would otherwise last
+  /// until the next transfer to them, or for good.
+  task<> sweep() {
+    while (!stopping_) {
+      auto slept = co_await tc_.io.sleep_for(std::chrono::seconds(1), stop_.get_token());
+      if (!slept)
+        break;
+      for (auto& entry : maps_) {
+        peer_maps& maps = entry.second;
+        if ((!maps.by_name.empty() || maps.gates) && maps.owner && !maps.owner->alive()) {
+          maps.unreachable = true;
+          maps.drop_mappings();
+        }
+      }
     }
   }
 
@@ -358,6 +411,8 @@ private:
   std::deque<queued_copy> queue_; // copies waiting for a copy thread, oldest first
   std::unordered_map<segment_id, peer_maps> maps_;
   bool stopping_ = false;
+  bool sweeping_ = false;
+  std::stop_source stop_; // ends the sweep
 };
 
 } // namespace ferry
