@@ -8,6 +8,7 @@
 
 #include "../support/forked_child.hpp"
 #include "../support/own_pid_namespace.hpp"
+#include "../support/raw_frames.hpp"
 #include "../support/refuse_syscall.hpp"
 #include "../support/socket_ends.hpp"
 
@@ -114,6 +115,9 @@ struct hand_made_target {
   ferry::async_scope scope;
   std::vector<ferry::io::tcp_socket*> open;
   std::string address;
+  // With a pace: a write's reply is held until the next read's reply goes, and both go in one send (the
+  // initiator then receives them together).
+  bool replies_together = false;
 
   explicit hand_made_target(ferry::io::io_context& c, std::optional<std::chrono::milliseconds> slowly = {},
                             std::size_t region_bytes = 1 << 20)
@@ -157,7 +161,7 @@ struct hand_made_target {
   ferry::task<> serve(ferry::io::tcp_socket s) {
     open.push_back(&s);
     std::array<std::byte, ferry::tcp::frame_header::size> raw;
-    std::vector<std::byte> sink(1 << 20);
+    std::vector<std::byte> sink(1 << 20), held;
     for (;;) {
       auto got = co_await s.recv_all(raw); // why: g++ 12 miscompiles co_await inside a loop or if condition
       if (!got)
@@ -179,12 +183,18 @@ struct hand_made_target {
           break;
         reply.type = ferry::tcp::frame_type::write_reply;
         ferry::tcp::encode(reply, raw);
+        if (replies_together) {
+          held.insert(held.end(), raw.begin(), raw.end());
+          continue;
+        }
         co_await s.send_all(raw);
       } else if (pace && h->type == ferry::tcp::frame_type::read && h->offset + h->length <= region.size()) {
         reply.type = ferry::tcp::frame_type::read_reply;
         reply.length = h->length;
         ferry::tcp::encode(reply, raw);
-        co_await s.send_all(raw);
+        held.insert(held.end(), raw.begin(), raw.end());
+        co_await s.send_all(std::span(held));
+        held.clear();
         if (auto ok = co_await slowly(s, std::span(region).subspan(h->offset, h->length), false); !ok)
           break;
       } else if (h->payload_length() > 0) {
@@ -1191,6 +1201,83 @@ TEST_SUITE("transfer_engine") {
       auto r = co_await p.initiator.transfer(b); // everyone else is still served
       CHECK(r.ok());
     }());
+  }
+
+  TEST_CASE("a peer that speaks another protocol version is told so before the target hangs up") {
+    served_pair p(1 << 20);
+    auto& ctx = p.ctx;
+    ctx.run_until([&]() -> ferry::task<> {
+      for (std::byte version : {std::byte{1}, std::byte{3}}) {
+        auto raw = co_await ferry::io::tcp_socket::connect(ctx, *p.target.endpoint());
+        REQUIRE(raw);
+        auto hello = ferry_test::header(ferry::tcp::frame_type::hello, 77, 0, 0);
+        hello[4] = version;
+        REQUIRE(co_await raw->send_all(hello));
+        ferry_test::raw_header answer;
+        REQUIRE(co_await raw->recv_all(answer));
+        auto h = ferry::tcp::decode_header(answer); // in the target's version
+        REQUIRE(h);
+        CHECK(h->request_id == 77);
+        CHECK(h->error() == errc::version_mismatch);
+        std::array<std::byte, 1> one;
+        auto n = co_await raw->recv(one); // and then it hangs up
+        CHECK((!n || *n == 0));
+      }
+    }());
+    // an initiator that gets such an answer in another version than its own fails with that reason, at once
+    ferry::io::io_context ctx2;
+    auto listener = ferry::io::tcp_listener::listen(ctx2, *ferry::io::endpoint::parse("127.0.0.4:0"));
+    REQUIRE(listener);
+    auto answer_in_another_version = [](ferry::io::tcp_listener& l) -> ferry::task<> {
+      auto s = co_await l.accept();
+      REQUIRE(s);
+      ferry_test::raw_header got;
+      REQUIRE(co_await s->recv_all(got));
+      auto refusal = ferry_test::header(ferry::tcp::frame_type::hello_reply, 1, 0, 0);
+      refusal[4] = std::byte{3};
+      co_await s->send_all(refusal);
+    };
+    auto [fetched, unused] = ctx2.run_until(
+        ferry::when_all(ferry::tcp_transport::fetch_descriptor(ctx2, *listener->local_endpoint(), 5s, {}),
+                        answer_in_another_version(*listener)));
+    (void)unused;
+    REQUIRE_FALSE(fetched);
+    CHECK(fetched.error() == errc::version_mismatch);
+  }
+
+  TEST_CASE("a batch whose reply came with the start of a large read's reply is not held back by that read") {
+    // The target sends a small write's reply and the header of a 16 MiB read's reply together, then the
+    // read's bytes at 1 MiB per 60 ms (about a second). The write's batch ends when its reply is in, with
+    // its connection run on an I/O thread of its own, which hands replies back to the engine in bunches.
+    ferry::io::io_context ctx;
+    hand_made_target slow(ctx, 60ms, (16 << 20) + (64 << 10));
+    slow.replies_together = true;
+    tcp_engine initiator(ctx, {.name = "initiator",
+                               .slice_size = 16 << 20,
+                               .retry_budget = 0,
+                               .tcp = {.connections_per_peer = 1, .io_threads = 1, .reply_timeout = 5s}});
+    std::vector<std::byte> local(64 << 10), back(16 << 20);
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    REQUIRE(initiator.registry().add(back.data(), back.size(), access::read_write));
+    auto seg = ctx.run_until(initiator.open_segment(slow.address));
+    REQUIRE(seg);
+    transfer_batch w, r;
+    w.write(local.data(), *seg, 16 << 20, local.size());
+    r.read(back.data(), *seg, 0, back.size());
+    auto timed = [](tcp_engine& e, transfer_batch& b, clock_type::duration& took) -> ferry::task<bool> {
+      auto t0 = clock_type::now();
+      auto got = co_await e.transfer(b, ferry::transfer_options().with_timeout(20s));
+      took = clock_type::now() - t0;
+      co_return got.ok();
+    };
+    clock_type::duration write_took{}, read_took{};
+    auto [wrote, read] =
+        ctx.run_until(ferry::when_all(timed(initiator, w, write_took), timed(initiator, r, read_took)));
+    CHECK(wrote);
+    CHECK(read);
+    CHECK(read_took >= 800ms);
+    CHECK(write_took < 400ms); // its payload takes 60 ms, and its reply is handed back within 200 us
+    slow.close();
   }
 
   TEST_CASE("cancelling one batch does not fail another batch that shares its connection") {

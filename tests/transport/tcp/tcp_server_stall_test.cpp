@@ -14,7 +14,11 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -58,6 +62,49 @@ struct stalled_target {
 } // namespace
 
 TEST_SUITE("tcp_server") {
+  TEST_CASE("a hook that throws ends only its connection, on the connection's own loop, and says why at the "
+            "end") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      ferry::io::io_context ctx;
+      ferry::region_registry registry;
+      auto loops = io_threads ? std::make_unique<ferry::io::io_context_pool>(io_threads) : nullptr;
+      ferry::async_scope scope;
+      std::atomic<int> asked{0};
+      ferry::tcp_server::hooks hooks;
+      hooks.descriptor = [&asked]() -> std::string {
+        if (asked++ == 0)
+          throw std::runtime_error("no descriptor now");
+        return "{}";
+      };
+      ferry::tcp_server server(ctx, registry, scope, std::move(hooks), loops.get(), 300ms);
+      auto at = server.listen(*ferry::io::endpoint::parse("127.0.0.2:0"));
+      REQUIRE(at);
+      ctx.run_until([&]() -> ferry::task<> {
+        for (int peer = 0; peer < 2; ++peer) {
+          auto raw = co_await ferry::io::tcp_socket::connect(ctx, *at);
+          REQUIRE(raw);
+          REQUIRE(co_await raw->send_all(header(ferry::tcp::frame_type::hello, 1, 0, 0)));
+          ferry_test::raw_header back;
+          ferry::io::deadline within(ctx, 5s);
+          auto got = co_await raw->recv_all(back, within.token());
+          CHECK_FALSE(within.expired());
+          if (peer == 0) {
+            CHECK_FALSE(got); // the first one's hook threw: its connection ends
+          } else {
+            REQUIRE(got); // the next is answered
+            auto h = ferry::tcp::decode_header(back);
+            REQUIRE(h);
+            CHECK(h->type == ferry::tcp::frame_type::hello_reply);
+            CHECK(h->length == 2);
+          }
+        }
+      }());
+      server.stop();
+      CHECK_THROWS_WITH(ctx.run_until(scope.join()), "no descriptor now");
+    }
+  }
+
   TEST_CASE("a peer that stops in the middle of a write's payload is dropped and the region is released") {
     for (unsigned io_threads : {0u, 2u}) {
       CAPTURE(io_threads);

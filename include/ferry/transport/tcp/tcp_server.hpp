@@ -52,6 +52,7 @@
 #include <string_view>
 #include <sys/uio.h>
 #include <system_error>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -235,6 +236,33 @@ private:
     if (!home.running_in_this_thread())
       co_await home.schedule();
   }
+  template<class T>
+  struct is_task : std::false_type {};
+  template<class T>
+  struct is_task<task<T>> : std::true_type {};
+  /// Runs `work` on the server's own loop (a hook, or a file region's I/O, whose task it awaits there) and
+  /// yields its result on `home` again. An exception it throws is rethrown on `home` too: what the
+  /// connection's coroutines hold there (its deadlines, its socket) must unwind on the loop they belong to.
+  template<class Work, class R = std::invoke_result_t<Work&>>
+  auto on_own_loop(io::io_context& home, Work work)
+      -> task<typename std::conditional_t<is_task<R>::value, R, task<R>>::value_type> {
+    using value = typename std::conditional_t<is_task<R>::value, R, task<R>>::value_type;
+    co_await to_own_loop(home);
+    std::optional<value> out;
+    std::exception_ptr thrown;
+    try {
+      if constexpr (is_task<R>::value)
+        out.emplace(co_await work());
+      else
+        out.emplace(work());
+    } catch (...) {
+      thrown = std::current_exception();
+    }
+    co_await back_to(home);
+    if (thrown)
+      std::rethrow_exception(thrown);
+    co_return std::move(*out);
+  }
 
   // Replies waiting to be sent together: headers, payloads, and the leases that keep those payloads valid.
   // why: a client keeps several requests in flight per connection; the reads among the requests already
@@ -331,7 +359,21 @@ private:
       auto got = co_await in.fill(sock, tcp::frame_header::size, header_stop);
       if (!got)
         co_return; // closed, reset, stopped or stalled
-      auto h = tcp::decode_header(in.take_header());
+      auto raw = in.take_header();
+      auto h = tcp::decode_header(raw);
+      if (!h && h.error() == errc::version_mismatch) {
+        // why: a peer that speaks another version of the protocol is told so, in a header of this version
+        // (whose version byte its decoder refuses with its own version_mismatch), instead of finding the
+        // connection closed, which it would take for a broken one and retry
+        co_await flush(sock, replies, home);
+        tcp::frame_header refusal;
+        refusal.type = tcp::frame_type::hello_reply;
+        refusal.request_id = tcp::detail::get_le(raw.data() + 16, 8);
+        refusal.status = static_cast<std::int32_t>(errc::version_mismatch);
+        std::optional<io::deadline> within;
+        (void)co_await send(sock, refusal, out, nullptr, 0, bounded(within, sock, home));
+        co_return;
+      }
       if (!h || static_cast<int>(h->type) % 2 == 0) {
         co_await flush(sock, replies, home);
         co_return; // malformed, or a reply: drop the connection
@@ -372,9 +414,7 @@ private:
           std::lock_guard lock(sessions_mutex_);
           me.tag = h->offset;
         }
-        co_await to_own_loop(home);
-        std::string d = hooks_.descriptor();
-        co_await back_to(home);
+        std::string d = co_await on_own_loop(home, [this] { return hooks_.descriptor(); });
         if (d.size() > tcp::frame_header::max_descriptor_payload) { // why: no peer would take it; say why
           reply.status = static_cast<std::int32_t>(errc::out_of_space);
           d.clear();
@@ -411,10 +451,10 @@ private:
           std::string message(h->length, '\0');
           if (auto ok = co_await in.take(sock, std::as_writable_bytes(std::span(message)), step); !ok)
             co_return;
-          co_await to_own_loop(home);
-          if (hooks_.notified && !hooks_.notified(std::move(message)))
+          bool taken = co_await on_own_loop(
+              home, [this, &message] { return !hooks_.notified || hooks_.notified(std::move(message)); });
+          if (!taken)
             reply.status = static_cast<std::int32_t>(errc::out_of_space);
-          co_await back_to(home);
         }
         if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
           co_return;
@@ -435,9 +475,7 @@ private:
             // why: after a piece failed, the rest of the payload is still taken (the stream stays in step)
             // and the write refused with the first error
             if (!failed) {
-              co_await to_own_loop(home);
-              auto written = co_await lease->file()->write(at, piece);
-              co_await back_to(home);
+              auto written = co_await on_own_loop(home, [&] { return lease->file()->write(at, piece); });
               if (!written)
                 failed = written.error();
             }
@@ -473,9 +511,7 @@ private:
             step = bounded(within, sock, home);
           const std::uint64_t at = file_lease->file_offset() + done;
           auto piece = staging.hold(piece_at(at, h->length - done));
-          co_await to_own_loop(home);
-          auto got = co_await file_lease->file()->read(at, piece);
-          co_await back_to(home);
+          auto got = co_await on_own_loop(home, [&] { return file_lease->file()->read(at, piece); });
           if (done == 0) {
             if (got)
               reply.length = h->length;

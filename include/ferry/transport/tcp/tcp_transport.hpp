@@ -888,6 +888,10 @@ private:
         break;
       }
       if (h->payload_length() > 0) {
+        // why: about to wait for a payload, which may take long (64 MiB over a slow link): replies already
+        // finished, perhaps of other batches, are handed back on time meanwhile, not after it
+        if (away && !sn.done.empty())
+          hold_or_hand_back(c, sn);
         auto body = co_await in.take(sn.sock, std::span(s->local, s->length));
         if (sn.broken)
           break; // released below, after the kernel is done with s->local
