@@ -61,6 +61,23 @@ struct throwing_transport {
   void shutdown() noexcept {}
 };
 static_assert(ferry::transport<throwing_transport>);
+
+/// A transport ahead of tcp that takes every slice to another process and finds it cannot reach the peer
+/// after all (as shared memory does when the owner's objects cannot be opened from here).
+struct unreachable_transport {
+  static constexpr std::string_view name = "unreachable";
+  std::size_t handed = 0;
+  explicit unreachable_transport(ferry::transport_context&) {}
+  bool reaches(const ferry::peer& p, std::uint64_t, std::uint64_t) const { return !p.is_self; }
+  void submit(const ferry::peer&, ferry::slice* s) noexcept {
+    ++handed;
+    s->settle(ferry::error(ferry::errc::peer_unreachable, "unreachable: no way there from here"));
+  }
+  void abort(ferry::detail::batch_state*) noexcept {}
+  void forget(const ferry::peer&) {}
+  void shutdown() noexcept {}
+};
+static_assert(ferry::transport<unreachable_transport>);
 } // namespace engine_test
 
 namespace {
@@ -478,6 +495,22 @@ struct same_host_writer {
   ferry::result<ferry::segment_descriptor> descriptor() {
     return ctx.run_until(
         ferry::tcp_transport::fetch_descriptor(ctx, *ferry::io::endpoint::parse(child.line()), 5s, {}));
+  }
+};
+
+/// An engine that exposes 1 MiB and has 1 MiB of its own memory (holding pattern `seed`), and a batch that
+/// writes the latter into the former, in the engine's own segment.
+struct own_segment_write {
+  ferry::io::io_context ctx;
+  ferry::default_engine engine{ctx, {.name = "self"}};
+  std::vector<std::byte> exposed = std::vector<std::byte>(1 << 20), local = std::vector<std::byte>(1 << 20);
+  transfer_batch w;
+
+  explicit own_segment_write(unsigned seed) {
+    fill(local, seed);
+    REQUIRE(engine.registry().add(exposed.data(), exposed.size(), access::read_write));
+    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+    w.write(local.data(), engine.self, 0, local.size());
   }
 };
 
@@ -954,14 +987,8 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("transfers to the engine's own segment are copies within the process") {
-    ferry::io::io_context ctx;
-    ferry::default_engine engine(ctx, {.name = "self"});
-    std::vector<std::byte> exposed(1 << 20), local(1 << 20);
-    fill(local, 5);
-    REQUIRE(engine.registry().add(exposed.data(), exposed.size(), access::read_write));
-    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
-    transfer_batch w;
-    w.write(local.data(), engine.self, 0, local.size());
+    own_segment_write self(5);
+    auto& [ctx, engine, exposed, local, w] = self;
     auto r = ctx.run_until(engine.transfer(w));
     REQUIRE(r.ok());
     CHECK(exposed == local);
@@ -1312,17 +1339,86 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("an engine that has shut down moves nothing and says so") {
-    ferry::io::io_context ctx;
-    ferry::default_engine engine(ctx, {.name = "self"});
-    std::vector<std::byte> exposed(1 << 20), local(1 << 20);
-    REQUIRE(engine.registry().add(exposed.data(), exposed.size(), access::read_write));
-    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+    own_segment_write self(1);
+    auto& [ctx, engine, exposed, local, w] = self;
     ctx.run_until(engine.shutdown());
-    transfer_batch w;
-    w.write(local.data(), engine.self, 0, local.size());
     auto r = ctx.run_until(engine.transfer(w));
     CHECK_FALSE(r.ok());
     CHECK(r.bytes() == 0);
+  }
+
+  TEST_CASE("a negative timeout is a deadline already passed: the batch fails at once and moves nothing") {
+    own_segment_write self(9);
+    auto& [ctx, engine, exposed, local, w] = self;
+    // a caller's budget worked out as what is left of it, and it ran out
+    auto r = ctx.run_until(engine.transfer(w, ferry::transfer_options().with_timeout(-1ms).with_notify("x")));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.requests[0].error() == errc::timed_out);
+    CHECK(r.notify_error == errc::timed_out);
+    CHECK(r.bytes() == 0);
+    CHECK(std::all_of(exposed.begin(), exposed.end(), [](std::byte b) { return b == std::byte{0}; }));
+    auto h = engine.submit(w, ferry::transfer_options().with_timeout(-5s));
+    CHECK(h.wait().requests[0].error() == errc::timed_out);
+  }
+
+  TEST_CASE("an engine destroyed while its loop is stopped still shuts down, and leaves the loop stopped") {
+    ferry::io::io_context ctx;
+    {
+      ferry::default_engine engine(ctx, {.name = "stopped", .listen = "127.0.0.2:0"});
+      REQUIRE(engine.start());
+      ctx.stop(); // as an application ends a run() of its own
+    }
+    CHECK(ctx.stopped());
+    // with a background thread, which a stop ends too (checked in a child: a hang would be the failure)
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::alarm(20);
+      {
+        ferry::io::io_context own;
+        ferry::default_engine engine(own, {.name = "stopped", .listen = "127.0.0.2:0"});
+        if (!engine.start())
+          ::_exit(2);
+        engine.run_in_background();
+        own.stop();
+        std::this_thread::sleep_for(50ms); // the background thread's run() returns
+      }
+      ::_exit(0);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+
+  TEST_CASE("an engine destroyed while another thread waits on one of its handles ends that batch") {
+    auto silent = ferry_test::forked_child::start([](auto report) {
+      ferry::io::io_context c;
+      hand_made_target t(c);
+      report(t.address);
+      ferry::io::io_context::work_guard forever(c);
+      c.run();
+    });
+    ferry::io::io_context ctx; // outlives the waiting thread, which drives it until the engine wants it
+    std::vector<std::byte> local(1 << 20);
+    std::optional<ferry::batch_result> got;
+    std::thread waiter;
+    {
+      tcp_engine engine(ctx, {.name = "initiator"});
+      REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+      auto seg = ctx.run_until(engine.open_segment(silent.line()));
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(local.data(), *seg, 0, local.size());
+      auto h = engine.submit(w); // no deadline, to a target that never answers
+      waiter = std::thread([h, &got]() mutable { got = h.wait(); });
+      std::this_thread::sleep_for(100ms); // it drives the loop now, waiting in run_one()
+    } // the destructor takes the turn from it, and shuts the engine down, which ends the batch
+    waiter.join();
+    REQUIRE(got);
+    REQUIRE_FALSE(got->ok());
+    CHECK(got->requests[0].error() == errc::cancelled);
+    CHECK_FALSE(ctx.stopped());
   }
 
   TEST_CASE("a target that never answers fails the batch at its deadline") {
@@ -1424,6 +1520,32 @@ TEST_SUITE("transfer_engine") {
     // the same through submit() and wait(), for code without coroutines
     std::fill(remote.begin(), remote.end(), std::byte{0});
     check(initiator.submit(b).wait());
+  }
+
+  TEST_CASE("a transport that cannot reach the peer hands its slices to the next one, also with no retries") {
+    std::vector<std::byte> remote(1 << 20), local(1 << 20);
+    fill(local, 8);
+    ferry::io::io_context ctx;
+    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
+    REQUIRE(target.start());
+    for (unsigned budget : {0u, 1u}) {
+      CAPTURE(budget);
+      ferry::transfer_engine<engine_test::unreachable_transport, ferry::tcp_transport> initiator(
+          ctx, {.name = "initiator", .slice_size = 256 << 10, .retry_budget = budget});
+      REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+      auto seg = ctx.run_until(initiator.open_segment(target.endpoint()->to_string()));
+      REQUIRE(seg);
+      std::fill(remote.begin(), remote.end(), std::byte{0});
+      transfer_batch b;
+      b.write(local.data(), *seg, 0, local.size());
+      auto r = ctx.run_until(initiator.transfer(b));
+      CHECK_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(initiator.transport<engine_test::unreachable_transport>().handed == 4);
+      CHECK(initiator.routed_bytes("tcp") == local.size());
+      CHECK(remote == local);
+      ctx.run_until(initiator.shutdown());
+    }
   }
 
   TEST_CASE("a stop request from another thread cancels a batch, and its buffer is released") {

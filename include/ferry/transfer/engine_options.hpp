@@ -100,7 +100,9 @@ struct engine_options {
   /// Requests longer than this are cut into slices of this size, spread over paths (taken as 4 KiB if
   /// smaller, as 64 MiB, the most one tcp frame carries, if larger).
   std::uint32_t slice_size = 1u << 20;
-  /// Times a failed slice is retried on another path before its request fails (at most 65535).
+  /// Times a failed slice is retried on another path before its request fails (at most 65535). A slice a
+  /// transport finds it cannot take to the peer at all (errc::peer_unreachable) goes on to the next
+  /// transport that reaches it without using this up.
   unsigned retry_budget = 3;
   /// Lifetime of this segment's key in a metadata store with leases, renewed every third of it while the
   /// engine lives: a process that dies vanishes from the store within this time. Zero: no lease.

@@ -64,7 +64,8 @@ struct transfer_options {
 
   /// Cancels the batch (every request not yet complete fails with errc::cancelled).
   std::stop_token stop{};
-  /// Fails what is not complete by then with errc::timed_out (zero: no deadline).
+  /// Fails what is not complete by then with errc::timed_out (zero: no deadline; negative: the deadline has
+  /// passed, and every request fails so without moving a byte).
   std::chrono::nanoseconds timeout{0};
   /// Delivered to every target segment after all of the batch's bytes have landed there.
   std::optional<std::string> notify{};

@@ -100,13 +100,30 @@ public:
   }
   transfer_engine(const transfer_engine&) = delete;
   transfer_engine& operator=(const transfer_engine&) = delete;
-  /// Shuts down if shutdown() was not awaited (drives the loop on this thread to do so).
+  /// Shuts down if shutdown() was not awaited (drives the loop on this thread to do so, also one that was
+  /// stopped, which is left stopped again).
   ~transfer_engine() {
     if (!shut_down_) {
-      if (background_.joinable())
+      if (background_.joinable() && !background_ended_.load(std::memory_order_acquire)) {
         sync_wait(shutdown());
-      else
+      } else {
+        // why: the background thread, if any, ended: the loop was stopped under it
+        if (background_.joinable())
+          background_.join();
+        // why: a thread in a handle's wait() may be driving the loop; only one thread may at a time. It
+        // leaves the turn once its run_one() returns, which the nudge makes it do, and does not take it again
+        turn_->wanted.store(true, std::memory_order_release);
+        nudge(io_);
+        std::lock_guard turn(turn_->driving);
+        // why: the application may have stopped the loop (to end a run() of its own); shutting down needs it
+        // to run: run_until would throw out of this destructor
+        const bool was_stopped = io_.stopped();
+        if (was_stopped)
+          io_.restart();
         io_.run_until(shutdown());
+        if (was_stopped)
+          io_.stop();
+      }
     }
     if (background_.joinable())
       background_.join();
@@ -326,6 +343,8 @@ public:
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return refused_after_shutdown(batch, opts);
     active_call busy(*this);
+    if (opts.timeout.count() < 0)
+      co_return past_deadline(batch, opts);
     auto started = std::chrono::steady_clock::now();
     // why: the process that serves each target as the batch begins; a refresh during the batch (its own, or
     // another batch's) may put a new one in its place, after some of the batch's bytes went to the old one
@@ -572,8 +591,7 @@ public:
   transfer_handle submit(transfer_batch batch, transfer_options opts = {}) {
     auto state = std::make_shared<transfer_handle::shared_state>();
     state->io = &io_;
-    state->background = &in_background_;
-    state->driving = &driving_;
+    state->turn = turn_;
     // why: entering until spawned, so that shutdown() joins the scope only once no spawn is under way
     entering entry(*this);
     if (!entry.open) {
@@ -602,11 +620,14 @@ public:
     guard_.emplace(io_);
     // why: before the thread starts: a handle must not drive the loop on another thread meanwhile; one that
     // does now (its turn, in wait()) is woken by this, ends its turn and leaves the loop to the thread
-    in_background_.store(true, std::memory_order_release);
+    turn_->background.store(true, std::memory_order_release);
     scope_.spawn([](io::io_context& io) -> task<> { co_await io.schedule(); }(io_));
     background_ = std::thread([this] {
-      std::lock_guard turn(driving_);
-      io_.run();
+      {
+        std::lock_guard turn(turn_->driving);
+        io_.run();
+      }
+      background_ended_.store(true, std::memory_order_release);
     });
     io_.hand_over(background_.get_id());
   }
@@ -938,6 +959,26 @@ private:
   static error after_shutdown(const char* what) {
     return error(errc::cancelled, std::string(what) + ": the engine has shut down");
   }
+  /// Makes a thread blocked in the loop's run_one() return, running nothing else.
+  static void nudge(io::io_context& io) {
+    struct nothing : io::detail::op_base {};
+    auto* op = new nothing;
+    op->complete_ = [](io::detail::op_base* o) noexcept { delete static_cast<nothing*>(o); };
+    io.post(op);
+  }
+
+  /// A batch whose timeout is negative: its deadline passed before it began (a timeout worked out as what is
+  /// left of a larger budget, say). Nothing moves, rather than everything with no deadline at all.
+  static batch_result past_deadline(const transfer_batch& batch, const transfer_options& opts) {
+    const error why(errc::timed_out,
+                    "transfer: the deadline passed before the batch began (negative timeout)");
+    batch_result out;
+    out.requests.assign(batch.size(), fail(why));
+    if (opts.notify)
+      out.notify_error = why;
+    return out;
+  }
+
   static batch_result refused_after_shutdown(const transfer_batch& batch, const transfer_options& opts) {
     batch_result out;
     out.requests.assign(batch.size(), fail(after_shutdown("transfer")));
@@ -1274,8 +1315,9 @@ private:
   std::thread background_;
   // why: handles look here when they wait, not when they were made: a batch submitted before
   // run_in_background() must not be driven from the waiting thread as well
-  std::atomic<bool> in_background_{false};
-  std::mutex driving_; // held by the thread that drives the loop for a transfer_handle
+  // The turn to drive the loop, shared with the handles (which may outlive the engine).
+  std::shared_ptr<transfer_handle::driver_turn> turn_ = std::make_shared<transfer_handle::driver_turn>();
+  std::atomic<bool> background_ended_{false}; // the background thread's run() returned
   std::optional<io::io_context::work_guard> guard_;
   // why: atomic: calls made after shutdown() look at it on their caller's thread, where they must not hop to
   // a loop that may no longer run

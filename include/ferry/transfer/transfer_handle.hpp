@@ -24,16 +24,28 @@ namespace ferry {
 
 class transfer_handle {
 public:
+  /// Whose turn it is to drive an engine's loop. Shared by the engine and its handles: a handle's wait() may
+  /// still be looking at it while the engine is destroyed.
+  struct driver_turn {
+    std::mutex driving;                  // held by the thread that drives the loop
+    std::atomic<bool> background{false}; // a thread of the engine's own runs the loop
+    std::atomic<bool> wanted{false};     // the engine's destructor waits for the turn: handles leave it be
+    /// The turn, unless it is taken or wanted by the engine (then nobody else's).
+    std::unique_lock<std::mutex> try_take() {
+      std::unique_lock<std::mutex> turn(driving, std::defer_lock);
+      if (!wanted.load(std::memory_order_acquire))
+        (void)turn.try_lock();
+      return turn;
+    }
+  };
+
   struct shared_state {
     std::mutex mutex;
     std::condition_variable cv;
     std::optional<batch_result> result;
     io::io_context* io = nullptr;
-    const std::atomic<bool>* background = nullptr; // the engine's: another thread runs its loop
-    std::mutex* driving = nullptr;                 // the engine's: held by the thread that drives its loop
-    bool driven_elsewhere() const noexcept {
-      return background && background->load(std::memory_order_acquire);
-    }
+    std::shared_ptr<driver_turn> turn; // the engine's
+    bool driven_elsewhere() const noexcept { return turn->background.load(std::memory_order_acquire); }
     void set(batch_result r) {
       std::lock_guard lock(mutex);
       result = std::move(r);
@@ -53,7 +65,7 @@ public:
     if (state_->has_result())
       return true;
     if (!state_->driven_elsewhere())
-      if (std::unique_lock turn(*state_->driving, std::try_to_lock); turn)
+      if (auto turn = state_->turn->try_take(); turn && !state_->has_result())
         state_->io->poll();
     return state_->has_result();
   }
@@ -68,7 +80,11 @@ public:
         state_->cv.wait(lock, [&] { return state_->result.has_value(); });
         break;
       }
-      std::unique_lock turn(*state_->driving, std::try_to_lock);
+      auto turn = state_->turn->try_take();
+      // why: looked at again with the turn held: another thread's turn may have ended the batch since, and
+      // then nothing may be left to run (run_one would wait for ever), nor an engine left to run it
+      if (turn && state_->has_result())
+        break;
       if (turn && !state_->io->stopped()) {
         // why: keeps run_one() waiting while copies run elsewhere; one handler a turn, so that a thread whose
         // batch the driver's loop finishes takes over if the driver leaves first

@@ -41,7 +41,9 @@ inline bool retryable(const error& e) noexcept {
 
 class batch_state {
 public:
-  /// Resubmits a failed slice on another path; false if it cannot (the slice is then failed).
+  /// Resubmits a failed slice on another path; false if it cannot (the slice is then failed). A slice failed
+  /// with errc::peer_unreachable goes to a transport after the one that failed it, never the same again:
+  /// those hand-overs do not count against the retry budget, and end once the transports run out.
   using retry_fn = bool (*)(void* engine, slice* s, const error& why) noexcept;
 
   /// The most retries a slice gets, whatever engine_options::retry_budget says.
@@ -71,8 +73,14 @@ public:
 
   void settle(slice* s, error e) noexcept {
     if (e) {
-      if (!aborted_ && retryable(e) && s->attempt < retry_budget_) {
-        ++s->attempt;
+      // why: a transport that cannot reach the peer at all hands the slice to the next one that can (the
+      // engine's retry function); that is no second try of a path, and it ends once the transports run out,
+      // so it leaves the budget alone: with none, a same-host peer whose shared memory turns out unusable is
+      // still reached over tcp
+      const bool hand_over = e == errc::peer_unreachable;
+      if (!aborted_ && retryable(e) && (hand_over || s->attempt < retry_budget_)) {
+        if (!hand_over)
+          ++s->attempt;
         if (retry_(engine_, s, e))
           return;
       }
