@@ -10,7 +10,9 @@
 #include <cstdio>
 #include <string>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 using ferry::detail::open_process;
@@ -101,6 +103,36 @@ TEST_SUITE("process_start") {
     errno = 0;
     CHECK(open_process(child, st.start) == -1);
     CHECK(errno == ESRCH);
+    REQUIRE(::waitpid(child, nullptr, 0) == child);
+  }
+
+  TEST_CASE("a process whose main thread ended while another thread runs on still runs") {
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      std::thread([] { ::pause(); }).detach();
+      (void)!::write(ready[1], "x", 1);
+      // why: the exit system call ends the calling thread alone (pthread_exit would unwind through the test
+      // framework); the process lives on in the other thread, and its main thread shows 'Z'
+      ::syscall(SYS_exit, 0);
+    }
+    char x;
+    REQUIRE(::read(ready[0], &x, 1) == 1);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    const std::uint64_t start = process_start_time(child);
+    for (int i = 0; i < 200 && ferry::detail::read_process_stat(child).state != 'Z'; ++i)
+      usleep(5000);
+    CHECK(ferry::detail::read_process_stat(child).state == 'Z');
+    CHECK(ferry::detail::thread_count(child) == 2);
+    CHECK(still_runs(child, start));
+    int fd = open_process(child, start);
+    CHECK(fd >= 0);
+    if (fd >= 0)
+      ::close(fd);
+    ::kill(child, SIGKILL);
     REQUIRE(::waitpid(child, nullptr, 0) == child);
   }
 

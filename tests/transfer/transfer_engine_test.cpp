@@ -562,6 +562,21 @@ int write_to_a_target_that_ended(ended_target_case how = {}) {
       ctx.run_until(ctx.sleep_for(20ms));
     if (maps_object(object) || maps_object(gates))
       return 18; // its memory (and /dev/shm's) is held for a process that is gone
+    // and with nothing mapped any more, nothing is left to look after: the loop runs out of work (a stop
+    // after 3 s says it did not)
+    std::atomic<bool> ran_out{false};
+    std::thread watchdog([&] {
+      for (int i = 0; i < 300 && !ran_out; ++i)
+        std::this_thread::sleep_for(10ms);
+      if (!ran_out)
+        ctx.stop();
+    });
+    ctx.run();
+    ran_out = !ctx.stopped();
+    watchdog.join();
+    if (!ran_out)
+      return 19;
+    ctx.restart();
   }
   auto again = ctx.run_until(engine.transfer(w, ferry::transfer_options().with_timeout(5s)));
   if (again.ok())
@@ -1380,8 +1395,7 @@ TEST_SUITE("transfer_engine") {
         if (!engine.start())
           ::_exit(2);
         engine.run_in_background();
-        own.stop();
-        std::this_thread::sleep_for(50ms); // the background thread's run() returns
+        own.stop(); // destroyed at once: the background thread's run() may not have returned yet
       }
       ::_exit(0);
     }

@@ -104,10 +104,10 @@ public:
   /// stopped, which is left stopped again).
   ~transfer_engine() {
     if (!shut_down_) {
-      if (background_.joinable() && !background_ended_.load(std::memory_order_acquire)) {
+      // why: a stopped loop's background thread has ended, or is about to (it runs nothing more)
+      if (background_.joinable() && !background_ended_.load(std::memory_order_acquire) && !io_.stopped()) {
         sync_wait(shutdown());
       } else {
-        // why: the background thread, if any, ended: the loop was stopped under it
         if (background_.joinable())
           background_.join();
         // why: a thread in a handle's wait() may be driving the loop; only one thread may at a time. It

@@ -4,9 +4,11 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/syscall.h>
@@ -60,6 +62,21 @@ inline std::uint64_t process_start_time(pid_t pid) noexcept {
   return read_process_stat(pid).start;
 }
 
+/// Threads of process `pid` that /proc lists (its main thread included, also once it ended while others run
+/// on); 0 where it cannot be read.
+inline std::size_t thread_count(pid_t pid) noexcept {
+  char path[32];
+  std::snprintf(path, sizeof path, "/proc/%d/task", static_cast<int>(pid));
+  DIR* d = ::opendir(path);
+  if (!d)
+    return 0;
+  std::size_t n = 0;
+  while (auto* e = ::readdir(d))
+    n += e->d_name[0] != '.';
+  ::closedir(d);
+  return n;
+}
+
 /// This process's start time (looked up again in a forked child, which started later).
 inline std::uint64_t own_start_time() noexcept {
   static std::atomic<pid_t> looked_up_by{0};
@@ -78,7 +95,9 @@ inline std::uint64_t own_start_time() noexcept {
 /// where that cannot be told: `start` unknown (0), or /proc not readable.
 inline bool still_runs(pid_t pid, std::uint64_t start) noexcept {
   auto now = read_process_stat(pid);
-  if (now.state == 'Z' || now.state == 'X')
+  // why: the state is the main thread's; one that ended while other threads of the process run on shows
+  // 'Z' too, and that process still runs: it has more than its main thread under /proc/<pid>/task
+  if ((now.state == 'Z' || now.state == 'X') && thread_count(pid) <= 1)
     return false;
   return start == 0 || now.start == 0 || now.start == start;
 }

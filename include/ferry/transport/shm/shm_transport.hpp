@@ -389,20 +389,29 @@ private:
 
   /// Once a second while peers' memory is mapped here: unmaps the memory of owners that ended. Their shared
   /// objects stay in use (in /dev/shm, in RAM) for as long as a peer maps them, which would otherwise last
-  /// until the next transfer to them, or for good.
+  /// until the next transfer to them, or for good. Ends once nothing is mapped (its timer would keep the
+  /// loop's run() from returning), and starts again with the next mapping.
   task<> sweep() {
     while (!stopping_) {
       auto slept = co_await tc_.io.sleep_for(std::chrono::seconds(1), stop_.get_token());
       if (!slept)
         break;
+      bool mapped = false;
       for (auto& entry : maps_) {
         peer_maps& maps = entry.second;
-        if ((!maps.by_name.empty() || maps.gates) && maps.owner && !maps.owner->alive()) {
+        if (maps.by_name.empty() && !maps.gates)
+          continue;
+        if (maps.owner && !maps.owner->alive()) {
           maps.unreachable = true;
           maps.drop_mappings();
+        } else {
+          mapped = true;
         }
       }
+      if (!mapped)
+        break;
     }
+    sweeping_ = false;
   }
 
   transport_context& tc_;
