@@ -125,6 +125,16 @@ TEST_SUITE("file") {
         CHECK(bad_index.error() == ferry::errc::invalid_argument);
       }());
       CHECK(std::equal(a.data(), a.data() + a.size(), b.data()));
+      if (ctx.backend() == ferry::io::io_backend::uring) {
+        // a registration the kernel refuses leaves none: fixed I/O is then refused with a clear error, not
+        // sent with an index the kernel no longer has
+        std::vector<::iovec> unmapped{{nullptr, 4096}};
+        REQUIRE_FALSE(ctx.register_buffers(unmapped));
+        CHECK(ctx.registered_buffers().empty());
+        auto after = ctx.run_until(f->read_fixed_at(0, b.bytes(), 1));
+        REQUIRE_FALSE(after);
+        CHECK(after.error() == ferry::errc::invalid_argument);
+      }
       REQUIRE(ctx.register_buffers({}));
     });
   }

@@ -375,12 +375,16 @@ void replace_mid_batch(replacement how) {
 }
 
 /// The memory store with the delays of a remote one: a lease takes 5 ms to grant, the first leased put 30 ms
-/// and later ones 5 ms (so that two registrations under way at once would land out of order).
+/// and later ones 5 ms (so that two registrations under way at once would land out of order). It can also
+/// lose the next lease it is asked to keep alive (with the keys under it, as a store down longer than the
+/// TTL does), and fail the next leased puts as a store that does not answer in time.
 struct slow_store {
   explicit slow_store(ferry::io::io_context& c) : ctx(c) {}
   ferry::io::io_context& ctx;
   ferry::memory_metadata_store inner;
   int leased_puts = 0;
+  bool lose_next_lease = false;
+  int leased_puts_to_fail = 0;
 
   ferry::task<ferry::result<std::optional<std::string>>> get(std::string key) {
     co_return co_await inner.get(std::move(key));
@@ -399,11 +403,19 @@ struct slow_store {
     co_return co_await inner.grant(ttl);
   }
   ferry::task<ferry::result<void>> keep_alive(ferry::lease_id lease) {
+    if (std::exchange(lose_next_lease, false)) {
+      (void)co_await inner.revoke(lease);
+      co_return ferry::fail(errc::not_found, "store: no such lease");
+    }
     co_return co_await inner.keep_alive(lease);
   }
   ferry::task<ferry::result<void>> revoke(ferry::lease_id lease) { co_return co_await inner.revoke(lease); }
   ferry::task<ferry::result<void>> put(std::string key, std::string value, ferry::lease_id lease) {
     (void)co_await ctx.sleep_for(++leased_puts == 1 ? 30ms : 5ms);
+    if (leased_puts_to_fail > 0) {
+      --leased_puts_to_fail;
+      co_return ferry::fail(errc::timed_out, "store: no answer in time");
+    }
     co_return co_await inner.put(std::move(key), std::move(value), lease);
   }
 };
@@ -2130,6 +2142,27 @@ TEST_SUITE("transfer_engine metadata") {
     auto held = ferry::sync_wait(store.inner.get("ferry/segments/kv"));
     REQUIRE(held);
     CHECK(held->has_value());
+    CHECK_FALSE(kv.registration_error());
+    ctx.run_until(kv.shutdown());
+  }
+
+  TEST_CASE("a store that lost the lease and then failed the put under a new one gets the segment again") {
+    ferry::io::io_context ctx;
+    slow_store store(ctx);
+    ferry::default_engine kv(ctx, {.name = "kv", .listen = "127.0.0.2:0", .metadata_ttl = 150ms});
+    REQUIRE(kv.start());
+    kv.use_metadata(store);
+    REQUIRE(ctx.run_until(kv.publish()));
+    // the store loses the lease and its key; the renewal registers again, and that put does not answer: a new
+    // lease with no key under it must not pass for a registration that the renewal then keeps alive
+    store.lose_next_lease = true;
+    store.leased_puts_to_fail = 1;
+    ctx.run_until([&]() -> ferry::task<> { (void)co_await ctx.sleep_for(600ms); }()); // four TTLs
+    CHECK_FALSE(store.lose_next_lease);
+    CHECK(store.leased_puts_to_fail == 0);
+    auto held = ferry::sync_wait(store.inner.get("ferry/segments/kv"));
+    REQUIRE(held);
+    CHECK(held->has_value()); // registered again
     CHECK_FALSE(kv.registration_error());
     ctx.run_until(kv.shutdown());
   }

@@ -254,12 +254,17 @@ public:
   // ---- registered buffers ----
 
   /// Registers buffers for `file::read_fixed` / `write_fixed` (io_uring pins them once instead of per I/O).
-  /// Replaces earlier registrations. With epoll they are remembered and checked, and I/O is ordinary.
+  /// Replaces earlier registrations (also when it fails: then none is left). With epoll they are remembered
+  /// and checked, and I/O is ordinary.
   result<void> register_buffers(std::span<const ::iovec> buffers) {
 #if FERRY_WITH_URING
     if (uring_) {
-      if (int r = uring_->register_buffers(buffers); r < 0)
+      // why: the backend let the earlier registration go before it tried the new one: none is left, and fixed
+      // I/O must be refused here rather than sent to the kernel with an index it no longer knows (EFAULT)
+      if (int r = uring_->register_buffers(buffers); r < 0) {
+        registered_.clear();
         return fail_errno(r, "io_uring_register_buffers");
+      }
     }
 #endif
     registered_.assign(buffers.begin(), buffers.end());

@@ -863,8 +863,18 @@ private:
           published_ = true;
           co_return r;
         }
-        if (r.error() != errc::not_found)
+        if (r.error() != errc::not_found) {
+          // why: a lease taken here with no key under it must not stay: the renewal would keep it alive and
+          // never put the key again, and the segment would stay unfindable with nothing said. Without it, the
+          // renewal's next turn registers again.
+          if (fresh) {
+            (void)co_await metadata_.revoke(*fresh);
+            co_await enter();
+            if (lease_ == fresh)
+              lease_.reset();
+          }
           co_return r;
+        }
         lease_.reset(); // the lease ran out meanwhile: take a new one
       }
       if (lease_)
