@@ -421,6 +421,27 @@ struct slow_store {
 };
 static_assert(ferry::leasing_metadata_store<slow_store>);
 
+/// An engine "kv" that publishes its segment in a slow_store under a lease of 150 ms.
+struct kv_on_slow_store {
+  ferry::io::io_context ctx;
+  slow_store store{ctx};
+  ferry::default_engine kv{ctx, {.name = "kv", .listen = "127.0.0.2:0", .metadata_ttl = 150ms}};
+
+  kv_on_slow_store() {
+    REQUIRE(kv.start());
+    kv.use_metadata(store);
+  }
+  /// Four TTLs later, the segment is in the store and the engine reports no trouble; then it shuts down.
+  void check_registered_four_ttls_later() {
+    ctx.run_until([](ferry::io::io_context& c) -> ferry::task<> { (void)co_await c.sleep_for(600ms); }(ctx));
+    auto held = ferry::sync_wait(store.inner.get("ferry/segments/kv"));
+    REQUIRE(held);
+    CHECK(held->has_value());
+    CHECK_FALSE(kv.registration_error());
+    ctx.run_until(kv.shutdown());
+  }
+};
+
 /// An engine named `name`, listening on `listen`, that serves `kv` read-write.
 std::unique_ptr<ferry::default_engine> serve_memory(ferry::io::io_context& ctx, const char* name,
                                                     const std::string& listen, std::vector<std::byte>& kv) {
@@ -2128,43 +2149,25 @@ TEST_SUITE("transfer_engine metadata") {
   }
 
   TEST_CASE("two registrations under way at once leave the segment under the one lease that is renewed") {
-    ferry::io::io_context ctx;
-    slow_store store(ctx);
-    ferry::default_engine kv(ctx, {.name = "kv", .listen = "127.0.0.2:0", .metadata_ttl = 150ms});
-    REQUIRE(kv.start());
-    kv.use_metadata(store);
-    auto both = ctx.run_until(ferry::when_all(kv.publish(), kv.publish())); // e.g. after adding regions
+    kv_on_slow_store t;
+    auto both = t.ctx.run_until(ferry::when_all(t.kv.publish(), t.kv.publish())); // e.g. after adding regions
     auto& first = std::get<0>(both);
     auto& second = std::get<1>(both);
     REQUIRE_MESSAGE(first, first.error().message());
     REQUIRE_MESSAGE(second, second.error().message());
-    ctx.run_until([&]() -> ferry::task<> { (void)co_await ctx.sleep_for(600ms); }()); // four TTLs
-    auto held = ferry::sync_wait(store.inner.get("ferry/segments/kv"));
-    REQUIRE(held);
-    CHECK(held->has_value());
-    CHECK_FALSE(kv.registration_error());
-    ctx.run_until(kv.shutdown());
+    t.check_registered_four_ttls_later();
   }
 
   TEST_CASE("a store that lost the lease and then failed the put under a new one gets the segment again") {
-    ferry::io::io_context ctx;
-    slow_store store(ctx);
-    ferry::default_engine kv(ctx, {.name = "kv", .listen = "127.0.0.2:0", .metadata_ttl = 150ms});
-    REQUIRE(kv.start());
-    kv.use_metadata(store);
-    REQUIRE(ctx.run_until(kv.publish()));
+    kv_on_slow_store t;
+    REQUIRE(t.ctx.run_until(t.kv.publish()));
     // the store loses the lease and its key; the renewal registers again, and that put does not answer: a new
     // lease with no key under it must not pass for a registration that the renewal then keeps alive
-    store.lose_next_lease = true;
-    store.leased_puts_to_fail = 1;
-    ctx.run_until([&]() -> ferry::task<> { (void)co_await ctx.sleep_for(600ms); }()); // four TTLs
-    CHECK_FALSE(store.lose_next_lease);
-    CHECK(store.leased_puts_to_fail == 0);
-    auto held = ferry::sync_wait(store.inner.get("ferry/segments/kv"));
-    REQUIRE(held);
-    CHECK(held->has_value()); // registered again
-    CHECK_FALSE(kv.registration_error());
-    ctx.run_until(kv.shutdown());
+    t.store.lose_next_lease = true;
+    t.store.leased_puts_to_fail = 1;
+    t.check_registered_four_ttls_later();
+    CHECK_FALSE(t.store.lose_next_lease);
+    CHECK(t.store.leased_puts_to_fail == 0);
   }
 
   TEST_CASE("a process that unpublishes leaves the registration of a successor of the same name in place") {
