@@ -602,7 +602,7 @@ int write_to_a_target_that_ended(ended_target_case how = {}) {
       for (int i = 0; i < 300 && !ran_out; ++i)
         std::this_thread::sleep_for(10ms);
       if (!ran_out)
-        ctx.stop();
+        setup.ctx.stop(); // why: setup's, not the binding's: clang 14 does not capture structured bindings
     });
     ctx.run();
     ran_out = !ctx.stopped();
@@ -662,7 +662,7 @@ int target_dies_while_a_copy_waits() {
           copy_waited = true;
       std::this_thread::yield();
     }
-    child.kill();
+    setup.child.kill(); // why: setup's, not the binding's: clang 14 does not capture structured bindings
     word.store((epoch << 2) | 1);
   });
   fill(buf, 19);
