@@ -1542,13 +1542,11 @@ TEST_SUITE("transfer_engine") {
     std::vector<std::byte> remote(2 << 20), local(2 << 20);
     fill(local, 6);
     ferry::io::io_context ctx;
-    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
-    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
-    REQUIRE(target.start());
+    auto target = serve_memory(ctx, "target", "127.0.0.2:0", remote);
     ferry::transfer_engine<engine_test::throwing_transport, ferry::tcp_transport> initiator(
         ctx, {.name = "initiator", .slice_size = 256 << 10});
     REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
-    auto seg = ctx.run_until(initiator.open_segment(target.endpoint()->to_string()));
+    auto seg = ctx.run_until(initiator.open_segment(target->endpoint()->to_string()));
     REQUIRE(seg);
     // each request: the first MiB goes over tcp, the second to the transport that throws
     auto check = [&](const ferry::batch_result& r) {
@@ -1573,15 +1571,13 @@ TEST_SUITE("transfer_engine") {
     std::vector<std::byte> remote(1 << 20), local(1 << 20);
     fill(local, 8);
     ferry::io::io_context ctx;
-    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
-    REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
-    REQUIRE(target.start());
+    auto target = serve_memory(ctx, "target", "127.0.0.2:0", remote);
     for (unsigned budget : {0u, 1u}) {
       CAPTURE(budget);
       ferry::transfer_engine<engine_test::unreachable_transport, ferry::tcp_transport> initiator(
           ctx, {.name = "initiator", .slice_size = 256 << 10, .retry_budget = budget});
       REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
-      auto seg = ctx.run_until(initiator.open_segment(target.endpoint()->to_string()));
+      auto seg = ctx.run_until(initiator.open_segment(target->endpoint()->to_string()));
       REQUIRE(seg);
       std::fill(remote.begin(), remote.end(), std::byte{0});
       transfer_batch b;

@@ -30,6 +30,12 @@ struct progress {
   /// A count that moved less than this over a whole period made no progress (a peer that trickles a byte
   /// now and then is as stalled as one that sends nothing).
   std::uint64_t at_least = 1;
+
+  /// Whether a count read as `now` moved enough since `before` (nothing read yet: the benefit of the doubt;
+  /// a count that went back, a new connection's, moved too).
+  static bool moved(std::optional<std::uint64_t> before, std::uint64_t now, std::uint64_t at_least) noexcept {
+    return !before || now < *before || now - *before >= std::max<std::uint64_t>(at_least, 1);
+  }
 };
 
 class deadline {
@@ -85,10 +91,7 @@ private:
     if (!made_.count)
       return false;
     std::uint64_t now = made_.count();
-    // why: the first reading has nothing to compare with: the benefit of the doubt. A count that went back
-    // (a new connection's) is movement too.
-    bool moved = !seen_ || now < *seen_ || now - *seen_ >= std::max<std::uint64_t>(made_.at_least, 1);
-    if (!moved)
+    if (!progress::moved(seen_, now, made_.at_least))
       return false;
     seen_ = now;
     // why: the timer just left the heap, which keeps its room: pushing it back allocates nothing

@@ -1323,9 +1323,9 @@ private:
   std::size_t inbox_bytes_ = 0;
   std::vector<inbox_waiter*> inbox_waiters_;
   std::thread background_;
-  // why: handles look here when they wait, not when they were made: a batch submitted before
-  // run_in_background() must not be driven from the waiting thread as well
   // The turn to drive the loop, shared with the handles (which may outlive the engine).
+  // why: handles look at it when they wait, not when they were made: a batch submitted before
+  // run_in_background() must not be driven from the waiting thread as well
   std::shared_ptr<transfer_handle::driver_turn> turn_ = std::make_shared<transfer_handle::driver_turn>();
   std::atomic<bool> background_ended_{false}; // the background thread's run() returned
   std::optional<io::io_context::work_guard> guard_;

@@ -114,6 +114,11 @@ class shm_transport {
       by_name.clear();
       gates.reset();
     }
+    /// Later requests go to the next transport; what is mapped is unmapped once no copy uses it.
+    void give_up() {
+      unreachable = true;
+      drop_mappings();
+    }
   };
 
 public:
@@ -206,10 +211,8 @@ private:
           std::make_shared<owner_process>(static_cast<pid_t>(p.descriptor.pid), p.descriptor.pid_start);
       maps.unreachable = maps.owner->ended;
     }
-    // Later requests go to the next transport; what is mapped is unmapped once no copy uses it.
     auto give_up = [&maps](error why) -> result<target_ref> {
-      maps.unreachable = true;
-      maps.drop_mappings();
+      maps.give_up();
       return fail(std::move(why));
     };
     // why: a process that ended (and perhaps restarted elsewhere) leaves its shared objects behind; copying
@@ -380,10 +383,8 @@ private:
   error landed(slice* s, const target_ref& target, error outcome) {
     if (outcome || !target.owner || target.owner->alive())
       return outcome;
-    if (auto it = maps_.find(s->target); it != maps_.end() && it->second.owner == target.owner) {
-      it->second.unreachable = true;
-      it->second.drop_mappings();
-    }
+    if (auto it = maps_.find(s->target); it != maps_.end() && it->second.owner == target.owner)
+      it->second.give_up();
     return error(errc::peer_unreachable, "shm: the segment's process ended before the copy was done");
   }
 
@@ -401,12 +402,10 @@ private:
         peer_maps& maps = entry.second;
         if (maps.by_name.empty() && !maps.gates)
           continue;
-        if (maps.owner && !maps.owner->alive()) {
-          maps.unreachable = true;
-          maps.drop_mappings();
-        } else {
+        if (maps.owner && !maps.owner->alive())
+          maps.give_up();
+        else
           mapped = true;
-        }
       }
       if (!mapped)
         break;

@@ -240,15 +240,16 @@ private:
   struct is_task : std::false_type {};
   template<class T>
   struct is_task<task<T>> : std::true_type {};
+  /// What `work` yields: its task's value, or its plain result.
+  template<class R>
+  using yielded_t = typename std::conditional_t<is_task<R>::value, R, task<R>>::value_type;
   /// Runs `work` on the server's own loop (a hook, or a file region's I/O, whose task it awaits there) and
   /// yields its result on `home` again. An exception it throws is rethrown on `home` too: what the
   /// connection's coroutines hold there (its deadlines, its socket) must unwind on the loop they belong to.
   template<class Work, class R = std::invoke_result_t<Work&>>
-  auto on_own_loop(io::io_context& home, Work work)
-      -> task<typename std::conditional_t<is_task<R>::value, R, task<R>>::value_type> {
-    using value = typename std::conditional_t<is_task<R>::value, R, task<R>>::value_type;
+  task<yielded_t<R>> on_own_loop(io::io_context& home, Work work) {
     co_await to_own_loop(home);
-    std::optional<value> out;
+    std::optional<yielded_t<R>> out;
     std::exception_ptr thrown;
     try {
       if constexpr (is_task<R>::value)

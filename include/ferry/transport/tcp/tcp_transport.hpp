@@ -1011,8 +1011,7 @@ private:
         // 64 MiB slice, or eight of them gathered, over a slow or shared link): as long as the stream moves,
         // the target is alive. The first reading has nothing to compare with and counts as progress.
         std::uint64_t moved = sn->sock.bytes_moved();
-        if (!sn->bytes_seen || moved < *sn->bytes_seen ||
-            moved - *sn->bytes_seen >= tcp::detail::least_progress) {
+        if (io::progress::moved(sn->bytes_seen, moved, tcp::detail::least_progress)) {
           sn->bytes_seen = moved;
           sn->last_progress = now;
           continue;
