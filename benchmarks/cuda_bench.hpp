@@ -23,6 +23,7 @@
 #include <cuda_runtime_api.h>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <time.h>
@@ -42,6 +43,7 @@ struct params {
   std::uint64_t slice_size = 1 << 20;
   bool verify = false;
   bool json = false;
+  double timeout = 10; ///< seconds one batch may take before the run fails
   ferry::cuda_kernel_shape kernel{};
 };
 
@@ -154,6 +156,58 @@ inline ferry::transfer_batch make_batch(const params& o, worker& w) {
   return b;
 }
 
+inline ferry::transfer_options timeout_of(const params& o) {
+  return ferry::transfer_options().with_timeout(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(o.timeout)));
+}
+
+// The 8 bytes at byte 8 * word of the source in verify round `round` of worker `t`: no two words of a run's
+// sources are alike, so a block that lands in another block's slot fails the check.
+inline std::uint64_t verify_word(unsigned t, std::uint64_t round, std::uint64_t word) noexcept {
+  std::uint64_t x = word + (std::uint64_t{t} << 40) + (round << 56) + 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// One batch of worker `t` with a source pattern of its own and a destination filled with 0xa5 first; then
+// every destination slot is compared with its source block. Why it failed, or nullopt.
+template<class Engine>
+std::optional<std::string> verify_worker(ferry::io::io_context& ctx, Engine& engine, const params& o,
+                                         worker& w, unsigned t, std::uint64_t round,
+                                         ferry::transfer_options how) {
+  const std::size_t batch_bytes = std::size_t{o.batch_size} * o.block_size;
+  std::vector<std::byte> pattern(batch_bytes);
+  for (std::size_t i = 0; i + 8 <= batch_bytes; i += 8) {
+    std::uint64_t v = verify_word(t, round, i / 8);
+    std::memcpy(pattern.data() + i, &v, 8);
+  }
+  for (std::size_t i = batch_bytes / 8 * 8; i < batch_bytes; ++i)
+    pattern[i] = static_cast<std::byte>(verify_word(t, round, i) & 0xff);
+  if (::cudaMemcpy(w.src->data(), pattern.data(), batch_bytes, ::cudaMemcpyDefault) != ::cudaSuccess ||
+      ::cudaMemset(w.dst->data(), 0xa5, 2 * batch_bytes) != ::cudaSuccess ||
+      ::cudaDeviceSynchronize() != ::cudaSuccess)
+    return std::string("preparing the check: ") + ::cudaGetErrorString(::cudaGetLastError());
+  auto res = ctx.run_until(engine.transfer(make_batch(o, w), how));
+  if (!res.ok())
+    return "the batch failed: " + res.first_error().message();
+  std::vector<std::byte> got(o.block_size);
+  for (unsigned i = 0; i < o.batch_size; ++i) {
+    // either way block i of the source lands in slot i of the destination
+    if (::cudaMemcpy(got.data(), w.dst->data() + w.slots[i] * o.block_size, o.block_size,
+                     ::cudaMemcpyDefault) != ::cudaSuccess)
+      return std::string("reading the destination back: ") + ::cudaGetErrorString(::cudaGetLastError());
+    if (std::memcmp(got.data(), pattern.data() + std::size_t{i} * o.block_size, o.block_size) != 0) {
+      std::size_t at = 0;
+      while (got[at] == pattern[std::size_t{i} * o.block_size + at])
+        ++at;
+      return "block " + std::to_string(i) + " (destination slot " + std::to_string(w.slots[i]) + "), byte " +
+             std::to_string(at) + " differs";
+    }
+  }
+  return std::nullopt;
+}
+
 inline int run(const params& o) {
   auto devices = ferry::cuda::list_devices();
   if (!devices) {
@@ -213,28 +267,20 @@ inline int run(const params& o) {
     w.slots.resize(o.batch_size);
   }
 
-  if (o.verify) {
-    auto& w = workers[0];
-    std::vector<std::byte> pat(batch_bytes);
-    for (std::size_t i = 0; i < pat.size(); ++i)
-      pat[i] = static_cast<std::byte>((i * 131 + (i >> 16)) & 0xff);
-    ::cudaMemcpy(w.src->data(), pat.data(), batch_bytes, ::cudaMemcpyDefault);
-    auto b = make_batch(o, w);
-    auto res = ctx.run_until(engine.transfer(std::move(b)));
-    if (!res.ok()) {
-      std::fprintf(stderr, "ferry-bench: verify batch failed: %s\n", res.first_error().message().c_str());
-      return 1;
-    }
-    std::vector<std::byte> got(o.block_size);
-    for (unsigned i = 0; i < o.batch_size; ++i) {
-      // either way block i of the source lands in slot i of the destination
-      ::cudaMemcpy(got.data(), w.dst->data() + w.slots[i] * o.block_size, o.block_size, ::cudaMemcpyDefault);
-      if (std::memcmp(got.data(), pat.data() + i * o.block_size, o.block_size) != 0) {
-        std::fprintf(stderr, "ferry-bench: verify failed at block %u\n", i);
-        return 3;
+  // why: every worker's blocks are checked before the measured run and again after it, so a copy that goes
+  // wrong only once the loops have run a while fails too; the run itself is not slowed by checking
+  auto verify_all = [&](std::uint64_t round) -> int {
+    for (unsigned t = 0; t < o.threads; ++t)
+      if (auto bad = verify_worker(ctx, engine, o, workers[t], t, round, timeout_of(o))) {
+        std::fprintf(stderr, "ferry-bench: verify failed (worker %u, %s): %s\n", t,
+                     round == 0 ? "before the run" : "after the run", bad->c_str());
+        return bad->rfind("the batch failed", 0) == 0 ? 1 : 3;
       }
-    }
-  }
+    return 0;
+  };
+  if (o.verify)
+    if (int code = verify_all(0); code != 0)
+      return code;
 
   // warm up, then measure
   std::uint64_t bytes = 0, batches = 0;
@@ -244,7 +290,7 @@ inline int run(const params& o) {
     do {
       auto b = make_batch(o, w);
       auto t0 = clock_type::now();
-      auto res = co_await engine.transfer(std::move(b));
+      auto res = co_await engine.transfer(std::move(b), timeout_of(o));
       auto t1 = clock_type::now();
       if (!res.ok()) {
         failure = res.first_error().message();
@@ -275,6 +321,9 @@ inline int run(const params& o) {
     std::fprintf(stderr, "ferry-bench: a batch failed: %s\n", failure.c_str());
     return 1;
   }
+  if (o.verify)
+    if (int code = verify_all(1); code != 0)
+      return code;
   double raw = raw_copy_gbps(o, workers[0], std::min(o.duration, 2.0));
   std::sort(latencies.begin(), latencies.end());
   double gbps = static_cast<double>(bytes) / seconds / 1e9;

@@ -152,15 +152,29 @@ void poison(std::byte* dst, std::uint64_t offset, std::size_t length, std::uint6
 
 // ---- target ----
 
+// Set by SIGINT or SIGTERM: a target stops serving; an initiator stops measuring, restores what it wrote and
+// reports what it measured.
 volatile std::sig_atomic_t stop_requested = 0;
 extern "C" void on_stop_signal(int) {
   stop_requested = 1;
 }
+// A second SIGINT or SIGTERM ends the process the default way (SA_RESETHAND).
+void stop_on_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = &on_stop_signal;
+  sa.sa_flags = SA_RESETHAND;
+  ::sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+}
+// Stops a target that runs in this process (--mode both) once its initiator is done.
+std::atomic<bool> local_target_stop{false};
 
-task<> serve(io::io_context& ctx, double duration) {
+task<> serve(io::io_context& ctx, double duration, bool in_process) {
   auto until = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
                                        std::chrono::duration<double>(duration < 0 ? 0 : duration));
-  while (!stop_requested && (duration < 0 || clock_type::now() < until)) {
+  auto stopped = [in_process] { return in_process ? local_target_stop.load() : stop_requested != 0; };
+  while (!stopped() && (duration < 0 || clock_type::now() < until)) {
     (void)co_await ctx.sleep_for(std::chrono::milliseconds(50));
   }
 }
@@ -235,12 +249,11 @@ int run_target(const options& o) {
                "ferry-bench: serving %zu bytes of shared memory %s (io backend %s); stop with Ctrl-C\n",
                buffer->size(), buffer->name().c_str(), io::to_string(ctx.backend()));
 
-  struct sigaction sa {};
-  sa.sa_handler = &on_stop_signal;
-  ::sigemptyset(&sa.sa_mask);
-  ::sigaction(SIGINT, &sa, nullptr);
-  ::sigaction(SIGTERM, &sa, nullptr);
-  ctx.run_until(serve(ctx, o.duration));
+  // why: in --mode both the initiator owns the signals; it stops this target once it has restored its writes
+  const bool in_process = o.mode == "both";
+  if (!in_process)
+    stop_on_signals();
+  ctx.run_until(serve(ctx, o.duration, in_process));
   ctx.run_until(engine.shutdown());
   std::fprintf(stderr, "ferry-bench: target stopped\n");
   return 0;
@@ -375,7 +388,7 @@ task<bool> one_batch(Engine& engine, run_state& s, worker& w, bool measured) {
 
 template<class Engine>
 task<> batch_loop(Engine& engine, run_state& s, worker& w) {
-  while (!s.stopping && clock_type::now() < s.end_at) {
+  while (!s.stopping && !stop_requested && clock_type::now() < s.end_at) {
     bool ok = co_await one_batch(engine, s, w, true);
     if (!ok)
       break;
@@ -444,14 +457,18 @@ task<ferry::result<void>> restore(Engine& engine, run_state& s, std::vector<work
   co_return ferry::result<void>{};
 }
 
-// After a write run (unless --no-restore): restore(), or a warning saying why it could not.
+// After a write run (unless --no-restore): restore(); false after saying why it could not.
 template<class Engine>
-task<> restore_after_writes(Engine& engine, run_state& s, std::vector<worker>& workers) {
+task<bool> restore_after_writes(Engine& engine, run_state& s, std::vector<worker>& workers) {
   if (!s.write || !s.o.restore)
-    co_return;
-  if (auto restored = co_await restore(engine, s, workers); !restored)
-    std::fprintf(stderr, "ferry-bench: warning: could not restore the target's fill pattern: %s\n",
+    co_return true;
+  auto restored = co_await restore(engine, s, workers);
+  if (!restored)
+    std::fprintf(stderr,
+                 "ferry-bench: could not restore the target's fill pattern (a read --verify against this "
+                 "target will fail): %s\n",
                  restored.error().message().c_str());
+  co_return restored.has_value();
 }
 
 // The largest region of the target that permits the operation.
@@ -524,16 +541,27 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
     }
   std::uint64_t area_size = region->length / o.threads;
   std::uint64_t blocks_in_area = area_size / o.block_size;
-  if (o.remote_blocks)
-    blocks_in_area = std::min(blocks_in_area, o.remote_blocks);
   if (blocks_in_area == 0) {
     std::fprintf(
         stderr,
         "ferry-bench: the target's region (%llu bytes) cannot hold one block of %llu bytes per thread; "
         "start the target with a larger --buffer-size\n",
         static_cast<unsigned long long>(region->length), static_cast<unsigned long long>(o.block_size));
-    co_return 1;
+    co_return 2;
   }
+  if (o.remote_blocks > blocks_in_area) {
+    // why: cutting the number down would make requests share target blocks that were asked to be distinct
+    std::fprintf(
+        stderr,
+        "ferry-bench: --remote-blocks %llu: the target's region (%llu bytes) holds %llu blocks of "
+        "%llu bytes per thread; start the target with --buffer-size %llu or more\n",
+        static_cast<unsigned long long>(o.remote_blocks), static_cast<unsigned long long>(region->length),
+        static_cast<unsigned long long>(blocks_in_area), static_cast<unsigned long long>(o.block_size),
+        static_cast<unsigned long long>(o.block_size * o.remote_blocks * o.threads));
+    co_return 2;
+  }
+  if (o.remote_blocks)
+    blocks_in_area = o.remote_blocks;
   if (!o.remote_blocks && blocks_in_area < o.batch_size) {
     // why: the requests of one batch would then share target blocks, and the throughput would count bytes
     // that moved through the same memory twice; --remote-blocks asks for that on purpose
@@ -580,7 +608,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
     co_await ferry::when_all(std::move(warm));
   }
   if (s.exit_code != 0) {
-    co_await restore_after_writes(engine, s, workers); // why: the failed batch may have written part of it
+    (void)co_await restore_after_writes(engine, s, workers); // why: the failed batch may have written part
     std::fprintf(stderr, "ferry-bench: %s\n", s.failure.c_str());
     co_return s.exit_code;
   }
@@ -594,15 +622,20 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
 
   // why: after a failed batch too (its blocks may hold part of what it wrote); a target that died fails the
   // first restoring batch at once, or within --timeout
-  co_await restore_after_writes(engine, s, workers);
+  if (stop_requested)
+    std::fprintf(stderr, "ferry-bench: interrupted; what was measured in %.2f s follows\n", seconds);
+  const bool restored = co_await restore_after_writes(engine, s, workers);
   if (s.exit_code != 0) {
     std::fprintf(stderr, "ferry-bench: %s\n", s.failure.c_str());
     co_return s.exit_code;
   }
 
   if (s.batches == 0) {
-    std::fprintf(stderr, "ferry-bench: no batch completed within --duration %.3f s; nothing was measured\n",
-                 duration);
+    if (stop_requested)
+      std::fprintf(stderr, "ferry-bench: interrupted before a measured batch completed\n");
+    else
+      std::fprintf(stderr, "ferry-bench: no batch completed within --duration %.3f s; nothing was measured\n",
+                   duration);
     co_return 1;
   }
   // why: the engine takes a transport that reaches the target; with --protocol shm that must have been shared
@@ -671,7 +704,7 @@ task<int> initiate(io::io_context& ctx, Engine& engine, const options& o, bool s
                 o.operation.c_str(), static_cast<unsigned long long>(o.block_size), o.batch_size, o.threads,
                 gbps, per_second, p50, p99, static_cast<unsigned long long>(s.bytes), seconds);
   }
-  co_return 0;
+  co_return restored ? 0 : 1; // why: the figures stand, but the target was left other than it was found
 }
 
 template<class Engine>
@@ -749,7 +782,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--slice-size", o.slice_size, "initiator: requests are cut into slices of this size")
       ->transform(CLI::AsSizeValue(false))
-      ->check(CLI::Range(std::uint64_t{4096}, std::uint64_t{1} << 31))
+      ->check(CLI::Range(std::uint64_t{4096}, std::uint64_t{ferry::tcp::frame_header::max_data_payload}))
       ->capture_default_str();
   app.add_option("--timeout", o.timeout,
                  "initiator: seconds a batch (or the handshake) may take before it fails")
@@ -820,6 +853,11 @@ int main(int argc, char** argv) {
   }
   if (!o.metadata.empty() && o.mode != "initiator")
     o.name = o.segment;
+  if (o.mode == "target" && o.duration == 0) {
+    std::fprintf(stderr, "ferry-bench: --duration 0 would stop the target at once; leave it out to serve "
+                         "until SIGINT/SIGTERM\n");
+    return 2;
+  }
   if (o.mode == "target")
     return run_target(o);
   if (o.block_size == 0) {
@@ -847,6 +885,13 @@ int main(int argc, char** argv) {
                                  o.duration < 0 ? 10 : o.duration,
                                  o.json};
     fo.fixed_buffers = !no_fixed_buffers;
+    fo.timeout = o.timeout;
+    if (o.verify) {
+      // why: a file's content is whatever it holds; accepting the flag and checking nothing would read as
+      // verified
+      std::fprintf(stderr, "ferry-bench: --verify checks tcp, shm and cuda transfers, not --protocol file\n");
+      return 2;
+    }
     try {
       return ferry_bench::run_file_bench(fo);
     } catch (const std::exception& e) {
@@ -870,6 +915,7 @@ int main(int argc, char** argv) {
     p.kernel.threads = o.cuda_kernel_threads;
     p.kernel.blocks_per_sm = o.cuda_blocks_per_sm;
     p.kernel.piece_bytes = static_cast<std::uint32_t>(o.cuda_piece_size);
+    p.timeout = o.timeout;
     return ferry_bench_cuda::run(p);
 #else
     std::fprintf(stderr, "ferry-bench: built without the CUDA toolkit; --protocol cuda is not available\n");
@@ -900,7 +946,7 @@ int main(int argc, char** argv) {
     std::thread& t;
     ~stop_local_target() {
       if (t.joinable()) {
-        stop_requested = 1;
+        local_target_stop = true;
         t.join();
       }
     }
@@ -920,6 +966,7 @@ int main(int argc, char** argv) {
                  "ferry-bench: --verify needs one local block per request (leave --local-blocks out)\n");
     return 2;
   }
+  stop_on_signals();
   try {
     if (o.protocol == "shm")
       return run_initiator<ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport>>(o, true);

@@ -38,6 +38,7 @@ struct file_options {
   double duration = 10;
   bool json = false;
   bool fixed_buffers = true; ///< register the local buffers with io_uring
+  double timeout = 10;       ///< seconds one transfer() may take before the run fails
 };
 
 namespace detail {
@@ -82,7 +83,10 @@ inline ferry::task<> lane(file_run& run, std::byte* local, unsigned seed, std::u
         b.read(mem, ferry::file_engine::self, at, run.o.block_size);
     }
     auto t0 = clock_type::now();
-    auto r = co_await run.engine.transfer(std::move(b));
+    auto r = co_await run.engine.transfer(
+        std::move(b),
+        ferry::transfer_options().with_timeout(std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::duration<double>(run.o.timeout))));
     auto t1 = clock_type::now();
     if (!r.ok()) {
       run.failure = "a " + run.o.operation + " of " + run.o.path + " failed: " + r.first_error().message();

@@ -24,3 +24,8 @@ done
 if "$bench" --mode local --protocol file --file "$dir/absent.dat" --operation read --duration 0.3 >/dev/null 2>&1; then
   echo "a missing file must fail"; exit 1
 fi
+# --verify has nothing to compare a file's content with: refused, not accepted and ignored
+rc=0; err=$("$bench" --mode local --protocol file --file "$dir/f.dat" --operation read --duration 0.3 --verify 2>&1 \
+  >/dev/null) || rc=$?
+[[ $rc == 2 ]] && grep -q "not --protocol file" <<<"$err" || { echo "file --verify: exit $rc ($err)"; exit 1; }
+echo "file --verify: refused, as expected"

@@ -79,6 +79,32 @@ expect_exit 2 "duration must be more than 0" "$bench" --mode initiator --target 
 # 64 MiB hold 64 blocks of 1 MiB: a batch of 128 would share target blocks
 expect_exit 2 "fewer than a batch of 128" \
   "$bench" --mode initiator --target "$target" --block-size 1M --batch-size 128 --duration 0.3
+# ... and asking for 128 distinct target blocks where 64 fit is refused, not cut down to 64 shared ones
+expect_exit 2 "remote-blocks 128: the target's region" \
+  "$bench" --mode initiator --target "$target" --block-size 1M --batch-size 128 --remote-blocks 128 --verify \
+  --duration 0.3
+expect_exit 2 "cannot hold one block" "$bench" --mode initiator --target "$target" --block-size 128M --batch-size 1 \
+  --duration 0.3
+expect_exit 2 "would stop the target at once" "$bench" --mode target --listen 127.0.0.2:0 --duration 0
+# slices larger than a frame carries are refused, not quietly cut down and reported as asked
+expect_exit 2 "not in range" "$bench" --mode initiator --target "$target" --slice-size 256M --duration 0.3
+
+# Ctrl-C during a write run: the initiator stops, writes the target's fill pattern back, reports what it
+# measured and exits 0; a read --verify against the target then passes.
+"$bench" --mode initiator --target "$target" --protocol tcp --operation write --block-size 64K --batch-size 16 \
+  --duration 30 --json >"$out.interrupted" 2>"$out.interrupted.err" &
+writer=$!
+sleep 1
+kill -INT "$writer"
+rc=0; wait "$writer" || rc=$?
+[[ $rc == 0 ]] || { echo "an interrupted write run exited $rc: $(cat "$out.interrupted.err")"; exit 1; }
+grep -q "interrupted" "$out.interrupted.err" || { echo "no word of the interruption: $(cat "$out.interrupted.err")"; exit 1; }
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["bytes"] > 0 and j["seconds"] < 20, j' \
+  "$out.interrupted"
+"$bench" --mode initiator --target "$target" --protocol tcp --operation read --block-size 64K --batch-size 16 \
+  --duration 0.3 --verify --json >/dev/null
+rm -f "$out.interrupted" "$out.interrupted.err"
+echo "interrupted write run: measured, restored, and a read --verify afterwards passes"
 
 # The table, piped: no progress line (no carriage return, no erase sequence), the columns and one row.
 table=$("$bench" --mode initiator --target "$target" --protocol tcp --operation read --block-size 64K \

@@ -7,10 +7,12 @@
 // every byte has landed. The notification is a JSON list of the blocks. Decode then checks every byte of its
 // buffer: each block holds what the seed says, and nothing outside the blocks was touched.
 //
-//   ferry-kv-handoff [--blocks N] [--transport tcp|shm] [--seed S]
+//   ferry-kv-handoff [--blocks N] [--transport tcp|shm] [--seed S] [--wait SECONDS] [--stall-prefill]
 //
 // --transport shm (the default) uses ferry::default_engine, which takes shared memory to a same-host peer;
-// --transport tcp makes prefill use TCP only. Exit status 0 means every byte was verified.
+// --transport tcp makes prefill use TCP only. Decode waits --wait seconds (default 60) for the notification;
+// a prefill that has not ended some seconds after that is killed. --stall-prefill stops prefill (SIGSTOP)
+// before it writes anything, to show that deadline. Exit status 0 means every byte was verified.
 #include <ferry/core.hpp>
 #include <ferry/io.hpp>
 #include <ferry/transfer.hpp>
@@ -19,6 +21,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -50,11 +53,15 @@ struct options {
   std::uint64_t seed = 42;
   std::string role = "decode";
   std::string decode; // prefill: where the decode segment is served
+  double wait = 60;   // decode: seconds to wait for prefill's notification
+  bool stall = false; // prefill stops itself before writing (decode's deadline, shown)
 };
 
 // The content of KV block `block`: 8-byte words of a hash of (seed, block, word).
 std::uint64_t kv_word(std::uint64_t seed, std::uint64_t block, std::uint64_t word) {
-  std::uint64_t x = seed ^ (block << 40) ^ word;
+  // why: the added constant (splitmix64's) keeps the word whose key is 0 from being 0, which a buffer that
+  // starts zeroed would hold without a write
+  std::uint64_t x = (seed ^ (block << 40) ^ word) + 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
@@ -86,7 +93,13 @@ std::int64_t monotonic_ns() {
 
 template<class Engine>
 task<int> prefill(Engine& engine, const options& o) {
-  auto decode = co_await engine.open_segment(o.decode);
+  if (o.stall)
+    ::raise(SIGSTOP);
+  ferry::result<ferry::segment_id> decode;
+  {
+    io::deadline limit(engine.context(), 30s);
+    decode = co_await engine.open_segment(o.decode, limit.token());
+  }
   if (!decode) {
     std::fprintf(stderr, "prefill: cannot open the decode segment at %s: %s\n", o.decode.c_str(),
                  decode.error().message().c_str());
@@ -184,9 +197,11 @@ task<> watch_child(io::io_context& ctx, pid_t child, int& status, bool& exited, 
 }
 
 task<ferry::result<ferry::notification>> receive(io::io_context& ctx, ferry::default_engine& engine,
-                                                 std::stop_source& cancel, bool& notified,
+                                                 double wait, std::stop_source& cancel, bool& notified,
                                                  std::chrono::steady_clock::time_point& arrived) {
-  io::deadline limit(ctx, 60s, cancel.get_token());
+  io::deadline limit(
+      ctx, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(wait)),
+      cancel.get_token());
   auto n = co_await engine.next_notification(limit.token());
   arrived = std::chrono::steady_clock::now();
   notified = true;
@@ -236,6 +251,20 @@ bool verify(const std::byte* kv, std::uint64_t size, std::uint64_t base, const n
   return true;
 }
 
+// Waits up to `grace` for the child to end; after that kills it (a stopped or stuck prefill never holds
+// decode up). Whether it ended by itself.
+bool reap(pid_t child, int& status, std::chrono::milliseconds grace) {
+  auto until = std::chrono::steady_clock::now() + grace;
+  while (std::chrono::steady_clock::now() < until) {
+    if (::waitpid(child, &status, WNOHANG) == child)
+      return true;
+    ::usleep(20'000);
+  }
+  ::kill(child, SIGKILL);
+  ::waitpid(child, &status, 0);
+  return false;
+}
+
 int run_decode(const options& o, const char* self) {
   auto kv = ferry::shared_buffer::create(o.blocks * slot); // zero-filled
   if (!kv) {
@@ -261,8 +290,11 @@ int run_decode(const options& o, const char* self) {
 
   std::string blocks = std::to_string(o.blocks), seed = std::to_string(o.seed);
   std::vector<const char*> args{
-      self,           "--role", "prefill",    "--decode",    address.c_str(),     "--blocks",
-      blocks.c_str(), "--seed", seed.c_str(), "--transport", o.transport.c_str(), nullptr};
+      self,           "--role", "prefill",    "--decode",    address.c_str(),    "--blocks",
+      blocks.c_str(), "--seed", seed.c_str(), "--transport", o.transport.c_str()};
+  if (o.stall)
+    args.push_back("--stall-prefill");
+  args.push_back(nullptr);
   pid_t child = 0;
   if (int e = ::posix_spawn(&child, self, nullptr, nullptr, const_cast<char**>(args.data()), environ);
       e != 0) {
@@ -275,11 +307,12 @@ int run_decode(const options& o, const char* self) {
   std::stop_source cancel;
   std::chrono::steady_clock::time_point arrived;
   auto [n, watched] =
-      ctx.run_until(ferry::when_all(receive(ctx, engine, cancel, notified, arrived),
+      ctx.run_until(ferry::when_all(receive(ctx, engine, o.wait, cancel, notified, arrived),
                                     watch_child(ctx, child, status, exited, notified, cancel)));
   (void)watched;
-  if (!exited)
-    ::waitpid(child, &status, 0);
+  if (!exited && !reap(child, status, 10s))
+    std::fprintf(stderr, "decode: prefill had not ended 10 s after %s; killed it\n",
+                 n ? "it notified" : "the wait for it ended");
   bool prefill_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
   if (!n) {
     std::fprintf(stderr, "decode: no notification from prefill (%s)%s\n", n.error().message().c_str(),
@@ -327,14 +360,21 @@ int run_decode(const options& o, const char* self) {
 options parse(int argc, char** argv) {
   options o;
   auto usage = [] {
-    std::fprintf(stderr, "usage: ferry-kv-handoff [--blocks N] [--transport tcp|shm] [--seed S]\n");
+    std::fprintf(stderr,
+                 "usage: ferry-kv-handoff [--blocks N] [--transport tcp|shm] [--seed S] [--wait SECONDS] "
+                 "[--stall-prefill]\n");
     std::exit(2);
   };
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
-      std::printf("usage: ferry-kv-handoff [--blocks N] [--transport tcp|shm] [--seed S]\n");
+      std::printf("usage: ferry-kv-handoff [--blocks N] [--transport tcp|shm] [--seed S] [--wait SECONDS] "
+                  "[--stall-prefill]\n");
       std::exit(0);
+    }
+    if (a == "--stall-prefill") {
+      o.stall = true;
+      continue;
     }
     if (i + 1 >= argc)
       usage();
@@ -349,10 +389,12 @@ options parse(int argc, char** argv) {
       o.role = v;
     else if (a == "--decode")
       o.decode = v;
+    else if (a == "--wait")
+      o.wait = std::strtod(v.c_str(), nullptr);
     else
       usage();
   }
-  if (o.blocks == 0 || o.blocks > 4096 || (o.transport != "tcp" && o.transport != "shm") ||
+  if (o.blocks == 0 || o.blocks > 4096 || !(o.wait > 0) || (o.transport != "tcp" && o.transport != "shm") ||
       (o.role != "decode" && o.role != "prefill") || (o.role == "prefill" && o.decode.empty()))
     usage();
   return o;
