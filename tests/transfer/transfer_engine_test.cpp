@@ -874,9 +874,10 @@ TEST_SUITE("transfer_engine") {
       w.write(p.local.data(), *seg, 0, p.local.size());
       auto r = co_await p.initiator.transfer(w);
       REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+      REQUIRE(co_await p.initiator.probe(*seg)); // and the control connection, which a probe opens
     }());
     auto fds = ferry_test::sockets_towards(*p.target.endpoint());
-    CHECK(fds.size() >= 2); // both ends of every data connection (the handshake's is closed by now)
+    CHECK(fds.size() >= 4); // both ends of every data connection and of the control connection
     for (int fd : fds) {
       int on = 0, idle = 0, interval = 0, probes = 0;
       ::socklen_t n = sizeof(int);
@@ -1749,6 +1750,48 @@ TEST_SUITE("transfer_engine") {
     auto dead = ctx.run_until(initiator.probe(*seg));
     CHECK_FALSE(dead);
     CHECK(clock_type::now() - t0 < 3s);
+  }
+
+  TEST_CASE("a probe of a host whose connection requests go unanswered fails within the connect timeout") {
+    // a listener whose accept queue is full drops further SYNs, as a host that is down does
+    int listening = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(listening >= 0);
+    ::sockaddr_in at{};
+    at.sin_family = AF_INET;
+    at.sin_addr.s_addr = htonl(0x7f000002); // 127.0.0.2
+    REQUIRE(::bind(listening, reinterpret_cast<::sockaddr*>(&at), sizeof at) == 0);
+    REQUIRE(::listen(listening, 0) == 0);
+    ::socklen_t len = sizeof at;
+    REQUIRE(::getsockname(listening, reinterpret_cast<::sockaddr*>(&at), &len) == 0);
+    std::vector<int> queued;
+    for (int i = 0; i < 3; ++i) {
+      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      REQUIRE(fd >= 0);
+      (void)::connect(fd, reinterpret_cast<::sockaddr*>(&at), sizeof at);
+      queued.push_back(fd);
+    }
+    std::this_thread::sleep_for(100ms);
+    ferry::segment_descriptor d;
+    d.name = "unanswered";
+    d.incarnation = 1;
+    d.host = "elsewhere";
+    d.endpoints = {{"tcp", "127.0.0.2:" + std::to_string(ntohs(at.sin_port))}};
+    d.regions = {{0, 4096, access::read_write, "", 0, {}}};
+    ferry::memory_metadata_store store;
+    REQUIRE(ferry::sync_wait(store.put("ferry/segments/unanswered", d.to_json())));
+    ferry::io::io_context ctx;
+    tcp_engine initiator(ctx, {.name = "i", .tcp = {.connect_timeout = 300ms, .reply_timeout = 5s}});
+    initiator.use_metadata(store);
+    auto seg = ctx.run_until(initiator.open_segment("unanswered"));
+    REQUIRE(seg);
+    auto t0 = clock_type::now();
+    auto probed = ctx.run_until(initiator.probe(*seg));
+    auto took = clock_type::now() - t0;
+    CHECK_FALSE(probed);
+    CHECK(took < 2s);
+    for (int fd : queued)
+      ::close(fd);
+    ::close(listening);
   }
 
   TEST_CASE("submit and wait serve code without coroutines") {

@@ -13,10 +13,13 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -59,9 +62,69 @@ struct stalled_target {
   }
 };
 
+/// A file region in memory whose reads and writes each take `delay` on the loop they run on: a slow disk.
+class slow_file final : public ferry::file_backing {
+public:
+  slow_file(ferry::io::io_context& ctx, std::size_t bytes, std::chrono::milliseconds delay)
+      : ctx_(ctx), bytes_(bytes), delay_(delay) {}
+  std::uint64_t length() const noexcept override { return bytes_.size(); }
+  ferry::task<ferry::result<void>> read(std::uint64_t offset, std::span<std::byte> into) override {
+    co_await ctx_.sleep_for(delay_);
+    std::memcpy(into.data(), bytes_.data() + offset, into.size());
+    co_return ferry::result<void>{};
+  }
+  ferry::task<ferry::result<void>> write(std::uint64_t offset, std::span<const std::byte> from) override {
+    co_await ctx_.sleep_for(delay_);
+    std::memcpy(bytes_.data() + offset, from.data(), from.size());
+    co_return ferry::result<void>{};
+  }
+  const std::vector<std::byte>& bytes() const { return bytes_; }
+
+private:
+  ferry::io::io_context& ctx_;
+  std::vector<std::byte> bytes_;
+  std::chrono::milliseconds delay_;
+};
+
 } // namespace
 
 TEST_SUITE("tcp_server") {
+  TEST_CASE("a file region slower than the stall timeout is answered: the server's own work is no stall of "
+            "the peer") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      stalled_target t(io_threads);
+      auto file = std::make_shared<slow_file>(t.ctx, 8192, 700ms); // more than twice the 300 ms stall timeout
+      auto at = t.engine.registry().add_file(file, access::read_write);
+      REQUIRE(at);
+      t.ctx.run_until([&]() -> ferry::task<> {
+        auto raw = co_await t.peer();
+        std::vector<std::byte> payload(4096, std::byte{0x5a});
+        REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::write, 1, *at, payload.size())));
+        REQUIRE(co_await raw.send_all(payload));
+        ferry_test::raw_header back;
+        ferry::io::deadline within(t.ctx, 5s);
+        REQUIRE(co_await raw.recv_all(back, within.token()));
+        auto h = ferry::tcp::decode_header(back);
+        REQUIRE(h);
+        CHECK(h->type == ferry::tcp::frame_type::write_reply);
+        CHECK(h->status == 0);
+        CHECK(std::equal(payload.begin(), payload.end(), file->bytes().begin()));
+        // and a read of it, whose reply waits for the slow read of the file
+        REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::read, 2, *at, payload.size())));
+        REQUIRE(co_await raw.recv_all(back, within.token()));
+        h = ferry::tcp::decode_header(back);
+        REQUIRE(h);
+        CHECK(h->type == ferry::tcp::frame_type::read_reply);
+        CHECK(h->status == 0);
+        REQUIRE(h->length == payload.size());
+        std::vector<std::byte> got(payload.size());
+        REQUIRE(co_await raw.recv_all(got, within.token()));
+        CHECK(got == payload);
+      }());
+    }
+  }
+
   TEST_CASE("a hook that throws ends only its connection, on the connection's own loop, and says why at the "
             "end") {
     for (unsigned io_threads : {0u, 2u}) {

@@ -416,6 +416,7 @@ private:
           me.tag = h->offset;
         }
         std::string d = co_await on_own_loop(home, [this] { return hooks_.descriptor(); });
+        step = bounded(within, sock, home); // why: the server's own work is no stall of the peer
         if (d.size() > tcp::frame_header::max_descriptor_payload) { // why: no peer would take it; say why
           reply.status = static_cast<std::int32_t>(errc::out_of_space);
           d.clear();
@@ -454,6 +455,7 @@ private:
             co_return;
           bool taken = co_await on_own_loop(
               home, [this, &message] { return !hooks_.notified || hooks_.notified(std::move(message)); });
+          step = bounded(within, sock, home);
           if (!taken)
             reply.status = static_cast<std::int32_t>(errc::out_of_space);
         }
@@ -479,6 +481,9 @@ private:
               auto written = co_await on_own_loop(home, [&] { return lease->file()->write(at, piece); });
               if (!written)
                 failed = written.error();
+              // why: the time the file took is the server's, not a stall of the peer: the reply (or the next
+              // piece) gets a deadline of its own
+              step = bounded(within, sock, home);
             }
             done += piece.size();
           }
@@ -513,6 +518,7 @@ private:
           const std::uint64_t at = file_lease->file_offset() + done;
           auto piece = staging.hold(piece_at(at, h->length - done));
           auto got = co_await on_own_loop(home, [&] { return file_lease->file()->read(at, piece); });
+          step = bounded(within, sock, home); // why: the file's time is the server's, not a stall of the peer
           if (done == 0) {
             if (got)
               reply.length = h->length;

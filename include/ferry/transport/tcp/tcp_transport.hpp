@@ -309,7 +309,9 @@ public:
     for (int attempt = 0;; ++attempt) {
       if (!ch.sock.is_open() || ch.address != *address || ch.incarnation != incarnation) {
         ch.sock.close();
-        io::deadline connecting(tc_.io, tc_.options.tcp.reply_timeout, stop);
+        // why: connect_timeout, as the data connections: a host that is down (its SYNs unanswered) fails a
+        // probe or a notification then, not after the longer reply timeout
+        io::deadline connecting(tc_.io, tc_.options.tcp.connect_timeout, stop);
         auto sock = co_await io::tcp_socket::connect(tc_.io, *address, connecting.token());
         if (!sock)
           co_return fail(connecting.expired() ? error(errc::timed_out, "tcp connect") : sock.error());
@@ -317,6 +319,9 @@ public:
         // not reach the one that took its address (nor a ping answer for it)
         if (auto confirmed = co_await confirm_owner(*sock, incarnation, connecting); !confirmed)
           co_return fail(confirmed.error());
+        // why: as the data connections: a control connection that sits idle for long is kept known alive,
+        // and one whose peer vanished is found broken before a request waits on it
+        tcp::detail::keep_alive(*sock, tc_.options.tcp.keepalive_idle);
         ch.sock = std::move(*sock);
         ch.address = *address;
         ch.incarnation = incarnation;
