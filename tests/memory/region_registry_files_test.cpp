@@ -75,4 +75,38 @@ TEST_SUITE("region_registry") {
     CHECK(regs.add_file(file, access::none).error() == errc::invalid_argument);
     CHECK(regs.add_file(std::make_shared<fake_file>(0), access::read).error() == errc::invalid_argument);
   }
+
+  TEST_CASE("a region that would wrap the segment's offset space or the address space is refused, and none "
+            "gets another's offset") {
+    region_registry regs;
+    auto huge = regs.add_file(std::make_shared<fake_file>(~0ull - 8192), access::read);
+    REQUIRE(huge);
+    auto next = regs.add_file(std::make_shared<fake_file>(1 << 20), access::read_write);
+    REQUIRE_FALSE(next);
+    CHECK(next.error() == errc::out_of_space);
+    CHECK(regs.exposed().size() == 1);
+    auto all = regs.add_file(std::make_shared<fake_file>(~0ull), access::read);
+    REQUIRE_FALSE(all);
+    CHECK(all.error() == errc::out_of_space);
+    // memory whose end would lie past the address space, which would then "cover" every later registration
+    std::vector<std::byte> bytes(64);
+    region_registry mem;
+    auto wrapped = mem.add(bytes.data(), SIZE_MAX, access::read_write);
+    REQUIRE_FALSE(wrapped);
+    CHECK(wrapped.error() == errc::invalid_argument);
+    CHECK(mem.add(bytes.data(), bytes.size(), access::read_write).has_value());
+  }
+
+  TEST_CASE("a segment exposes at most as many regions as a descriptor carries") {
+    region_registry regs;
+    std::vector<std::byte> bytes(ferry::max_exposed_regions + 1);
+    for (std::size_t i = 0; i < ferry::max_exposed_regions; ++i)
+      REQUIRE(regs.add(bytes.data() + i, 1, access::read));
+    auto one_more = regs.add(bytes.data() + ferry::max_exposed_regions, 1, access::read);
+    REQUIRE_FALSE(one_more);
+    CHECK(one_more.error() == errc::out_of_space);
+    // memory that is not exposed is still registered (it is not in the descriptor)
+    CHECK(regs.add(bytes.data() + ferry::max_exposed_regions, 1, access::none).has_value());
+    CHECK(regs.exposed().size() == ferry::max_exposed_regions);
+  }
 }

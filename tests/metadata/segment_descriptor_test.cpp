@@ -73,4 +73,26 @@ TEST_SUITE("segment_descriptor") {
       CHECK(std::string(d.error().what()).rfind("segment descriptor", 0) == 0);
     }
   }
+
+  TEST_CASE("a name that peers would refuse is named as such, and writing one out never throws") {
+    using ferry::segment_descriptor;
+    CHECK(segment_descriptor::name_problem("decode-0") == nullptr);
+    CHECK(segment_descriptor::name_problem("décodeur-é") == nullptr);
+    CHECK(segment_descriptor::name_problem(std::string(255, 'a')) == nullptr);
+    for (std::string bad : {std::string(), std::string(256, 'a'), std::string("caf\xe9"), std::string("a\nb"),
+                            std::string("tab\there"), std::string("\xc0\xaf"),
+                            std::string("\xf5\x80\x80\x80"), std::string("cut\xc3")}) {
+      CAPTURE(bad);
+      CHECK(segment_descriptor::name_problem(bad) != nullptr);
+    }
+    segment_descriptor d;
+    d.name = "caf\xe9";
+    d.incarnation = 1;
+    d.host = "h";
+    std::string text;
+    CHECK_NOTHROW(text = d.to_json());
+    CHECK(text.find("caf\xef\xbf\xbd") != std::string::npos); // U+FFFD in place of the stray byte
+    d.name = "a\nb";
+    CHECK_FALSE(segment_descriptor::parse(d.to_json()));
+  }
 }

@@ -1752,6 +1752,74 @@ TEST_SUITE("transfer_engine") {
     CHECK(clock_type::now() - t0 < 3s);
   }
 
+  TEST_CASE("a target listening on every address is reached at the address it was opened by, or the one it "
+            "advertises") {
+    // opened by "host:port": the host it answered at, not 0.0.0.0 (which from another host is that host)
+    {
+      served_pair p(1 << 20, {.name = "initiator"}, {.name = "target", .listen = "0.0.0.0:0"});
+      CHECK(p.target.descriptor().endpoint_for("tcp")->address.rfind("0.0.0.0:", 0) == 0);
+      const std::string at = "127.0.0.2:" + std::to_string(p.target.endpoint()->port());
+      auto seg = p.ctx.run_until(p.initiator.open_segment(at));
+      REQUIRE(seg);
+      CHECK(p.initiator.find(*seg)->descriptor.endpoint_for("tcp")->address == at);
+      fill(p.local, 4);
+      transfer_batch w;
+      w.write(p.local.data(), *seg, 0, p.local.size());
+      auto r = p.ctx.run_until(p.initiator.transfer(w, ferry::transfer_options().with_timeout(5s)));
+      CHECK_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(p.remote == p.local);
+    }
+    // with engine_options::advertise, the descriptor names that address; one that is no address is refused
+    {
+      served_pair p(1 << 20, {.name = "initiator"},
+                    {.name = "target", .listen = "0.0.0.0:0", .advertise = "127.0.0.3"});
+      CHECK(p.target.descriptor().endpoint_for("tcp")->address ==
+            "127.0.0.3:" + std::to_string(p.target.endpoint()->port()));
+      ferry::default_engine named(p.ctx, {.name = "x", .listen = "0.0.0.0:0", .advertise = "decode-host"});
+      auto refused = named.start();
+      REQUIRE_FALSE(refused);
+      CHECK(refused.error() == errc::invalid_argument);
+    }
+    // found in a metadata store with a wildcard address and the boot id of another host: no address is known
+    // to reach it, and connecting to 0.0.0.0 would reach a process on this machine instead (here the very
+    // target, which would answer): the transfer fails, no transport reaching it
+    {
+      served_pair p(1 << 20, {.name = "initiator"}, {.name = "target", .listen = "0.0.0.0:0"});
+      auto d = p.target.descriptor();
+      d.host = "another-host";
+      ferry::memory_metadata_store store;
+      REQUIRE(ferry::sync_wait(store.put("ferry/segments/target", d.to_json())));
+      p.initiator.use_metadata(store);
+      auto seg = p.ctx.run_until(p.initiator.open_segment("target"));
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(p.local.data(), *seg, 0, p.local.size());
+      auto r = p.ctx.run_until(p.initiator.transfer(w, ferry::transfer_options().with_timeout(5s)));
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.first_error().message().find("no transport reaches the target") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("an engine whose name peers would refuse says so when it starts, publishes or notifies") {
+    ferry::io::io_context ctx;
+    for (std::string name : {std::string("caf\xe9"), std::string("two\nlines"), std::string()}) {
+      CAPTURE(name);
+      ferry::default_engine e(ctx, {.name = name, .listen = "127.0.0.2:0"});
+      auto started = e.start();
+      REQUIRE_FALSE(started);
+      CHECK(started.error() == errc::invalid_argument);
+      ferry::memory_metadata_store store;
+      e.use_metadata(store);
+      auto published = ctx.run_until(e.publish());
+      REQUIRE_FALSE(published);
+      CHECK(published.error() == errc::invalid_argument);
+      auto told = ctx.run_until(e.notify(e.self, "hello"));
+      REQUIRE_FALSE(told);
+      CHECK(told.error() == errc::invalid_argument);
+      ctx.run_until(e.shutdown());
+    }
+  }
+
   TEST_CASE("a probe of a host whose connection requests go unanswered fails within the connect timeout") {
     // a listener whose accept queue is full drops further SYNs, as a host that is down does
     int listening = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -59,7 +59,28 @@ public:
     return ep;
   }
 
+  /// The loopback address of `family` (127.0.0.1 or ::1), port 0.
+  static endpoint loopback(int family) noexcept {
+    endpoint ep;
+    if (family == AF_INET6) {
+      auto* a6 = reinterpret_cast<::sockaddr_in6*>(&ep.storage_);
+      a6->sin6_family = AF_INET6;
+      a6->sin6_addr = in6addr_loopback;
+    } else {
+      auto* a4 = reinterpret_cast<::sockaddr_in*>(&ep.storage_);
+      a4->sin_family = AF_INET;
+      a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    }
+    return ep;
+  }
+
   int family() const noexcept { return storage_.ss_family; }
+  /// Whether the address is the unspecified one (0.0.0.0 or ::): every address, when listening; no host.
+  bool is_unspecified() const noexcept {
+    if (family() == AF_INET6)
+      return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const ::sockaddr_in6*>(&storage_)->sin6_addr);
+    return reinterpret_cast<const ::sockaddr_in*>(&storage_)->sin_addr.s_addr == htonl(INADDR_ANY);
+  }
   std::uint16_t port() const noexcept {
     return family() == AF_INET6 ? ntohs(reinterpret_cast<const ::sockaddr_in6*>(&storage_)->sin6_port)
                                 : ntohs(reinterpret_cast<const ::sockaddr_in*>(&storage_)->sin_port);

@@ -9,10 +9,14 @@
 #include "ferry/memory/access.hpp"
 #include "ferry/memory/memory_kind.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
 namespace ferry {
+
+/// The most regions one segment exposes (what a descriptor carries; the registry refuses more).
+inline constexpr std::size_t max_exposed_regions = std::size_t{1} << 16;
 
 struct region_descriptor {
   std::uint64_t offset = 0; ///< start in the segment's offset space

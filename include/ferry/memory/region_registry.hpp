@@ -137,6 +137,8 @@ public:
       return fail(errc::invalid_argument, "register: empty region");
     auto* b = static_cast<std::byte*>(base);
     auto key = reinterpret_cast<std::uintptr_t>(b);
+    if (length > UINTPTR_MAX - key)
+      return fail(errc::invalid_argument, "register: the region runs past the end of the address space");
     std::lock_guard lock(mutex_);
     if (entry* covering = find_local(b, length)) {
       if (covering->exposed.permissions != permissions)
@@ -152,6 +154,13 @@ public:
       if (prev->first + prev->second.length > key)
         return fail(errc::already_exists, "register: overlaps a registered region");
     }
+    std::uint64_t after = 0;
+    if (permissions != access::none) {
+      auto room = room_for(length);
+      if (!room)
+        return fail(room.error());
+      after = *room;
+    }
     entry e;
     e.base = b;
     e.length = length;
@@ -166,8 +175,7 @@ public:
     auto& stored = by_address_.emplace(key, std::move(e)).first->second;
     if (permissions != access::none) {
       by_offset_.emplace(next_offset_, &stored);
-      // why: keep regions page-aligned in offset space so offsets read well and never straddle neighbours
-      next_offset_ += (length + 4095) / 4096 * 4096;
+      next_offset_ = after;
       ++generation_;
     }
     return stored.exposed.offset;
@@ -182,13 +190,16 @@ public:
       return fail(errc::invalid_argument,
                   "register file: a file region must be exposed (read, write or both)");
     std::lock_guard lock(mutex_);
+    auto room = room_for(file->length());
+    if (!room)
+      return fail(room.error());
     entry e;
     e.length = file->length();
     e.file = std::move(file);
     e.exposed = {next_offset_, e.length, permissions, {}, 0, {}};
     auto& stored = files_.emplace(next_offset_, std::move(e)).first->second;
     by_offset_.emplace(next_offset_, &stored);
-    next_offset_ += (stored.length + 4095) / 4096 * 4096;
+    next_offset_ = *room;
     ++generation_;
     return stored.exposed.offset;
   }
@@ -392,6 +403,20 @@ private:
     if (into >= e.length || length > e.length - into)
       return nullptr;
     return &e;
+  }
+
+  // Requires mutex_. The next segment offset once a region of `length` bytes is exposed at next_offset_;
+  // refused when the segment exposes as many regions as a descriptor carries, or the offset space (2^64
+  // bytes) would wrap, which would give the region another one's offset.
+  result<std::uint64_t> room_for(std::uint64_t length) const {
+    if (by_offset_.size() >= max_exposed_regions)
+      return fail(errc::out_of_space,
+                  "register: a segment exposes at most " + std::to_string(max_exposed_regions) + " regions");
+    // why: regions stay page-aligned in offset space so offsets read well and never straddle neighbours
+    constexpr std::uint64_t page = 4096;
+    if (length > UINT64_MAX - (page - 1) || (length + page - 1) / page * page > UINT64_MAX - next_offset_)
+      return fail(errc::out_of_space, "register: the segment's offset space (2^64 bytes) is used up");
+    return next_offset_ + (length + page - 1) / page * page;
   }
 
   mutable std::mutex mutex_;

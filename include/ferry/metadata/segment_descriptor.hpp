@@ -33,7 +33,7 @@ struct transport_endpoint {
 
 struct segment_descriptor {
   static constexpr std::size_t max_name_length = 255;
-  static constexpr std::size_t max_regions = 1u << 16;
+  static constexpr std::size_t max_regions = max_exposed_regions;
   static constexpr std::size_t max_endpoints = 64;
 
   std::string name;
@@ -59,6 +59,32 @@ struct segment_descriptor {
     return detail::region_holding(regions, offset, length);
   }
 
+  /// Why `name` cannot name a segment (empty, longer than max_name_length, not UTF-8, or holding a control
+  /// character such as the newline that ends a notification's sender), or nullptr when it can.
+  static const char* name_problem(std::string_view name) noexcept {
+    if (name.empty() || name.size() > max_name_length)
+      return "a segment name is 1 to 255 bytes";
+    for (std::size_t i = 0; i < name.size();) {
+      auto c = static_cast<unsigned char>(name[i]);
+      if (c < 0x20 || c == 0x7f)
+        return "a segment name holds no control characters";
+      std::size_t n = c < 0x80             ? 1
+                      : (c & 0xe0) == 0xc0 ? 2
+                      : (c & 0xf0) == 0xe0 ? 3
+                      : (c & 0xf8) == 0xf0 ? 4
+                                           : 0;
+      if (n == 0 || i + n > name.size() || (n == 2 && c < 0xc2) || (n == 4 && c > 0xf4))
+        return "a segment name is UTF-8";
+      for (std::size_t k = 1; k < n; ++k)
+        if ((static_cast<unsigned char>(name[i + k]) & 0xc0) != 0x80)
+          return "a segment name is UTF-8";
+      i += n;
+    }
+    return nullptr;
+  }
+
+  /// The descriptor as JSON. Never throws: text that is not UTF-8 (which parse() then refuses) is written
+  /// with replacement characters.
   std::string to_json() const {
     nlohmann::json j;
     j["name"] = name;
@@ -96,7 +122,7 @@ struct segment_descriptor {
       }
       regs.push_back(std::move(rj));
     }
-    return j.dump();
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
 
   /// Parses and validates a descriptor; errc::malformed_frame with the reason when anything is off.
@@ -110,8 +136,8 @@ struct segment_descriptor {
     if (name == j.end() || !name->is_string())
       return bad("segment descriptor: name missing");
     d.name = name->get<std::string>();
-    if (d.name.empty() || d.name.size() > max_name_length)
-      return bad("segment descriptor: name empty or too long");
+    if (name_problem(d.name))
+      return bad("segment descriptor: name empty, too long or holding control characters");
     auto inc = j.find("incarnation");
     if (inc == j.end() || !inc->is_number_unsigned())
       return bad("segment descriptor: incarnation missing");

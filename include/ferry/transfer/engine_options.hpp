@@ -97,6 +97,11 @@ struct engine_options {
   std::string name = "ferry";
   /// "host:port" to serve this segment to peers over TCP (port 0: any); nullopt: serve nobody.
   std::optional<std::string> listen;
+  /// The IP address peers are told to reach this segment at (the port is the one listened on); nullopt: the
+  /// listen address. Set it when listening on every address (0.0.0.0, [::]): a peer that finds the segment in
+  /// a metadata store has no other way to know where it is served (one that opens it by "host:port" uses
+  /// that host).
+  std::optional<std::string> advertise;
   /// Requests longer than this are cut into slices of this size, spread over paths (taken as 4 KiB if
   /// smaller, as 64 MiB, the most one tcp frame carries, if larger).
   std::uint32_t slice_size = 1u << 20;

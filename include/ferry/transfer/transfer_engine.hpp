@@ -139,9 +139,15 @@ public:
       return {};
     if constexpr (!has_tcp)
       return fail(errc::unsupported, "listen: this engine has no tcp transport");
+    if (auto why = segment_descriptor::name_problem(options_.name))
+      return fail(errc::invalid_argument, std::string("engine_options::name: ") + why);
     auto at = io::endpoint::parse(*options_.listen);
     if (!at)
       return fail(at.error());
+    if (options_.advertise)
+      if (auto told = io::endpoint::parse(*options_.advertise + ":0"); !told)
+        return fail(errc::invalid_argument,
+                    "engine_options::advertise: '" + *options_.advertise + "' is not an IP address");
     server_ = std::make_unique<tcp_server>(
         io_, registry_, scope_,
         tcp_server::hooks{[this] { return descriptor().to_json(); },
@@ -168,7 +174,7 @@ public:
     d.pid = static_cast<std::uint64_t>(::getpid());
     d.pid_start = detail::own_start_time();
     if (listening_)
-      d.endpoints.push_back({"tcp", listening_->to_string()});
+      d.endpoints.push_back({"tcp", advertised(*listening_).to_string()});
     // Transports that serve peers on their own endpoint (verbs: its handshake listener) add it here.
     std::apply([&](const auto&... t) { (describe_with(t, d), ...); }, transports_);
     d.regions = registry_.exposed();
@@ -235,6 +241,8 @@ public:
     if (bool open = co_await enter_unless_shut_down(); !open)
       co_return fail(after_shutdown("publish"));
     active_call busy(*this);
+    if (auto why = segment_descriptor::name_problem(options_.name))
+      co_return fail(errc::invalid_argument, std::string("publish: engine_options::name: ") + why);
     if (metadata_direct_)
       co_return result<void>{}; // p2p: peers ask this engine itself (the hello handshake)
     if (!metadata_.put)
@@ -651,6 +659,9 @@ private:
       co_return fail(after_shutdown("notify"));
     if (target >= peers_.size())
       co_return fail(errc::unknown_segment, "notify");
+    // why: the receiver takes the sender's name to the first newline
+    if (auto why = segment_descriptor::name_problem(options_.name))
+      co_return fail(errc::invalid_argument, std::string("notify: engine_options::name: ") + why);
     if (message.size() > tcp::frame_header::max_message_payload - 512)
       co_return fail(errc::invalid_argument, "notify: message too long");
     std::string payload = options_.name + "\n" + message;
@@ -1174,8 +1185,11 @@ private:
   task<result<segment_descriptor>> fetch(std::string locator, std::stop_token stop) {
     if (auto address = io::endpoint::parse(locator)) {
       if constexpr (has_tcp) {
-        co_return co_await tcp_transport::fetch_descriptor(
+        auto d = co_await tcp_transport::fetch_descriptor(
             io_, *address, options_.tcp.connect_timeout + options_.tcp.reply_timeout, stop);
+        if (d)
+          reach_wildcards(*d, &*address);
+        co_return d;
       } else {
         co_return fail(errc::unsupported, "open_segment: a direct handshake needs the tcp transport");
       }
@@ -1195,7 +1209,34 @@ private:
       co_return fail(
           error(d.error().code(), "open_segment: the metadata store holds a malformed descriptor for '" +
                                       locator + "': " + d.error().message()));
+    reach_wildcards(*d, nullptr);
     co_return d;
+  }
+
+  /// The address peers are told to reach `listening` at: engine_options::advertise's host if given.
+  io::endpoint advertised(const io::endpoint& listening) const {
+    if (options_.advertise)
+      if (auto told = io::endpoint::parse(*options_.advertise + ":" + std::to_string(listening.port())))
+        return *told;
+    return listening;
+  }
+
+  // An owner that listens on every address (0.0.0.0, [::]) and advertises none names no host. Opened by
+  // address, the one it answered at reaches it; from this machine, loopback does; from elsewhere nothing
+  // known does, and such an endpoint is dropped: it would connect to a process on this machine instead.
+  void reach_wildcards(segment_descriptor& d, const io::endpoint* answered_at) const {
+    std::erase_if(d.endpoints, [&](transport_endpoint& e) {
+      auto at = io::endpoint::parse(e.address);
+      if (!at || !at->is_unspecified())
+        return false;
+      if (answered_at)
+        e.address = answered_at->with_port(at->port()).to_string();
+      else if (!d.host.empty() && d.host == host_)
+        e.address = io::endpoint::loopback(at->family()).with_port(at->port()).to_string();
+      else
+        return true;
+      return false;
+    });
   }
 
   /// The metadata store's value of `key`, on the engine's loop (a store may answer on a thread of its own).
