@@ -1800,6 +1800,19 @@ TEST_SUITE("transfer_engine") {
     }
   }
 
+  TEST_CASE("a metadata store's value larger than a descriptor may be is refused before it is parsed") {
+    ferry::io::io_context ctx;
+    ferry::memory_metadata_store store;
+    std::string huge = "{\"x\":[" + std::string(17 << 20, ' ') + "]}";
+    REQUIRE(ferry::sync_wait(store.put("ferry/segments/huge", huge)));
+    tcp_engine e(ctx, {.name = "i"});
+    e.use_metadata(store);
+    auto seg = ctx.run_until(e.open_segment("huge"));
+    REQUIRE_FALSE(seg);
+    CHECK(seg.error() == errc::malformed_frame);
+    CHECK(seg.error().message().find("more than a segment descriptor may be") != std::string::npos);
+  }
+
   TEST_CASE("an engine whose name peers would refuse says so when it starts, publishes or notifies") {
     ferry::io::io_context ctx;
     for (std::string name : {std::string("caf\xe9"), std::string("two\nlines"), std::string()}) {

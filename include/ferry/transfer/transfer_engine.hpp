@@ -1204,6 +1204,11 @@ private:
     if (!*text)
       co_return fail(errc::unknown_segment,
                      "open_segment: no segment '" + locator + "' in the metadata store");
+    // why: the bound a peer's handshake has; parsing is what costs memory, many times the text's size
+    if ((*text)->size() > tcp::frame_header::max_descriptor_payload)
+      co_return fail(errc::malformed_frame, "open_segment: the metadata store holds " +
+                                                std::to_string((*text)->size()) + " bytes for '" + locator +
+                                                "', more than a segment descriptor may be");
     auto d = segment_descriptor::parse(**text);
     if (!d)
       co_return fail(

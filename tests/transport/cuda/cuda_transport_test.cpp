@@ -1,6 +1,7 @@
 #include "ferry/transport/cuda/cuda_transport.hpp"
 #include "ferry/transport/cuda/register_memory.hpp"
 
+#include "ferry/core/sync_wait.hpp"
 #include "ferry/metadata/memory_metadata_store.hpp"
 #include "ferry/transfer.hpp"
 
@@ -463,6 +464,7 @@ TEST_SUITE("cuda_transport") {
     std::string address = line.substr(10);
 
     ferry::io::io_context ctx;
+    ferry::memory_metadata_store forged_store; // why: before the engine, which must not outlive it
     using ipc_engine = ferry::transfer_engine<ferry::cuda_transport, ferry::tcp_transport>;
     auto engine = std::make_unique<ipc_engine>(ctx);
     MESSAGE("ipc peer at ", address);
@@ -511,6 +513,28 @@ TEST_SUITE("cuda_transport") {
     CHECK(all);
     CHECK(engine->routed_bytes("cuda") >= 3 * n);
     CHECK(engine->routed_bytes("tcp") == 0);
+
+    // A descriptor whose region lies past the end of the peer's allocation (its ipc_offset forged) is refused
+    // before any copy, and the engine's CUDA context stays usable.
+    {
+      ferry::segment_descriptor forged = desc;
+      forged.name = "forged";
+      forged.regions[0].location.ipc_offset = std::uint64_t{1} << 40;
+      REQUIRE(ferry::sync_wait(forged_store.put("ferry/segments/forged", forged.to_json())));
+      engine->use_metadata(forged_store);
+      auto bad = ctx.run_until(engine->open_segment("forged"));
+      REQUIRE(bad);
+      transfer_batch past;
+      past.read(back.data(), *bad, forged.regions[0].offset, 4096);
+      auto refused = ctx.run_until(engine->transfer(std::move(past), within));
+      REQUIRE_FALSE(refused.ok());
+      CHECK_MESSAGE(refused.first_error() == errc::out_of_bounds, refused.first_error().message());
+      transfer_batch again;
+      again.read(back.data(), *seg, desc.regions[0].offset, n);
+      auto fine = ctx.run_until(engine->transfer(std::move(again), within));
+      CHECK_MESSAGE(fine.ok(), fine.first_error().message());
+      CHECK(::cudaDeviceSynchronize() == ::cudaSuccess);
+    }
 
     // The peer exits: its GPU memory is gone, and nothing may be reported as copied into it.
     ::close(to_child[1]);

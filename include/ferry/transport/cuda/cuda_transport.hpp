@@ -68,6 +68,7 @@ class cuda_transport {
 
   struct ipc_mapping {
     void* base = nullptr;
+    std::size_t size = 0; ///< the mapped allocation's length (0: CUDA did not say)
     ~ipc_mapping() {
       if (base)
         ::cudaIpcCloseMemHandle(base);
@@ -290,8 +291,19 @@ private:
       }
       m = std::make_shared<ipc_mapping>();
       m->base = base;
+      std::uintptr_t first = 0;
+      if (!cuda::detail::address_range(reinterpret_cast<std::uintptr_t>(base), first, m->size))
+        m->size = 0;
     }
-    auto* at = static_cast<std::byte*>(m->base) + r->location.ipc_offset + (s->remote_offset - r->offset);
+    // why: the offset comes from the descriptor; one past the allocation would fault, and a fault spoils this
+    // process's whole CUDA context
+    const std::uint64_t into = r->location.ipc_offset, within = s->remote_offset - r->offset;
+    if (m->size == 0 || into > m->size || within > m->size - into || s->length > m->size - into - within)
+      return fail(errc::out_of_bounds, m->size == 0
+                                           ? "cuda: the size of the target's allocation is unknown"
+                                           : "cuda: the region lies past the end of the target's GPU "
+                                             "allocation (its descriptor's ipc_offset)");
+    auto* at = static_cast<std::byte*>(m->base) + into + within;
     return std::pair{at, m};
   }
 

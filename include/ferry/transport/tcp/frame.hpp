@@ -57,7 +57,7 @@ struct frame_header {
   static constexpr std::uint64_t max_data_payload = 64ull << 20;
   /// The largest notification.
   static constexpr std::uint64_t max_message_payload = 1ull << 20;
-  /// The largest segment descriptor (a hello's reply): some 300,000 regions.
+  /// The largest segment descriptor (a hello's reply); it carries at most max_exposed_regions regions.
   static constexpr std::uint64_t max_descriptor_payload = 16ull << 20;
 
   frame_type type = frame_type::ping;
