@@ -152,7 +152,8 @@ public:
         io_, registry_, scope_,
         tcp_server::hooks{[this] { return descriptor().to_json(); },
                           [this](std::string message) { return deliver(std::move(message)); }},
-        connection_loops_.get(), options_.tcp.stall_timeout, options_.tcp.keepalive_idle);
+        connection_loops_.get(), options_.tcp.stall_timeout, options_.tcp.keepalive_idle,
+        options_.tcp.max_served_connections);
     auto where = server_->listen(*at, options_.tcp.congestion_control);
     if (!where) {
       server_.reset();

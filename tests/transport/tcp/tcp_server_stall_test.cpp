@@ -37,10 +37,12 @@ struct stalled_target {
   ferry::io::io_context ctx;
   ferry::default_engine engine;
 
-  explicit stalled_target(unsigned io_threads, std::size_t bytes = 1 << 20)
+  explicit stalled_target(unsigned io_threads, std::size_t bytes = 1 << 20, std::size_t max_connections = 0)
       : region(bytes), engine(ctx, {.name = "target",
                                     .listen = "127.0.0.2:0",
-                                    .tcp = {.io_threads = io_threads, .stall_timeout = 300ms}}) {
+                                    .tcp = {.io_threads = io_threads,
+                                            .stall_timeout = 300ms,
+                                            .max_served_connections = max_connections}}) {
     REQUIRE(engine.registry().add(region.data(), region.size(), access::read_write));
     REQUIRE(engine.start());
   }
@@ -89,6 +91,50 @@ private:
 } // namespace
 
 TEST_SUITE("tcp_server") {
+  TEST_CASE("a peer that connects and never sends a request is dropped after the stall timeout") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      stalled_target t(io_threads);
+      t.ctx.run_until([&]() -> ferry::task<> {
+        auto raw = co_await t.peer();
+        co_await t.hangs_up(raw);
+        co_await t.ctx.sleep_for(50ms);
+        CHECK(t.engine.server()->connections() == 0);
+      }());
+    }
+  }
+
+  TEST_CASE("connections beyond the most served are closed when accepted, and served again once one ends") {
+    stalled_target t(0, 1 << 20, 4);
+    REQUIRE(t.engine.server()->max_connections() == 4);
+    t.ctx.run_until([&]() -> ferry::task<> {
+      auto ping = [&](ferry::io::tcp_socket& raw, std::uint64_t id) -> ferry::task<bool> {
+        if (!co_await raw.send_all(header(ferry::tcp::frame_type::ping, id, 0, 0)))
+          co_return false;
+        ferry_test::raw_header back;
+        ferry::io::deadline within(t.ctx, 5s);
+        auto got = co_await raw.recv_all(back, within.token());
+        co_return got&& ferry::tcp::decode_header(back) &&
+            ferry::tcp::decode_header(back)->type == ferry::tcp::frame_type::pong;
+      };
+      std::vector<ferry::io::tcp_socket> served;
+      for (std::uint64_t i = 0; i < 4; ++i) {
+        served.push_back(co_await t.peer());
+        CHECK(co_await ping(served.back(), i + 1));
+      }
+      CHECK(t.engine.server()->connections() == 4);
+      auto beyond = co_await t.peer();
+      CHECK_FALSE(co_await ping(beyond, 9)); // closed by the target, unanswered
+      CHECK(t.engine.server()->refused_connections() == 1);
+      served.front().close();
+      co_await t.ctx.sleep_for(100ms);
+      auto next = co_await t.peer();
+      CHECK(co_await ping(next, 10));
+      for (auto& s : served)
+        CHECK(co_await ping(s, 11) == s.is_open());
+    }());
+  }
+
   TEST_CASE("a file region slower than the stall timeout is answered: the server's own work is no stall of "
             "the peer") {
     for (unsigned io_threads : {0u, 2u}) {

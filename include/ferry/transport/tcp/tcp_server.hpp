@@ -50,6 +50,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <system_error>
 #include <type_traits>
@@ -72,12 +73,15 @@ public:
   /// must outlive the work spawned into `scope`). A peer that stalls for `stall_timeout` in the middle of a
   /// request (its payload, or taking the replies) is dropped, releasing what the request held in use;
   /// accepted connections send keepalives after `keepalive_idle` without traffic (0: the system's setting).
+  /// A connection must send its first request within `stall_timeout` of being accepted; at most
+  /// `max_connections` are served at once (0: half of RLIMIT_NOFILE), one beyond is closed when accepted.
   tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h,
              io::io_context_pool* connection_loops = nullptr,
              std::chrono::milliseconds stall_timeout = std::chrono::seconds(10),
-             std::chrono::seconds keepalive_idle = std::chrono::seconds(30))
+             std::chrono::seconds keepalive_idle = std::chrono::seconds(30), std::size_t max_connections = 0)
       : io_(io), registry_(registry), scope_(scope), hooks_(std::move(h)), loops_(connection_loops),
-        stall_timeout_(stall_timeout), keepalive_idle_(keepalive_idle) {}
+        stall_timeout_(stall_timeout), keepalive_idle_(keepalive_idle),
+        max_connections_(max_connections ? max_connections : half_the_descriptor_limit()) {}
   tcp_server(const tcp_server&) = delete;
   tcp_server& operator=(const tcp_server&) = delete;
 
@@ -112,6 +116,10 @@ public:
     std::lock_guard lock(sessions_mutex_);
     return sessions_.size();
   }
+  /// The most connections served at once.
+  std::size_t max_connections() const noexcept { return max_connections_; }
+  /// Connections closed as soon as they were accepted, because max_connections() were being served.
+  std::uint64_t refused_connections() const noexcept { return refused_.load(std::memory_order_relaxed); }
 
   /// The most a connection stages of a file region's data at once: larger requests move in pieces.
   static constexpr std::uint64_t file_piece = 1ull << 20;
@@ -183,6 +191,13 @@ private:
             co_return;
         }
         continue; // a connection reset before accept, say: keep serving
+      }
+      if (connections() >= max_connections_) {
+        // why: closed at once rather than left in the backlog: the peer learns now, and the process keeps
+        // descriptors for everything else it does
+        refused_.fetch_add(1, std::memory_order_relaxed);
+        s->close();
+        continue;
       }
       tcp::detail::keep_alive(*s, keepalive_idle_);
       scope_.spawn(serve(std::move(*s)));
@@ -341,6 +356,7 @@ private:
     staging_buffer staging(staging_bytes_); // file regions: what travels between the socket and the file
     tcp::detail::read_ahead in;             // request headers already received
     pending_replies replies;
+    bool first = true; // why: a peer that connects and says nothing holds a descriptor; it gets stall_timeout
     while (!stop_.stop_requested() && !me.fenced.load(std::memory_order_acquire)) {
       // why: replies wait only while more requests are already here; before waiting for the peer, send them
       if (in.size() < tcp::frame_header::size || replies.count == pending_replies::max_replies) {
@@ -350,9 +366,10 @@ private:
       }
       // why: a peer may stay idle between requests as long as it likes, but one that sent part of a header
       // and then nothing is stalled in a request, and is dropped after the stall timeout like the others
-      if (in.size() == 0)
+      if (in.size() == 0 && !first)
         if (auto some = co_await in.fill(sock, 1); !some)
           co_return; // closed, reset or stopped
+      first = false;
       std::optional<io::deadline> header_within;
       std::stop_token header_stop;
       if (in.size() < tcp::frame_header::size)
@@ -600,8 +617,17 @@ private:
   io::io_context_pool* loops_;
   std::chrono::milliseconds stall_timeout_;
   std::chrono::seconds keepalive_idle_;
+  std::size_t max_connections_;
+  std::atomic<std::uint64_t> refused_{0};
   io::tcp_listener listener_;
   std::stop_source stop_;
+  static std::size_t half_the_descriptor_limit() noexcept {
+    ::rlimit r{};
+    if (::getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY)
+      return 65536;
+    return std::max<std::size_t>(static_cast<std::size_t>(r.rlim_cur) / 2, 16);
+  }
+
   mutable std::mutex sessions_mutex_;
   std::vector<served_connection*> sessions_;
   std::atomic<std::uint64_t> receiving_notification_bytes_{0};
