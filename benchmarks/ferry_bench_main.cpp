@@ -154,9 +154,12 @@ void poison(std::byte* dst, std::uint64_t offset, std::size_t length, std::uint6
 
 // Set by SIGINT or SIGTERM: a target stops serving; an initiator stops measuring, restores what it wrote and
 // reports what it measured.
-volatile std::sig_atomic_t stop_requested = 0;
+// why: an atomic, not a volatile sig_atomic_t: the signal may land on any thread (an I/O thread, the target
+// of --mode both) and is read on the main one; a lock-free atomic is safe in a handler
+std::atomic<bool> stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
 extern "C" void on_stop_signal(int) {
-  stop_requested = 1;
+  stop_requested.store(true);
 }
 // A second SIGINT or SIGTERM ends the process the default way (SA_RESETHAND).
 void stop_on_signals() {
@@ -173,7 +176,7 @@ std::atomic<bool> local_target_stop{false};
 task<> serve(io::io_context& ctx, double duration, bool in_process) {
   auto until = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
                                        std::chrono::duration<double>(duration < 0 ? 0 : duration));
-  auto stopped = [in_process] { return in_process ? local_target_stop.load() : stop_requested != 0; };
+  auto stopped = [in_process] { return in_process ? local_target_stop.load() : stop_requested.load(); };
   while (!stopped() && (duration < 0 || clock_type::now() < until)) {
     (void)co_await ctx.sleep_for(std::chrono::milliseconds(50));
   }

@@ -94,7 +94,13 @@ expect_exit 2 "not in range" "$bench" --mode initiator --target "$target" --slic
 "$bench" --mode initiator --target "$target" --protocol tcp --operation write --block-size 64K --batch-size 16 \
   --duration 30 --json >"$out.interrupted" 2>"$out.interrupted.err" &
 writer=$!
-sleep 1
+# why: the handler is installed before the first connection; a signal before it would be ignored (a background
+# job of a script starts with SIGINT ignored)
+for _ in $(seq 100); do
+  ls -l /proc/"$writer"/fd 2>/dev/null | grep -q 'socket:' && break
+  sleep 0.1
+done
+sleep 0.5
 kill -INT "$writer"
 rc=0; wait "$writer" || rc=$?
 [[ $rc == 0 ]] || { echo "an interrupted write run exited $rc: $(cat "$out.interrupted.err")"; exit 1; }

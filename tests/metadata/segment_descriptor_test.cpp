@@ -78,10 +78,14 @@ TEST_SUITE("segment_descriptor") {
     using ferry::segment_descriptor;
     CHECK(segment_descriptor::name_problem("decode-0") == nullptr);
     CHECK(segment_descriptor::name_problem("décodeur-é") == nullptr);
+    CHECK(segment_descriptor::name_problem("\xe2\x82\xac \xf0\x9f\x98\x80 \xed\x9f\xbf \xf4\x8f\xbf\xbf") ==
+          nullptr);
     CHECK(segment_descriptor::name_problem(std::string(255, 'a')) == nullptr);
-    for (std::string bad : {std::string(), std::string(256, 'a'), std::string("caf\xe9"), std::string("a\nb"),
-                            std::string("tab\there"), std::string("\xc0\xaf"),
-                            std::string("\xf5\x80\x80\x80"), std::string("cut\xc3")}) {
+    for (std::string bad :
+         {std::string(), std::string(256, 'a'), std::string("caf\xe9"), std::string("a\nb"),
+          std::string("tab\there"), std::string("\xc0\xaf"), std::string("\xf5\x80\x80\x80"),
+          std::string("cut\xc3"), std::string("\xe0\x80\xaf"), std::string("\xed\xa0\x80"),
+          std::string("\xf0\x80\x80\xaf"), std::string("\xf4\x90\x80\x80"), std::string("\xe2\x28\xa1")}) {
       CAPTURE(bad);
       CHECK(segment_descriptor::name_problem(bad) != nullptr);
     }

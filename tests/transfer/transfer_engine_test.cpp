@@ -1798,6 +1798,33 @@ TEST_SUITE("transfer_engine") {
       REQUIRE_FALSE(r.ok());
       CHECK(r.first_error().message().find("no transport reaches the target") != std::string::npos);
     }
+    // every endpoint is read so, also one a transport writes "host:port#..." (verbs): on its own host, loopback
+    {
+      ferry::io::io_context ctx;
+      tcp_engine e(ctx, {.name = "i"});
+      ferry::segment_descriptor d;
+      d.name = "wild";
+      d.incarnation = 1;
+      d.endpoints = {{"tcp", "0.0.0.0:7000"}, {"rdma", "0.0.0.0:7001#2"}, {"other", "[::]:7002"}};
+      d.regions = {{0, 4096, access::read_write, "", 0, {}}};
+      ferry::memory_metadata_store store;
+      e.use_metadata(store);
+      d.host = "another-host";
+      REQUIRE(ferry::sync_wait(store.put("ferry/segments/wild", d.to_json())));
+      auto far = ctx.run_until(e.open_segment("wild"));
+      REQUIRE(far);
+      CHECK(e.find(*far)->descriptor.endpoints.empty());
+      d.host = e.descriptor().host;
+      d.incarnation = 2;
+      REQUIRE(ferry::sync_wait(store.put("ferry/segments/wild", d.to_json())));
+      auto near = ctx.run_until(e.open_segment("wild"));
+      REQUIRE(near);
+      const auto& eps = e.find(*near)->descriptor.endpoints;
+      REQUIRE(eps.size() == 3);
+      CHECK(eps[0].address == "127.0.0.1:7000");
+      CHECK(eps[1].address == "127.0.0.1:7001#2");
+      CHECK(eps[2].address == "[::1]:7002");
+    }
   }
 
   TEST_CASE("a metadata store's value larger than a descriptor may be is refused before it is parsed") {

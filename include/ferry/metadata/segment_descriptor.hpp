@@ -68,14 +68,22 @@ struct segment_descriptor {
       auto c = static_cast<unsigned char>(name[i]);
       if (c < 0x20 || c == 0x7f)
         return "a segment name holds no control characters";
-      std::size_t n = c < 0x80             ? 1
-                      : (c & 0xe0) == 0xc0 ? 2
-                      : (c & 0xf0) == 0xe0 ? 3
-                      : (c & 0xf8) == 0xf0 ? 4
-                                           : 0;
-      if (n == 0 || i + n > name.size() || (n == 2 && c < 0xc2) || (n == 4 && c > 0xf4))
+      // RFC 3629: no overlong forms, no surrogates (ED A0..BF), nothing past U+10FFFF
+      std::size_t n = c < 0x80                 ? 1
+                      : c >= 0xc2 && c <= 0xdf ? 2
+                      : c >= 0xe0 && c <= 0xef ? 3
+                      : c >= 0xf0 && c <= 0xf4 ? 4
+                                               : 0;
+      if (n == 0 || i + n > name.size())
         return "a segment name is UTF-8";
-      for (std::size_t k = 1; k < n; ++k)
+      if (n > 1) {
+        auto second = static_cast<unsigned char>(name[i + 1]);
+        unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
+        unsigned char hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+        if (second < lo || second > hi)
+          return "a segment name is UTF-8";
+      }
+      for (std::size_t k = 2; k < n; ++k)
         if ((static_cast<unsigned char>(name[i + k]) & 0xc0) != 0x80)
           return "a segment name is UTF-8";
       i += n;

@@ -175,9 +175,15 @@ public:
     d.pid = static_cast<std::uint64_t>(::getpid());
     d.pid_start = detail::own_start_time();
     if (listening_)
-      d.endpoints.push_back({"tcp", advertised(*listening_).to_string()});
+      d.endpoints.push_back({"tcp", listening_->to_string()});
     // Transports that serve peers on their own endpoint (verbs: its handshake listener) add it here.
     std::apply([&](const auto&... t) { (describe_with(t, d), ...); }, transports_);
+    if (options_.advertise)
+      if (auto told = io::endpoint::parse(*options_.advertise + ":0"))
+        for (auto& e : d.endpoints)
+          rehost(e, [&](const io::endpoint& at) -> std::optional<io::endpoint> {
+            return at.is_unspecified() || (listening_ && at == *listening_) ? told->with_port(at.port()) : at;
+          });
     d.regions = registry_.exposed();
     d.shm_gates = registry_.shm_gates_name();
     return d;
@@ -1219,12 +1225,20 @@ private:
     co_return d;
   }
 
-  /// The address peers are told to reach `listening` at: engine_options::advertise's host if given.
-  io::endpoint advertised(const io::endpoint& listening) const {
-    if (options_.advertise)
-      if (auto told = io::endpoint::parse(*options_.advertise + ":" + std::to_string(listening.port())))
-        return *told;
-    return listening;
+  // Rewrites the "host:port" that starts endpoint `e` (a transport may add "#..." after it, as verbs does)
+  // through `f`; an endpoint `f` answers nullopt for is marked for removal (false). Other forms stay.
+  template<class F>
+  static bool rehost(transport_endpoint& e, F f) {
+    auto hash = e.address.find('#');
+    std::string rest = hash == std::string::npos ? std::string() : e.address.substr(hash);
+    auto at = io::endpoint::parse(std::string_view(e.address).substr(0, hash));
+    if (!at)
+      return true;
+    auto to = f(*at);
+    if (!to)
+      return false;
+    e.address = to->to_string() + rest;
+    return true;
   }
 
   // An owner that listens on every address (0.0.0.0, [::]) and advertises none names no host. Opened by
@@ -1232,16 +1246,15 @@ private:
   // known does, and such an endpoint is dropped: it would connect to a process on this machine instead.
   void reach_wildcards(segment_descriptor& d, const io::endpoint* answered_at) const {
     std::erase_if(d.endpoints, [&](transport_endpoint& e) {
-      auto at = io::endpoint::parse(e.address);
-      if (!at || !at->is_unspecified())
-        return false;
-      if (answered_at)
-        e.address = answered_at->with_port(at->port()).to_string();
-      else if (!d.host.empty() && d.host == host_)
-        e.address = io::endpoint::loopback(at->family()).with_port(at->port()).to_string();
-      else
-        return true;
-      return false;
+      return !rehost(e, [&](const io::endpoint& at) -> std::optional<io::endpoint> {
+        if (!at.is_unspecified())
+          return at;
+        if (answered_at)
+          return answered_at->with_port(at.port());
+        if (!d.host.empty() && d.host == host_)
+          return io::endpoint::loopback(at.family()).with_port(at.port());
+        return std::nullopt;
+      });
     });
   }
 

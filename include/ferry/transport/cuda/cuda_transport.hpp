@@ -297,12 +297,17 @@ private:
     }
     // why: the offset comes from the descriptor; one past the allocation would fault, and a fault spoils this
     // process's whole CUDA context
+    if (m->size == 0) {
+      // why: nothing bounds the copy then; not kept, so that the next slice asks CUDA again, and this one
+      // goes to a transport that reaches the peer without mapping its memory
+      ps.by_handle.erase(r->location.ipc_handle);
+      return fail(errc::peer_unreachable, "cuda: CUDA did not tell the size of the target's GPU allocation");
+    }
     const std::uint64_t into = r->location.ipc_offset, within = s->remote_offset - r->offset;
-    if (m->size == 0 || into > m->size || within > m->size - into || s->length > m->size - into - within)
-      return fail(errc::out_of_bounds, m->size == 0
-                                           ? "cuda: the size of the target's allocation is unknown"
-                                           : "cuda: the region lies past the end of the target's GPU "
-                                             "allocation (its descriptor's ipc_offset)");
+    if (into > m->size || within > m->size - into || s->length > m->size - into - within)
+      return fail(
+          errc::out_of_bounds,
+          "cuda: the region lies past the end of the target's GPU allocation (its descriptor's ipc_offset)");
     auto* at = static_cast<std::byte*>(m->base) + into + within;
     return std::pair{at, m};
   }

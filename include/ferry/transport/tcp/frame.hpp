@@ -57,7 +57,8 @@ struct frame_header {
   static constexpr std::uint64_t max_data_payload = 64ull << 20;
   /// The largest notification.
   static constexpr std::uint64_t max_message_payload = 1ull << 20;
-  /// The largest segment descriptor (a hello's reply); it carries at most max_exposed_regions regions.
+  /// The largest segment descriptor (a hello's reply): tens of thousands of regions (a larger one is refused
+  /// with errc::out_of_space).
   static constexpr std::uint64_t max_descriptor_payload = 16ull << 20;
 
   frame_type type = frame_type::ping;

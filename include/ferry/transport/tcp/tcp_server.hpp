@@ -74,14 +74,15 @@ public:
   /// request (its payload, or taking the replies) is dropped, releasing what the request held in use;
   /// accepted connections send keepalives after `keepalive_idle` without traffic (0: the system's setting).
   /// A connection must send its first request within `stall_timeout` of being accepted; at most
-  /// `max_connections` are served at once (0: half of RLIMIT_NOFILE), one beyond is closed when accepted.
+  /// `max_connections` are served at once (0: RLIMIT_NOFILE less an eighth, at least 64, kept for the rest of
+  /// the process), one beyond is closed when accepted.
   tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h,
              io::io_context_pool* connection_loops = nullptr,
              std::chrono::milliseconds stall_timeout = std::chrono::seconds(10),
              std::chrono::seconds keepalive_idle = std::chrono::seconds(30), std::size_t max_connections = 0)
       : io_(io), registry_(registry), scope_(scope), hooks_(std::move(h)), loops_(connection_loops),
         stall_timeout_(stall_timeout), keepalive_idle_(keepalive_idle),
-        max_connections_(max_connections ? max_connections : half_the_descriptor_limit()) {}
+        max_connections_(max_connections ? max_connections : most_descriptors_to_serve()) {}
   tcp_server(const tcp_server&) = delete;
   tcp_server& operator=(const tcp_server&) = delete;
 
@@ -621,11 +622,13 @@ private:
   std::atomic<std::uint64_t> refused_{0};
   io::tcp_listener listener_;
   std::stop_source stop_;
-  static std::size_t half_the_descriptor_limit() noexcept {
+  static std::size_t most_descriptors_to_serve() noexcept {
     ::rlimit r{};
     if (::getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY)
-      return 65536;
-    return std::max<std::size_t>(static_cast<std::size_t>(r.rlim_cur) / 2, 16);
+      return std::size_t{1} << 20;
+    auto limit = static_cast<std::size_t>(r.rlim_cur);
+    auto kept = std::max<std::size_t>(limit / 8, 64);
+    return limit > kept + 16 ? limit - kept : 16;
   }
 
   mutable std::mutex sessions_mutex_;

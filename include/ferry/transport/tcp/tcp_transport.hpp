@@ -316,8 +316,10 @@ public:
         if (!sock)
           co_return fail(connecting.expired() ? error(errc::timed_out, "tcp connect") : sock.error());
         // why: as on the data connections: a notification for bytes that landed in a process now gone must
-        // not reach the one that took its address (nor a ping answer for it)
-        if (auto confirmed = co_await confirm_owner(*sock, incarnation, connecting); !confirmed)
+        // not reach the one that took its address (nor a ping answer for it). The hello waits for the owner's
+        // loop to write its descriptor, which may be large or busy: it gets the reply timeout
+        io::deadline greeting(tc_.io, tc_.options.tcp.reply_timeout, stop);
+        if (auto confirmed = co_await confirm_owner(*sock, incarnation, greeting); !confirmed)
           co_return fail(confirmed.error());
         // why: as the data connections: a control connection that sits idle for long is kept known alive,
         // and one whose peer vanished is found broken before a request waits on it
