@@ -1798,7 +1798,8 @@ TEST_SUITE("transfer_engine") {
       REQUIRE_FALSE(r.ok());
       CHECK(r.first_error().message().find("no transport reaches the target") != std::string::npos);
     }
-    // every endpoint is read so, also one a transport writes "host:port#..." (verbs): on its own host, loopback
+    // every endpoint is read so, also one a transport writes "host:port#..." (verbs): on its own host,
+    // loopback
     {
       ferry::io::io_context ctx;
       tcp_engine e(ctx, {.name = "i"});
