@@ -4,7 +4,9 @@
 # Usage: benchmarks/transfer_limits.sh BUILD_DIR [runs=3] [seconds=3] [cc=reno] [io_threads=per-connection]
 # io_threads "per-connection": the target serves its connections on 4 I/O threads and the initiator's
 # connections each get a thread of their own (ferry-bench --io-threads, engine_options::tcp::io_threads), as
-# iperf3 since 3.16 gives each stream a thread; "0": every connection on the engine's own thread, each side.
+# iperf3 since 3.16 gives each stream a thread; "cores": each side carries its connections on as many I/O
+# threads as the machine has cores, the initiator on no more threads than it has connections; "0": every
+# connection on the engine's own thread, each side.
 # Every tcp row runs twice: with the system's congestion control (what ../shared/baselines/tcp_limit measures
 # with iperf3) and with `cc` on both ends (ferry-bench --tcp-congestion); the second is also compared with
 # iperf3 using `cc` (iperf3 -C), the like-for-like limit. The 1 MiB tcp rows are also measured against
@@ -13,9 +15,12 @@
 set -euo pipefail
 build=${1:?build directory with benchmarks/ferry-bench}
 runs=${2:-3} secs=${3:-3} cc=${4:-reno} io_threads=${5:-per-connection}
-[[ $io_threads == per-connection || $io_threads == 0 ]] || { echo "io_threads: per-connection or 0" >&2; exit 2; }
+[[ $io_threads == cores || $io_threads == per-connection || $io_threads == 0 ]] ||
+  { echo "io_threads: cores, per-connection or 0" >&2; exit 2; }
+cores=$(nproc)
 target_threads=0
 [[ $io_threads == per-connection ]] && target_threads=4
+[[ $io_threads == cores ]] && target_threads=$cores
 here=$(cd "$(dirname "$0")" && pwd)
 baselines=${FERRY_BASELINES:-$here/../../shared/baselines}
 bench=$build/benchmarks/ferry-bench
@@ -67,6 +72,7 @@ row() {
   local protocol=$1 op=$2 block=$3 conns=$4 memory=$5 algorithm=$6 vals=() m l streams ratio same same_ratio
   local blocks=(--local-blocks 128) plain_blocks=128 plains=() p=- p_ratio=- threads=0
   [[ $io_threads == per-connection && $protocol == tcp ]] && threads=$conns
+  [[ $io_threads == cores && $protocol == tcp ]] && threads=$((conns < cores ? conns : cores))
   [[ $memory == reused ]] && blocks=(--local-blocks 1 --remote-blocks 1) plain_blocks=1
   for _ in $(seq "$runs"); do
     vals+=("$("$bench" --mode initiator --target "$target" --protocol "$protocol" --operation "$op" \
