@@ -144,10 +144,14 @@ public:
     auto at = io::endpoint::parse(*options_.listen);
     if (!at)
       return fail(at.error());
-    if (options_.advertise)
-      if (auto told = io::endpoint::parse(*options_.advertise + ":0"); !told)
+    std::optional<io::endpoint> advertised;
+    if (options_.advertise) {
+      auto told = io::endpoint::parse(*options_.advertise + ":0");
+      if (!told)
         return fail(errc::invalid_argument,
                     "engine_options::advertise: '" + *options_.advertise + "' is not an IP address");
+      advertised = *told;
+    }
     server_ = std::make_unique<tcp_server>(
         io_, registry_, scope_,
         tcp_server::hooks{[this] { return descriptor().to_json(); },
@@ -160,6 +164,7 @@ public:
       return fail(where.error());
     }
     listening_ = *where;
+    advertised_ = advertised;
     return {};
   }
 
@@ -178,12 +183,11 @@ public:
       d.endpoints.push_back({"tcp", listening_->to_string()});
     // Transports that serve peers on their own endpoint (verbs: its handshake listener) add it here.
     std::apply([&](const auto&... t) { (describe_with(t, d), ...); }, transports_);
-    if (options_.advertise)
-      if (auto told = io::endpoint::parse(*options_.advertise + ":0"))
-        for (auto& e : d.endpoints)
-          rehost(e, [&](const io::endpoint& at) -> std::optional<io::endpoint> {
-            return at.is_unspecified() || (listening_ && at == *listening_) ? told->with_port(at.port()) : at;
-          });
+    if (advertised_)
+      for (auto& e : d.endpoints)
+        rehost(e, [&](const io::endpoint& at) -> std::optional<io::endpoint> {
+          return at.is_unspecified() || at == *listening_ ? advertised_->with_port(at.port()) : at;
+        });
     d.regions = registry_.exposed();
     d.shm_gates = registry_.shm_gates_name();
     return d;
@@ -1360,6 +1364,7 @@ private:
   std::unique_ptr<io::io_context_pool> connection_loops_; // tcp.io_threads > 0: where data connections run
   std::unique_ptr<tcp_server> server_;
   std::optional<io::endpoint> listening_;
+  std::optional<io::endpoint> advertised_; // engine_options::advertise, parsed when start() listens
   std::string metadata_prefix_ = "ferry/segments/";
   struct metadata_calls {
     std::function<task<result<std::optional<std::string>>>(std::string)> get;

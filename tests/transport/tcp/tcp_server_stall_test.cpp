@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -52,6 +53,19 @@ struct stalled_target {
     auto raw = co_await ferry::io::tcp_socket::connect(ctx, *engine.endpoint());
     REQUIRE(raw);
     co_return std::move(*raw);
+  }
+
+  /// The header of the next reply on `raw`, if one arrives within 5 s and decodes.
+  ferry::task<std::optional<ferry::tcp::frame_header>> reply(ferry::io::tcp_socket& raw) {
+    ferry_test::raw_header back;
+    ferry::io::deadline within(ctx, 5s);
+    auto got = co_await raw.recv_all(back, within.token());
+    if (!got)
+      co_return std::nullopt;
+    auto h = ferry::tcp::decode_header(back);
+    if (!h)
+      co_return std::nullopt;
+    co_return *h;
   }
 
   /// Waits, up to 5 s, for the target to hang up on `raw`, as it does once the stall timeout passed.
@@ -109,13 +123,11 @@ TEST_SUITE("tcp_server") {
     REQUIRE(t.engine.server()->max_connections() == 4);
     t.ctx.run_until([&]() -> ferry::task<> {
       auto ping = [&](ferry::io::tcp_socket& raw, std::uint64_t id) -> ferry::task<bool> {
-        if (!co_await raw.send_all(header(ferry::tcp::frame_type::ping, id, 0, 0)))
+        auto sent = co_await raw.send_all(header(ferry::tcp::frame_type::ping, id, 0, 0));
+        if (!sent)
           co_return false;
-        ferry_test::raw_header back;
-        ferry::io::deadline within(t.ctx, 5s);
-        auto got = co_await raw.recv_all(back, within.token());
-        co_return got&& ferry::tcp::decode_header(back) &&
-            ferry::tcp::decode_header(back)->type == ferry::tcp::frame_type::pong;
+        auto h = co_await t.reply(raw);
+        co_return h && h->type == ferry::tcp::frame_type::pong;
       };
       std::vector<ferry::io::tcp_socket> served;
       for (std::uint64_t i = 0; i < 4; ++i) {
@@ -148,23 +160,20 @@ TEST_SUITE("tcp_server") {
         std::vector<std::byte> payload(4096, std::byte{0x5a});
         REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::write, 1, *at, payload.size())));
         REQUIRE(co_await raw.send_all(payload));
-        ferry_test::raw_header back;
-        ferry::io::deadline within(t.ctx, 5s);
-        REQUIRE(co_await raw.recv_all(back, within.token()));
-        auto h = ferry::tcp::decode_header(back);
+        auto h = co_await t.reply(raw);
         REQUIRE(h);
         CHECK(h->type == ferry::tcp::frame_type::write_reply);
         CHECK(h->status == 0);
         CHECK(std::equal(payload.begin(), payload.end(), file->bytes().begin()));
         // and a read of it, whose reply waits for the slow read of the file
         REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::read, 2, *at, payload.size())));
-        REQUIRE(co_await raw.recv_all(back, within.token()));
-        h = ferry::tcp::decode_header(back);
+        h = co_await t.reply(raw);
         REQUIRE(h);
         CHECK(h->type == ferry::tcp::frame_type::read_reply);
         CHECK(h->status == 0);
         REQUIRE(h->length == payload.size());
         std::vector<std::byte> got(payload.size());
+        ferry::io::deadline within(t.ctx, 5s);
         REQUIRE(co_await raw.recv_all(got, within.token()));
         CHECK(got == payload);
       }());
@@ -289,10 +298,7 @@ TEST_SUITE("tcp_server") {
           REQUIRE(co_await raw.send_all(std::span(payload).subspan(at, 1 << 20)));
           co_await t.ctx.sleep_for(60ms);
         }
-        ferry_test::raw_header back;
-        ferry::io::deadline within(t.ctx, 5s);
-        REQUIRE(co_await raw.recv_all(back, within.token()));
-        auto h = ferry::tcp::decode_header(back);
+        auto h = co_await t.reply(raw);
         REQUIRE(h);
         CHECK(h->type == ferry::tcp::frame_type::write_reply);
         CHECK(h->status == 0);

@@ -486,9 +486,6 @@ private:
         if (lease && lease->file()) {
           std::optional<error> failed;
           for (std::uint64_t done = 0; done < h->length;) {
-            if (done > 0)
-              step = bounded(within, sock,
-                             home); // why: the stall timeout bounds each piece, not the whole request
             const std::uint64_t at = lease->file_offset() + done;
             auto piece = staging.hold(piece_at(at, h->length - done));
             if (auto ok = co_await in.take(sock, piece, step); !ok)
@@ -499,10 +496,10 @@ private:
               auto written = co_await on_own_loop(home, [&] { return lease->file()->write(at, piece); });
               if (!written)
                 failed = written.error();
-              // why: the time the file took is the server's, not a stall of the peer: the reply (or the next
-              // piece) gets a deadline of its own
-              step = bounded(within, sock, home);
             }
+            // why: the stall timeout bounds each piece, not the whole request; and the time the file took is
+            // the server's, not a stall of the peer: the next piece (or the reply) gets a deadline of its own
+            step = bounded(within, sock, home);
             done += piece.size();
           }
           if (failed)
@@ -531,8 +528,6 @@ private:
           break;
         }
         for (std::uint64_t done = 0; done < h->length;) {
-          if (done > 0)
-            step = bounded(within, sock, home);
           const std::uint64_t at = file_lease->file_offset() + done;
           auto piece = staging.hold(piece_at(at, h->length - done));
           auto got = co_await on_own_loop(home, [&] { return file_lease->file()->read(at, piece); });
