@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <memory>
+#include <stop_token>
 #include <vector>
 
 using ferry::access;
@@ -17,10 +18,11 @@ class fake_file final : public ferry::file_backing {
 public:
   explicit fake_file(std::uint64_t n) : n_(n) {}
   std::uint64_t length() const noexcept override { return n_; }
-  ferry::task<ferry::result<void>> read(std::uint64_t, std::span<std::byte>) override {
+  ferry::task<ferry::result<void>> read(std::uint64_t, std::span<std::byte>, std::stop_token) override {
     co_return ferry::fail(errc::unsupported, "fake");
   }
-  ferry::task<ferry::result<void>> write(std::uint64_t, std::span<const std::byte>) override {
+  ferry::task<ferry::result<void>> write(std::uint64_t, std::span<const std::byte>,
+                                         std::stop_token) override {
     co_return ferry::fail(errc::unsupported, "fake");
   }
 

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <stop_token>
 
 namespace ferry {
 
@@ -25,10 +26,15 @@ public:
   /// capacity). Lets a server refuse a read that cannot be whole before it starts answering it.
   virtual result<std::uint64_t> size_now() const { return length(); }
   /// Reads exactly `into.size()` bytes at `offset`, or fails (a file that ends early is an error, never
-  /// data). Runs on the loop of the io_context the file was opened with.
-  virtual task<result<void>> read(std::uint64_t offset, std::span<std::byte> into) = 0;
-  /// Writes all of `from` at `offset`, or fails.
-  virtual task<result<void>> write(std::uint64_t offset, std::span<const std::byte> from) = 0;
+  /// data). Runs on the loop of the io_context the file was opened with. Once `stop` is requested, what has
+  /// not reached the kernel yet (pieces waiting for a queue slot, later pieces) is not started and the call
+  /// fails with errc::cancelled; I/O already in the kernel finishes first.
+  virtual task<result<void>> read(std::uint64_t offset, std::span<std::byte> into,
+                                  std::stop_token stop = {}) = 0;
+  /// Writes all of `from` at `offset`, or fails; `stop` as for read() (a write stopped part-way may have
+  /// written some of its bytes).
+  virtual task<result<void>> write(std::uint64_t offset, std::span<const std::byte> from,
+                                   std::stop_token stop = {}) = 0;
 };
 
 } // namespace ferry

@@ -22,6 +22,7 @@
 #include <optional>
 #include <span>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -84,13 +85,17 @@ public:
   slow_file(ferry::io::io_context& ctx, std::size_t bytes, std::chrono::milliseconds delay)
       : ctx_(ctx), bytes_(bytes), delay_(delay) {}
   std::uint64_t length() const noexcept override { return bytes_.size(); }
-  ferry::task<ferry::result<void>> read(std::uint64_t offset, std::span<std::byte> into) override {
-    co_await ctx_.sleep_for(delay_);
+  ferry::task<ferry::result<void>> read(std::uint64_t offset, std::span<std::byte> into,
+                                        std::stop_token stop) override {
+    if (auto slept = co_await ctx_.sleep_for(delay_, stop); !slept)
+      co_return ferry::fail(slept.error());
     std::memcpy(into.data(), bytes_.data() + offset, into.size());
     co_return ferry::result<void>{};
   }
-  ferry::task<ferry::result<void>> write(std::uint64_t offset, std::span<const std::byte> from) override {
-    co_await ctx_.sleep_for(delay_);
+  ferry::task<ferry::result<void>> write(std::uint64_t offset, std::span<const std::byte> from,
+                                         std::stop_token stop) override {
+    if (auto slept = co_await ctx_.sleep_for(delay_, stop); !slept)
+      co_return ferry::fail(slept.error());
     std::memcpy(bytes_.data() + offset, from.data(), from.size());
     co_return ferry::result<void>{};
   }

@@ -13,6 +13,8 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <stop_token>
+#include <string>
 #include <sys/mount.h>
 #include <vector>
 
@@ -138,6 +140,56 @@ TEST_SUITE("uring_file") {
     fill(expect, 9);
     fill(std::span(expect).subspan(1000, 6400), 5, 1000);
     CHECK(disk == expect);
+  }
+
+  TEST_CASE("calls stopped while they wait for the file's queue slot end as cancelled, moving nothing") {
+    io_context ctx;
+    if (ctx.backend() != ferry::io::io_backend::uring) {
+      // why: epoll runs file I/O at once on the loop's thread, so no call ever waits for a slot there
+      MESSAGE("skipped: io_uring is not usable here: ", ctx.backend_note());
+      return;
+    }
+    temp_dir dir;
+    const std::string path = dir / "one-slot.bin";
+    make_file(path, 1 << 20, 3);
+    auto f = uring_file::open(ctx, path, {.queue_depth = 1});
+    REQUIRE(f);
+    constexpr std::size_t calls = 16;
+    aligned_buffer into(calls * 4096);
+    std::fill(into.bytes().begin(), into.bytes().end(), std::byte{0x5a});
+    std::vector<std::byte> from(calls * 100, std::byte{0x77});
+    std::stop_source stop;
+    // The first read takes the one slot and goes to the kernel; the other reads, and unaligned writes that
+    // would read, patch and write their block, queue behind it; then the stop comes.
+    std::vector<ferry::task<ferry::result<void>>> work;
+    for (std::size_t i = 0; i < calls; ++i)
+      work.push_back((*f)->read(i * 4096, std::span(into.data() + i * 4096, 4096), stop.get_token()));
+    for (std::size_t i = 0; i < calls; ++i)
+      work.push_back((*f)->write(200000 + i * 8192, std::span(from).subspan(i * 100, 100), stop.get_token()));
+    work.push_back([](std::stop_source& s) -> ferry::task<ferry::result<void>> {
+      s.request_stop();
+      co_return ferry::result<void>{};
+    }(stop));
+    auto results = ctx.run_until(ferry::when_all(std::move(work)));
+    CHECK_MESSAGE(results[0], (results[0] ? std::string()
+                                          : results[0].error().message())); // it was in the kernel already
+    for (std::size_t i = 1; i < 2 * calls; ++i) {
+      CAPTURE(i);
+      REQUIRE_FALSE(results[i]);
+      CHECK(results[i].error() == errc::cancelled);
+    }
+    MESSAGE("a call stopped while it waited for a slot: ", results[1].error().message());
+    CHECK(f->get()->in_flight() == 0);
+    std::vector<std::byte> expect(1 << 20);
+    fill(expect, 3);
+    CHECK(std::memcmp(into.data(), expect.data(), 4096) == 0);
+    CHECK(std::all_of(into.bytes().begin() + 4096, into.bytes().end(),
+                      [](std::byte b) { return b == std::byte{0x5a}; }));
+    CHECK(file_bytes(path, 0, 1 << 20) == expect); // no write started
+    // the file still serves calls that are not stopped
+    auto again = ctx.run_until((*f)->read(4096, std::span(into.data() + 4096, 4096)));
+    CHECK_MESSAGE(again, (again ? std::string() : again.error().message()));
+    CHECK(std::memcmp(into.data() + 4096, expect.data() + 4096, 4096) == 0);
   }
 
   TEST_CASE("a read past the end of the file region fails and fills nothing") {

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <sys/mount.h>
 #include <unistd.h>
@@ -223,6 +224,43 @@ TEST_SUITE("uring_transport") {
       auto wi = co_await initiator.transfer(within);
       CHECK_MESSAGE(wi.ok(), wi.first_error().message());
     }());
+  }
+
+  TEST_CASE("file slices still waiting for a queue slot when the batch's deadline passes are not started") {
+    io_context ctx;
+    temp_dir dir;
+    const std::string path = dir / "deadline.bin";
+    constexpr std::size_t bytes = 64 << 20;
+    make_file(path, bytes, 6);
+    // why: 4 KiB slices through one queue slot: 16384 file operations one after another, far more than 2 ms
+    file_engine engine(ctx, {.name = "local", .slice_size = 4096});
+    auto f = uring_file::open(ctx, path, {.queue_depth = 1});
+    REQUIRE(f);
+    auto at = engine.registry().add_file(*f, access::read_write);
+    REQUIRE(at);
+    aligned_buffer src(bytes);
+    std::fill(src.bytes().begin(), src.bytes().end(), std::byte{0x3c});
+    REQUIRE(engine.registry().add(src.data(), src.size(), access::none));
+    transfer_batch b;
+    b.write(src.data(), engine.self, *at, bytes);
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = ctx.run_until(
+        engine.transfer(b, ferry::transfer_options().with_timeout(std::chrono::milliseconds(2))));
+    auto took = std::chrono::steady_clock::now() - t0;
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.requests[0].error() == errc::timed_out);
+    MESSAGE("the batch ended after ", std::chrono::duration<double, std::milli>(took).count(), " ms");
+    CHECK((*f)->in_flight() == 0);
+    // the slices queued after the deadline did not run: the last quarter of the file is as it was
+    std::vector<std::byte> expect(bytes);
+    fill(expect, 6);
+    auto tail = file_bytes(path, bytes - bytes / 4, bytes / 4);
+    CHECK(std::memcmp(tail.data(), expect.data() + (bytes - bytes / 4), bytes / 4) == 0);
+    // and the region still takes a batch that is not stopped
+    transfer_batch small;
+    small.write(src.data(), engine.self, *at, 1 << 20);
+    auto ok = ctx.run_until(engine.transfer(small));
+    CHECK_MESSAGE(ok.ok(), ok.first_error().message());
   }
 
   TEST_CASE("ENOSPC fails the write that hit it while the rest of the batch succeeds") {

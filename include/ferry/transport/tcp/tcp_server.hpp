@@ -493,7 +493,8 @@ private:
             // why: after a piece failed, the rest of the payload is still taken (the stream stays in step)
             // and the write refused with the first error
             if (!failed) {
-              auto written = co_await on_own_loop(home, [&] { return lease->file()->write(at, piece); });
+              auto written = co_await on_own_loop(
+                  home, [&] { return lease->file()->write(at, piece, stop_.get_token()); });
               if (!written)
                 failed = written.error();
             }
@@ -530,7 +531,8 @@ private:
         for (std::uint64_t done = 0; done < h->length;) {
           const std::uint64_t at = file_lease->file_offset() + done;
           auto piece = staging.hold(piece_at(at, h->length - done));
-          auto got = co_await on_own_loop(home, [&] { return file_lease->file()->read(at, piece); });
+          auto got = co_await on_own_loop(
+              home, [&] { return file_lease->file()->read(at, piece, stop_.get_token()); });
           step = bounded(within, sock, home); // why: the file's time is the server's, not a stall of the peer
           if (done == 0) {
             if (got)

@@ -7,8 +7,9 @@
 /// continued; a file that ends before the range asked for is an error (errc::out_of_bounds), never data.
 /// A filesystem that refuses O_DIRECT (tmpfs before Linux 6.6, ramfs) gets buffered I/O, said once on stderr
 /// and in note(). Buffers inside the io_context's registered buffers (io_context::register_buffers) move with
-/// io_uring's fixed-buffer operations. Use it from the loop's thread only, and let it go before its
-/// io_context.
+/// io_uring's fixed-buffer operations. A stop_token given to read() or write() ends the call with
+/// errc::cancelled before its next piece, also one waiting for a queue slot. Use it from the loop's thread
+/// only, and let it go before its io_context.
 ///
 ///   auto f = ferry::uring_file::open(ctx, "/nvme/kv.bin", {.permissions = ferry::access::read_write});
 ///   auto at = engine.registry().add_file(*f, ferry::access::read_write);   // a region of this segment
@@ -34,6 +35,7 @@
 #include <linux/fs.h>
 #include <memory>
 #include <span>
+#include <stop_token>
 #include <string>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -125,16 +127,23 @@ public:
   /// Operations in flight now (at most the queue depth).
   std::size_t in_flight() const noexcept { return slots_.in_use(); }
 
-  task<result<void>> read(std::uint64_t offset, std::span<std::byte> into) override {
+  task<result<void>> read(std::uint64_t offset, std::span<std::byte> into,
+                          std::stop_token stop = {}) override {
     if (offset > length_ || into.size() > length_ - offset)
       co_return fail(errc::out_of_bounds, "uring_file read: range past the end of the file region");
     std::size_t done = 0;
     while (done < into.size()) {
+      if (stop.stop_requested())
+        co_return fail(cancelled());
       std::uint64_t at = offset + done;
       auto rest = into.subspan(done);
       if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
         // why: the hot path (aligned, O_DIRECT) awaits the operation here, without a coroutine of its own
         co_await slots_.acquire();
+        if (stop.stop_requested()) { // why: it may have waited for the slot long after it was stopped
+          slots_.release();
+          co_return fail(cancelled());
+        }
         auto n = co_await direct_io(false, at, rest.data(), std::min(rest.size(), max_io));
         slots_.release();
         if (!n)
@@ -149,7 +158,7 @@ public:
       std::uint64_t end = std::min<std::uint64_t>(at + rest.size(), lo + bounce_size_);
       std::uint64_t hi = round_up(end);
       auto buf = take_bounce();
-      auto n = co_await io_read(lo, std::span(buf.data(), static_cast<std::size_t>(hi - lo)));
+      auto n = co_await io_read(lo, std::span(buf.data(), static_cast<std::size_t>(hi - lo)), stop);
       if (!n) {
         give_back(std::move(buf));
         co_return fail(n.error());
@@ -167,17 +176,24 @@ public:
     co_return result<void>{};
   }
 
-  task<result<void>> write(std::uint64_t offset, std::span<const std::byte> from) override {
+  task<result<void>> write(std::uint64_t offset, std::span<const std::byte> from,
+                           std::stop_token stop = {}) override {
     if (!allows(options_.permissions, access::write))
       co_return fail(errc::permission_denied, "uring_file write: the file was opened read-only");
     if (offset > length_ || from.size() > length_ - offset)
       co_return fail(errc::out_of_bounds, "uring_file write: range past the end of the file region");
     std::size_t done = 0;
     while (done < from.size()) {
+      if (stop.stop_requested())
+        co_return fail(cancelled());
       std::uint64_t at = offset + done;
       auto rest = from.subspan(done);
       if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
         co_await slots_.acquire();
+        if (stop.stop_requested()) {
+          slots_.release();
+          co_return fail(cancelled());
+        }
         auto n =
             co_await direct_io(true, at, const_cast<std::byte*>(rest.data()), std::min(rest.size(), max_io));
         slots_.release();
@@ -209,9 +225,9 @@ public:
       // An unaligned buffer over whole blocks only needs staging; partial blocks need read-modify-write.
       result<std::size_t> n;
       if (!tail && lo == at && hi == end)
-        n = co_await patch(lo, hi, at, piece);
+        n = co_await patch(lo, hi, at, piece, stop);
       else
-        n = co_await locked_write(lo, hi, at, piece, tail);
+        n = co_await locked_write(lo, hi, at, piece, tail, stop);
       if (!n)
         co_return fail(n.error());
       done += *n;
@@ -225,6 +241,7 @@ private:
   static constexpr std::uint64_t round_up(std::uint64_t x) noexcept {
     return (x + alignment - 1) / alignment * alignment;
   }
+  static error cancelled() { return error(errc::cancelled, "uring_file: stopped before the I/O started"); }
   static bool is_aligned(std::uint64_t at, const void* p, std::size_t len) noexcept {
     return at % alignment == 0 && reinterpret_cast<std::uintptr_t>(p) % alignment == 0 &&
            len % alignment == 0;
@@ -297,8 +314,12 @@ private:
 
   // One read or write of `f`, holding one of the file's queue slots.
   task<result<std::size_t>> run_io(io::file& f, bool is_write, std::uint64_t at, std::byte* p,
-                                   std::size_t len) {
+                                   std::size_t len, const std::stop_token& stop) {
     co_await slots_.acquire();
+    if (stop.stop_requested()) {
+      slots_.release();
+      co_return fail(cancelled());
+    }
     result<std::size_t> n;
     if (is_write)
       n = co_await f.write_at(at, std::span<const std::byte>(p, len));
@@ -307,18 +328,21 @@ private:
     slots_.release();
     co_return n;
   }
-  task<result<std::size_t>> io_read(std::uint64_t at, std::span<std::byte> into) {
-    return run_io(file_, false, at, into.data(), into.size());
+  task<result<std::size_t>> io_read(std::uint64_t at, std::span<std::byte> into,
+                                    const std::stop_token& stop) {
+    return run_io(file_, false, at, into.data(), into.size(), stop);
   }
-  task<result<std::size_t>> io_write(std::uint64_t at, std::span<const std::byte> from) {
-    return run_io(file_, true, at, const_cast<std::byte*>(from.data()), from.size());
+  task<result<std::size_t>> io_write(std::uint64_t at, std::span<const std::byte> from,
+                                     const std::stop_token& stop) {
+    return run_io(file_, true, at, const_cast<std::byte*>(from.data()), from.size(), stop);
   }
 
   // Writes `data` (at `at`, inside the aligned window [lo, hi)) while no other such write touches the window:
   // through the buffered descriptor (the file's partial last block), or by reading the window's partial end
   // blocks, patching them and writing the window whole. Yields the bytes of `data` written.
   task<result<std::size_t>> locked_write(std::uint64_t lo, std::uint64_t hi, std::uint64_t at,
-                                         std::span<const std::byte> data, bool buffered) {
+                                         std::span<const std::byte> data, bool buffered,
+                                         const std::stop_token& stop) {
     // why: two writes that share a block must not both read it, patch and write it back: the second would
     // undo the first. Windows in flight are serialized.
     while (std::any_of(windows_.begin(), windows_.end(),
@@ -326,15 +350,17 @@ private:
       window_waiter w;
       window_waiters_.push_back(&w);
       co_await w;
+      if (stop.stop_requested())
+        co_return fail(cancelled());
     }
     windows_.push_back({lo, hi});
     result<std::size_t> out;
     if (buffered) {
-      out = co_await run_io(buffered_, true, at, const_cast<std::byte*>(data.data()), data.size());
+      out = co_await run_io(buffered_, true, at, const_cast<std::byte*>(data.data()), data.size(), stop);
       if (out && *out == 0)
         out = fail(errc::short_transfer, "uring_file write: the device accepted no bytes");
     } else {
-      out = co_await patch(lo, hi, at, data);
+      out = co_await patch(lo, hi, at, data, stop);
     }
     windows_.erase(std::find_if(windows_.begin(), windows_.end(),
                                 [&](const window& w) { return w.lo == lo && w.hi == hi; }));
@@ -344,7 +370,7 @@ private:
   }
 
   task<result<std::size_t>> patch(std::uint64_t lo, std::uint64_t hi, std::uint64_t at,
-                                  std::span<const std::byte> data) {
+                                  std::span<const std::byte> data, const std::stop_token& stop) {
     auto buf = take_bounce();
     std::uint64_t end = at + data.size();
     // The first and last blocks keep bytes that are not ours: read them.
@@ -355,7 +381,7 @@ private:
     if (end != hi && !(at != lo && hi - alignment == lo)) // the same block is read once
       heads[count++] = hi - alignment;
     for (int i = 0; i < count; ++i) {
-      auto n = co_await io_read(heads[i], std::span(buf.data() + (heads[i] - lo), alignment));
+      auto n = co_await io_read(heads[i], std::span(buf.data() + (heads[i] - lo), alignment), stop);
       if (!n) {
         give_back(std::move(buf));
         co_return fail(n.error());
@@ -367,7 +393,8 @@ private:
     std::size_t done = 0;
     std::size_t window = static_cast<std::size_t>(hi - lo);
     while (done < window) {
-      auto n = co_await io_write(lo + done, std::span<const std::byte>(buf.data() + done, window - done));
+      auto n =
+          co_await io_write(lo + done, std::span<const std::byte>(buf.data() + done, window - done), stop);
       if (!n) {
         give_back(std::move(buf));
         co_return fail(n.error());

@@ -19,9 +19,12 @@
 #include "ferry/transport/slice.hpp"
 #include "ferry/transport/transport_context.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
+#include <stop_token>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 
 namespace ferry {
@@ -52,34 +55,55 @@ public:
       s->settle(error(errc::invalid_state, "uring: the region is no longer a file region"));
       return;
     }
-    tc_.scope.spawn(run(s, std::move(*lease)));
+    auto& batch = batches_[s->batch];
+    ++batch.slices;
+    tc_.scope.spawn(run(s, std::move(*lease), batch.stop.get_token()));
   }
 
-  /// Slices already handed to their file finish (the kernel may already have moved their bytes; the batch
-  /// completes once they have): file I/O is not interrupted.
-  void abort(detail::batch_state*) noexcept {}
+  /// The batch's slices that wait for one of their file's queue slots, or have pieces still to start, end
+  /// with the batch's error at once; I/O already in the kernel finishes (it cannot be taken back), and the
+  /// batch completes once it has.
+  void abort(detail::batch_state* b) noexcept {
+    if (auto it = batches_.find(b); it != batches_.end())
+      it->second.stop.request_stop();
+  }
 
   void forget(const peer&) noexcept {}
 
-  void shutdown() noexcept { stopping_ = true; }
+  void shutdown() noexcept {
+    stopping_ = true;
+    for (auto& [batch, live] : batches_)
+      live.stop.request_stop();
+  }
 
 private:
-  task<> run(slice* s, region_registry::lease lease) {
-    if (s->batch->aborted() || stopping_) {
-      s->settle(error(errc::cancelled, "uring"));
-      co_return;
-    }
-    file_backing* f = lease.file();
+  // The slices of one batch that are with their files, and what stops them.
+  struct live_batch {
+    std::stop_source stop;
+    std::size_t slices = 0;
+  };
+
+  task<> run(slice* s, region_registry::lease lease, std::stop_token stop) {
     result<void> r;
-    if (s->op == transfer_op::write)
-      r = co_await f->write(lease.file_offset(), std::span<const std::byte>(s->local, s->length));
-    else
-      r = co_await f->read(lease.file_offset(), std::span<std::byte>(s->local, s->length));
+    if (s->batch->aborted() || stopping_) {
+      r = fail(errc::cancelled, "uring");
+    } else {
+      file_backing* f = lease.file();
+      if (s->op == transfer_op::write)
+        r = co_await f->write(lease.file_offset(), std::span<const std::byte>(s->local, s->length), stop);
+      else
+        r = co_await f->read(lease.file_offset(), std::span<std::byte>(s->local, s->length), stop);
+    }
     lease = {};
+    // why: before the slice settles: the last one settled may end the batch, and a later batch may be given
+    // the same address
+    if (auto it = batches_.find(s->batch); it != batches_.end() && --it->second.slices == 0)
+      batches_.erase(it);
     s->settle(r ? error() : r.error());
   }
 
   transport_context& tc_;
+  std::unordered_map<detail::batch_state*, live_batch> batches_;
   bool stopping_ = false;
 };
 
