@@ -2,12 +2,18 @@
 /// `ferry::metadata_options`: how a client reaches a remote metadata service.
 
 #include <chrono>
+#include <cstddef>
 
 namespace ferry {
 
 struct metadata_options {
-  /// Connecting, and waiting for one reply: past this an operation fails naming the server.
+  /// Connecting, and waiting for one reply: past this an operation fails naming the server. A reply that
+  /// keeps coming a little at a time is given up too: an HTTP exchange (etcd, ferry-metad) once it has taken
+  /// twice this in all, a Redis reply once it has taken this since the command went out.
   std::chrono::milliseconds timeout{2000};
+  /// The largest reply taken: a larger one fails the operation (errc::malformed_frame) once this much of it
+  /// has arrived, instead of being gathered in memory.
+  std::size_t max_reply_bytes = std::size_t{256} << 20;
 };
 
 } // namespace ferry

@@ -1,6 +1,7 @@
 // The metadata backends against real servers (ferry-metad, etcd, redis-server started by the tests on random
 // loopback ports), their faults, and the engine's use of them: leases that outlive no process, lookups that
 // fail clearly while transfers go on, descriptors refreshed after a restart.
+#include "misbehaving_server.hpp"
 #include "servers.hpp"
 
 #include "../../support/forked_child.hpp"
@@ -259,6 +260,43 @@ TEST_SUITE("metadata backends") {
       auto published = ctx.run_until(engine.publish());
       REQUIRE_FALSE(published);
       CHECK(published.error() == ferry::errc::peer_unreachable);
+    }
+  }
+
+  TEST_CASE("a service whose reply trickles, never ends or is endless fails the operation within its bound") {
+    using server = ferry_test::misbehaving_server;
+    const ferry::metadata_options options{.timeout = 300ms, .max_reply_bytes = 1 << 20};
+    for (auto manner : {server::manner::trickle, server::manner::endless_head, server::manner::flood}) {
+      for (std::string scheme : {"etcd", "http", "redis"}) {
+        CAPTURE(scheme);
+        CAPTURE(static_cast<int>(manner));
+        server bad(scheme == "redis" ? server::protocol::resp : server::protocol::http, manner);
+        auto t0 = std::chrono::steady_clock::now();
+        ferry::result<std::optional<std::string>> got;
+        if (scheme == "etcd")
+          got = sync_wait(ferry::etcd_metadata_store({bad.address()}, options).get("anything"));
+        else if (scheme == "http")
+          got = sync_wait(ferry::http_metadata_store({bad.address()}, options).get("anything"));
+        else
+          got = sync_wait(ferry::redis_metadata_store(bad.address(), options).get("anything"));
+        auto took = std::chrono::steady_clock::now() - t0;
+        REQUIRE_FALSE(got);
+        CHECK(bad.accepted() == 1); // a request that was sent is never sent again
+        // HTTP: connecting and the whole exchange within twice the timeout; Redis: the reply within it
+        CHECK(took < 2 * options.timeout + 1s);
+        if (manner == server::manner::flood) {
+          CHECK(got.error() == ferry::errc::malformed_frame);
+        } else if (scheme == "redis" && manner == server::manner::endless_head) {
+          // a RESP array of a million integers is 4 MB: the cap or the deadline, whichever comes first
+          CHECK((got.error() == ferry::errc::timed_out || got.error() == ferry::errc::malformed_frame));
+        } else {
+          CHECK(got.error() == ferry::errc::timed_out);
+        }
+        CHECK_MESSAGE(std::string(got.error().what()).find(bad.address()) != std::string::npos,
+                      got.error().message());
+        MESSAGE(scheme, ": ", got.error().message(), " after ",
+                std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), " ms");
+      }
     }
   }
 

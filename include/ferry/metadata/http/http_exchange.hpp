@@ -4,16 +4,21 @@
 /// never waits on the network; the awaiting coroutine resumes on that worker. An endpoint that cannot be
 /// reached is skipped for the next one in the list (etcd clusters); failures name the endpoints tried. A
 /// request that was sent and then failed is not sent again: its outcome is unknown, and the error says so.
+/// Connecting takes at most `metadata_options::timeout`; an exchange that has no whole reply after twice that
+/// (a server that stopped answering, or trickles) fails with errc::timed_out, and a reply larger than
+/// `metadata_options::max_reply_bytes` with errc::malformed_frame, without being kept.
 
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/core/thread_pool.hpp"
+#include "ferry/metadata/http/detail/exchange_watchdog.hpp"
 #include "ferry/metadata/metadata_options.hpp"
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -68,21 +73,37 @@ public:
       req.set_header("Content-Type", "application/json");
       int status = 0;
       std::string received;
+      bool too_large = false;
       req.response_handler = [&](const httplib::Response& r) {
         status = r.status;
         return true;
       };
       req.content_receiver = [&](const char* data, std::size_t length, std::uint64_t, std::uint64_t) {
+        if (length > options_.max_reply_bytes - received.size()) {
+          too_large = true;
+          return false;
+        }
         received.append(data, length);
         return true;
       };
       httplib::Response res;
       httplib::Error err = httplib::Error::Success;
+      watchdog_.arm(*e.client, std::chrono::steady_clock::now() + 2 * options_.timeout);
       bool sent = e.client->send(req, res, err);
-      if (sent || (err == httplib::Error::Read && status != 0 && nlohmann::json::accept(received))) {
+      bool late = watchdog_.disarm();
+      if (too_large)
+        co_return fail(errc::malformed_frame, what_ + " " + e.host + ": the reply is larger than " +
+                                                  std::to_string(options_.max_reply_bytes) +
+                                                  " bytes (metadata_options::max_reply_bytes)");
+      // why: a reply that came whole counts even if the watchdog fired as it ended; one cut off does not
+      if (sent || (!late && err == httplib::Error::Read && status != 0 && nlohmann::json::accept(received))) {
         current_ = (current_ + n) % endpoints_.size();
         co_return reply{sent ? res.status : status, std::move(received)};
       }
+      if (late)
+        co_return fail(errc::timed_out, what_ + " " + e.host + ": no whole reply within " +
+                                            std::to_string(2 * options_.timeout.count()) +
+                                            " ms (its outcome is unknown)");
       if (!tried.empty())
         tried += ", ";
       tried += e.host + " (" + httplib::to_string(err) + ")";
@@ -105,6 +126,7 @@ private:
   std::vector<endpoint> endpoints_;
   std::size_t current_ = 0;
   std::mutex mutex_;
+  detail::exchange_watchdog watchdog_;
   thread_pool worker_; // why: last member: its thread finishes queued requests before the clients go
 };
 

@@ -19,12 +19,15 @@
 #include <hiredis/hiredis.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <poll.h>
 #include <random>
 #include <set>
 #include <string>
@@ -266,18 +269,60 @@ private:
       argv.push_back(a.data());
       lengths.push_back(a.size());
     }
-    auto* raw = static_cast<redisReply*>(
-        ::redisCommandArgv(ctx_.get(), static_cast<int>(argv.size()), argv.data(), lengths.data()));
-    if (!raw) {
-      std::string why = ctx_->errstr;
-      ctx_.reset();
-      return fail(errc::peer_unreachable, "redis " + host_ + ": " + args[0] + ": " + why);
+    auto got = exchange(static_cast<int>(argv.size()), argv.data(), lengths.data(), args[0]);
+    if (!got) {
+      ctx_.reset(); // why: a reply cut off or left unread would be taken for the next command's
+      return fail(got.error());
     }
-    reply_ptr r(raw);
+    reply_ptr r(*got);
     if (r->type == REDIS_REPLY_ERROR)
       return fail(errc::invalid_state,
                   "redis " + host_ + ": " + args[0] + ": " + std::string(r->str, r->len));
     return r;
+  }
+
+  /// Sends one command and gathers its reply, within `options_.timeout` from when the command went out and
+  /// `options_.max_reply_bytes`.
+  // why: not redisCommandArgv: its socket timeout bounds each read, not a reply, so a server that trickles a
+  // reply would hold the worker thread for as long as it likes, and a reply is gathered whatever its size
+  result<redisReply*> exchange(int argc, const char** argv, const std::size_t* lengths,
+                               const std::string& what) {
+    auto broken = [&](const char* why) {
+      return fail(errc::peer_unreachable, "redis " + host_ + ": " + what + ": " + why);
+    };
+    if (::redisAppendCommandArgv(ctx_.get(), argc, argv, lengths) != REDIS_OK)
+      return broken(ctx_->errstr);
+    for (int written = 0; !written;)
+      if (::redisBufferWrite(ctx_.get(), &written) != REDIS_OK) // a blocking write: SO_SNDTIMEO bounds it
+        return broken(ctx_->errstr);
+    const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
+    std::size_t received = 0;
+    for (;;) {
+      void* reply = nullptr;
+      if (::redisGetReplyFromReader(ctx_.get(), &reply) != REDIS_OK)
+        return fail(errc::malformed_frame, "redis " + host_ + ": " + what + ": " + ctx_->errstr);
+      if (reply)
+        return static_cast<redisReply*>(reply);
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      ::pollfd p{ctx_->fd, POLLIN, 0};
+      int ready = left.count() > 0 ? ::poll(&p, 1, static_cast<int>(left.count())) : 0;
+      if (ready < 0 && errno == EINTR)
+        continue;
+      if (ready < 0)
+        return broken(std::strerror(errno));
+      if (ready == 0)
+        return fail(errc::timed_out, "redis " + host_ + ": " + what + ": no whole reply within " +
+                                         std::to_string(options_.timeout.count()) +
+                                         " ms (its outcome is unknown)");
+      const std::size_t before = ctx_->reader->len;
+      if (::redisBufferRead(ctx_.get()) != REDIS_OK)
+        return broken(ctx_->errstr);
+      received += ctx_->reader->len - before;
+      if (received > options_.max_reply_bytes)
+        return fail(errc::malformed_frame, "redis " + host_ + ": " + what + ": the reply is larger than " +
+                                               std::to_string(options_.max_reply_bytes) +
+                                               " bytes (metadata_options::max_reply_bytes)");
+    }
   }
 
   static std::string random_token() {
