@@ -95,6 +95,26 @@ void exercise(const std::string& conn, std::chrono::milliseconds ttl) {
   REQUIRE(sync_wait(m.revoke(*lease)));
   CHECK_FALSE(sync_wait(m.get("leased/a")).value().has_value());
 
+  // A key put again by another client under a lease of its own is that lease's now: the first lease lives on
+  // (as in etcd, renewing it succeeds) but never renews, takes back or removes that key
+  {
+    auto other = connect(conn);
+    auto first = sync_wait(m.grant(ttl));
+    REQUIRE(first);
+    REQUIRE(sync_wait(m.put("leased/taken", "first", *first)));
+    auto second = sync_wait(other.grant(ttl));
+    REQUIRE(second);
+    REQUIRE(sync_wait(other.put("leased/taken", "second", *second)));
+    auto still = sync_wait(m.keep_alive(*first));
+    CHECK_MESSAGE(still, (still ? std::string() : still.error().message()));
+    CHECK(sync_wait(m.get("leased/taken")).value() == "second");
+    REQUIRE(sync_wait(other.keep_alive(*second)));
+    REQUIRE(sync_wait(m.revoke(*first)));
+    CHECK(sync_wait(m.get("leased/taken")).value() == "second");
+    REQUIRE(sync_wait(other.revoke(*second)));
+    CHECK_FALSE(sync_wait(m.get("leased/taken")).value().has_value());
+  }
+
   auto short_lease = sync_wait(m.grant(ttl));
   REQUIRE(short_lease);
   REQUIRE(sync_wait(m.put("leased/b", "y", *short_lease)));

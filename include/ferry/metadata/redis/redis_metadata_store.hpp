@@ -2,9 +2,10 @@
 /// `ferry::redis_metadata_store`: Redis as a metadata store (hiredis). Leases are kept the Redis way: a key
 /// put under a lease carries the lease's TTL (PX), next to an owner key holding the lease's token, and
 /// keep_alive renews both (PEXPIRE) on every key of the lease, atomically and only while the token is still
-/// the owner's; a key that expired or that another writer put since ends the lease (errc::not_found: grant
-/// and put again), and revoking never deletes such a key. Compare-and-set runs as a Lua script, atomically on
-/// the server. Operations run on a worker thread of the store's own and resume there.
+/// the owner's. A key that expired ends the lease (errc::not_found: grant and put again); a key that another
+/// writer put since is that writer's, and the lease lives on without it (as in etcd), never renewing or
+/// deleting it. Compare-and-set runs as a Lua script, atomically on the server. Operations run on a worker
+/// thread of the store's own and resume there; each reply must come whole within the options' timeout.
 ///
 ///   ferry::redis_metadata_store redis("127.0.0.1:6379");
 ///   co_await redis.put("ferry/segments/decode-0", json);
@@ -183,17 +184,27 @@ return 0)lua";
     auto it = leases_.find(lease);
     if (it == leases_.end())
       co_return fail(errc::not_found, "redis: keep_alive: lease " + std::to_string(lease) + " has expired");
+    std::vector<std::string> taken;
     for (auto& key : it->second.keys) {
-      auto r =
-          command({"EVAL",
-                   "if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
-                   "redis.call('PEXPIRE', KEYS[2], ARGV[2]) return 1 end return 0",
-                   "2", key, owner_key(key), it->second.token, std::to_string(it->second.ttl.count())});
+      // 1: renewed; 2: the key is another writer's now (put again, under a lease of its own or none);
+      // 0: the key is gone (it expired: we were cut off for longer than the TTL)
+      auto r = command({"EVAL",
+                        "if redis.call('GET', KEYS[2]) == ARGV[1] then "
+                        "  if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 1 then "
+                        "    redis.call('PEXPIRE', KEYS[2], ARGV[2]) return 1 end "
+                        "  redis.call('DEL', KEYS[2]) return 0 end "
+                        "if redis.call('EXISTS', KEYS[1]) == 1 then return 2 end return 0",
+                        "2", key, owner_key(key), it->second.token, std::to_string(it->second.ttl.count())});
       if (!r)
         co_return fail(r.error());
+      if (r->get()->type == REDIS_REPLY_INTEGER && r->get()->integer == 2) {
+        // why: as in etcd, the lease lives on without the key; renewing the lease must not end it, or its
+        // owner would register again and take the key back from its successor, and the two would alternate
+        taken.push_back(key);
+        continue;
+      }
       if (r->get()->type != REDIS_REPLY_INTEGER || r->get()->integer != 1) {
-        // why: the key expired (we were cut off longer than the TTL) or was put again by someone else: the
-        // lease is over, as etcd would say; what is still ours goes with it
+        // why: the key expired: the lease is over, as etcd would say; what is still ours goes with it
         std::set<std::string> keys = std::move(it->second.keys);
         std::string token = it->second.token;
         leases_.erase(it);
@@ -202,6 +213,8 @@ return 0)lua";
         co_return fail(errc::not_found, "redis: keep_alive: lease " + std::to_string(lease) + " has expired");
       }
     }
+    for (auto& key : taken)
+      it->second.keys.erase(key);
     co_return result<void>{};
   }
   task<result<void>> revoke(lease_id lease) {
