@@ -46,11 +46,16 @@ struct tcp_options {
   // why: an algorithm that paces in the kernel (bbr without the fq qdisc) arms a timer per packet; on links
   // inside a cluster, or on loopback, that costs a large share of the sender's CPU (see BENCHMARKS.md).
   std::string congestion_control;
-  /// Serving: connections served at once, at most; one accepted beyond is closed at once (its peer's transfer
-  /// or handshake fails as closed), so that peers cannot take every descriptor of this process. Each peer
-  /// engine holds connections_per_peer + 1. 0: the process's descriptor limit (RLIMIT_NOFILE) less an eighth
-  /// of it (at least 64) kept for everything else, when the engine starts listening.
+  /// Serving: connections served at once, at most, so that peers cannot take every descriptor of this
+  /// process. Each peer engine holds connections_per_peer + 1. 0: the process's descriptor limit
+  /// (RLIMIT_NOFILE) less an eighth of it (at least 64) kept for everything else, when the engine starts
+  /// listening. A connection accepted beyond takes the place of the one that has waited longest for its next
+  /// request, if that one has waited `evict_idle_after` at least (it is closed, and its peer connects again
+  /// when it needs it); if none has, the new one is closed at once (its peer's transfer or handshake fails as
+  /// closed).
   std::size_t max_served_connections = 0;
+  /// See max_served_connections; `std::chrono::milliseconds::max()`: never evict.
+  std::chrono::milliseconds evict_idle_after{1000};
 };
 
 struct shm_options {

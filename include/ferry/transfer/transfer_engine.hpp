@@ -157,7 +157,7 @@ public:
         tcp_server::hooks{[this] { return descriptor().to_json(); },
                           [this](std::string message) { return deliver(std::move(message)); }},
         connection_loops_.get(), options_.tcp.stall_timeout, options_.tcp.keepalive_idle,
-        options_.tcp.max_served_connections);
+        options_.tcp.max_served_connections, options_.tcp.evict_idle_after);
     auto where = server_->listen(*at, options_.tcp.congestion_control);
     if (!where) {
       server_.reset();

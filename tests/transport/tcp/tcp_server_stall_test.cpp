@@ -39,12 +39,14 @@ struct stalled_target {
   ferry::io::io_context ctx;
   ferry::default_engine engine;
 
-  explicit stalled_target(unsigned io_threads, std::size_t bytes = 1 << 20, std::size_t max_connections = 0)
+  explicit stalled_target(unsigned io_threads, std::size_t bytes = 1 << 20, std::size_t max_connections = 0,
+                          std::chrono::milliseconds evict_idle_after = std::chrono::milliseconds::max())
       : region(bytes), engine(ctx, {.name = "target",
                                     .listen = "127.0.0.2:0",
                                     .tcp = {.io_threads = io_threads,
                                             .stall_timeout = 300ms,
-                                            .max_served_connections = max_connections}}) {
+                                            .max_served_connections = max_connections,
+                                            .evict_idle_after = evict_idle_after}}) {
     REQUIRE(engine.registry().add(region.data(), region.size(), access::read_write));
     REQUIRE(engine.start());
   }
@@ -149,6 +151,81 @@ TEST_SUITE("tcp_server") {
       CHECK(co_await ping(next, 10));
       for (auto& s : served)
         CHECK(co_await ping(s, 11) == s.is_open());
+    }());
+  }
+
+  TEST_CASE("at the most served connections, a new one takes the place of the one idle longest, whose peer "
+            "reconnects") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      stalled_target t(io_threads, 1 << 20, 2, 200ms);
+      t.ctx.run_until([&]() -> ferry::task<> {
+        auto ping = [&](ferry::io::tcp_socket& raw, std::uint64_t id) -> ferry::task<bool> {
+          auto sent = co_await raw.send_all(header(ferry::tcp::frame_type::ping, id, 0, 0));
+          if (!sent)
+            co_return false;
+          auto h = co_await t.reply(raw);
+          co_return h && h->type == ferry::tcp::frame_type::pong;
+        };
+        auto first = co_await t.peer();
+        CHECK(co_await ping(first, 1));
+        co_await t.ctx.sleep_for(50ms);
+        auto second = co_await t.peer();
+        CHECK(co_await ping(second, 2));
+        // both are idle, neither for 200 ms yet: a third is refused
+        auto early = co_await t.peer();
+        CHECK_FALSE(co_await ping(early, 3));
+        CHECK(t.engine.server()->refused_connections() == 1);
+        CHECK(t.engine.server()->evicted_connections() == 0);
+        co_await t.ctx.sleep_for(300ms);
+        // now both have waited long enough: the one idle longest gives its place up
+        auto third = co_await t.peer();
+        CHECK(co_await ping(third, 4));
+        CHECK(t.engine.server()->evicted_connections() == 1);
+        CHECK_FALSE(co_await ping(first, 5)); // closed by the target
+        CHECK(co_await ping(second, 6));      // served still: it was idle less long
+        CHECK(t.engine.server()->refused_connections() == 1);
+      }());
+    }
+  }
+
+  TEST_CASE("a peer whose idle connection was given to another transfers again without an error") {
+    stalled_target t(2, 1 << 20, 2, 200ms);
+    auto initiator = [](ferry::io::io_context& ctx, const char* name) {
+      return std::make_unique<ferry::default_engine>(
+          ctx, ferry::engine_options{.name = name, .tcp = {.connections_per_peer = 1}});
+    };
+    auto a = initiator(t.ctx, "a"), b = initiator(t.ctx, "b"), c = initiator(t.ctx, "c");
+    std::vector<std::byte> data(64 << 10), back(64 << 10);
+    for (std::size_t i = 0; i < data.size(); ++i)
+      data[i] = static_cast<std::byte>(i * 7 + 1);
+    for (auto* e : {a.get(), b.get(), c.get()}) {
+      REQUIRE(e->registry().add(data.data(), data.size(), access::none));
+      REQUIRE(e->registry().add(back.data(), back.size(), access::none));
+    }
+    t.ctx.run_until([&]() -> ferry::task<> {
+      auto round_trip = [&](ferry::default_engine& e, std::uint64_t at) -> ferry::task<bool> {
+        auto seg = co_await e.open_segment(t.engine.endpoint()->to_string());
+        REQUIRE(seg);
+        ferry::transfer_batch w;
+        w.write(data.data(), *seg, at, data.size());
+        auto wr = co_await e.transfer(w, ferry::transfer_options().with_timeout(10s));
+        CHECK_MESSAGE(wr.ok(), wr.first_error().message());
+        ferry::transfer_batch r;
+        std::fill(back.begin(), back.end(), std::byte{0});
+        r.read(back.data(), *seg, at, back.size());
+        auto rr = co_await e.transfer(r, ferry::transfer_options().with_timeout(10s));
+        CHECK_MESSAGE(rr.ok(), rr.first_error().message());
+        co_return wr.ok() && rr.ok() && back == data;
+      };
+      CHECK(co_await round_trip(*a, 0));
+      CHECK(co_await round_trip(*b, 1 << 16));
+      co_await t.ctx.sleep_for(300ms);
+      CHECK(co_await round_trip(*c, 2 << 16)); // takes a's place
+      CHECK(co_await round_trip(*a, 3 << 16)); // a connects again and takes b's place
+      CHECK(t.engine.server()->evicted_connections() == 2);
+      CHECK(t.engine.server()->refused_connections() == 0);
+      CHECK(t.engine.server()->connections() <= 2);
     }());
   }
 

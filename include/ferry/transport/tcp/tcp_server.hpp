@@ -75,14 +75,18 @@ public:
   /// accepted connections send keepalives after `keepalive_idle` without traffic (0: the system's setting).
   /// A connection must send its first request within `stall_timeout` of being accepted; at most
   /// `max_connections` are served at once (0: RLIMIT_NOFILE less an eighth, at least 64, kept for the rest of
-  /// the process), one beyond is closed when accepted.
+  /// the process). One accepted beyond takes the place of the served connection that has waited longest for
+  /// its next request, if that one has waited `evict_idle_after` at least (it is closed; its peer connects
+  /// again when it needs it); else the new one is closed.
   tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h,
              io::io_context_pool* connection_loops = nullptr,
              std::chrono::milliseconds stall_timeout = std::chrono::seconds(10),
-             std::chrono::seconds keepalive_idle = std::chrono::seconds(30), std::size_t max_connections = 0)
+             std::chrono::seconds keepalive_idle = std::chrono::seconds(30), std::size_t max_connections = 0,
+             std::chrono::milliseconds evict_idle_after = std::chrono::seconds(1))
       : io_(io), registry_(registry), scope_(scope), hooks_(std::move(h)), loops_(connection_loops),
         stall_timeout_(stall_timeout), keepalive_idle_(keepalive_idle),
-        max_connections_(max_connections ? max_connections : most_descriptors_to_serve()) {}
+        max_connections_(max_connections ? max_connections : most_descriptors_to_serve()),
+        evict_idle_after_(evict_idle_after) {}
   tcp_server(const tcp_server&) = delete;
   tcp_server& operator=(const tcp_server&) = delete;
 
@@ -119,8 +123,11 @@ public:
   }
   /// The most connections served at once.
   std::size_t max_connections() const noexcept { return max_connections_; }
-  /// Connections closed as soon as they were accepted, because max_connections() were being served.
+  /// Connections closed as soon as they were accepted, because max_connections() were being served and none
+  /// of them had been idle long enough to give its place up.
   std::uint64_t refused_connections() const noexcept { return refused_.load(std::memory_order_relaxed); }
+  /// Idle connections closed to make room for new ones at max_connections().
+  std::uint64_t evicted_connections() const noexcept { return evicted_.load(std::memory_order_relaxed); }
 
   /// The most a connection stages of a file region's data at once: larger requests move in pieces.
   static constexpr std::uint64_t file_piece = 1ull << 20;
@@ -133,7 +140,11 @@ private:
   struct served_connection {
     io::tcp_socket* sock;
     std::uint64_t tag = 0;            // from its hello; 0: none (under sessions_mutex_)
-    std::atomic<bool> fenced = false; // a fence named it: it serves nothing more
+    std::atomic<bool> fenced = false; // a fence named it, or it was evicted: it serves nothing more
+    // Since when (steady clock, ns) it has waited for its next request; 0: it is serving one (or has not had
+    // its first); evicted: it gave its place up. Whoever changes it from a time wins.
+    std::atomic<std::int64_t> idle_since{0};
+    static constexpr std::int64_t evicted = -1;
   };
 
   static constexpr auto accept_backoff = std::chrono::milliseconds(50);
@@ -193,7 +204,7 @@ private:
         }
         continue; // a connection reset before accept, say: keep serving
       }
-      if (connections() >= max_connections_) {
+      if (connections() >= max_connections_ && !evict_idlest()) {
         // why: closed at once rather than left in the backlog: the peer learns now, and the process keeps
         // descriptors for everything else it does
         refused_.fetch_add(1, std::memory_order_relaxed);
@@ -202,6 +213,47 @@ private:
       }
       tcp::detail::keep_alive(*s, keepalive_idle_);
       scope_.spawn(serve(std::move(*s)));
+    }
+  }
+
+  static std::int64_t now_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  /// Closes the served connection that has waited longest for its next request, if it has waited
+  /// evict_idle_after_ at least; true if one was. The new connection then takes its place (the count is one
+  /// over until the evicted one has ended on its loop).
+  // why: peers keep their connections open between transfers; with many peers, most of the connections at
+  // the limit are idle, and a new peer should not be refused for them. An evicted peer reconnects when it
+  // needs the connection again, as after any connection that broke.
+  bool evict_idlest() {
+    if (evict_idle_after_ == std::chrono::milliseconds::max())
+      return false;
+    const std::int64_t latest =
+        now_ns() - std::chrono::duration_cast<std::chrono::nanoseconds>(evict_idle_after_).count();
+    std::lock_guard lock(sessions_mutex_);
+    for (;;) {
+      served_connection* idlest = nullptr;
+      std::int64_t since = 0;
+      for (auto* c : sessions_) {
+        std::int64_t t = c->idle_since.load(std::memory_order_acquire);
+        if (t > 0 && t <= latest && (!idlest || t < since)) {
+          idlest = c;
+          since = t;
+        }
+      }
+      if (!idlest)
+        return false;
+      // why: the connection may be taking a request right now; then it keeps serving, and the next is tried
+      if (!idlest->idle_since.compare_exchange_strong(since, served_connection::evicted,
+                                                      std::memory_order_acq_rel))
+        continue;
+      idlest->fenced.store(true, std::memory_order_release);
+      idlest->sock->shutdown(); // why: wakes it where it waits; it ends on its own loop
+      evicted_.fetch_add(1, std::memory_order_relaxed);
+      return true;
     }
   }
 
@@ -367,9 +419,15 @@ private:
       }
       // why: a peer may stay idle between requests as long as it likes, but one that sent part of a header
       // and then nothing is stalled in a request, and is dropped after the stall timeout like the others
-      if (in.size() == 0 && !first)
-        if (auto some = co_await in.fill(sock, 1); !some)
-          co_return; // closed, reset or stopped
+      if (in.size() == 0 && !first) {
+        std::int64_t since = now_ns();
+        me.idle_since.store(since, std::memory_order_release);
+        auto some = co_await in.fill(sock, 1);
+        // why: a connection evicted meanwhile serves nothing more, even a request that had arrived: its peer
+        // sees the connection end and sends the request again on another
+        if (!me.idle_since.compare_exchange_strong(since, 0, std::memory_order_acq_rel) || !some)
+          co_return; // evicted, closed, reset or stopped
+      }
       first = false;
       std::optional<io::deadline> header_within;
       std::stop_token header_stop;
@@ -616,6 +674,8 @@ private:
   std::chrono::milliseconds stall_timeout_;
   std::chrono::seconds keepalive_idle_;
   std::size_t max_connections_;
+  std::chrono::milliseconds evict_idle_after_;
+  std::atomic<std::uint64_t> evicted_{0};
   std::atomic<std::uint64_t> refused_{0};
   io::tcp_listener listener_;
   std::stop_source stop_;
