@@ -58,6 +58,15 @@ struct stalled_target {
     co_return std::move(*raw);
   }
 
+  /// Whether a ping on `raw` is answered (false: the target closed it, or did not answer).
+  ferry::task<bool> ping(ferry::io::tcp_socket& raw, std::uint64_t id) {
+    auto sent = co_await raw.send_all(header(ferry::tcp::frame_type::ping, id, 0, 0));
+    if (!sent)
+      co_return false;
+    auto h = co_await reply(raw);
+    co_return h && h->type == ferry::tcp::frame_type::pong;
+  }
+
   /// The header of the next reply on `raw`, if one arrives within 5 s and decodes.
   ferry::task<std::optional<ferry::tcp::frame_header>> reply(ferry::io::tcp_socket& raw) {
     ferry_test::raw_header back;
@@ -129,13 +138,7 @@ TEST_SUITE("tcp_server") {
     stalled_target t(0, 1 << 20, 4);
     REQUIRE(t.engine.server()->max_connections() == 4);
     t.ctx.run_until([&]() -> ferry::task<> {
-      auto ping = [&](ferry::io::tcp_socket& raw, std::uint64_t id) -> ferry::task<bool> {
-        auto sent = co_await raw.send_all(header(ferry::tcp::frame_type::ping, id, 0, 0));
-        if (!sent)
-          co_return false;
-        auto h = co_await t.reply(raw);
-        co_return h && h->type == ferry::tcp::frame_type::pong;
-      };
+      auto ping = [&](ferry::io::tcp_socket& raw, std::uint64_t id) { return t.ping(raw, id); };
       std::vector<ferry::io::tcp_socket> served;
       for (std::uint64_t i = 0; i < 4; ++i) {
         served.push_back(co_await t.peer());
@@ -160,13 +163,7 @@ TEST_SUITE("tcp_server") {
       CAPTURE(io_threads);
       stalled_target t(io_threads, 1 << 20, 2, 200ms);
       t.ctx.run_until([&]() -> ferry::task<> {
-        auto ping = [&](ferry::io::tcp_socket& raw, std::uint64_t id) -> ferry::task<bool> {
-          auto sent = co_await raw.send_all(header(ferry::tcp::frame_type::ping, id, 0, 0));
-          if (!sent)
-            co_return false;
-          auto h = co_await t.reply(raw);
-          co_return h && h->type == ferry::tcp::frame_type::pong;
-        };
+        auto ping = [&](ferry::io::tcp_socket& raw, std::uint64_t id) { return t.ping(raw, id); };
         auto first = co_await t.peer();
         CHECK(co_await ping(first, 1));
         co_await t.ctx.sleep_for(50ms);
