@@ -1825,7 +1825,78 @@ TEST_SUITE("transfer_engine") {
       CHECK(eps[0].address == "127.0.0.1:7000");
       CHECK(eps[1].address == "127.0.0.1:7001#2");
       CHECK(eps[2].address == "[::1]:7002");
+      // on this host but in another network namespace (a container with a network of its own): loopback
+      // does not reach it there, and nothing else known does
+      REQUIRE(e.descriptor().net_namespace != 0);
+      d.net_namespace = e.descriptor().net_namespace + 1;
+      d.incarnation = 3;
+      REQUIRE(ferry::sync_wait(store.put("ferry/segments/wild", d.to_json())));
+      auto walled = ctx.run_until(e.open_segment("wild"));
+      REQUIRE(walled);
+      CHECK(e.find(*walled)->descriptor.endpoints.empty());
+      d.net_namespace = e.descriptor().net_namespace;
+      d.incarnation = 4;
+      REQUIRE(ferry::sync_wait(store.put("ferry/segments/wild", d.to_json())));
+      auto same = ctx.run_until(e.open_segment("wild"));
+      REQUIRE(same);
+      REQUIRE(e.find(*same)->descriptor.endpoints.size() == 3);
+      CHECK(e.find(*same)->descriptor.endpoints[0].address == "127.0.0.1:7000");
     }
+  }
+
+  TEST_CASE("a target on this host in a network namespace of its own, listening on every address, is not "
+            "taken for one here") {
+    // The target: a child process in a new network namespace, listening on 0.0.0.0; its descriptor comes
+    // back through the pipe, as a metadata store would hand it over.
+    auto child = ferry_test::forked_child::start([](auto report) {
+      if (::unshare(CLONE_NEWNET) != 0) {
+        report(std::string("skip: unshare(CLONE_NEWNET): ") + std::strerror(errno));
+        ::pause();
+      }
+      ferry::io::io_context ctx;
+      std::vector<std::byte> region(1 << 16);
+      tcp_engine target(ctx, {.name = "walled", .listen = "0.0.0.0:0"});
+      if (!target.registry().add(region.data(), region.size(), access::read_write) || !target.start())
+        ::_exit(3);
+      report(target.descriptor().to_json());
+      ferry::io::io_context::work_guard forever(ctx);
+      ctx.run();
+      ::_exit(0);
+    });
+    if (child.line().rfind("skip:", 0) == 0) {
+      MESSAGE("skipped: ", child.line(), " (needs CAP_SYS_ADMIN)");
+      return;
+    }
+    auto d = ferry::segment_descriptor::parse(child.line());
+    REQUIRE(d);
+    ferry::io::io_context ctx;
+    tcp_engine e(ctx, {.name = "i"});
+    CHECK(d->host == e.descriptor().host);
+    CHECK(d->net_namespace != e.descriptor().net_namespace);
+    // a process here on the same port, which 127.0.0.1 would reach instead
+    const auto port = ferry::io::endpoint::parse(d->endpoint_for("tcp")->address)->port();
+    std::vector<std::byte> decoy_region(1 << 16), local(4096, std::byte{0x11});
+    tcp_engine decoy(ctx, {.name = "decoy", .listen = "0.0.0.0:" + std::to_string(port)});
+    REQUIRE(decoy.registry().add(decoy_region.data(), decoy_region.size(), access::read_write));
+    if (auto started = decoy.start(); !started) {
+      MESSAGE("skipped: the port is taken here: ", started.error().message());
+      return;
+    }
+    REQUIRE(e.registry().add(local.data(), local.size(), access::none));
+    ferry::memory_metadata_store store;
+    REQUIRE(ferry::sync_wait(store.put("ferry/segments/walled", d->to_json())));
+    e.use_metadata(store);
+    auto seg = ctx.run_until(e.open_segment("walled"));
+    REQUIRE(seg);
+    CHECK(e.find(*seg)->descriptor.endpoints.empty());
+    transfer_batch w;
+    w.write(local.data(), *seg, 0, local.size());
+    auto r = ctx.run_until(e.transfer(w, ferry::transfer_options().with_timeout(5s)));
+    REQUIRE_FALSE(r.ok());
+    CHECK_MESSAGE(r.first_error().message().find("no transport reaches the target") != std::string::npos,
+                  r.first_error().message());
+    CHECK(
+        std::all_of(decoy_region.begin(), decoy_region.end(), [](std::byte b) { return b == std::byte{0}; }));
   }
 
   TEST_CASE("a metadata store's value larger than a descriptor may be is refused before it is parsed") {

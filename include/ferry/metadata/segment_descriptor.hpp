@@ -43,6 +43,9 @@ struct segment_descriptor {
   /// When that process started (clock ticks after the host booted; 0: unknown): tells it from a later process
   /// that the kernel gave the same pid after it ended.
   std::uint64_t pid_start = 0;
+  /// The owner's network namespace on that host (the inode of its /proc/self/ns/net; 0: unknown): loopback
+  /// reaches it only from the same one.
+  std::uint64_t net_namespace = 0;
   std::vector<transport_endpoint> endpoints;
   std::vector<region_descriptor> regions; ///< sorted by offset, not overlapping
   std::string shm_gates; ///< the owner's shm_gates table, which same-host peers copy through; empty: none
@@ -102,6 +105,8 @@ struct segment_descriptor {
       j["pid"] = pid;
     if (pid_start != 0)
       j["pid_start"] = pid_start;
+    if (net_namespace != 0)
+      j["net_namespace"] = net_namespace;
     auto& eps = j["endpoints"] = nlohmann::json::array();
     for (auto& e : endpoints)
       eps.push_back({{"transport", e.transport}, {"address", e.address}});
@@ -163,6 +168,11 @@ struct segment_descriptor {
       if (!start->is_number_unsigned())
         return bad("segment descriptor: pid_start must be a number of clock ticks");
       d.pid_start = start->get<std::uint64_t>();
+    }
+    if (auto ns = j.find("net_namespace"); ns != j.end()) {
+      if (!ns->is_number_unsigned())
+        return bad("segment descriptor: net_namespace must be a number");
+      d.net_namespace = ns->get<std::uint64_t>();
     }
     if (auto gates = j.find("shm_gates"); gates != j.end()) {
       if (!gates->is_string() || gates->get_ref<const std::string&>().empty() ||

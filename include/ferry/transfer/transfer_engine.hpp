@@ -26,6 +26,7 @@
 #include "ferry/core/sync_wait.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/io/deadline.hpp"
+#include "ferry/io/detail/net_namespace.hpp"
 #include "ferry/io/detail/resume_op.hpp"
 #include "ferry/io/endpoint.hpp"
 #include "ferry/io/io_context.hpp"
@@ -179,6 +180,7 @@ public:
     d.host = host_;
     d.pid = static_cast<std::uint64_t>(::getpid());
     d.pid_start = detail::own_start_time();
+    d.net_namespace = io::detail::net_namespace_id();
     if (listening_)
       d.endpoints.push_back({"tcp", listening_->to_string()});
     // Transports that serve peers on their own endpoint (verbs: its handshake listener) add it here.
@@ -1246,8 +1248,9 @@ private:
   }
 
   // An owner that listens on every address (0.0.0.0, [::]) and advertises none names no host. Opened by
-  // address, the one it answered at reaches it; from this machine, loopback does; from elsewhere nothing
-  // known does, and such an endpoint is dropped: it would connect to a process on this machine instead.
+  // address, the one it answered at reaches it; from this machine and network namespace, loopback does; from
+  // elsewhere (another host, or a container of this one with a network of its own) nothing known does, and
+  // such an endpoint is dropped: it would connect to a process here instead.
   void reach_wildcards(segment_descriptor& d, const io::endpoint* answered_at) const {
     std::erase_if(d.endpoints, [&](transport_endpoint& e) {
       return !rehost(e, [&](const io::endpoint& at) -> std::optional<io::endpoint> {
@@ -1255,11 +1258,18 @@ private:
           return at;
         if (answered_at)
           return answered_at->with_port(at.port());
-        if (!d.host.empty() && d.host == host_)
+        if (!d.host.empty() && d.host == host_ && same_network(d))
           return io::endpoint::loopback(at.family()).with_port(at.port());
         return std::nullopt;
       });
     });
+  }
+
+  /// Whether loopback reaches `d`'s owner from here (on its host): the same network namespace, or one of the
+  /// two unknown (an owner that does not say: as before network namespaces were told apart).
+  static bool same_network(const segment_descriptor& d) noexcept {
+    const std::uint64_t own = io::detail::net_namespace_id();
+    return d.net_namespace == 0 || own == 0 || d.net_namespace == own;
   }
 
   /// The metadata store's value of `key`, on the engine's loop (a store may answer on a thread of its own).
