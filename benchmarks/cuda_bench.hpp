@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -45,6 +46,8 @@ struct params {
   bool json = false;
   double timeout = 10; ///< seconds one batch may take before the run fails
   ferry::cuda_kernel_shape kernel{};
+  /// Set (by a signal handler) to end the run early: what was measured so far is reported (and verified).
+  const std::atomic<bool>* interrupted = nullptr;
 };
 
 using clock_type = std::chrono::steady_clock;
@@ -301,7 +304,7 @@ inline int run(const params& o) {
         ++batches;
         latencies.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
       }
-    } while (clock_type::now() < end && failure.empty());
+    } while (clock_type::now() < end && failure.empty() && !(o.interrupted && o.interrupted->load()));
   };
   auto run_all = [&](double seconds, bool measured) {
     auto end = clock_type::now() +
@@ -324,7 +327,16 @@ inline int run(const params& o) {
   if (o.verify)
     if (int code = verify_all(1); code != 0)
       return code;
-  double raw = raw_copy_gbps(o, workers[0], std::min(o.duration, 2.0));
+  const bool interrupted = o.interrupted && o.interrupted->load();
+  if (interrupted) {
+    if (batches == 0) {
+      std::fprintf(stderr, "ferry-bench: interrupted before a measured batch completed\n");
+      return 1;
+    }
+    std::fprintf(stderr, "ferry-bench: interrupted; what was measured in %.2f s follows (no raw copy)\n",
+                 seconds);
+  }
+  double raw = interrupted ? 0.0 : raw_copy_gbps(o, workers[0], std::min(o.duration, 2.0));
   std::sort(latencies.begin(), latencies.end());
   double gbps = static_cast<double>(bytes) / seconds / 1e9;
   auto name_of = [&](int d) {

@@ -895,6 +895,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "ferry-bench: --verify checks tcp, shm and cuda transfers, not --protocol file\n");
       return 2;
     }
+    fo.interrupted = &stop_requested;
+    stop_on_signals();
     try {
       return ferry_bench::run_file_bench(fo);
     } catch (const std::exception& e) {
@@ -919,6 +921,8 @@ int main(int argc, char** argv) {
     p.kernel.blocks_per_sm = o.cuda_blocks_per_sm;
     p.kernel.piece_bytes = static_cast<std::uint32_t>(o.cuda_piece_size);
     p.timeout = o.timeout;
+    p.interrupted = &stop_requested;
+    stop_on_signals();
     return ferry_bench_cuda::run(p);
 #else
     std::fprintf(stderr, "ferry-bench: built without the CUDA toolkit; --protocol cuda is not available\n");

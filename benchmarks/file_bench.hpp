@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -39,6 +40,8 @@ struct file_options {
   bool json = false;
   bool fixed_buffers = true; ///< register the local buffers with io_uring
   double timeout = 10;       ///< seconds one transfer() may take before the run fails
+  /// Set (by a signal handler) to end the run early: what was measured so far is reported.
+  const std::atomic<bool>* interrupted = nullptr;
 };
 
 namespace detail {
@@ -69,6 +72,8 @@ inline ferry::task<> lane(file_run& run, std::byte* local, unsigned seed, std::u
   for (;;) {
     bool measured = run.measuring;
     if (measured ? clock_type::now() >= run.end_at : done >= warm_requests)
+      co_return;
+    if (run.o.interrupted && run.o.interrupted->load())
       co_return;
     if (!run.failure.empty())
       co_return;
@@ -187,6 +192,13 @@ inline ferry::task<int> run_file(ferry::io::io_context& ctx, ferry::file_engine&
   if (!run.failure.empty()) {
     std::fprintf(stderr, "ferry-bench: %s\n", run.failure.c_str());
     co_return 1;
+  }
+  if (o.interrupted && o.interrupted->load()) {
+    if (run.batches == 0) {
+      std::fprintf(stderr, "ferry-bench: interrupted before a measured batch completed\n");
+      co_return 1;
+    }
+    std::fprintf(stderr, "ferry-bench: interrupted; what was measured in %.2f s follows\n", seconds);
   }
   std::sort(run.latencies_us.begin(), run.latencies_us.end());
   double gbps = static_cast<double>(run.bytes) / seconds / 1e9;
