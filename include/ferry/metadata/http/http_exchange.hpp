@@ -4,10 +4,12 @@
 /// never waits on the network; the awaiting coroutine resumes on that worker. An endpoint that cannot be
 /// reached is skipped for the next one in the list (etcd clusters); failures name the endpoints tried. A
 /// request that was sent and then failed is not sent again: its outcome is unknown, and the error says so.
-/// Connecting takes at most `metadata_options::timeout`; an exchange that has no whole reply after twice that
-/// (a server that stopped answering, or trickles) fails with errc::timed_out, and a reply larger than
-/// `metadata_options::max_reply_bytes` with errc::malformed_frame, without being kept.
+/// Connecting takes at most `metadata_options::timeout`; an exchange with one endpoint that has no whole
+/// reply after twice that (a server that stopped answering, or trickles) fails with errc::timed_out, and a
+/// reply whose body is larger than `metadata_options::max_reply_bytes` with errc::malformed_frame, without
+/// being kept (its headers are bounded by the time only).
 
+#include "ferry/core/detail/time_after.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
@@ -88,7 +90,10 @@ public:
       };
       httplib::Response res;
       httplib::Error err = httplib::Error::Success;
-      watchdog_.arm(*e.client, std::chrono::steady_clock::now() + 2 * options_.timeout);
+      using clock = std::chrono::steady_clock;
+      watchdog_.arm(*e.client,
+                    detail::time_after<clock>(detail::time_after<clock>(clock::now(), options_.timeout),
+                                              options_.timeout));
       bool sent = e.client->send(req, res, err);
       bool late = watchdog_.disarm();
       if (too_large)
@@ -100,9 +105,11 @@ public:
         current_ = (current_ + n) % endpoints_.size();
         co_return reply{sent ? res.status : status, std::move(received)};
       }
-      if (late)
-        co_return fail(errc::timed_out, what_ + " " + e.host + ": no whole reply within " +
-                                            std::to_string(2 * options_.timeout.count()) +
+      // why: a request that never went out (connecting failed, or took the watchdog's time) may go to the
+      // next endpoint; one that went out may have taken effect
+      if (late && err != httplib::Error::Connection)
+        co_return fail(errc::timed_out, what_ + " " + e.host + ": no whole reply within twice " +
+                                            std::to_string(options_.timeout.count()) +
                                             " ms (its outcome is unknown)");
       if (!tried.empty())
         tried += ", ";

@@ -10,6 +10,7 @@
 ///   ferry::redis_metadata_store redis("127.0.0.1:6379");
 ///   co_await redis.put("ferry/segments/decode-0", json);
 
+#include "ferry/core/detail/time_after.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
@@ -22,6 +23,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -275,6 +277,11 @@ private:
         return fail(errc::peer_unreachable, "redis " + host_ + " unreachable: " + why);
       }
       ::redisSetTimeout(ctx_.get(), tv);
+      // why: hiredis allocates an array's element table as soon as it reads the array's header, whatever
+      // the count; the reply functions below refuse more elements than the reply may hold
+      budget_.inner = ctx_->reader->fn;
+      ctx_->reader->fn = &bounded_functions;
+      ctx_->reader->privdata = &budget_;
     }
     std::vector<const char*> argv;
     std::vector<std::size_t> lengths;
@@ -308,21 +315,35 @@ private:
     for (int written = 0; !written;)
       if (::redisBufferWrite(ctx_.get(), &written) != REDIS_OK) // a blocking write: SO_SNDTIMEO bounds it
         return broken(ctx_->errstr);
-    const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
+    using clock = std::chrono::steady_clock;
+    const auto deadline = detail::time_after<clock>(clock::now(), options_.timeout);
     std::size_t received = 0;
+    budget_.elements_left = options_.max_reply_bytes / bytes_per_element;
+    budget_.refused = false;
     for (;;) {
       void* reply = nullptr;
-      if (::redisGetReplyFromReader(ctx_.get(), &reply) != REDIS_OK)
+      if (::redisGetReplyFromReader(ctx_.get(), &reply) != REDIS_OK) {
+        if (budget_.refused)
+          return fail(errc::malformed_frame,
+                      "redis " + host_ + ": " + what +
+                          ": the reply has more elements than max_reply_bytes allows (one per " +
+                          std::to_string(bytes_per_element) + " bytes)");
         return fail(errc::malformed_frame, "redis " + host_ + ": " + what + ": " + ctx_->errstr);
+      }
       if (reply)
         return static_cast<redisReply*>(reply);
-      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      // why: a last look without waiting once the deadline passed: a reply already here is taken; waits are
+      // cut to what poll() takes, and the deadline is looked at again after each
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now());
       ::pollfd p{ctx_->fd, POLLIN, 0};
-      int ready = left.count() > 0 ? ::poll(&p, 1, static_cast<int>(left.count())) : 0;
+      int ready = ::poll(
+          &p, 1, static_cast<int>(std::clamp<std::chrono::milliseconds::rep>(left.count(), 0, INT_MAX)));
       if (ready < 0 && errno == EINTR)
         continue;
       if (ready < 0)
         return broken(std::strerror(errno));
+      if (ready == 0 && clock::now() < deadline)
+        continue;
       if (ready == 0)
         return fail(errc::timed_out, "redis " + host_ + ": " + what + ": no whole reply within " +
                                          std::to_string(options_.timeout.count()) +
@@ -337,6 +358,35 @@ private:
                                                " bytes (metadata_options::max_reply_bytes)");
     }
   }
+
+  /// A reply's elements: at most one per this many bytes of max_reply_bytes, over all its arrays.
+  // why: each element is an object of its own (tens of bytes), however few bytes it took on the wire
+  static constexpr std::size_t bytes_per_element = 64;
+  struct element_budget {
+    redisReplyObjectFunctions* inner = nullptr; // hiredis' own
+    std::size_t elements_left = 0;
+    bool refused = false;
+  };
+  static element_budget& budget_of(const redisReadTask* t) {
+    return *static_cast<element_budget*>(t->privdata);
+  }
+  static inline redisReplyObjectFunctions bounded_functions{
+      [](const redisReadTask* t, char* s, std::size_t n) {
+        return budget_of(t).inner->createString(t, s, n);
+      },
+      [](const redisReadTask* t, int elements) -> void* {
+        auto& b = budget_of(t);
+        if (elements > 0 && static_cast<std::size_t>(elements) > b.elements_left) {
+          b.refused = true;
+          return nullptr; // why: hiredis then fails the reply (as out of memory) and frees what it built
+        }
+        b.elements_left -= elements > 0 ? static_cast<std::size_t>(elements) : 0;
+        return b.inner->createArray(t, elements);
+      },
+      [](const redisReadTask* t, long long v) { return budget_of(t).inner->createInteger(t, v); },
+      [](const redisReadTask* t) { return budget_of(t).inner->createNil(t); },
+      &::freeReplyObject,
+  };
 
   static std::string random_token() {
     std::random_device rd;
@@ -354,6 +404,7 @@ private:
   std::string host_;
   metadata_options options_;
   std::unique_ptr<redisContext, context_deleter> ctx_;
+  element_budget budget_; // what the reply being read may still allocate (ctx_'s reader points at it)
   std::map<lease_id, lease_state> leases_;
   lease_id last_lease_ = 0;
   std::string token_ = random_token();

@@ -46,6 +46,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <poll.h>
 #include <span>
 #include <stop_token>
 #include <string>
@@ -229,32 +230,34 @@ private:
   // the limit are idle, and a new peer should not be refused for them. An evicted peer reconnects when it
   // needs the connection again, as after any connection that broke.
   bool evict_idlest() {
-    if (evict_idle_after_ == std::chrono::milliseconds::max())
+    // why: a wait longer than a steady clock of nanoseconds spans (centuries) is "never", as max() is
+    if (evict_idle_after_ >=
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::hours(24 * 365 * 100)))
       return false;
     const std::int64_t latest =
         now_ns() - std::chrono::duration_cast<std::chrono::nanoseconds>(evict_idle_after_).count();
     std::lock_guard lock(sessions_mutex_);
-    for (;;) {
-      served_connection* idlest = nullptr;
-      std::int64_t since = 0;
-      for (auto* c : sessions_) {
-        std::int64_t t = c->idle_since.load(std::memory_order_acquire);
-        if (t > 0 && t <= latest && (!idlest || t < since)) {
-          idlest = c;
-          since = t;
-        }
-      }
-      if (!idlest)
-        return false;
-      // why: the connection may be taking a request right now; then it keeps serving, and the next is tried
-      if (!idlest->idle_since.compare_exchange_strong(since, served_connection::evicted,
-                                                      std::memory_order_acq_rel))
+    std::vector<std::pair<std::int64_t, served_connection*>> idle;
+    for (auto* c : sessions_)
+      if (std::int64_t t = c->idle_since.load(std::memory_order_acquire); t > 0 && t <= latest)
+        idle.emplace_back(t, c);
+    std::sort(idle.begin(), idle.end());
+    for (auto [since, c] : idle) {
+      // why: one whose next request has arrived, and that has not woken to it yet, is not idle: closing it
+      // would cost its peer a retry
+      ::pollfd p{c->sock->native_handle(), POLLIN, 0};
+      if (::poll(&p, 1, 0) != 0)
         continue;
-      idlest->fenced.store(true, std::memory_order_release);
-      idlest->sock->shutdown(); // why: wakes it where it waits; it ends on its own loop
+      // why: it may be taking a request right now; then it keeps serving, and the next is tried
+      if (!c->idle_since.compare_exchange_strong(since, served_connection::evicted,
+                                                 std::memory_order_acq_rel))
+        continue;
+      c->fenced.store(true, std::memory_order_release);
+      c->sock->shutdown(); // why: wakes it where it waits; it ends on its own loop
       evicted_.fetch_add(1, std::memory_order_relaxed);
       return true;
     }
+    return false;
   }
 
   task<> serve(io::tcp_socket sock) {

@@ -8,8 +8,8 @@
 /// A filesystem that refuses O_DIRECT (tmpfs before Linux 6.6, ramfs) gets buffered I/O, said once on stderr
 /// and in note(). Buffers inside the io_context's registered buffers (io_context::register_buffers) move with
 /// io_uring's fixed-buffer operations. A stop_token given to read() or write() ends the call with
-/// errc::cancelled before its next piece, also one waiting for a queue slot. Use it from the loop's thread
-/// only, and let it go before its io_context.
+/// errc::cancelled before its next piece starts, also one waiting for a queue slot (when the slot comes to
+/// it, without starting its I/O). Use it from the loop's thread only, and let it go before its io_context.
 ///
 ///   auto f = ferry::uring_file::open(ctx, "/nvme/kv.bin", {.permissions = ferry::access::read_write});
 ///   auto at = engine.registry().add_file(*f, ferry::access::read_write);   // a region of this segment

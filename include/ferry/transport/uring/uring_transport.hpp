@@ -26,6 +26,7 @@
 #include <string_view>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace ferry {
 
@@ -60,20 +61,27 @@ public:
     tc_.scope.spawn(run(s, std::move(*lease), batch.stop.get_token()));
   }
 
-  /// The batch's slices that wait for one of their file's queue slots, or have pieces still to start, end
-  /// with the batch's error at once; I/O already in the kernel finishes (it cannot be taken back), and the
-  /// batch completes once it has.
+  /// The batch's slices start no more I/O: those waiting for one of their file's queue slots end with the
+  /// batch's error as soon as the slot comes to them (when an operation ahead of them in the kernel
+  /// completes, without starting their own), as do pieces not started yet; I/O already in the kernel
+  /// finishes (it cannot be taken back), and the batch completes once it has.
   void abort(detail::batch_state* b) noexcept {
-    if (auto it = batches_.find(b); it != batches_.end())
-      it->second.stop.request_stop();
+    if (auto it = batches_.find(b); it != batches_.end()) {
+      // why: a copy: a stop callback that ran a slice to its end would erase the entry under our feet
+      std::stop_source stop = it->second.stop;
+      stop.request_stop();
+    }
   }
 
   void forget(const peer&) noexcept {}
 
   void shutdown() noexcept {
     stopping_ = true;
+    std::vector<std::stop_source> stops; // why: as in abort(), the map may change while they stop
     for (auto& [batch, live] : batches_)
-      live.stop.request_stop();
+      stops.push_back(live.stop);
+    for (auto& s : stops)
+      s.request_stop();
   }
 
 private:
