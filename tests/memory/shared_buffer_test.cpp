@@ -3,6 +3,7 @@
 #include "ferry/memory/region_registry.hpp"
 #include "ferry/memory/shared_buffer.hpp"
 #include "ferry/memory/shm_gates.hpp"
+#include "ferry/metadata/segment_descriptor.hpp"
 
 #include <doctest/doctest.h>
 
@@ -12,6 +13,7 @@
 #include <string>
 #include <sys/statvfs.h>
 #include <unistd.h>
+#include <vector>
 
 using ferry::access;
 using ferry::errc;
@@ -76,5 +78,46 @@ TEST_SUITE("shared_buffer") {
     REQUIRE_FALSE(again);
     CHECK(again.error() == errc::out_of_bounds);
     held.reset();
+  }
+
+  TEST_CASE(
+      "GPU memory that peers map through CUDA IPC is gated as shared memory: unregistering it waits for "
+      "no peer copying, and keeps peers out after") {
+    // why: the registry does not look at the memory behind a location; host memory stands in for the GPU's
+    std::vector<std::byte> gpu(1 << 20);
+    ferry::memory_location where;
+    where.kind = ferry::memory_kind::cuda_device;
+    where.device = 0;
+    where.ipc_handle = std::string(128, 'a');
+    ferry::region_registry registry;
+    REQUIRE(registry.add(gpu.data(), gpu.size(), access::read_write, where));
+    auto exposed = registry.exposed();
+    REQUIRE(exposed.size() == 1);
+    REQUIRE(exposed[0].shm_gate != ferry::region_descriptor::no_gate);
+    CHECK(exposed[0].shm_name.empty());
+    // peers learn the gate from the descriptor
+    ferry::segment_descriptor d;
+    d.name = "gpu-owner";
+    d.incarnation = 1;
+    d.host = "h";
+    d.shm_gates = registry.shm_gates_name();
+    d.regions = exposed;
+    auto parsed = ferry::segment_descriptor::parse(d.to_json());
+    REQUIRE(parsed);
+    CHECK(parsed->regions[0].shm_gate == exposed[0].shm_gate);
+    CHECK(parsed->regions[0].shm_epoch == exposed[0].shm_epoch);
+    // a peer in the middle of a copy holds a pass: the owner may not unregister (and free) the memory
+    auto peer = ferry::shm_gates::attach(registry.shm_gates_name());
+    REQUIRE(peer);
+    auto pass = peer->enter(exposed[0].shm_gate, exposed[0].shm_epoch);
+    REQUIRE(pass);
+    auto refused = registry.remove(gpu.data());
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error() == errc::busy);
+    *pass = {};
+    REQUIRE(registry.remove(gpu.data()));
+    auto after = peer->enter(exposed[0].shm_gate, exposed[0].shm_epoch);
+    REQUIRE_FALSE(after);
+    CHECK(after.error() == errc::out_of_bounds);
   }
 }

@@ -25,8 +25,8 @@ struct region_descriptor {
   std::string shm_name;         ///< shared-memory object backing the region; empty when it is private memory
   std::uint64_t shm_offset = 0; ///< where the region starts inside that object
   memory_location location;     ///< GPU or pinned memory: its kind, device and IPC handle
-  /// A shared region's gate in the owner's shm_gates table (no_gate: none, and then no peer maps it) and the
-  /// epoch it was opened with.
+  /// A shared region's gate (shared memory, or GPU memory with an IPC handle) in the owner's shm_gates table
+  /// (no_gate: none, and then no peer maps it) and the epoch it was opened with.
   std::uint32_t shm_gate = no_gate;
   std::uint64_t shm_epoch = 0;
   static constexpr std::uint32_t no_gate = 0xffffffffu;

@@ -170,7 +170,10 @@ public:
                  std::move(shm_name),
                  shm_offset,
                  std::move(where)};
-    if (permissions != access::none && !e.exposed.shm_name.empty())
+    // why: GPU memory that same-host peers map through CUDA IPC is gated like shared memory: once the owner
+    // unregistered (and perhaps freed) it, no peer copies there
+    if (permissions != access::none &&
+        (!e.exposed.shm_name.empty() || !e.exposed.location.ipc_handle.empty()))
       gate(e.exposed);
     auto& stored = by_address_.emplace(key, std::move(e)).first->second;
     if (permissions != access::none) {
@@ -358,8 +361,9 @@ public:
   }
 
 private:
-  // Requires mutex_. Puts a shared region behind a gate of its own. Without one (the table cannot be made,
-  // or every gate is taken) it is exposed as private memory: peers could not be kept out once it is removed.
+  // Requires mutex_. Puts a shared region (shared memory, or GPU memory with a CUDA IPC handle) behind a gate
+  // of its own. Without one (the table cannot be made, or every gate is taken) it is exposed as private
+  // memory: peers could not be kept out once it is removed.
   void gate(region_descriptor& r) {
     if (!gates_ && !gates_failed_) {
       auto made = shm_gates::create();
@@ -377,6 +381,8 @@ private:
     }
     r.shm_name.clear();
     r.shm_offset = 0;
+    r.location.ipc_handle.clear();
+    r.location.ipc_offset = 0;
   }
 
   // Requires mutex_. The exposed region that holds all of [offset, offset + length) and permits `wanted`.

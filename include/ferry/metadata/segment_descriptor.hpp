@@ -120,10 +120,10 @@ struct segment_descriptor {
       if (!r.shm_name.empty()) {
         rj["shm_name"] = r.shm_name;
         rj["shm_offset"] = r.shm_offset;
-        if (r.shm_gate != region_descriptor::no_gate) {
-          rj["shm_gate"] = r.shm_gate;
-          rj["shm_epoch"] = r.shm_epoch;
-        }
+      }
+      if (r.shm_gate != region_descriptor::no_gate) { // shared memory, or GPU memory with an IPC handle
+        rj["shm_gate"] = r.shm_gate;
+        rj["shm_epoch"] = r.shm_epoch;
       }
       if (r.location.kind != memory_kind::host) {
         rj["memory"] = std::string(ferry::to_string(r.location.kind));
@@ -217,14 +217,14 @@ struct segment_descriptor {
         rd.shm_offset = so->get<std::uint64_t>();
         if (rd.shm_offset > std::numeric_limits<std::uint64_t>::max() - rd.length)
           return bad("segment descriptor: shm_offset + length overflows");
-        if (auto gate = r.find("shm_gate"); gate != r.end()) {
-          auto epoch = r.find("shm_epoch");
-          if (!gate->is_number_unsigned() || gate->get<std::uint64_t>() >= region_descriptor::no_gate ||
-              epoch == r.end() || !epoch->is_number_unsigned())
-            return bad("segment descriptor: shm_gate must be a gate number with its shm_epoch");
-          rd.shm_gate = static_cast<std::uint32_t>(gate->get<std::uint64_t>());
-          rd.shm_epoch = epoch->get<std::uint64_t>();
-        }
+      }
+      if (auto gate = r.find("shm_gate"); gate != r.end()) {
+        auto epoch = r.find("shm_epoch");
+        if (!gate->is_number_unsigned() || gate->get<std::uint64_t>() >= region_descriptor::no_gate ||
+            epoch == r.end() || !epoch->is_number_unsigned())
+          return bad("segment descriptor: shm_gate must be a gate number with its shm_epoch");
+        rd.shm_gate = static_cast<std::uint32_t>(gate->get<std::uint64_t>());
+        rd.shm_epoch = epoch->get<std::uint64_t>();
       }
       if (auto mem = r.find("memory"); mem != r.end()) {
         if (!mem->is_string() || !parse_memory_kind(mem->get_ref<const std::string&>(), rd.location.kind))

@@ -455,11 +455,14 @@ TEST_SUITE("cuda_transport") {
     posix_spawn_file_actions_destroy(&fa);
     ::close(to_child[0]);
     ::close(from_child[1]);
-    std::string line;
-    char c;
-    while (::read(from_child[0], &c, 1) == 1 && c != '\n')
-      line.push_back(c);
-    ::close(from_child[0]);
+    auto read_line = [&] {
+      std::string line;
+      char c;
+      while (::read(from_child[0], &c, 1) == 1 && c != '\n')
+        line.push_back(c);
+      return line;
+    };
+    std::string line = read_line();
     REQUIRE_MESSAGE(line.rfind("listening ", 0) == 0, "the IPC peer did not start: ", line);
     std::string address = line.substr(10);
 
@@ -536,8 +539,35 @@ TEST_SUITE("cuda_transport") {
       CHECK(::cudaDeviceSynchronize() == ::cudaSuccess);
     }
 
+    // The peer unregisters its GPU memory and frees it. While a copy holds a pass through the region's gate
+    // it may not; once it has, no copy goes into the freed memory (the mapping is still open here).
+    {
+      REQUIRE_FALSE(desc.shm_gates.empty());
+      REQUIRE(desc.regions[0].shm_gate != ferry::region_descriptor::no_gate);
+      auto gates = ferry::shm_gates::attach(desc.shm_gates);
+      REQUIRE_MESSAGE(gates, why(gates));
+      auto pass = gates->enter(desc.regions[0].shm_gate, desc.regions[0].shm_epoch);
+      REQUIRE_MESSAGE(pass, why(pass));
+      auto say = [&](const char* text) { REQUIRE(::write(to_child[1], text, std::strlen(text)) > 0); };
+      say("unregister\n");
+      auto answer = read_line();
+      CHECK_MESSAGE(answer.rfind("refused: ", 0) == 0, answer);
+      *pass = {};
+      say("unregister\n");
+      answer = read_line();
+      REQUIRE_MESSAGE(answer == "unregistered and freed", answer);
+      transfer_batch late;
+      late.write(mine.data(), *seg, desc.regions[0].offset, 4096);
+      auto kept_out = ctx.run_until(engine->transfer(std::move(late), within));
+      REQUIRE_FALSE(kept_out.ok());
+      CHECK_MESSAGE(kept_out.first_error() == errc::out_of_bounds, kept_out.first_error().message());
+      MESSAGE("a write into unregistered and freed GPU memory: ", kept_out.first_error().message());
+      CHECK(::cudaDeviceSynchronize() == ::cudaSuccess);
+    }
+
     // The peer exits: its GPU memory is gone, and nothing may be reported as copied into it.
     ::close(to_child[1]);
+    ::close(from_child[0]);
     int status = 0;
     bool exited = wait_exit(pid, std::chrono::seconds(20), status);
     if (exited) {

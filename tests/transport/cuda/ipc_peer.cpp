@@ -2,6 +2,8 @@
 //   ipc_peer DEVICE BYTES   allocates GPU memory on DEVICE, fills it with the test pattern (seed 4),
 //                           registers it with an engine that serves its descriptor over TCP, prints
 //                           "listening HOST:PORT", and serves until its stdin closes; then it exits at once.
+//                           A line "unregister" on stdin unregisters the memory and, if that succeeded,
+//                           frees it: it answers "unregistered and freed" or "refused: WHY".
 //   ipc_peer fault DEVICE   starts a batch on DEVICE while a kernel that occupies every SM faults (an
 //                           illegal address), and prints how the batch ended: "batch failed in N ms: WHY",
 //                           or "batch succeeded" (wrong: the bytes cannot have moved). A fault breaks the
@@ -157,8 +159,22 @@ int main(int argc, char** argv) {
     std::printf("listening %s\n", engine.endpoint()->to_string().c_str());
     std::fflush(stdout);
     engine.run_in_background();
+    std::string command;
     char c;
     while (::read(0, &c, 1) > 0) {
+      if (c != '\n') {
+        command.push_back(c);
+        continue;
+      }
+      if (command == "unregister") {
+        auto removed = engine.registry().remove(p);
+        if (removed && ::cudaFree(p) == ::cudaSuccess)
+          std::printf("unregistered and freed\n");
+        else
+          std::printf("refused: %s\n", removed ? "cudaFree failed" : removed.error().message().c_str());
+        std::fflush(stdout);
+      }
+      command.clear();
     }
     // why: the test is about a process that ends while a peer holds its memory open; it ends at once,
     // without an orderly shutdown that would wait for the peer's connection

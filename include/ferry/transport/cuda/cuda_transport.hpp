@@ -1,7 +1,9 @@
 #pragma once
 /// `ferry::cuda_transport`: moves bytes between GPU memory, pinned host memory and the GPUs of other
 /// processes on the host. GPU to GPU in one process uses peer access (enabled once per pair); GPU memory of
-/// another process is opened through its CUDA IPC handle (once, then cached); GPU to and from host memory
+/// another process is opened through its CUDA IPC handle (once, then cached) and copied only while holding a
+/// pass through the region's gate in the owner's ferry::shm_gates (the owner closes it when it unregisters
+/// the region, and cannot while a copy holds it); GPU to and from host memory
 /// goes over PCIe. The slices submitted in one turn of the loop form one batch per pair of memories: a batch
 /// of small blocks is moved by one copy-kernel launch (or one cudaMemcpyBatchAsync), a batch of large blocks
 /// by the copy engines, one cudaMemcpyAsync per block over the device's streams (engine_options::cuda).
@@ -25,6 +27,7 @@
 #include "ferry/memory/detail/stream_copy.hpp"
 #include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_registry.hpp"
+#include "ferry/memory/shm_gates.hpp"
 #include "ferry/transfer/detail/batch_state.hpp"
 #include "ferry/transfer/engine_options.hpp"
 #include "ferry/transfer/peer.hpp"
@@ -48,6 +51,7 @@
 #include <string>
 #include <string_view>
 #include <sys/syscall.h>
+#include <tuple>
 #include <unistd.h>
 #include <unordered_map>
 #include <utility>
@@ -74,16 +78,25 @@ class cuda_transport {
         ::cudaIpcCloseMemHandle(base);
     }
   };
+  // What a slice into another process's GPU memory holds until its copy is done: the mapping, and a pass
+  // through the region's gate in the owner's table, so that the owner cannot unregister (and free) the
+  // memory under the copy. Slices of one flush into one region share it: one ticket, not one per slice.
+  struct remote_hold {
+    std::shared_ptr<ipc_mapping> mapping;
+    shm_gates::pass pass;
+  };
   struct peer_state {
     std::uint64_t incarnation = 0;
     std::map<std::string, std::shared_ptr<ipc_mapping>> by_handle;
+    std::shared_ptr<shm_gates> gates; // the owner's table, attached on first use
     bool unreachable = false;
     int pidfd = -1;
     std::uint64_t checked_in_flush = ~0ull;
     peer_state() = default;
     peer_state(peer_state&& o) noexcept
-        : incarnation(o.incarnation), by_handle(std::move(o.by_handle)), unreachable(o.unreachable),
-          pidfd(std::exchange(o.pidfd, -1)), checked_in_flush(o.checked_in_flush) {}
+        : incarnation(o.incarnation), by_handle(std::move(o.by_handle)), gates(std::move(o.gates)),
+          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)),
+          checked_in_flush(o.checked_in_flush) {}
     peer_state& operator=(peer_state&&) = delete;
     ~peer_state() {
       if (pidfd >= 0)
@@ -179,7 +192,10 @@ public:
     if (auto it = peers_.find(p.id); it != peers_.end() && it->second.unreachable)
       return false;
     auto* r = p.descriptor.region_for(offset, length);
-    return r && r->location.kind == memory_kind::cuda_device && !r->location.ipc_handle.empty();
+    // why: only behind its owner's gate, as shared memory: the owner must be able to keep peers out of memory
+    // it unregistered and freed
+    return r && r->location.kind == memory_kind::cuda_device && !r->location.ipc_handle.empty() &&
+           r->shm_gate != region_descriptor::no_gate && !p.descriptor.shm_gates.empty();
   }
 
   // why: noexcept: running out of memory halfway through taking a slice (queued, a connection half set up)
@@ -236,7 +252,7 @@ private:
 
   // ---- remote (CUDA IPC) ----
 
-  result<std::pair<std::byte*, std::shared_ptr<ipc_mapping>>> open_remote(const peer& p, slice* s,
+  result<std::pair<std::byte*, std::shared_ptr<remote_hold>>> open_remote(const peer& p, slice* s,
                                                                           access wanted) {
     auto* r = p.descriptor.region_for(s->remote_offset, s->length);
     if (!r)
@@ -245,9 +261,12 @@ private:
       return fail(errc::permission_denied, "cuda: the region does not permit this");
     if (r->location.kind != memory_kind::cuda_device || r->location.ipc_handle.empty())
       return fail(errc::unsupported, "cuda: the target region is not GPU memory with an IPC handle");
+    if (r->shm_gate == region_descriptor::no_gate || p.descriptor.shm_gates.empty())
+      return fail(errc::peer_unreachable, "cuda: the target's GPU region has no gate to copy through");
     auto& ps = peers_[p.id];
     if (ps.incarnation != p.descriptor.incarnation) {
       ps.by_handle.clear();
+      ps.gates.reset();
       ps.incarnation = p.descriptor.incarnation;
       ps.unreachable = false;
       if (ps.pidfd >= 0)
@@ -309,7 +328,26 @@ private:
           errc::out_of_bounds,
           "cuda: the region lies past the end of the target's GPU allocation (its descriptor's ipc_offset)");
     auto* at = static_cast<std::byte*>(m->base) + into + within;
-    return std::pair{at, m};
+    if (!ps.gates) {
+      auto attached = shm_gates::attach(p.descriptor.shm_gates);
+      if (!attached)
+        return fail(errc::peer_unreachable,
+                    "cuda: the owner's table of gates: " + attached.error().message());
+      ps.gates = std::make_shared<shm_gates>(std::move(*attached));
+    }
+    const auto key = std::tuple{p.id, ps.incarnation, r->shm_gate};
+    auto& hold = holds_[key];
+    if (!hold) {
+      auto entered = ps.gates->enter(r->shm_gate, r->shm_epoch);
+      if (!entered) {
+        holds_.erase(key);
+        if (entered.error() == errc::busy)
+          return fail(errc::peer_unreachable, "cuda: every ticket of the owner's gates is taken");
+        return fail(entered.error()); // closed: the owner unregistered the region
+      }
+      hold = std::make_shared<remote_hold>(remote_hold{m, std::move(*entered)});
+    }
+    return std::pair{at, hold};
   }
 
   // ---- batching ----
@@ -328,6 +366,9 @@ private:
   void flush() {
     flush_scheduled_ = false;
     ++flush_count_;
+    // why: the slices taken now hold their passes; later ones take new passes (a pass is held only as long
+    // as copies need it)
+    holds_.clear();
     std::vector<entry> work;
     work.swap(pending_);
     own_region(0, 0, true);                        // the registry as of this flush
@@ -802,6 +843,8 @@ private:
   mutable bool own_valid_ = false;
   std::vector<entry> pending_;
   std::vector<std::shared_ptr<void>> flush_keep_; // the leases of the flush under way
+  // Passes through peers' gates taken for the slices not flushed yet, by peer, incarnation and gate.
+  std::map<std::tuple<segment_id, std::uint64_t, std::uint32_t>, std::shared_ptr<remote_hold>> holds_;
   bool flush_scheduled_ = false;
   std::uint64_t flush_count_ = 0;
   std::vector<device_state> devices_;
