@@ -104,14 +104,15 @@ public:
   region_registry(const region_registry&) = delete;
   region_registry& operator=(const region_registry&) = delete;
   /// Closes the gates of the shared regions still registered, so that same-host peers stop copying there:
-  /// it waits up to a second for copies in progress, then closes them anyway (a peer still copying finishes
-  /// that copy; none starts another).
+  /// it waits up to a second in all for copies in progress, then closes them anyway (a peer still copying
+  /// finishes that copy, or, for GPU memory, the copies it has queued; none starts another).
   ~region_registry() {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(1);
     for (auto& [key, e] : by_address_) {
       if (e.exposed.shm_gate == region_descriptor::no_gate)
         continue;
       bool closed = false;
-      for (int i = 0; i < 1000 && !(closed = gates_.close_gate(e.exposed.shm_gate)); ++i)
+      while (!(closed = gates_.close_gate(e.exposed.shm_gate)) && std::chrono::steady_clock::now() < give_up)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
       // why: left open, the gate would let peers that hold the region's descriptor copy into memory that is
       // no longer registered (and may be registered again, for something else) for as long as this process

@@ -234,6 +234,9 @@ struct segment_descriptor {
             dev->get<std::int64_t>() > 1023)
           return bad("segment descriptor: device must be a device ordinal");
         rd.location.device = static_cast<std::int32_t>(dev->get<std::int64_t>());
+        // why: host memory has neither (to_json writes nothing for it): one that claims them is malformed
+        if (rd.location.kind == memory_kind::host && (rd.location.device != -1 || r.contains("ipc_handle")))
+          return bad("segment descriptor: host memory has no device or IPC handle");
         if (auto ipc = r.find("ipc_handle"); ipc != r.end()) {
           if (!ipc->is_string() || ipc->get_ref<const std::string&>().size() > 512)
             return bad("segment descriptor: ipc_handle must be a short string");

@@ -480,7 +480,7 @@ TEST_SUITE("cuda_transport") {
     }
     REQUIRE_MESSAGE(seg, why(seg));
     const ferry::segment_descriptor desc = engine->find(*seg)->descriptor;
-    REQUIRE(desc.regions.size() == 1);
+    REQUIRE(desc.regions.size() == 2); // the memory, and a spare region the peer unregisters on request
     CHECK(desc.regions[0].location.kind == memory_kind::cuda_device);
     CHECK(desc.regions[0].location.device == child_dev);
     CHECK_FALSE(desc.regions[0].location.ipc_handle.empty());
@@ -539,14 +539,21 @@ TEST_SUITE("cuda_transport") {
       CHECK(::cudaDeviceSynchronize() == ::cudaSuccess);
     }
 
-    // The peer unregisters its GPU memory and frees it. While a copy holds a pass through the region's gate
-    // it may not; once it has, no copy goes into the freed memory (the mapping is still open here).
+    // The peer unregisters its spare GPU region and frees it. While a copy holds a pass through the region's
+    // gate it may not; once it has, no copy goes into the freed memory (the mapping is still open here).
+    {
+      transfer_batch into_spare; // the spare region is mapped here before it goes
+      into_spare.write(mine.data(), *seg, desc.regions[1].offset, 4096);
+      auto mapped = ctx.run_until(engine->transfer(std::move(into_spare), within));
+      REQUIRE_MESSAGE(mapped.ok(), mapped.first_error().message());
+    }
     {
       REQUIRE_FALSE(desc.shm_gates.empty());
-      REQUIRE(desc.regions[0].shm_gate != ferry::region_descriptor::no_gate);
+      const auto& spare = desc.regions[1];
+      REQUIRE(spare.shm_gate != ferry::region_descriptor::no_gate);
       auto gates = ferry::shm_gates::attach(desc.shm_gates);
       REQUIRE_MESSAGE(gates, why(gates));
-      auto pass = gates->enter(desc.regions[0].shm_gate, desc.regions[0].shm_epoch);
+      auto pass = gates->enter(spare.shm_gate, spare.shm_epoch);
       REQUIRE_MESSAGE(pass, why(pass));
       auto say = [&](const char* text) { REQUIRE(::write(to_child[1], text, std::strlen(text)) > 0); };
       say("unregister\n");
@@ -557,7 +564,7 @@ TEST_SUITE("cuda_transport") {
       answer = read_line();
       REQUIRE_MESSAGE(answer == "unregistered and freed", answer);
       transfer_batch late;
-      late.write(mine.data(), *seg, desc.regions[0].offset, 4096);
+      late.write(mine.data(), *seg, spare.offset, 4096);
       auto kept_out = ctx.run_until(engine->transfer(std::move(late), within));
       REQUIRE_FALSE(kept_out.ok());
       CHECK_MESSAGE(kept_out.first_error() == errc::out_of_bounds, kept_out.first_error().message());

@@ -2,8 +2,9 @@
 //   ipc_peer DEVICE BYTES   allocates GPU memory on DEVICE, fills it with the test pattern (seed 4),
 //                           registers it with an engine that serves its descriptor over TCP, prints
 //                           "listening HOST:PORT", and serves until its stdin closes; then it exits at once.
-//                           A line "unregister" on stdin unregisters the memory and, if that succeeded,
-//                           frees it: it answers "unregistered and freed" or "refused: WHY".
+//                           A second GPU region of 1 MiB follows it; a line "unregister" on stdin
+//                           unregisters that one and, if that succeeded, frees it: it answers
+//                           "unregistered and freed" or "refused: WHY".
 //   ipc_peer fault DEVICE   starts a batch on DEVICE while a kernel that occupies every SM faults (an
 //                           illegal address), and prints how the batch ended: "batch failed in N ms: WHY",
 //                           or "batch succeeded" (wrong: the bytes cannot have moved). A fault breaks the
@@ -150,7 +151,15 @@ int main(int argc, char** argv) {
     ferry::io::io_context ctx;
     ferry::transfer_engine<ferry::cuda_transport, ferry::tcp_transport> engine(
         ctx, {.name = "ipc-peer", .listen = "127.0.0.1:0"});
+    void* spare = nullptr;
+    if (::cudaMalloc(&spare, 1 << 20) != ::cudaSuccess) {
+      std::printf("error: cannot allocate the spare region\n");
+      return 1;
+    }
     auto reg = ferry::cuda::register_memory(engine.registry(), p, n, ferry::access::read_write, device);
+    if (reg)
+      reg =
+          ferry::cuda::register_memory(engine.registry(), spare, 1 << 20, ferry::access::read_write, device);
     auto started = reg ? engine.start() : ferry::result<void>(ferry::fail(reg.error()));
     if (!started) {
       std::printf("error: %s\n", started.error().message().c_str());
@@ -167,8 +176,8 @@ int main(int argc, char** argv) {
         continue;
       }
       if (command == "unregister") {
-        auto removed = engine.registry().remove(p);
-        if (removed && ::cudaFree(p) == ::cudaSuccess)
+        auto removed = engine.registry().remove(spare);
+        if (removed && ::cudaFree(spare) == ::cudaSuccess)
           std::printf("unregistered and freed\n");
         else
           std::printf("refused: %s\n", removed ? "cudaFree failed" : removed.error().message().c_str());

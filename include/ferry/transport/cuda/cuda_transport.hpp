@@ -80,23 +80,25 @@ class cuda_transport {
   };
   // What a slice into another process's GPU memory holds until its copy is done: the mapping, and a pass
   // through the region's gate in the owner's table, so that the owner cannot unregister (and free) the
-  // memory under the copy. Slices of one flush into one region share it: one ticket, not one per slice.
+  // memory under the copy. The slices in flight into one region share it: one ticket, not one per slice.
   struct remote_hold {
     std::shared_ptr<ipc_mapping> mapping;
+    std::shared_ptr<shm_gates> gates; // why: before `pass`, which points into the table: it goes first
     shm_gates::pass pass;
   };
   struct peer_state {
     std::uint64_t incarnation = 0;
     std::map<std::string, std::shared_ptr<ipc_mapping>> by_handle;
     std::shared_ptr<shm_gates> gates; // the owner's table, attached on first use
+    std::string gates_failed;         // why the table could not be attached ("": it could, or was not tried)
     bool unreachable = false;
     int pidfd = -1;
     std::uint64_t checked_in_flush = ~0ull;
     peer_state() = default;
     peer_state(peer_state&& o) noexcept
         : incarnation(o.incarnation), by_handle(std::move(o.by_handle)), gates(std::move(o.gates)),
-          unreachable(o.unreachable), pidfd(std::exchange(o.pidfd, -1)),
-          checked_in_flush(o.checked_in_flush) {}
+          gates_failed(std::move(o.gates_failed)), unreachable(o.unreachable),
+          pidfd(std::exchange(o.pidfd, -1)), checked_in_flush(o.checked_in_flush) {}
     peer_state& operator=(peer_state&&) = delete;
     ~peer_state() {
       if (pidfd >= 0)
@@ -189,13 +191,13 @@ public:
     }
     if (p.descriptor.host.empty() || p.descriptor.host != tc_.host)
       return false;
-    if (auto it = peers_.find(p.id); it != peers_.end() && it->second.unreachable)
+    if (auto it = peers_.find(p.id); it != peers_.end() &&
+                                     it->second.incarnation == p.descriptor.incarnation &&
+                                     (it->second.unreachable || !it->second.gates_failed.empty()))
       return false;
     auto* r = p.descriptor.region_for(offset, length);
-    // why: only behind its owner's gate, as shared memory: the owner must be able to keep peers out of memory
-    // it unregistered and freed
-    return r && r->location.kind == memory_kind::cuda_device && !r->location.ipc_handle.empty() &&
-           r->shm_gate != region_descriptor::no_gate && !p.descriptor.shm_gates.empty();
+    // (a region without a gate is taken too, and refused with the reason: see open_remote)
+    return r && r->location.kind == memory_kind::cuda_device && !r->location.ipc_handle.empty();
   }
 
   // why: noexcept: running out of memory halfway through taking a slice (queued, a connection half set up)
@@ -261,12 +263,18 @@ private:
       return fail(errc::permission_denied, "cuda: the region does not permit this");
     if (r->location.kind != memory_kind::cuda_device || r->location.ipc_handle.empty())
       return fail(errc::unsupported, "cuda: the target region is not GPU memory with an IPC handle");
+    // why: only behind its owner's gate, as shared memory: the owner must be able to keep peers out of memory
+    // it unregistered and freed
     if (r->shm_gate == region_descriptor::no_gate || p.descriptor.shm_gates.empty())
-      return fail(errc::peer_unreachable, "cuda: the target's GPU region has no gate to copy through");
+      return fail(errc::unsupported,
+                  "cuda: the target's GPU region has no gate to copy through (its owner could not make its "
+                  "table of gates, or runs an older version): it cannot keep this process out of memory it "
+                  "frees, so its GPU memory is not mapped");
     auto& ps = peers_[p.id];
     if (ps.incarnation != p.descriptor.incarnation) {
       ps.by_handle.clear();
       ps.gates.reset();
+      ps.gates_failed.clear();
       ps.incarnation = p.descriptor.incarnation;
       ps.unreachable = false;
       if (ps.pidfd >= 0)
@@ -329,15 +337,22 @@ private:
           "cuda: the region lies past the end of the target's GPU allocation (its descriptor's ipc_offset)");
     auto* at = static_cast<std::byte*>(m->base) + into + within;
     if (!ps.gates) {
+      if (!ps.gates_failed.empty())
+        return fail(errc::peer_unreachable, ps.gates_failed);
       auto attached = shm_gates::attach(p.descriptor.shm_gates);
-      if (!attached)
-        return fail(errc::peer_unreachable,
-                    "cuda: the owner's table of gates: " + attached.error().message());
+      if (!attached) {
+        // why: remembered for this incarnation: reaches() then hands its slices to another transport at once
+        ps.gates_failed = "cuda: the owner's table of gates: " + attached.error().message();
+        return fail(errc::peer_unreachable, ps.gates_failed);
+      }
       ps.gates = std::make_shared<shm_gates>(std::move(*attached));
     }
-    const auto key = std::tuple{p.id, ps.incarnation, r->shm_gate};
-    auto& hold = holds_[key];
-    if (!hold) {
+    // why: one pass for all the copies in flight into a region, for as long as any is: a ticket per flush
+    // would run the owner's table (shared with its shm peers) out under load
+    const auto key = std::tuple{p.id, ps.incarnation, r->shm_gate, r->shm_epoch};
+    auto& cached = holds_[key];
+    auto hold = cached.lock();
+    if (!hold || hold->mapping != m || hold->gates != ps.gates) {
       auto entered = ps.gates->enter(r->shm_gate, r->shm_epoch);
       if (!entered) {
         holds_.erase(key);
@@ -345,7 +360,8 @@ private:
           return fail(errc::peer_unreachable, "cuda: every ticket of the owner's gates is taken");
         return fail(entered.error()); // closed: the owner unregistered the region
       }
-      hold = std::make_shared<remote_hold>(remote_hold{m, std::move(*entered)});
+      hold = std::make_shared<remote_hold>(remote_hold{m, ps.gates, std::move(*entered)});
+      cached = hold;
     }
     return std::pair{at, hold};
   }
@@ -366,9 +382,8 @@ private:
   void flush() {
     flush_scheduled_ = false;
     ++flush_count_;
-    // why: the slices taken now hold their passes; later ones take new passes (a pass is held only as long
-    // as copies need it)
-    holds_.clear();
+    // why: passes nothing holds any more are forgotten
+    std::erase_if(holds_, [](const auto& h) { return h.second.expired(); });
     std::vector<entry> work;
     work.swap(pending_);
     own_region(0, 0, true);                        // the registry as of this flush
@@ -583,6 +598,12 @@ private:
         ::cudaGetLastError();
         failed = cuda::cuda_error(q, "cudaEventQuery (after the batch's copies)");
       }
+    }
+    if (failed) {
+      // why: part of the launch may be on the stream already (a later copy failed to queue); it must be done
+      // before the passes, leases and staging it uses go, or a copy would outlive the memory's gate
+      ::cudaStreamSynchronize(l->stream);
+      ::cudaGetLastError();
     }
     l->keep.clear(); // why: before settling, so that whoever the batch wakes may unregister the memory
     for (auto& e : l->entries)
@@ -843,8 +864,9 @@ private:
   mutable bool own_valid_ = false;
   std::vector<entry> pending_;
   std::vector<std::shared_ptr<void>> flush_keep_; // the leases of the flush under way
-  // Passes through peers' gates taken for the slices not flushed yet, by peer, incarnation and gate.
-  std::map<std::tuple<segment_id, std::uint64_t, std::uint32_t>, std::shared_ptr<remote_hold>> holds_;
+  // Passes through peers' gates that copies in flight hold, by peer, incarnation, gate and epoch.
+  std::map<std::tuple<segment_id, std::uint64_t, std::uint32_t, std::uint64_t>, std::weak_ptr<remote_hold>>
+      holds_;
   bool flush_scheduled_ = false;
   std::uint64_t flush_count_ = 0;
   std::vector<device_state> devices_;
