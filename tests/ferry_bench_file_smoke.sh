@@ -3,6 +3,7 @@
 # through the uring transport, with --json (the fields BENCHMARKS.md relies on, iops included).
 set -euo pipefail
 bench=${1:?path to ferry-bench}
+source "$(dirname "$0")/interrupted_run.sh"
 dir=$(mktemp -d "${TMPDIR:-/var/tmp}/ferry-bench-file-XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 dd if=/dev/zero of="$dir/f.dat" bs=1M count=16 status=none
@@ -33,17 +34,6 @@ echo "file --verify: refused, as expected"
 out="$dir/interrupted"
 "$bench" --mode local --protocol file --file "$dir/f.dat" --operation read --block-size 64K --queue-depth 4 \
   --duration 30 --json >"$out" 2>"$out.err" &
-reader=$!
-# why: the handler is installed before the file is opened (a background job of a script starts with SIGINT
-# ignored, so a signal before it would be lost); then a moment for the warm-up to end
-for _ in $(seq 100); do
-  ls -l /proc/"$reader"/fd 2>/dev/null | grep -q 'f.dat' && break
-  sleep 0.1
-done
-sleep 1
-kill -INT "$reader"
-rc=0; wait "$reader" || rc=$?
-[[ $rc == 0 ]] || { echo "an interrupted file run exited $rc: $(cat "$out.err")"; exit 1; }
-grep -q "interrupted" "$out.err" || { echo "no word of the interruption: $(cat "$out.err")"; exit 1; }
-python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["bytes"] > 0 and j["seconds"] < 20, j' "$out"
+# the handler is installed before the file is opened; then a moment for the warm-up to end
+expect_interrupted_run $! 'f.dat' 1 "$out" "$out.err" file
 echo "interrupted file run: what was measured is reported"

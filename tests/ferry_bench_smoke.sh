@@ -3,6 +3,7 @@
 # and writing, with --verify (every byte checked end to end) and --json (the fields BENCHMARKS.md relies on).
 set -euo pipefail
 bench=${1:?path to ferry-bench}
+source "$(dirname "$0")/interrupted_run.sh"
 out=$(mktemp)
 "$bench" --mode target --listen 127.0.0.2:0 --buffer-size 64M >"$out" 2>&1 &
 target_pid=$!
@@ -93,20 +94,8 @@ expect_exit 2 "not in range" "$bench" --mode initiator --target "$target" --slic
 # measured and exits 0; a read --verify against the target then passes.
 "$bench" --mode initiator --target "$target" --protocol tcp --operation write --block-size 64K --batch-size 16 \
   --duration 30 --json >"$out.interrupted" 2>"$out.interrupted.err" &
-writer=$!
-# why: the handler is installed before the first connection; a signal before it would be ignored (a background
-# job of a script starts with SIGINT ignored)
-for _ in $(seq 100); do
-  ls -l /proc/"$writer"/fd 2>/dev/null | grep -q 'socket:' && break
-  sleep 0.1
-done
-sleep 0.5
-kill -INT "$writer"
-rc=0; wait "$writer" || rc=$?
-[[ $rc == 0 ]] || { echo "an interrupted write run exited $rc: $(cat "$out.interrupted.err")"; exit 1; }
-grep -q "interrupted" "$out.interrupted.err" || { echo "no word of the interruption: $(cat "$out.interrupted.err")"; exit 1; }
-python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["bytes"] > 0 and j["seconds"] < 20, j' \
-  "$out.interrupted"
+# the handler is installed before the first connection
+expect_interrupted_run $! 'socket:' 0.5 "$out.interrupted" "$out.interrupted.err" write
 "$bench" --mode initiator --target "$target" --protocol tcp --operation read --block-size 64K --batch-size 16 \
   --duration 0.3 --verify --json >/dev/null
 rm -f "$out.interrupted" "$out.interrupted.err"

@@ -139,11 +139,8 @@ public:
       auto rest = into.subspan(done);
       if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
         // why: the hot path (aligned, O_DIRECT) awaits the operation here, without a coroutine of its own
-        co_await slots_.acquire();
-        if (stop.stop_requested()) { // why: it may have waited for the slot long after it was stopped
-          slots_.release();
+        if (bool held = co_await slots_.acquire(stop); !held)
           co_return fail(cancelled());
-        }
         auto n = co_await direct_io(false, at, rest.data(), std::min(rest.size(), max_io));
         slots_.release();
         if (!n)
@@ -189,11 +186,8 @@ public:
       std::uint64_t at = offset + done;
       auto rest = from.subspan(done);
       if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
-        co_await slots_.acquire();
-        if (stop.stop_requested()) {
-          slots_.release();
+        if (bool held = co_await slots_.acquire(stop); !held)
           co_return fail(cancelled());
-        }
         auto n =
             co_await direct_io(true, at, const_cast<std::byte*>(rest.data()), std::min(rest.size(), max_io));
         slots_.release();
@@ -315,11 +309,8 @@ private:
   // One read or write of `f`, holding one of the file's queue slots.
   task<result<std::size_t>> run_io(io::file& f, bool is_write, std::uint64_t at, std::byte* p,
                                    std::size_t len, const std::stop_token& stop) {
-    co_await slots_.acquire();
-    if (stop.stop_requested()) {
-      slots_.release();
+    if (bool held = co_await slots_.acquire(stop); !held)
       co_return fail(cancelled());
-    }
     result<std::size_t> n;
     if (is_write)
       n = co_await f.write_at(at, std::span<const std::byte>(p, len));

@@ -8,6 +8,7 @@
 
 #include <coroutine>
 #include <cstddef>
+#include <stop_token>
 
 namespace ferry::detail {
 
@@ -22,10 +23,12 @@ public:
     waiter* next = nullptr;
   };
 
-  /// `co_await slots.acquire()`; pair with release().
-  [[nodiscard]] auto acquire() noexcept {
+  /// `if (co_await slots.acquire(stop))` ... release(): true with a slot held; false, holding none, when
+  /// `stop` was requested by the time the slot came (a waiter may get it long after it was stopped).
+  [[nodiscard]] auto acquire(const std::stop_token& stop = {}) noexcept {
     struct awaiter {
       io_slots& s;
+      const std::stop_token& stop;
       waiter w;
       bool await_ready() noexcept {
         if (s.used_ < s.limit_) {
@@ -42,9 +45,14 @@ public:
           s.head_ = &w;
         s.tail_ = &w;
       }
-      void await_resume() const noexcept {}
+      bool await_resume() const noexcept {
+        if (!stop.stop_requested())
+          return true;
+        s.release();
+        return false;
+      }
     };
-    return awaiter{*this, {}};
+    return awaiter{*this, stop, {}};
   }
 
   /// Gives a slot back: to the first waiter (it keeps the count), else to the pool.
