@@ -64,7 +64,24 @@ struct stalled_target {
     if (!sent)
       co_return false;
     auto h = co_await reply(raw);
-    co_return h && h->type == ferry::tcp::frame_type::pong;
+    co_return h && h->type == ferry::tcp::frame_type::pong && h->status == 0;
+  }
+
+  /// Whether a ping on `raw` is answered errc::busy, and the connection then ends: how a connection beyond
+  /// the most served is refused.
+  ferry::task<bool> refused(ferry::io::tcp_socket& raw, std::uint64_t id) {
+    auto sent = co_await raw.send_all(header(ferry::tcp::frame_type::ping, id, 0, 0));
+    if (!sent)
+      co_return false;
+    auto h = co_await reply(raw);
+    CHECK(h);
+    if (!h || h->type != ferry::tcp::frame_type::pong || h->request_id != id ||
+        h->status != static_cast<std::int32_t>(errc::busy))
+      co_return false;
+    std::array<std::byte, 1> one;
+    ferry::io::deadline give_up(ctx, 5s);
+    auto n = co_await raw.recv(one, give_up.token());
+    co_return !give_up.expired() && (!n || *n == 0);
   }
 
   /// The header of the next reply on `raw`, if one arrives within 5 s and decodes.
@@ -105,14 +122,17 @@ public:
   }
   ferry::task<ferry::result<void>> write(std::uint64_t offset, std::span<const std::byte> from,
                                          std::stop_token stop) override {
+    ++writes_started_;
     if (auto slept = co_await ctx_.sleep_for(delay_, stop); !slept)
       co_return ferry::fail(slept.error());
     std::memcpy(bytes_.data() + offset, from.data(), from.size());
     co_return ferry::result<void>{};
   }
   const std::vector<std::byte>& bytes() const { return bytes_; }
+  int writes_started() const { return writes_started_; }
 
 private:
+  int writes_started_ = 0;
   ferry::io::io_context& ctx_;
   std::vector<std::byte> bytes_;
   std::chrono::milliseconds delay_;
@@ -134,7 +154,8 @@ TEST_SUITE("tcp_server") {
     }
   }
 
-  TEST_CASE("connections beyond the most served are closed when accepted, and served again once one ends") {
+  TEST_CASE("connections beyond the most served are refused as busy when accepted, and served again once one "
+            "ends") {
     stalled_target t(0, 1 << 20, 4);
     REQUIRE(t.engine.server()->max_connections() == 4);
     t.ctx.run_until([&]() -> ferry::task<> {
@@ -146,8 +167,12 @@ TEST_SUITE("tcp_server") {
       }
       CHECK(t.engine.server()->connections() == 4);
       auto beyond = co_await t.peer();
-      CHECK_FALSE(co_await ping(beyond, 9)); // closed by the target, unanswered
+      CHECK(co_await t.refused(beyond, 9)); // answered busy, then closed by the target
       CHECK(t.engine.server()->refused_connections() == 1);
+      // one that says nothing is closed all the same, within a second
+      auto silent = co_await t.peer();
+      co_await t.hangs_up(silent);
+      CHECK(t.engine.server()->refused_connections() == 2);
       served.front().close();
       co_await t.ctx.sleep_for(100ms);
       auto next = co_await t.peer();
@@ -171,7 +196,7 @@ TEST_SUITE("tcp_server") {
         CHECK(co_await ping(second, 2));
         // both are idle, neither for 200 ms yet: a third is refused
         auto early = co_await t.peer();
-        CHECK_FALSE(co_await ping(early, 3));
+        CHECK(co_await t.refused(early, 3));
         CHECK(t.engine.server()->refused_connections() == 1);
         CHECK(t.engine.server()->evicted_connections() == 0);
         co_await t.ctx.sleep_for(300ms);
@@ -244,6 +269,55 @@ TEST_SUITE("tcp_server") {
     }());
   }
 
+  TEST_CASE("a transfer to a target at its most served connections, none idle, fails as busy with the reason "
+            "and succeeds once one is free") {
+    stalled_target t(2, 1 << 20, 2); // never evicts
+    ferry::default_engine e(t.ctx, {.name = "late", .tcp = {.connections_per_peer = 1}});
+    std::vector<std::byte> data(64 << 10), back(64 << 10);
+    for (std::size_t i = 0; i < data.size(); ++i)
+      data[i] = static_cast<std::byte>(i * 5 + 3);
+    REQUIRE(e.registry().add(data.data(), data.size(), access::none));
+    REQUIRE(e.registry().add(back.data(), back.size(), access::none));
+    t.ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await e.open_segment(t.engine.endpoint()->to_string());
+      REQUIRE(seg);
+      for (int i = 0; i < 200 && t.engine.server()->connections() != 0; ++i)
+        co_await t.ctx.sleep_for(10ms); // the handshake's connection ends
+      std::vector<ferry::io::tcp_socket> held;
+      for (std::uint64_t i = 0; i < 2; ++i) {
+        held.push_back(co_await t.peer());
+        REQUIRE(co_await t.ping(held.back(), i + 1));
+      }
+      const auto started = std::chrono::steady_clock::now();
+      ferry::transfer_batch w;
+      w.write(data.data(), *seg, 0, data.size());
+      auto wr = co_await e.transfer(w, ferry::transfer_options().with_timeout(5s));
+      CHECK(std::chrono::steady_clock::now() - started < 4s); // refused at once, not left to its deadline
+      REQUIRE_FALSE(wr.ok());
+      CHECK_MESSAGE(wr.first_error() == errc::busy, wr.first_error().message());
+      CHECK_MESSAGE(wr.first_error().message().find("max_served_connections") != std::string::npos,
+                    wr.first_error().message());
+      CHECK(t.engine.server()->refused_connections() >= 1);
+      // a handshake is refused the same way
+      auto again = co_await ferry::tcp_transport::fetch_descriptor(t.ctx, *t.engine.endpoint(), 2000ms, {});
+      REQUIRE_FALSE(again);
+      CHECK_MESSAGE(again.error() == errc::busy, again.error().message());
+      // once a connection is free, the next transfer goes through, byte for byte
+      held.front().close();
+      for (int i = 0; i < 200 && t.engine.server()->connections() != 1; ++i)
+        co_await t.ctx.sleep_for(10ms);
+      ferry::transfer_batch w2;
+      w2.write(data.data(), *seg, 0, data.size());
+      auto wr2 = co_await e.transfer(w2, ferry::transfer_options().with_timeout(5s));
+      CHECK_MESSAGE(wr2.ok(), wr2.first_error().message());
+      ferry::transfer_batch r;
+      r.read(back.data(), *seg, 0, back.size());
+      auto rr = co_await e.transfer(r, ferry::transfer_options().with_timeout(5s));
+      CHECK_MESSAGE(rr.ok(), rr.first_error().message());
+      CHECK(back == data);
+    }());
+  }
+
   TEST_CASE("a file region slower than the stall timeout is answered: the server's own work is no stall of "
             "the peer") {
     for (unsigned io_threads : {0u, 2u}) {
@@ -273,6 +347,32 @@ TEST_SUITE("tcp_server") {
         ferry::io::deadline within(t.ctx, 5s);
         REQUIRE(co_await raw.recv_all(got, within.token()));
         CHECK(got == payload);
+      }());
+    }
+  }
+
+  TEST_CASE("a file region's I/O in progress stops with the server: the engine's shutdown does not wait it "
+            "out") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      stalled_target t(io_threads);
+      auto file = std::make_shared<slow_file>(t.ctx, 8192, 30s);
+      auto at = t.engine.registry().add_file(file, access::read_write);
+      REQUIRE(at);
+      t.ctx.run_until([&]() -> ferry::task<> {
+        auto raw = co_await t.peer();
+        std::vector<std::byte> payload(4096, std::byte{0x6b});
+        REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::write, 1, *at, payload.size())));
+        REQUIRE(co_await raw.send_all(payload));
+        for (int i = 0; i < 500 && file->writes_started() == 0; ++i)
+          co_await t.ctx.sleep_for(10ms);
+        REQUIRE(file->writes_started() == 1);
+        const auto stopping = std::chrono::steady_clock::now();
+        co_await t.engine.shutdown();
+        CHECK(std::chrono::steady_clock::now() - stopping < 5s); // not the file's 30 s
+        co_await t.hangs_up(raw);                                // the write is not answered as done
+        CHECK(std::all_of(file->bytes().begin(), file->bytes().end(),
+                          [](std::byte b) { return b == std::byte{0}; }));
       }());
     }
   }

@@ -16,7 +16,9 @@
 /// Requests flow initiator -> owner; each gets exactly one reply, in order, on the same connection.
 /// A data connection's hello carries a tag the initiator chose for it; a fence names such a tag, and the
 /// owner answers it only once the connection with that tag has ended, so that nothing sent on it can still
-/// land (what follows the fence on the fencing connection is served after it). `decode_header` rejects
+/// land (what follows the fence on the fencing connection is served after it). A connection that the owner
+/// accepts beyond the most it serves has its first request answered with status `busy`, and is closed.
+/// `decode_header` rejects
 /// anything malformed before a byte of payload is read.
 ///
 ///   std::array<std::byte, frame_header::size> wire;

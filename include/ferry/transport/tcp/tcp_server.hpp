@@ -78,7 +78,7 @@ public:
   /// `max_connections` are served at once (0: RLIMIT_NOFILE less an eighth, at least 64, kept for the rest of
   /// the process). One accepted beyond takes the place of the served connection that has waited longest for
   /// its next request, if that one has waited `evict_idle_after` at least (it is closed; its peer connects
-  /// again when it needs it); else the new one is closed.
+  /// again when it needs it); else the new one is refused: its first request is answered errc::busy.
   tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h,
              io::io_context_pool* connection_loops = nullptr,
              std::chrono::milliseconds stall_timeout = std::chrono::seconds(10),
@@ -124,8 +124,9 @@ public:
   }
   /// The most connections served at once.
   std::size_t max_connections() const noexcept { return max_connections_; }
-  /// Connections closed as soon as they were accepted, because max_connections() were being served and none
-  /// of them had been idle long enough to give its place up.
+  /// Connections refused as they were accepted, because max_connections() were being served and none of them
+  /// had been idle long enough to give its place up: their first request is answered errc::busy (or, beyond
+  /// a few refusals at a time, the connection is closed at once), and they are closed.
   std::uint64_t refused_connections() const noexcept { return refused_.load(std::memory_order_relaxed); }
   /// Idle connections closed to make room for new ones at max_connections().
   std::uint64_t evicted_connections() const noexcept { return evicted_.load(std::memory_order_relaxed); }
@@ -206,15 +207,44 @@ private:
         continue; // a connection reset before accept, say: keep serving
       }
       if (connections() >= max_connections_ && !evict_idlest()) {
-        // why: closed at once rather than left in the backlog: the peer learns now, and the process keeps
-        // descriptors for everything else it does
+        // why: not left in the backlog: the peer learns now, and why; the process keeps descriptors for
+        // everything else it does (a few refusals at a time, each for a moment; beyond, a bare close)
         refused_.fetch_add(1, std::memory_order_relaxed);
-        s->close();
+        if (refusing_ < most_refusing_at_once)
+          scope_.spawn(refuse(std::move(*s)));
+        else
+          s->close();
         continue;
       }
       tcp::detail::keep_alive(*s, keepalive_idle_);
       scope_.spawn(serve(std::move(*s)));
     }
+  }
+
+  /// Answers the first request of a connection accepted beyond the most served with errc::busy, and closes
+  /// it: its peer learns why it is not served, rather than finding the connection closed, which it would take
+  /// for a broken one. A peer that says nothing within refusal_patience gets the close alone.
+  task<> refuse(io::tcp_socket sock) {
+    ++refusing_;
+    io::deadline within(io_, std::min(stall_timeout_, refusal_patience), stop_.get_token());
+    std::array<std::byte, tcp::frame_header::size> raw;
+    if (auto got = co_await sock.recv_all(raw, within.token()); got) {
+      auto h = tcp::decode_header(raw);
+      // why: only a request with no payload behind it (every peer's first, a hello, is one): unread bytes
+      // would make the close a reset, which can destroy the answer before the peer reads it
+      if (h && static_cast<int>(h->type) % 2 == 1 && h->payload_length() == 0) {
+        tcp::frame_header answer;
+        answer.type = static_cast<tcp::frame_type>(static_cast<int>(h->type) + 1);
+        answer.request_id = h->request_id;
+        answer.offset = h->offset;
+        answer.status = static_cast<std::int32_t>(errc::busy);
+        tcp::encode(answer, raw);
+        if (auto sent = co_await sock.send_all(raw, within.token()); sent)
+          (void)sock.shutdown(SHUT_WR); // why: a FIN after the answer, so the peer reads it before the end
+      }
+    }
+    sock.close();
+    --refusing_;
   }
 
   static std::int64_t now_ns() noexcept {
@@ -680,6 +710,10 @@ private:
   std::chrono::milliseconds evict_idle_after_;
   std::atomic<std::uint64_t> evicted_{0};
   std::atomic<std::uint64_t> refused_{0};
+  /// Refusals being answered now (on the server's loop only).
+  std::size_t refusing_ = 0;
+  static constexpr std::size_t most_refusing_at_once = 16;
+  static constexpr auto refusal_patience = std::chrono::milliseconds(1000);
   io::tcp_listener listener_;
   std::stop_source stop_;
   static std::size_t most_descriptors_to_serve() noexcept {

@@ -258,9 +258,18 @@ public:
 
   /// The descriptor a hello's reply carries, or why it carries none.
   static result<segment_descriptor> descriptor_in(const control_reply& reply) {
-    if (reply.header.status != 0)
+    if (reply.header.status == 0)
+      return segment_descriptor::parse(reply.payload);
+    switch (static_cast<errc>(reply.header.status)) {
+    case errc::out_of_space:
       return fail(error(reply.header.error(), "handshake: the peer's descriptor is too large to send"));
-    return segment_descriptor::parse(reply.payload);
+    case errc::busy:
+      return fail(error(reply.header.error(),
+                        "tcp: the peer serves as many connections as it may, and none has been idle long "
+                        "enough to give its place up (its tcp.max_served_connections)"));
+    default:
+      return fail(error(reply.header.error(), "handshake: the peer refused it"));
+    }
   }
 
   /// Says hello on a new connection (naming it by `tag`) and confirms that the process answering is the
