@@ -20,6 +20,7 @@
 #include <csignal>
 #include <cstdint>
 #include <fcntl.h>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <poll.h>
@@ -46,8 +47,13 @@ struct threaded_store {
   ferry::thread_pool worker{1};
   std::chrono::milliseconds delay{200};
 
+  /// Called on the store's thread as each get begins, when set.
+  std::function<void()> on_get;
+
   ferry::task<ferry::result<std::optional<std::string>>> get(std::string key) {
     co_await worker.schedule();
+    if (on_get)
+      on_get();
     std::this_thread::sleep_for(delay);
     co_return co_await inner.get(std::move(key));
   }
@@ -145,6 +151,79 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
     }());
     CHECK(all_zero(exposed));
     CHECK(initiator.routed_bytes("tcp") == 0);
+  }
+
+  TEST_CASE("the local buffer stays pinned while a batch looks its target up again, until it has run again") {
+    ferry::io::io_context ctx;
+    threaded_store store;
+    store.delay = 10ms;
+    std::vector<std::byte> exposed(1 << 16), later(1 << 16),
+        local(1 << 16, std::byte{0x21}); // outlive engines
+    ferry::default_engine target(ctx, {.name = "kv", .listen = "127.0.0.2:0"});
+    target.use_metadata(store);
+    REQUIRE(target.registry().add(exposed.data(), exposed.size(), access::read_write));
+    REQUIRE(target.start());
+    ferry::transfer_engine<ferry::tcp_transport> initiator(ctx, {.name = "initiator"});
+    initiator.use_metadata(store);
+    REQUIRE(initiator.registry().add(local.data(), local.size(), access::none));
+    std::optional<ferry::result<void>> removed_meanwhile;
+    ctx.run_until([&]() -> ferry::task<> {
+      REQUIRE(co_await target.publish());
+      auto seg = co_await initiator.open_segment("kv");
+      REQUIRE(seg);
+      // a region the initiator's descriptor does not have yet: the batch fails, looks "kv" up again, runs
+      // again
+      auto at = target.registry().add(later.data(), later.size(), access::read_write);
+      REQUIRE(at);
+      REQUIRE(co_await target.publish());
+      store.on_get = [&] { removed_meanwhile = initiator.registry().remove(local.data()); };
+      transfer_batch b;
+      b.write(local.data(), *seg, *at, 4096);
+      auto r = co_await initiator.transfer(b);
+      store.on_get = nullptr;
+      REQUIRE(removed_meanwhile.has_value()); // the batch did look the segment up again
+      CHECK_FALSE(*removed_meanwhile);        // the buffer was still in use: not unregistered
+      CHECK((removed_meanwhile->has_value() || removed_meanwhile->error() == errc::busy));
+      CHECK_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(std::equal(later.begin(), later.begin() + 4096, local.begin()));
+    }());
+  }
+
+  TEST_CASE("copies made on the loop's own thread (no copy thread) stop at the batch's deadline and at its "
+            "caller's stop") {
+    ferry::io::io_context ctx;
+    ferry::default_engine engine(ctx, {.name = "self", .slice_size = 64 << 10, .shm = {.copy_threads = 0}});
+    std::vector<std::byte> exposed(512 << 20), local(512 << 20, std::byte{0x35});
+    REQUIRE(engine.registry().add(exposed.data(), exposed.size(), access::read_write));
+    REQUIRE(engine.registry().add(local.data(), local.size(), access::none));
+    transfer_batch b;
+    b.write(local.data(), engine.self, 0, local.size());
+    auto r = ctx.run_until(engine.transfer(b, ferry::transfer_options().with_timeout(1ms)));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.requests[0].error() == errc::timed_out);
+    CHECK(all_zero(std::span(exposed).last(64 << 20))); // the copies after the deadline were not made
+    // stopped from another thread while the loop copies
+    std::stop_source stop;
+    std::jthread stopper([&] {
+      std::this_thread::sleep_for(2ms);
+      stop.request_stop();
+    });
+    std::fill(exposed.begin(), exposed.end(), std::byte{0});
+    auto t0 = clock_type::now();
+    transfer_batch many;
+    for (int round = 0; round < 16; ++round) // 8 GiB: seconds of copying
+      many.write(local.data(), engine.self, 0, local.size());
+    auto s = ctx.run_until(engine.transfer(many, ferry::transfer_options().with_stop(stop.get_token())));
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.requests.back().error() == errc::cancelled);
+    MESSAGE("stopped after ", std::chrono::duration<double, std::milli>(clock_type::now() - t0).count(),
+            " ms");
+    // a batch whose deadline is too far for the clock to count has none
+    transfer_batch small;
+    small.write(local.data(), engine.self, 0, 4096);
+    auto n = ctx.run_until(
+        engine.transfer(small, ferry::transfer_options().with_timeout(std::chrono::nanoseconds::max())));
+    CHECK_MESSAGE(n.ok(), n.first_error().message());
   }
 
   TEST_CASE("copies still waiting for a copy thread when the deadline passes are not made") {

@@ -12,6 +12,7 @@
 ///
 ///   ferry::io::deadline stall(ctx, 10s, ferry::io::progress{[&] { return sock.bytes_moved(); }});
 
+#include "ferry/core/detail/time_after.hpp"
 #include "ferry/io/detail/io_op.hpp"
 #include "ferry/io/io_context.hpp"
 
@@ -40,8 +41,10 @@ struct progress {
 
 class deadline {
 public:
+  /// `after` too long for the clock (`nanoseconds::max()`, say) is the clock's last time point: never.
   deadline(io_context& ctx, io_context::clock::duration after, std::stop_token parent = {})
-      : deadline(ctx, io_context::clock::now() + after, std::move(parent)) {}
+      : deadline(ctx, ferry::detail::time_after<io_context::clock>(io_context::clock::now(), after),
+                 std::move(parent)) {}
   deadline(io_context& ctx, io_context::clock::time_point at, std::stop_token parent = {}) : ctx_(ctx) {
     arm(at, std::move(parent));
   }
@@ -54,7 +57,9 @@ public:
   deadline(io_context& ctx, io_context::clock::duration period, progress made, std::stop_token parent = {})
       : ctx_(ctx), period_(std::max<io_context::clock::duration>(period, std::chrono::milliseconds(1))),
         made_(std::move(made)) {
-    arm(io_context::clock::now() + (made_.count ? period_ / 2 : period_), std::move(parent));
+    arm(ferry::detail::time_after<io_context::clock>(io_context::clock::now(),
+                                                     made_.count ? period_ / 2 : period_),
+        std::move(parent));
   }
   deadline(const deadline&) = delete;
   deadline& operator=(const deadline&) = delete;
@@ -95,7 +100,7 @@ private:
       return false;
     seen_ = now;
     // why: the timer just left the heap, which keeps its room: pushing it back allocates nothing
-    timer_.deadline_ = io_context::clock::now() + period_;
+    timer_.deadline_ = ferry::detail::time_after<io_context::clock>(io_context::clock::now(), period_);
     ctx_.start_timer(&timer_);
     return true;
   }

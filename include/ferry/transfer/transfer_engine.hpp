@@ -21,6 +21,7 @@
 
 #include "ferry/core/async_mutex.hpp"
 #include "ferry/core/async_scope.hpp"
+#include "ferry/core/detail/time_after.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/core/sync_wait.hpp"
@@ -370,10 +371,14 @@ public:
     // why: the process that serves each target as the batch begins; a refresh during the batch (its own, or
     // another batch's) may put a new one in its place, after some of the batch's bytes went to the old one
     auto served_by = incarnations_of(batch);
-    batch_result out = co_await run_batch(batch, opts);
+    // why: the local regions stay pinned until the batch has run again after a refresh, if it does: between
+    // the two runs, the caller's memory must not be unregistered (and perhaps freed, its address reused)
+    std::vector<region_registry::lease> local_leases;
+    batch_result out = co_await run_batch(batch, opts, local_leases);
     if ((!out.ok() || !restarted_since(served_by).empty()) && !opts.stop.stop_requested() &&
         !shut_down_.load(std::memory_order_acquire))
-      co_await retry_stale(batch, opts, started, out, served_by);
+      co_await retry_stale(batch, opts, started, out, served_by, local_leases);
+    local_leases.clear();
     fail_landed_in_replaced(batch, opts, out, served_by);
     if (opts.notify && out.ok()) {
       std::vector<segment_id> targets;
@@ -475,7 +480,7 @@ private:
 
   task<> retry_stale(const transfer_batch& batch, const transfer_options& opts,
                      std::chrono::steady_clock::time_point started, batch_result& out,
-                     incarnations& served_by) {
+                     incarnations& served_by, std::vector<region_registry::lease>& local_leases) {
     std::vector<segment_id> tried, changed;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       segment_id t = batch.requests()[i].target;
@@ -514,8 +519,9 @@ private:
     transfer_options rest;
     rest.stop = opts.stop;
     if (opts.timeout.count() > 0) {
-      auto left = opts.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
-                                     std::chrono::steady_clock::now() - started);
+      // why: the time passed, rounded up: the run again must not be given time already gone
+      auto left = opts.timeout -
+                  std::chrono::ceil<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
       if (left.count() <= 0)
         co_return;
       rest.timeout = left;
@@ -524,15 +530,17 @@ private:
     for (auto& [t, incarnation] : served_by)
       if (std::find(restarted.begin(), restarted.end(), t) != restarted.end())
         incarnation = peers_[t].descriptor.incarnation;
-    batch_result redo = co_await run_batch(again, rest);
+    batch_result redo = co_await run_batch(again, rest, local_leases);
     for (std::size_t k = 0; k < which.size(); ++k)
       out.requests[which[k]] = std::move(redo.requests[k]);
   }
 
   /// One pass over a batch: validate, cut into slices, route, wait (no refresh, no notification).
-  task<batch_result> run_batch(const transfer_batch& batch, const transfer_options& opts) {
+  /// `local_leases`: where the pins of the batch's local regions go; they must outlive the batch (and hold
+  /// until the caller is done with the memory).
+  task<batch_result> run_batch(const transfer_batch& batch, const transfer_options& opts,
+                               std::vector<region_registry::lease>& local_leases) {
     detail::batch_state state(io_, batch.size(), options_.retry_budget, this, &retry_slice);
-    std::vector<region_registry::lease> local_leases;
     std::vector<std::size_t> on_gpu; // requests whose local memory is GPU memory
 
     // Validate and cut into slices.
@@ -543,19 +551,22 @@ private:
         std::clamp<std::uint64_t>(options_.slice_size, 4096, tcp::frame_header::max_data_payload);
     for (std::size_t i = 0; i < batch.size(); ++i) {
       auto& r = batch.requests()[i];
-      if (auto bad = validate(r)) {
-        state.reject(i, bad);
-        continue;
-      }
+      const error bad = validate(r);
       // why: one lease per local region holds it for the whole batch; a batch of thousands of blocks in one
-      // buffer takes the registry's lock once, not once per block
-      if (local_leases.empty() || !local_leases.back().covers(r.local, r.length)) {
+      // buffer takes the registry's lock once, not once per block. Taken for a request that the target's
+      // descriptor refuses too: refused by a stale descriptor, it runs again after a refresh
+      if (r.local && r.length > 0 &&
+          (local_leases.empty() || !local_leases.back().covers(r.local, r.length))) {
         auto lease = registry_.pin_local(r.local, r.length);
         if (!lease) {
-          state.reject(i, lease.error());
+          state.reject(i, bad ? bad : lease.error());
           continue;
         }
         local_leases.push_back(std::move(*lease));
+      }
+      if (bad) {
+        state.reject(i, bad);
+        continue;
       }
       if (local_leases.back().location().kind == memory_kind::cuda_device)
         on_gpu.push_back(i);
@@ -583,9 +594,13 @@ private:
 
     // Deadline and cancellation abort the batch on the loop's thread.
     std::optional<io::deadline> deadline;
-    if (opts.timeout.count() > 0)
-      deadline.emplace(io_, opts.timeout, opts.stop);
-    abort_args args{this, &state, deadline ? &*deadline : nullptr};
+    auto due = io::io_context::clock::time_point::max();
+    if (opts.timeout.count() > 0) {
+      due = ferry::detail::time_after<io::io_context::clock>(io::io_context::clock::now(), opts.timeout);
+      deadline.emplace(io_, due, opts.stop);
+    }
+    abort_args args{this, &state, deadline ? &*deadline : nullptr, due, opts.stop};
+    state.watch_overdue(&abort_if_overdue, &args);
     detail::stop_relay relay(io_, &abort_batch, &args);
     relay.watch(deadline ? deadline->token() : opts.stop);
     // why: the relay posts the abort of a token stopped already behind this loop; no slice may start first
@@ -602,7 +617,6 @@ private:
     }
     co_await state.wait();
     co_await relay.retire();
-    local_leases.clear();
     co_return state.take_result();
   }
 
@@ -1186,13 +1200,25 @@ private:
     transfer_engine* engine;
     detail::batch_state* state;
     io::deadline* deadline;
+    io::io_context::clock::time_point due; // max(): none
+    std::stop_token stop;
   };
   static void abort_batch(void* p) noexcept {
     auto* a = static_cast<abort_args*>(p);
-    bool expired = a->deadline && a->deadline->expired();
+    bool expired = a->deadline && (a->deadline->expired() || io::io_context::clock::now() >= a->due);
     a->state->abort(expired ? error(errc::timed_out, "transfer: deadline passed")
                             : error(errc::cancelled, "transfer: cancelled"));
     std::apply([&](auto&... t) { (t.abort(a->state), ...); }, a->engine->transports_);
+  }
+
+  /// The batch's deadline or its caller's stop, looked at directly (see batch_state::overdue); aborts the
+  /// batch as the loop would once it turned.
+  static bool abort_if_overdue(void* p) noexcept {
+    auto* a = static_cast<abort_args*>(p);
+    if (!a->stop.stop_requested() && io::io_context::clock::now() < a->due)
+      return false;
+    abort_batch(p);
+    return true;
   }
 
   task<result<segment_descriptor>> fetch(std::string locator, std::stop_token stop) {

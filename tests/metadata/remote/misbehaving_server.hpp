@@ -1,6 +1,7 @@
 #pragma once
 // A server on a random loopback port that answers every request of a metadata client wrongly on purpose: its
-// reply trickles in one byte at a time, or never ends its header lines, or is endless. It speaks just enough
+// reply trickles in one byte at a time, or never ends its header lines, or is endless; or it takes a request
+// so slowly that a large one is never all sent. It speaks just enough
 // HTTP and RESP for a client to take the start of its reply for the start of an answer.
 
 #include "servers.hpp"
@@ -26,6 +27,7 @@ public:
     trickle,      ///< a reply that promises 1 MB and sends a byte every 20 ms
     endless_head, ///< HTTP: header line after header line; RESP: array element after element, 20 ms apart
     flood,        ///< a reply that promises 4 GB and sends it as fast as it can
+    slow_reader,  ///< takes the request 16 KiB every 200 ms, and never answers
   };
 
   misbehaving_server(protocol p, manner m) : protocol_(p), manner_(m) {
@@ -34,6 +36,11 @@ public:
     ::sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (m == manner::slow_reader) { // why: a small receive buffer (inherited by what it accepts): a request
+                                    // of a few MiB is then more than the connection holds
+      int bytes = 64 << 10;
+      REQUIRE(::setsockopt(listener_, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes) == 0);
+    }
     REQUIRE(::bind(listener_, reinterpret_cast<::sockaddr*>(&a), sizeof a) == 0);
     REQUIRE(::listen(listener_, 16) == 0);
     ::socklen_t len = sizeof a;
@@ -98,6 +105,13 @@ private:
       return;
     const bool http = protocol_ == protocol::http;
     switch (manner_) {
+    case manner::slow_reader:
+      while (!stop_) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        if (::recv(fd, buf, 16 << 10, MSG_DONTWAIT) == 0)
+          return; // the client has gone
+      }
+      return;
     case manner::trickle:
       if (!send_all(
               fd,

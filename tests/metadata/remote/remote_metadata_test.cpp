@@ -321,6 +321,34 @@ TEST_SUITE("metadata backends") {
     }
   }
 
+  TEST_CASE("a service that takes a large request a little at a time fails the operation within its bound") {
+    using server = ferry_test::misbehaving_server;
+    const ferry::metadata_options options{.timeout = 300ms};
+    const std::string large(6 << 20, 'v'); // more than the sockets' buffers hold (4 MiB and 128 KiB)
+    for (std::string scheme : {"etcd", "http", "redis"}) {
+      CAPTURE(scheme);
+      server bad(scheme == "redis" ? server::protocol::resp : server::protocol::http,
+                 server::manner::slow_reader);
+      auto t0 = std::chrono::steady_clock::now();
+      ferry::result<void> put;
+      if (scheme == "etcd")
+        put = sync_wait(ferry::etcd_metadata_store({bad.address()}, options).put("big", large));
+      else if (scheme == "http")
+        put = sync_wait(ferry::http_metadata_store({bad.address()}, options).put("big", large));
+      else
+        put = sync_wait(ferry::redis_metadata_store(bad.address(), options).put("big", large));
+      auto took = std::chrono::steady_clock::now() - t0;
+      REQUIRE_FALSE(put);
+      CHECK(bad.accepted() == 1); // a request that was sent is never sent again
+      // the sending within the timeout (HTTP: the whole exchange within twice the timeout), and the time it
+      // takes this process to encode 6 MiB (etcd: in base64, into JSON); all of it sent would take 20 s
+      CHECK(took < 2 * options.timeout + 3s);
+      CHECK_MESSAGE(put.error() == ferry::errc::timed_out, put.error().message());
+      MESSAGE(scheme, ": ", put.error().message(), " after ",
+              std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), " ms");
+    }
+  }
+
   TEST_CASE("a malformed descriptor in the store is rejected with a message, never a crash") {
     ferry_test::etcd_server etcd;
     auto m = connect(etcd.connection());

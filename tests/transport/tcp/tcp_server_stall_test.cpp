@@ -318,6 +318,39 @@ TEST_SUITE("tcp_server") {
     }());
   }
 
+  TEST_CASE("slices on a connection that a target at its most served connections refused move to the "
+            "initiator's other connection to it") {
+    stalled_target t(2, 4 << 20, 2); // never evicts
+    ferry::default_engine e(t.ctx, {.name = "two", .tcp = {.connections_per_peer = 2}});
+    std::vector<std::byte> data(2 << 20), back(2 << 20);
+    for (std::size_t i = 0; i < data.size(); ++i)
+      data[i] = static_cast<std::byte>(i * 13 + 7);
+    REQUIRE(e.registry().add(data.data(), data.size(), access::none));
+    REQUIRE(e.registry().add(back.data(), back.size(), access::none));
+    t.ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await e.open_segment(t.engine.endpoint()->to_string());
+      REQUIRE(seg);
+      for (int i = 0; i < 200 && t.engine.server()->connections() != 0; ++i)
+        co_await t.ctx.sleep_for(10ms); // the handshake's connection ends
+      auto held =
+          co_await t.peer(); // one place of two taken: one of the initiator's two connections is refused
+      REQUIRE(co_await t.ping(held, 1));
+      constexpr std::size_t block = 64 << 10;
+      ferry::transfer_batch w;
+      for (std::size_t at = 0; at < data.size(); at += block)
+        w.write(data.data() + at, *seg, at, block);
+      auto wr = co_await e.transfer(w, ferry::transfer_options().with_timeout(10s));
+      CHECK_MESSAGE(wr.ok(), wr.first_error().message());
+      CHECK(t.engine.server()->refused_connections() >= 1);
+      ferry::transfer_batch r;
+      for (std::size_t at = 0; at < back.size(); at += block)
+        r.read(back.data() + at, *seg, at, block);
+      auto rr = co_await e.transfer(r, ferry::transfer_options().with_timeout(10s));
+      CHECK_MESSAGE(rr.ok(), rr.first_error().message());
+      CHECK(back == data);
+    }());
+  }
+
   TEST_CASE("a file region slower than the stall timeout is answered: the server's own work is no stall of "
             "the peer") {
     for (unsigned io_threads : {0u, 2u}) {

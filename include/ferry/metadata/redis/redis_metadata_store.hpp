@@ -35,6 +35,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <utility>
 #include <vector>
@@ -301,8 +302,8 @@ private:
     return r;
   }
 
-  /// Sends one command and gathers its reply, within `options_.timeout` from when the command went out and
-  /// `options_.max_reply_bytes`.
+  /// Sends one command within `options_.timeout`, and gathers its reply within `options_.timeout` from when
+  /// the command went out and `options_.max_reply_bytes`.
   // why: not redisCommandArgv: its socket timeout bounds each read, not a reply, so a server that trickles a
   // reply would hold the worker thread for as long as it likes, and a reply is gathered whatever its size
   result<redisReply*> exchange(int argc, const char** argv, const std::size_t* lengths,
@@ -312,10 +313,25 @@ private:
     };
     if (::redisAppendCommandArgv(ctx_.get(), argc, argv, lengths) != REDIS_OK)
       return broken(ctx_->errstr);
-    for (int written = 0; !written;)
-      if (::redisBufferWrite(ctx_.get(), &written) != REDIS_OK) // a blocking write: SO_SNDTIMEO bounds it
-        return broken(ctx_->errstr);
     using clock = std::chrono::steady_clock;
+    // why: a blocking write returns once SO_SNDTIMEO passes without all of it sent, and hiredis writes again:
+    // a server that takes a large command a little at a time would hold the thread for as long as it liked.
+    // Each write gets what is left of the whole write's time
+    const auto sent_by = detail::time_after<clock>(clock::now(), options_.timeout);
+    for (int written = 0; !written;) {
+      auto left = std::max(std::chrono::ceil<std::chrono::microseconds>(sent_by - clock::now()),
+                           std::chrono::microseconds(1000)); // why: a zero timeval would mean "never"
+      ::timeval tv{static_cast<::time_t>(left.count() / 1'000'000),
+                   static_cast<::suseconds_t>(left.count() % 1'000'000)};
+      ::setsockopt(ctx_->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      const bool ok = ::redisBufferWrite(ctx_.get(), &written) == REDIS_OK;
+      if (!written && clock::now() >= sent_by)
+        return fail(errc::timed_out, "redis " + host_ + ": " + what + ": the command was not taken within " +
+                                         std::to_string(options_.timeout.count()) +
+                                         " ms (its outcome is unknown)");
+      if (!ok)
+        return broken(ctx_->errstr);
+    }
     const auto deadline = detail::time_after<clock>(clock::now(), options_.timeout);
     std::size_t received = 0;
     budget_.elements_left = options_.max_reply_bytes / bytes_per_element;

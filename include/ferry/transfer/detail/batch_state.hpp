@@ -30,8 +30,9 @@ inline bool retryable(const error& e) noexcept {
     case errc::peer_unreachable:
     case errc::short_transfer:
     case errc::timed_out:
-    case errc::malformed_frame:
-      return true; // a garbled stream: the connection is dropped, try a fresh one
+    case errc::malformed_frame: // a garbled stream: the connection is dropped, try a fresh one
+    case errc::busy: // a target at its most connections refused this one; another of ours to it is served
+      return true;
     default:
       return false;
     }
@@ -106,6 +107,18 @@ public:
   bool aborted() const noexcept { return aborted_.load(std::memory_order_acquire); }
   bool done() const noexcept { return left_ == 0; }
 
+  /// Where the engine says how to tell, on the loop's thread, whether the batch is past its deadline or
+  /// cancelled by its caller before the loop has turned to notice (the check aborts it then).
+  using overdue_fn = bool (*)(void* arg) noexcept;
+  void watch_overdue(overdue_fn check, void* arg) noexcept {
+    overdue_ = check;
+    overdue_arg_ = arg;
+  }
+  /// On the loop's thread: aborted, or found now past its deadline or cancelled (and aborted). For a
+  /// transport that works on the loop's thread itself (copies there): the loop's timers do not run while it
+  /// does, so the batch's deadline would not be noticed until its work was all done.
+  bool overdue() noexcept { return aborted() || (overdue_ && overdue_(overdue_arg_)); }
+
   /// Resumes the awaiting coroutine once every slice has settled.
   auto wait() noexcept {
     struct awaiter {
@@ -150,6 +163,8 @@ private:
   std::coroutine_handle<> waiter_;
   wake_op wake_;
   std::atomic<bool> aborted_{false};
+  overdue_fn overdue_ = nullptr;
+  void* overdue_arg_ = nullptr;
   error abort_reason_;
 };
 

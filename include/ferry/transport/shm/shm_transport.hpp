@@ -336,6 +336,12 @@ private:
       co_return;
     }
     if (!pool_) {
+      // why: this copy runs now, on the loop's thread, as do the batch's next ones: the loop's timers do not
+      // run meanwhile, so the batch's deadline and its caller's stop are looked at here before each
+      if (s->batch->overdue()) {
+        s->settle(error(errc::cancelled, "shm"));
+        co_return;
+      }
       error outcome = landed(s, target, copy_now(s, target));
       target = {};
       s->settle(outcome);
@@ -345,14 +351,35 @@ private:
     // aborted takes its copies out of it at once instead of waiting behind other batches' copies; each
     // copy() hands the pool one turn, which copies whatever is oldest in the queue then (nothing, if aborts
     // emptied it)
-    {
+    try {
       std::lock_guard lock(queue_mutex_);
       queue_.push_back({s, std::move(target)});
+    } catch (...) { // why: out of memory: the slice is settled here, or its batch would wait for it for ever
+      s->settle(error(errc::internal, "shm: no memory to queue the copy"));
+      co_return;
     }
     // why: nothing else is outstanding on the loop while the copy runs elsewhere; without this, run() would
     // return with the batch unfinished
     io::io_context::work_guard copying(tc_.io);
-    co_await pool_->schedule();
+    try {
+      co_await pool_->schedule();
+    } catch (...) {
+      // why: the pool took no turn (out of memory): one queued copy has no turn to run it, and is settled
+      // here instead (any one: each turn copies whichever is oldest)
+      std::optional<queued_copy> orphan;
+      {
+        std::lock_guard lock(queue_mutex_);
+        if (!queue_.empty()) {
+          orphan.emplace(std::move(queue_.back()));
+          queue_.pop_back();
+        }
+      }
+      if (orphan) {
+        orphan->target = {};
+        orphan->s->settle(error(errc::internal, "shm: no copy thread could take the copy"));
+      }
+      co_return;
+    }
     std::optional<queued_copy> next;
     {
       std::lock_guard lock(queue_mutex_);

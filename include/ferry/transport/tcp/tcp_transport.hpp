@@ -746,14 +746,19 @@ private:
     io::io_context& loop = *c.at->loop;
     io::deadline within(loop, tc_.options.tcp.connect_timeout, stop_.get_token());
     auto sock = co_await io::tcp_socket::connect(loop, c.address, within.token());
+    if (!sock && within.expired())
+      sock = fail(errc::timed_out, "tcp connect");
     if (sock && !tc_.options.tcp.congestion_control.empty())
       if (auto set = sock->set_congestion_control(tc_.options.tcp.congestion_control); !set)
         sock = fail(set.error());
     std::uint64_t tag = next_tag();
     if (sock && !stopping_) {
       // why: the address may now be served by a restarted process whose regions differ; bytes must never
-      // land by a stale descriptor
-      if (auto confirmed = co_await confirm_owner(*sock, c.incarnation, within, tag); !confirmed)
+      // land by a stale descriptor. As on the control connection, the hello waits for the owner's loop to
+      // write its descriptor, which may be large or busy: it gets the reply timeout, not what is left of the
+      // connect's
+      io::deadline greeting(loop, tc_.options.tcp.reply_timeout, stop_.get_token());
+      if (auto confirmed = co_await confirm_owner(*sock, c.incarnation, greeting, tag); !confirmed)
         sock = fail(confirmed.error());
     }
     c.connecting = false;
@@ -762,8 +767,7 @@ private:
       sock = fail(errc::closed, "tcp: the peer's descriptor changed");
     }
     if (!sock || stopping_) {
-      error e = !sock ? (within.expired() ? error(errc::timed_out, "tcp connect") : sock.error())
-                      : error(errc::cancelled, "tcp: engine shutting down");
+      error e = !sock ? sock.error() : error(errc::cancelled, "tcp: engine shutting down");
       fail_queued(c, e); // retries go to another connection
       reclaim_if_idle(c);
       co_return;
