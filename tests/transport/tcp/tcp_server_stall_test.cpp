@@ -138,6 +138,31 @@ private:
   std::chrono::milliseconds delay_;
 };
 
+/// An initiator engine of `connections` connections per peer, with `bytes` of patterned data to write and as
+/// many to read back into, both registered.
+struct patterned_initiator {
+  std::vector<std::byte> data, back;
+  ferry::default_engine engine;
+
+  patterned_initiator(ferry::io::io_context& ctx, unsigned connections, std::size_t bytes)
+      : data(bytes), back(bytes),
+        engine(ctx, {.name = "initiator", .tcp = {.connections_per_peer = connections}}) {
+    for (std::size_t i = 0; i < data.size(); ++i)
+      data[i] = static_cast<std::byte>(i * 13 + 7);
+    REQUIRE(engine.registry().add(data.data(), data.size(), access::none));
+    REQUIRE(engine.registry().add(back.data(), back.size(), access::none));
+  }
+
+  /// Opens `t`'s segment, and waits (up to 2 s) for the handshake's connection to end there.
+  ferry::task<ferry::segment_id> open(stalled_target& t) {
+    auto seg = co_await engine.open_segment(t.engine.endpoint()->to_string());
+    REQUIRE(seg);
+    for (int i = 0; i < 200 && t.engine.server()->connections() != 0; ++i)
+      co_await t.ctx.sleep_for(10ms);
+    co_return *seg;
+  }
+};
+
 } // namespace
 
 TEST_SUITE("tcp_server") {
@@ -272,17 +297,11 @@ TEST_SUITE("tcp_server") {
   TEST_CASE("a transfer to a target at its most served connections, none idle, fails as busy with the reason "
             "and succeeds once one is free") {
     stalled_target t(2, 1 << 20, 2); // never evicts
-    ferry::default_engine e(t.ctx, {.name = "late", .tcp = {.connections_per_peer = 1}});
-    std::vector<std::byte> data(64 << 10), back(64 << 10);
-    for (std::size_t i = 0; i < data.size(); ++i)
-      data[i] = static_cast<std::byte>(i * 5 + 3);
-    REQUIRE(e.registry().add(data.data(), data.size(), access::none));
-    REQUIRE(e.registry().add(back.data(), back.size(), access::none));
+    patterned_initiator p(t.ctx, 1, 64 << 10);
+    auto &data = p.data, &back = p.back;
+    auto& e = p.engine;
     t.ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await e.open_segment(t.engine.endpoint()->to_string());
-      REQUIRE(seg);
-      for (int i = 0; i < 200 && t.engine.server()->connections() != 0; ++i)
-        co_await t.ctx.sleep_for(10ms); // the handshake's connection ends
+      auto seg = std::optional(co_await p.open(t));
       std::vector<ferry::io::tcp_socket> held;
       for (std::uint64_t i = 0; i < 2; ++i) {
         held.push_back(co_await t.peer());
@@ -321,17 +340,11 @@ TEST_SUITE("tcp_server") {
   TEST_CASE("slices on a connection that a target at its most served connections refused move to the "
             "initiator's other connection to it") {
     stalled_target t(2, 4 << 20, 2); // never evicts
-    ferry::default_engine e(t.ctx, {.name = "two", .tcp = {.connections_per_peer = 2}});
-    std::vector<std::byte> data(2 << 20), back(2 << 20);
-    for (std::size_t i = 0; i < data.size(); ++i)
-      data[i] = static_cast<std::byte>(i * 13 + 7);
-    REQUIRE(e.registry().add(data.data(), data.size(), access::none));
-    REQUIRE(e.registry().add(back.data(), back.size(), access::none));
+    patterned_initiator p(t.ctx, 2, 2 << 20);
+    auto &data = p.data, &back = p.back;
+    auto& e = p.engine;
     t.ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await e.open_segment(t.engine.endpoint()->to_string());
-      REQUIRE(seg);
-      for (int i = 0; i < 200 && t.engine.server()->connections() != 0; ++i)
-        co_await t.ctx.sleep_for(10ms); // the handshake's connection ends
+      auto seg = std::optional(co_await p.open(t));
       auto held =
           co_await t.peer(); // one place of two taken: one of the initiator's two connections is refused
       REQUIRE(co_await t.ping(held, 1));
