@@ -190,8 +190,8 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
   }
 
   TEST_CASE(
-      "copies not made when the deadline passes are not made: waiting for a copy thread, or made on the "
-      "loop's own thread; there, a caller's stop holds too") {
+      "copies not yet made when the deadline passes are skipped, whether queued for a copy thread or made on "
+      "the loop's thread, and there a caller's stop holds too") {
     ferry::io::io_context ctx;
     // why: 64 KiB slices on one copy thread (or the loop's): 8192 copies one after the other, far more than
     // 1 ms of work

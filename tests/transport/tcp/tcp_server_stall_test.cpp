@@ -524,6 +524,38 @@ TEST_SUITE("tcp_server") {
     }());
   }
 
+  TEST_CASE("a notification sent again under its id, after its answer was lost, is delivered once") {
+    stalled_target t(0);
+    t.ctx.run_until([&]() -> ferry::task<> {
+      auto notify = [&](ferry::io::tcp_socket& raw, std::uint64_t id, std::string text) -> ferry::task<int> {
+        REQUIRE(co_await raw.send_all(header(ferry::tcp::frame_type::notify, 7, id, text.size())));
+        REQUIRE(co_await raw.send_all(std::as_bytes(std::span(text))));
+        auto h = co_await t.reply(raw);
+        REQUIRE(h);
+        CHECK(h->type == ferry::tcp::frame_type::notify_reply);
+        co_return h->status;
+      };
+      auto first = co_await t.peer();
+      CHECK(co_await notify(first, 555, "peer\nonce") == 0);
+      first.close(); // as if its answer had been lost with the connection: the sender tries again on another
+      auto second = co_await t.peer();
+      CHECK(co_await notify(second, 555, "peer\nonce") == 0); // answered, not delivered again
+      CHECK(co_await notify(second, 556, "peer\nnext") == 0);
+      CHECK(co_await notify(second, 0, "peer\nno id") == 0); // without an id (an older peer): each delivered
+      CHECK(co_await notify(second, 0, "peer\nno id") == 0);
+      std::vector<std::string> got;
+      for (int i = 0; i < 4; ++i) {
+        auto n = co_await t.engine.next_notification();
+        REQUIRE(n);
+        got.push_back(n->message);
+      }
+      CHECK(got == std::vector<std::string>{"once", "next", "no id", "no id"});
+      ferry::io::deadline soon(t.ctx, 50ms);
+      auto none = co_await t.engine.next_notification(soon.token());
+      CHECK_FALSE(none); // nothing more: "once" came once
+    }());
+  }
+
   TEST_CASE(
       "a peer that sends a large write's payload slowly but steadily is served past the stall timeout") {
     for (unsigned io_threads : {0u, 2u}) {

@@ -10,7 +10,8 @@
 ///        8     4  status      0, or a ferry::errc value in replies
 ///       12     4  reserved    0
 ///       16     8  request_id  chosen by the initiator, echoed in the reply
-///       24     8  offset      segment offset (read, write); a connection's tag (hello, fence)
+///       24     8  offset      segment offset (read, write); a connection's tag (hello, fence); a
+///                             notification's id, the same when it is sent again (notify)
 ///       32     8  length      payload bytes that follow, or bytes asked for (read)
 ///
 /// Requests flow initiator -> owner; each gets exactly one reply, in order, on the same connection.
@@ -43,7 +44,7 @@ enum class frame_type : std::uint8_t {
   write_reply = 4, ///< status only
   read = 5,        ///< asks for `length` bytes at `offset`; payload: none
   read_reply = 6,  ///< payload: the bytes (only when status is 0)
-  notify = 7,      ///< payload: a short message for the owner's application
+  notify = 7,      ///< payload: a short message for the owner's application; `offset`: its id (0: none)
   notify_reply = 8,
   ping = 9,
   pong = 10,

@@ -33,6 +33,7 @@
 #include "ferry/transport/tcp/detail/keep_alive.hpp"
 #include "ferry/transport/tcp/detail/progress.hpp"
 #include "ferry/transport/tcp/detail/read_ahead.hpp"
+#include "ferry/transport/tcp/detail/recent_ids.hpp"
 #include "ferry/transport/tcp/frame.hpp"
 
 #include <algorithm>
@@ -562,8 +563,15 @@ private:
           std::string message(h->length, '\0');
           if (auto ok = co_await in.take(sock, std::as_writable_bytes(std::span(message)), step); !ok)
             co_return;
-          bool taken = co_await on_own_loop(
-              home, [this, &message] { return !hooks_.notified || hooks_.notified(std::move(message)); });
+          const std::uint64_t id = h->offset;
+          bool taken = co_await on_own_loop(home, [this, &message, id] {
+            if (id != 0 && delivered_notices_.contains(id))
+              return true; // sent again after its answer was lost: delivered once already
+            bool ok = !hooks_.notified || hooks_.notified(std::move(message));
+            if (ok && id != 0)
+              delivered_notices_.remember(id);
+            return ok;
+          });
           step = bounded(within, sock, home);
           if (!taken)
             reply.status = static_cast<std::int32_t>(errc::out_of_space);
@@ -710,6 +718,8 @@ private:
   std::chrono::milliseconds evict_idle_after_;
   std::atomic<std::uint64_t> evicted_{0};
   std::atomic<std::uint64_t> refused_{0};
+  /// The ids of the notifications delivered last (on the server's loop only).
+  tcp::detail::recent_ids delivered_notices_;
   /// Refusals being answered now (on the server's loop only).
   std::size_t refusing_ = 0;
   static constexpr std::size_t most_refusing_at_once = 16;

@@ -315,6 +315,9 @@ public:
     std::shared_ptr<fence_book> book;
     if (auto it = fence_books_.find(id); type == tcp::frame_type::notify && it != fence_books_.end())
       book = it->second;
+    // why: a notification sent again after its connection broke may have reached the owner the first time
+    // (only its answer was lost): the same id on both tells the owner to deliver it once
+    const std::uint64_t notice = type == tcp::frame_type::notify ? next_tag() : 0;
     for (int attempt = 0;; ++attempt) {
       if (!ch.sock.is_open() || ch.address != *address || ch.incarnation != incarnation) {
         ch.sock.close();
@@ -346,7 +349,7 @@ public:
       // become due
       bool fencing = book && book->count.load(std::memory_order_acquire) > 0;
       io::deadline within(tc_.io, (fencing ? 2 : 1) * tc_.options.tcp.reply_timeout, stop);
-      auto reply = co_await exchange_after_fences(ch.sock, book.get(), type, payload, within.token());
+      auto reply = co_await exchange_after_fences(ch.sock, book.get(), type, payload, within.token(), notice);
       if (reply)
         co_return reply;
       ch.sock.close();
@@ -452,7 +455,7 @@ private:
   /// exchange_on, after a fence of each connection `book` (if any) holds (see control()).
   task<result<control_reply>> exchange_after_fences(io::tcp_socket& sock, fence_book* book,
                                                     tcp::frame_type type, std::string payload,
-                                                    std::stop_token stop) {
+                                                    std::stop_token stop, std::uint64_t offset = 0) {
     std::vector<std::uint64_t> tags = book ? book->pending() : std::vector<std::uint64_t>();
     for (std::uint64_t tag : tags) {
       auto fenced = co_await exchange_on(sock, tcp::frame_type::fence, std::string(), stop, tag);
@@ -462,7 +465,7 @@ private:
         co_return fail(errc::malformed_frame, "tcp: a fence refused");
       book->confirm(tag);
     }
-    co_return co_await exchange_on(sock, type, std::move(payload), stop);
+    co_return co_await exchange_on(sock, type, std::move(payload), stop, offset);
   }
 
   peer_state* state_for(const peer& p) {
