@@ -28,6 +28,7 @@ public:
     endless_head, ///< HTTP: header line after header line; RESP: array element after element, 20 ms apart
     flood,        ///< a reply that promises 4 GB and sends it as fast as it can
     slow_reader,  ///< takes the request 16 KiB every 200 ms, and never answers
+    head_flood,   ///< HTTP: header lines without end, as fast as it can
   };
 
   misbehaving_server(protocol p, manner m) : protocol_(p), manner_(m) {
@@ -127,6 +128,16 @@ private:
       while (send_all(fd, http ? "X-Pad: 1\r\n" : ":1\r\n"))
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       return;
+    case manner::head_flood: {
+      if (!send_all(fd, "HTTP/1.1 200 OK\r\n"))
+        return;
+      std::string lines;
+      for (int i = 0; i < 4096; ++i)
+        lines += "X-Pad: 1\r\n";
+      while (send_all(fd, lines)) {
+      }
+      return;
+    }
     case manner::flood: {
       if (!send_all(
               fd,

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <sys/resource.h>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -318,6 +319,36 @@ TEST_SUITE("metadata backends") {
         MESSAGE(scheme, ": ", got.error().message(), " after ",
                 std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), " ms");
       }
+    }
+  }
+
+  TEST_CASE(
+      "a service whose reply has header lines without end, as fast as it can, is cut off at the reply's "
+      "bound in bytes, not only in time") {
+    using server = ferry_test::misbehaving_server;
+    const ferry::metadata_options options{.timeout = 2s, .max_reply_bytes = 1 << 20};
+    for (std::string scheme : {"etcd", "http"}) {
+      CAPTURE(scheme);
+      server bad(server::protocol::http, server::manner::head_flood);
+      ::rusage before{};
+      ::getrusage(RUSAGE_SELF, &before);
+      auto t0 = std::chrono::steady_clock::now();
+      ferry::result<std::optional<std::string>> got;
+      if (scheme == "etcd")
+        got = sync_wait(ferry::etcd_metadata_store({bad.address()}, options).get("anything"));
+      else
+        got = sync_wait(ferry::http_metadata_store({bad.address()}, options).get("anything"));
+      auto took = std::chrono::steady_clock::now() - t0;
+      ::rusage after{};
+      ::getrusage(RUSAGE_SELF, &after);
+      REQUIRE_FALSE(got);
+      CHECK_MESSAGE(got.error() == ferry::errc::malformed_frame, got.error().message());
+      CHECK(took < options.timeout); // long before the time bound
+      // the header lines it kept: a few MiB, not what it could read in seconds
+      CHECK(after.ru_maxrss - before.ru_maxrss < 256 * 1024); // KiB
+      MESSAGE(scheme, ": ", got.error().message(), " after ",
+              std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), " ms; peak memory grew ",
+              (after.ru_maxrss - before.ru_maxrss) / 1024, " MiB");
     }
   }
 

@@ -7,7 +7,8 @@
 /// Connecting takes at most `metadata_options::timeout`; an exchange with one endpoint that has no whole
 /// reply after twice that (a server that stopped answering, or trickles) fails with errc::timed_out, and a
 /// reply whose body is larger than `metadata_options::max_reply_bytes` with errc::malformed_frame, without
-/// being kept (its headers are bounded by the time only).
+/// being kept; one whose connection received more than twice that (at least 1 MiB more: header lines without
+/// end) is cut off with errc::malformed_frame as well.
 
 #include "ferry/core/detail/time_after.hpp"
 #include "ferry/core/error.hpp"
@@ -20,8 +21,10 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -52,6 +55,7 @@ public:
       // streaming lease keep-alive, left in a state of its own) fails the next request after it was sent,
       // and a compare-and-set cannot be retried blindly; lookups are rare enough to pay a loopback handshake.
       c->set_keep_alive(false);
+      c->set_socket_options([this](socket_t fd) { watchdog_.watch_socket(fd); });
       endpoints_.push_back({h, std::move(c)});
     }
   }
@@ -93,10 +97,14 @@ public:
       using clock = std::chrono::steady_clock;
       watchdog_.arm(*e.client,
                     detail::time_after<clock>(detail::time_after<clock>(clock::now(), options_.timeout),
-                                              options_.timeout));
+                                              options_.timeout),
+                    most_reply_bytes());
       bool sent = e.client->send(req, res, err);
-      bool late = watchdog_.disarm();
-      if (too_large)
+      const auto fired = watchdog_.disarm();
+      const bool late = fired == detail::exchange_watchdog::fired::late;
+      // why: a reply that came whole, its body within the bound, was not too much, whatever the watchdog
+      // found as it ended
+      if (too_large || (!sent && fired == detail::exchange_watchdog::fired::too_much))
         co_return fail(errc::malformed_frame, what_ + " " + e.host + ": the reply is larger than " +
                                                   std::to_string(options_.max_reply_bytes) +
                                                   " bytes (metadata_options::max_reply_bytes)");
@@ -124,6 +132,15 @@ public:
   }
 
 private:
+  /// The most a reply may take on the wire: its body's bound, and as much again for its status line and
+  /// headers (at least 1 MiB: etcd's headers are a few hundred bytes).
+  std::uint64_t most_reply_bytes() const noexcept {
+    const std::uint64_t body = options_.max_reply_bytes;
+    const std::uint64_t head = std::max<std::uint64_t>(body, 1u << 20);
+    return body > std::numeric_limits<std::uint64_t>::max() - head ? std::numeric_limits<std::uint64_t>::max()
+                                                                   : body + head;
+  }
+
   struct endpoint {
     std::string host;
     std::unique_ptr<httplib::Client> client;
