@@ -120,6 +120,28 @@ TEST_SUITE("io_context") {
     });
   }
 
+  TEST_CASE("run_until stopped while its work waits gives the work up without freeing it, and a later run "
+            "finishes it") {
+    ferry_test::for_each_backend([](io_context& ctx) {
+      bool finished = false;
+      auto waits = [&]() -> ferry::task<> {
+        co_await ctx.sleep_for(100ms); // a timer in the loop, pointing into this frame
+        finished = true;
+      };
+      std::thread stopper([&] {
+        std::this_thread::sleep_for(20ms);
+        ctx.stop();
+      });
+      CHECK_THROWS_WITH_AS(ctx.run_until(waits()), doctest::Contains("stopped before the work finished"),
+                           std::runtime_error);
+      stopper.join();
+      CHECK_FALSE(finished);
+      ctx.restart();
+      ctx.run(); // the timer fires into the frame, which finishes and frees itself
+      CHECK(finished);
+    });
+  }
+
   TEST_CASE("stop makes run return from another thread, and restart lets it run again") {
     ferry_test::for_each_backend([](io_context& ctx) {
       io_context::work_guard guard(ctx); // without it run() would return at once

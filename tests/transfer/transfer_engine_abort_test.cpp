@@ -209,22 +209,32 @@ TEST_SUITE("transfer_engine: deadlines, cancellation and bounds") {
       CHECK(r.requests[0].error() == errc::timed_out);
       CHECK(all_zero(std::span(exposed).last(64 << 20))); // the copies after the deadline were not made
     }
-    // stopped from another thread while the loop copies
+    // stopped from another thread while the loop copies: after the time two of sixteen requests take
+    transfer_batch one;
+    one.write(local.data(), engine.self, 0, local.size());
+    auto t0 = clock_type::now();
+    REQUIRE(ctx.run_until(engine.transfer(one)).ok());
+    const auto one_takes = clock_type::now() - t0;
+    transfer_batch many;
+    for (int round = 0; round < 16; ++round)
+      many.write(local.data(), engine.self, 0, local.size());
     std::stop_source stop;
+    std::atomic<bool> started{false};
     std::jthread stopper([&] {
-      std::this_thread::sleep_for(2ms);
+      while (!started.load())
+        std::this_thread::yield();
+      std::this_thread::sleep_for(2 * one_takes);
       stop.request_stop();
     });
-    std::fill(exposed.begin(), exposed.end(), std::byte{0});
-    auto t0 = clock_type::now();
-    transfer_batch many;
-    for (int round = 0; round < 16; ++round) // 8 GiB: seconds of copying
-      many.write(local.data(), engine.self, 0, local.size());
+    t0 = clock_type::now();
+    started = true;
     auto s = ctx.run_until(engine.transfer(many, ferry::transfer_options().with_stop(stop.get_token())));
+    const auto took = clock_type::now() - t0;
     REQUIRE_FALSE(s.ok());
     CHECK(s.requests.back().error() == errc::cancelled);
-    MESSAGE("stopped after ", std::chrono::duration<double, std::milli>(clock_type::now() - t0).count(),
-            " ms");
+    CHECK(took < 10 * one_takes); // well before the sixteen requests' time
+    MESSAGE("one request takes ", std::chrono::duration<double, std::milli>(one_takes).count(),
+            " ms; sixteen stopped after ", std::chrono::duration<double, std::milli>(took).count(), " ms");
     // a batch whose deadline is too far for the clock to count has none
     transfer_batch small;
     small.write(local.data(), engine.self, 0, 4096);

@@ -8,6 +8,7 @@
 
 #include "ferry/core/concepts.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <coroutine>
 #include <exception>
@@ -29,16 +30,26 @@ template<class R>
 struct sync_wait_promise_base {
   on_finish on_finish_;
   std::exception_ptr exception_;
+  /// running, finished (on_finish_ called), or abandoned (frees itself once it finishes)
+  enum fate : int { running, finished, abandoned };
+  std::atomic<int> fate_{running};
 
   std::suspend_always initial_suspend() noexcept { return {}; }
   auto final_suspend() noexcept {
     struct notify {
       bool await_ready() noexcept { return false; }
-      void await_suspend(std::coroutine_handle<>) noexcept { f_.fn_(f_.context_); }
+      void await_suspend(std::coroutine_handle<> h) noexcept {
+        if (fate_.exchange(finished, std::memory_order_acq_rel) == abandoned) {
+          h.destroy(); // why: nobody waits for it any more; nothing here is touched after this
+          return;
+        }
+        f_.fn_(f_.context_);
+      }
       void await_resume() noexcept {}
       on_finish f_;
+      std::atomic<int>& fate_;
     };
-    return notify{on_finish_};
+    return notify{on_finish_, fate_};
   }
   void unhandled_exception() noexcept { exception_ = std::current_exception(); }
 };
@@ -97,6 +108,19 @@ public:
     });
   }
 
+  /// Gives up a coroutine that has started and not finished: it is not destroyed with this object (its
+  /// operations may still be in the kernel's hands, writing into its frame), and frees itself if it ever
+  /// finishes, without calling `finished`. False if it finished meanwhile: `finished` was or is being called,
+  /// and this still owns it.
+  bool abandon() noexcept {
+    int expected = sync_wait_promise_base<R>::running;
+    if (!handle_.promise().fate_.compare_exchange_strong(expected, sync_wait_promise_base<R>::abandoned,
+                                                         std::memory_order_acq_rel))
+      return false;
+    handle_ = {};
+    return true;
+  }
+
   /// Starts the coroutine, calls `finished` from whichever thread finishes it, and calls `wait()` here, which
   /// must return only after `finished` was called.
   template<class Wait>
@@ -113,8 +137,12 @@ private:
   std::coroutine_handle<promise_type> handle_;
 };
 
+/// `A`: an awaitable's type as forwarded (an lvalue reference, or a value type for an rvalue).
+// why: an rvalue awaitable (a temporary task, typically) moves into the frame, so that the frame owns it: a
+// frame that is abandoned (sync_wait_task::abandon) must keep what it awaits alive, and the caller's
+// temporary goes as soon as the call returns or throws
 template<class R, class A>
-sync_wait_task<R> make_sync_wait_task(A&& a) {
+sync_wait_task<R> make_sync_wait_task(A a) {
   if constexpr (std::is_void_v<R>)
     co_await std::forward<A>(a);
   else
@@ -127,7 +155,7 @@ sync_wait_task<R> make_sync_wait_task(A&& a) {
 template<awaitable A>
 auto sync_wait(A&& a) -> std::remove_cvref_t<await_result_t<A>> {
   using R = std::remove_cvref_t<await_result_t<A>>;
-  return detail::make_sync_wait_task<R>(std::forward<A>(a)).run();
+  return detail::make_sync_wait_task<R, A>(std::forward<A>(a)).run();
 }
 
 } // namespace ferry

@@ -9,6 +9,7 @@
 ///   ctx.run_until([&]() -> ferry::task<> { co_await ctx.sleep_for(10ms); }());
 
 #include "ferry/core/concepts.hpp"
+#include "ferry/core/detail/time_after.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/core/sync_wait.hpp"
 #include "ferry/io/detail/completion_sink.hpp"
@@ -173,23 +174,28 @@ public:
     // why: `a` starts here, before the loop first runs; from now on only this thread may touch the backend,
     // and operations that other threads start meanwhile are handed over rather than begun there
     owner_.store(std::this_thread::get_id(), std::memory_order_release);
-    return ferry::detail::make_sync_wait_task<R>(std::forward<A>(a))
-        .drive(ferry::detail::on_finish{&st, finished}, [&] {
-          while (!st.done_.load(std::memory_order_acquire)) {
-            if (stopped()) {
-              // why: work that has ended has its result; its posted end (perhaps still on its way from
-              // another thread) is taken back, since it must not outlive `st`
-              if (st.finishing_.load(std::memory_order_acquire)) {
-                while (!withdraw_posted(&st))
-                  std::this_thread::yield();
-                break;
-              }
-              throw std::runtime_error(
-                  "io_context::run_until: the context was stopped before the work finished");
-            }
-            step(true, true);
+    auto work = ferry::detail::make_sync_wait_task<R, A>(std::forward<A>(a));
+    return work.drive(ferry::detail::on_finish{&st, finished}, [&] {
+      while (!st.done_.load(std::memory_order_acquire)) {
+        if (stopped()) {
+          // why: work that has ended has its result; its posted end (perhaps still on its way from another
+          // thread) is taken back, since it must not outlive `st`
+          if (st.finishing_.load(std::memory_order_acquire)) {
+            while (!withdraw_posted(&st))
+              std::this_thread::yield();
+            break;
           }
-        });
+          // why: unfinished work is given up, not destroyed: operations it started may still be in the
+          // kernel's hands, and would complete into freed memory. It frees itself if a later run finishes it
+          if (work.abandon())
+            throw std::runtime_error(
+                "io_context::run_until: the context was stopped before the work finished "
+                "(the work is left as it is; it ends if the context runs again)");
+          continue; // it finished just now: its end is on its way
+        }
+        step(true, true);
+      }
+    });
   }
 
   /// Makes `thread` the one that drives the loop from now on (call it when handing the loop to a new thread,
@@ -248,6 +254,11 @@ public:
   class timer_awaiter;
   /// Completes after `d`, or with errc::cancelled when `stop` is triggered first.
   [[nodiscard]] timer_awaiter sleep_for(clock::duration d, std::stop_token stop = {}) noexcept;
+  /// As above, for a duration of another unit; one too long for the clock (`milliseconds::max()`, say) is
+  /// "never", not a time in the past.
+  template<class Rep, class Period>
+  requires(!std::is_same_v<std::chrono::duration<Rep, Period>, clock::duration>) [[nodiscard]] timer_awaiter
+      sleep_for(std::chrono::duration<Rep, Period> d, std::stop_token stop = {}) noexcept;
   /// Completes at `t`, or with errc::cancelled when `stop` is triggered first.
   [[nodiscard]] timer_awaiter sleep_until(clock::time_point t, std::stop_token stop = {}) noexcept;
 

@@ -58,8 +58,16 @@ private:
 };
 
 inline io_context::timer_awaiter io_context::sleep_for(clock::duration d, std::stop_token stop) noexcept {
-  return timer_awaiter(*this, clock::now() + d, std::move(stop));
+  return timer_awaiter(*this, ferry::detail::time_after<clock>(clock::now(), d), std::move(stop));
 }
+template<class Rep, class Period>
+requires(!std::is_same_v<std::chrono::duration<Rep, Period>, io_context::clock::duration>)
+    io_context::timer_awaiter io_context::sleep_for(std::chrono::duration<Rep, Period> d,
+                                                    std::stop_token stop)
+noexcept {
+  return timer_awaiter(*this, ferry::detail::time_after<clock>(clock::now(), d), std::move(stop));
+}
+
 inline io_context::timer_awaiter io_context::sleep_until(clock::time_point t, std::stop_token stop) noexcept {
   return timer_awaiter(*this, t, std::move(stop));
 }

@@ -51,9 +51,10 @@ struct tcp_options {
   /// (RLIMIT_NOFILE) less an eighth of it (at least 64) kept for everything else, when the engine starts
   /// listening. A connection accepted beyond takes the place of the one that has waited longest for its next
   /// request, if that one has waited `evict_idle_after` at least (it is closed, and its peer connects again
-  /// when it needs it); if none has, the new one is refused: its first request is answered errc::busy, and
-  /// it is closed (its peer's slices move to the peer's other connections, or fail as busy with the reason
-  /// once their retries run out).
+  /// when it needs it); if none has, the new one is refused: its hello is answered errc::busy, and it is
+  /// closed (the peer's slices move to its other connections, which pass a refused one by for a moment, or
+  /// fail as busy with the reason once their retries run out). Beyond 16 refusals at once, or for a peer
+  /// that says nothing within a second, the connection is closed without an answer.
   std::size_t max_served_connections = 0;
   /// See max_served_connections; `std::chrono::milliseconds::max()`: never evict.
   std::chrono::milliseconds evict_idle_after{1000};

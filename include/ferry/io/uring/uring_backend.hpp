@@ -32,10 +32,20 @@ public:
     if (sqpoll) {
       params.flags |= IORING_SETUP_SQPOLL;
       params.sq_thread_idle = 50;
+      sqpoll_ = true;
     }
     int r = ::io_uring_queue_init_params(entries, &ring_, &params);
     if (r < 0)
       throw std::system_error(-r, std::system_category(), explain_setup_failure(-r));
+    // why: without EXT_ARG (before Linux 5.11) liburing waits with a timeout by queueing a timeout entry of
+    // its own, whose completion is no operation of ours; without NODROP (before 5.5) a full completion queue
+    // loses completions, and what waits for them hangs. Such a kernel gets the epoll backend instead
+    if ((params.features & IORING_FEAT_EXT_ARG) == 0 || (params.features & IORING_FEAT_NODROP) == 0) {
+      ::io_uring_queue_exit(&ring_);
+      throw std::system_error(ENOSYS, std::system_category(),
+                              "io_uring: this kernel's io_uring lacks waits with a timeout argument or "
+                              "completions that are never dropped (Linux 5.11 or newer is needed)");
+    }
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
     if (wake_fd_ < 0) {
       int e = errno;
@@ -114,6 +124,11 @@ public:
   void release_fd(int) noexcept {
     if (unsubmitted_ && ::io_uring_submit(&ring_) >= 0)
       unsubmitted_ = 0;
+    // why: with SQPOLL, submitting only hands the entries to the kernel's polling thread, which may take them
+    // after the close; the close waits until it has (a few microseconds; it wakes the thread if it sleeps)
+    if (sqpoll_)
+      while (::io_uring_sq_ready(&ring_) != 0)
+        ::io_uring_submit(&ring_);
   }
 
   /// Notes that `fd` is about to be closed (from any thread): an operation on it that the kernel cancelled
@@ -275,6 +290,7 @@ private:
   completion_sink sink_;
   ::io_uring ring_{};
   int wake_fd_ = -1;
+  bool sqpoll_ = false;
   std::uint64_t wake_value_ = 0;
   unsigned unsubmitted_ = 0;
   bool buffers_registered_ = false;

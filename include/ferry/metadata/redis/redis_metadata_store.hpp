@@ -325,7 +325,9 @@ private:
                    static_cast<::suseconds_t>(left.count() % 1'000'000)};
       ::setsockopt(ctx_->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       const bool ok = ::redisBufferWrite(ctx_.get(), &written) == REDIS_OK;
-      if (!written && clock::now() >= sent_by)
+      // why: the kernel counts SO_SNDTIMEO in ticks, and may give up a tick before `sent_by`
+      const bool timed_out = !ok && (errno == EAGAIN || errno == EWOULDBLOCK);
+      if (!written && (timed_out || clock::now() >= sent_by))
         return fail(errc::timed_out, "redis " + host_ + ": " + what + ": the command was not taken within " +
                                          std::to_string(options_.timeout.count()) +
                                          " ms (its outcome is unknown)");

@@ -31,7 +31,8 @@ inline bool retryable(const error& e) noexcept {
     case errc::short_transfer:
     case errc::timed_out:
     case errc::malformed_frame: // a garbled stream: the connection is dropped, try a fresh one
-    case errc::busy: // a target at its most connections refused this one; another of ours to it is served
+    case errc::busy: // in use for now: a target at its most connections refused this connection (another of
+                     // ours to it may be served), or a region or file was busy
       return true;
     default:
       return false;

@@ -18,7 +18,8 @@
 /// A data connection's hello carries a tag the initiator chose for it; a fence names such a tag, and the
 /// owner answers it only once the connection with that tag has ended, so that nothing sent on it can still
 /// land (what follows the fence on the fencing connection is served after it). A connection that the owner
-/// accepts beyond the most it serves has its first request answered with status `busy`, and is closed.
+/// accepts beyond the most it serves is closed; if its first request comes at once and carries no payload
+/// (a hello, as every peer's does), it is answered with status `busy` first.
 /// `decode_header` rejects
 /// anything malformed before a byte of payload is read.
 ///

@@ -79,7 +79,7 @@ public:
   /// `max_connections` are served at once (0: RLIMIT_NOFILE less an eighth, at least 64, kept for the rest of
   /// the process). One accepted beyond takes the place of the served connection that has waited longest for
   /// its next request, if that one has waited `evict_idle_after` at least (it is closed; its peer connects
-  /// again when it needs it); else the new one is refused: its first request is answered errc::busy.
+  /// again when it needs it); else the new one is refused (see refused_connections()).
   tcp_server(io::io_context& io, region_registry& registry, async_scope& scope, hooks h,
              io::io_context_pool* connection_loops = nullptr,
              std::chrono::milliseconds stall_timeout = std::chrono::seconds(10),

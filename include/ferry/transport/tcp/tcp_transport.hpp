@@ -143,7 +143,14 @@ class tcp_transport {
     std::mutex inbox_mutex;
     std::vector<slice*> inbox;
     bool inbox_scheduled = false;
+    // Until when (steady clock, ns) new slices pass it by: the peer refused it as busy (at its most served
+    // connections). Written on the connection's loop, read on the engine's.
+    std::atomic<std::int64_t> refused_until{0};
   };
+
+  /// How long a connection that the peer refused as busy is passed by while the peer's other connections
+  /// serve.
+  static constexpr auto busy_backoff = std::chrono::milliseconds(500);
 
   struct peer_state {
     std::vector<std::unique_ptr<connection>> connections;
@@ -383,10 +390,22 @@ public:
       s->settle(error(errc::peer_unreachable, "tcp: the peer's endpoint is not a host:port"));
       return;
     }
-    if (s->attempt == 0)
-      s->path = static_cast<std::uint16_t>(ps->next++ % ps->connections.size());
-    else
-      s->path = static_cast<std::uint16_t>((s->path + 1) % ps->connections.size());
+    const std::size_t n = ps->connections.size();
+    std::size_t path = s->attempt == 0 ? ps->next++ % n : (s->path + 1u) % n;
+    // why: a connection the peer refused as busy a moment ago would be refused again: the slice goes to the
+    // next one that was not, if there is one
+    std::int64_t now = 0; // why: read only once a connection was ever refused, not per slice
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::int64_t until =
+          ps->connections[(path + k) % n]->refused_until.load(std::memory_order_relaxed);
+      if (until != 0 && now == 0)
+        now = steady_ns();
+      if (until <= now) {
+        path = (path + k) % n;
+        break;
+      }
+    }
+    s->path = static_cast<std::uint16_t>(path);
     hand_over(*ps->connections[s->path], s);
   }
 
@@ -769,6 +788,9 @@ private:
       // the peer's descriptor changed meanwhile: this address may no longer serve that segment
       sock = fail(errc::closed, "tcp: the peer's descriptor changed");
     }
+    if (!sock && sock.error() == errc::busy)
+      c.refused_until.store(steady_ns() + std::chrono::nanoseconds(busy_backoff).count(),
+                            std::memory_order_relaxed);
     if (!sock || stopping_) {
       error e = !sock ? sock.error() : error(errc::cancelled, "tcp: engine shutting down");
       fail_queued(c, e); // retries go to another connection
@@ -1047,6 +1069,12 @@ private:
   }
 
   /// A tag for a new connection: unique to it among this process's connections, never 0.
+  static std::int64_t steady_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
   std::uint64_t next_tag() {
     std::uint64_t t = tag_base_ + tag_count_.fetch_add(1, std::memory_order_relaxed);
     return t != 0 ? t : next_tag();
