@@ -150,7 +150,10 @@ public:
     stopped_.store(false, std::memory_order_release);
   }
 
-  /// Drives the loop on this thread until `a` completes, and returns its result (or rethrows).
+  /// Drives the loop on this thread until `a` completes, and returns its result (or rethrows). If the context
+  /// is stopped before `a` has finished, throws std::runtime_error and leaves `a` as it is, not destroyed:
+  /// operations it started may still be in the kernel's hands. Then either keep everything `a` uses alive
+  /// until a later run of the context has finished it (it frees itself then), or run the context no more.
   template<awaitable A>
   auto run_until(A&& a) -> std::remove_cvref_t<await_result_t<A>> {
     using R = std::remove_cvref_t<await_result_t<A>>;
@@ -190,7 +193,8 @@ public:
           if (work.abandon())
             throw std::runtime_error(
                 "io_context::run_until: the context was stopped before the work finished "
-                "(the work is left as it is; it ends if the context runs again)");
+                "(the work is left as it is, not destroyed)");
+          std::this_thread::yield();
           continue; // it finished just now: its end is on its way
         }
         step(true, true);
@@ -257,7 +261,8 @@ public:
   /// As above, for a duration of another unit; one too long for the clock (`milliseconds::max()`, say) is
   /// "never", not a time in the past.
   template<class Rep, class Period>
-  requires(!std::is_same_v<std::chrono::duration<Rep, Period>, clock::duration>) [[nodiscard]] timer_awaiter
+  requires(!std::is_same_v<std::chrono::duration<Rep, Period>, std::chrono::steady_clock::duration>)
+      [[nodiscard]] timer_awaiter
       sleep_for(std::chrono::duration<Rep, Period> d, std::stop_token stop = {}) noexcept;
   /// Completes at `t`, or with errc::cancelled when `stop` is triggered first.
   [[nodiscard]] timer_awaiter sleep_until(clock::time_point t, std::stop_token stop = {}) noexcept;

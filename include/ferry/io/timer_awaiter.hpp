@@ -61,7 +61,7 @@ inline io_context::timer_awaiter io_context::sleep_for(clock::duration d, std::s
   return timer_awaiter(*this, ferry::detail::time_after<clock>(clock::now(), d), std::move(stop));
 }
 template<class Rep, class Period>
-requires(!std::is_same_v<std::chrono::duration<Rep, Period>, io_context::clock::duration>)
+requires(!std::is_same_v<std::chrono::duration<Rep, Period>, std::chrono::steady_clock::duration>)
     io_context::timer_awaiter io_context::sleep_for(std::chrono::duration<Rep, Period> d,
                                                     std::stop_token stop)
 noexcept {

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <ctime>
 #include <liburing.h>
@@ -126,9 +127,18 @@ public:
       unsubmitted_ = 0;
     // why: with SQPOLL, submitting only hands the entries to the kernel's polling thread, which may take them
     // after the close; the close waits until it has (a few microseconds; it wakes the thread if it sleeps)
-    if (sqpoll_)
-      while (::io_uring_sq_ready(&ring_) != 0)
-        ::io_uring_submit(&ring_);
+    if (!sqpoll_)
+      return;
+    // why: bounded: a polling thread that takes nothing (it died) must not hang the loop; what is left then
+    // is what the note_released() mark keeps from being submitted again after a cancellation
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+    while (::io_uring_sq_ready(&ring_) != 0 && std::chrono::steady_clock::now() < give_up) {
+      int r = ::io_uring_submit(&ring_);
+      if (r == -EBUSY)
+        reap(); // why: the completion queue is full; only this thread drains it
+      else if (r < 0 && r != -EAGAIN && r != -EINTR)
+        break;
+    }
   }
 
   /// Notes that `fd` is about to be closed (from any thread): an operation on it that the kernel cancelled

@@ -325,8 +325,10 @@ private:
                    static_cast<::suseconds_t>(left.count() % 1'000'000)};
       ::setsockopt(ctx_->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       const bool ok = ::redisBufferWrite(ctx_.get(), &written) == REDIS_OK;
+      const int write_errno = errno;
       // why: the kernel counts SO_SNDTIMEO in ticks, and may give up a tick before `sent_by`
-      const bool timed_out = !ok && (errno == EAGAIN || errno == EWOULDBLOCK);
+      const bool timed_out =
+          !ok && ctx_->err == REDIS_ERR_IO && (write_errno == EAGAIN || write_errno == EWOULDBLOCK);
       if (!written && (timed_out || clock::now() >= sent_by))
         return fail(errc::timed_out, "redis " + host_ + ": " + what + ": the command was not taken within " +
                                          std::to_string(options_.timeout.count()) +

@@ -1068,12 +1068,14 @@ private:
     }
   }
 
-  /// A tag for a new connection: unique to it among this process's connections, never 0.
+  /// The steady clock, in nanoseconds.
   static std::int64_t steady_ns() noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
                std::chrono::steady_clock::now().time_since_epoch())
         .count();
   }
+
+  /// A tag for a new connection: unique to it among this process's connections, never 0.
 
   std::uint64_t next_tag() {
     std::uint64_t t = tag_base_ + tag_count_.fetch_add(1, std::memory_order_relaxed);
