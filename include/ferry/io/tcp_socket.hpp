@@ -175,7 +175,10 @@ public:
       ctx_->release_fd(fd_);
     ctx_ = &ctx;
   }
-  /// Ends pending operations and closes the descriptor.
+  /// Ends pending operations and closes the descriptor. Call it on the thread that drives the socket's loop,
+  /// or while no thread does: from another thread while the loop runs, an operation waiting on the socket may
+  /// not end (epoll) or may reach a descriptor that reuses the number (io_uring). From another thread, end
+  /// the operations with shutdown() and let the loop's thread close.
   void close() noexcept {
     if (fd_ < 0)
       return;
