@@ -599,7 +599,7 @@ private:
       due = ferry::detail::time_after<io::io_context::clock>(io::io_context::clock::now(), opts.timeout);
       deadline.emplace(io_, due, opts.stop);
     }
-    abort_args args{this, &state, deadline ? &*deadline : nullptr, due, opts.stop};
+    abort_args args{this, &state, due, opts.stop};
     state.watch_overdue(&abort_if_overdue, &args);
     detail::stop_relay relay(io_, &abort_batch, &args);
     relay.watch(deadline ? deadline->token() : opts.stop);
@@ -1199,13 +1199,13 @@ private:
   struct abort_args {
     transfer_engine* engine;
     detail::batch_state* state;
-    io::deadline* deadline;
-    io::io_context::clock::time_point due; // max(): none
+    io::io_context::clock::time_point due; // the deadline's; max(): none
     std::stop_token stop;
   };
   static void abort_batch(void* p) noexcept {
     auto* a = static_cast<abort_args*>(p);
-    bool expired = a->deadline && (a->deadline->expired() || io::io_context::clock::now() >= a->due);
+    // why: by the clock, not by the deadline's timer having fired: the loop may not have turned to it yet
+    bool expired = io::io_context::clock::now() >= a->due;
     a->state->abort(expired ? error(errc::timed_out, "transfer: deadline passed")
                             : error(errc::cancelled, "transfer: cancelled"));
     std::apply([&](auto&... t) { (t.abort(a->state), ...); }, a->engine->transports_);

@@ -260,16 +260,22 @@ private:
          "2", key, owner_key(key), token});
   }
 
+  /// `d` as a socket timeout.
+  template<class Rep, class Period>
+  static ::timeval timeval_of(std::chrono::duration<Rep, Period> d) noexcept {
+    // why: seconds first: a duration meant as "never" (milliseconds::max()) overflows in microseconds
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(d);
+    return ::timeval{static_cast<::time_t>(seconds.count()),
+                     static_cast<::suseconds_t>(
+                         std::chrono::duration_cast<std::chrono::microseconds>(d - seconds).count())};
+  }
+
   /// Runs one command (binary-safe arguments), connecting first if needed; a broken connection is dropped
   /// and the next command reconnects.
   result<reply_ptr> command(const std::vector<std::string>& args) {
     if (!ctx_) {
       auto colon = host_.rfind(':');
-      auto seconds = std::chrono::duration_cast<std::chrono::seconds>(options_.timeout);
-      ::timeval tv{
-          static_cast<::time_t>(seconds.count()),
-          static_cast<::suseconds_t>(
-              std::chrono::duration_cast<std::chrono::microseconds>(options_.timeout - seconds).count())};
+      const ::timeval tv = timeval_of(options_.timeout);
       ctx_.reset(
           ::redisConnectWithTimeout(host_.substr(0, colon).c_str(), std::stoi(host_.substr(colon + 1)), tv));
       if (!ctx_ || ctx_->err) {
@@ -319,10 +325,10 @@ private:
     // Each write gets what is left of the whole write's time
     const auto sent_by = detail::time_after<clock>(clock::now(), options_.timeout);
     for (int written = 0; !written;) {
-      auto left = std::max(std::chrono::ceil<std::chrono::microseconds>(sent_by - clock::now()),
-                           std::chrono::microseconds(1000)); // why: a zero timeval would mean "never"
-      ::timeval tv{static_cast<::time_t>(left.count() / 1'000'000),
-                   static_cast<::suseconds_t>(left.count() % 1'000'000)};
+      // why: at least a millisecond: a zero timeval would mean "never"
+      const ::timeval tv =
+          timeval_of(std::max(std::chrono::ceil<std::chrono::microseconds>(sent_by - clock::now()),
+                              std::chrono::microseconds(1000)));
       ::setsockopt(ctx_->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       const bool ok = ::redisBufferWrite(ctx_.get(), &written) == REDIS_OK;
       const int write_errno = errno;

@@ -19,6 +19,7 @@
 ///   auto where = server.listen(*ferry::io::endpoint::parse("127.0.0.2:0"));
 
 #include "ferry/core/async_scope.hpp"
+#include "ferry/core/detail/steady_ns.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/io/aligned_buffer.hpp"
@@ -248,12 +249,6 @@ private:
     --refusing_;
   }
 
-  static std::int64_t now_ns() noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
-
   /// Closes the served connection that has waited longest for its next request, if it has waited
   /// evict_idle_after_ at least; true if one was. The new connection then takes its place (the count is one
   /// over until the evicted one has ended on its loop).
@@ -266,7 +261,8 @@ private:
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::hours(24 * 365 * 100)))
       return false;
     const std::int64_t latest =
-        now_ns() - std::chrono::duration_cast<std::chrono::nanoseconds>(evict_idle_after_).count();
+        ferry::detail::steady_ns() -
+        std::chrono::duration_cast<std::chrono::nanoseconds>(evict_idle_after_).count();
     std::lock_guard lock(sessions_mutex_);
     std::vector<std::pair<std::int64_t, served_connection*>> idle;
     for (auto* c : sessions_)
@@ -454,7 +450,7 @@ private:
       // why: a peer may stay idle between requests as long as it likes, but one that sent part of a header
       // and then nothing is stalled in a request, and is dropped after the stall timeout like the others
       if (in.size() == 0 && !first) {
-        std::int64_t since = now_ns();
+        std::int64_t since = ferry::detail::steady_ns();
         me.idle_since.store(since, std::memory_order_release);
         auto some = co_await in.fill(sock, 1);
         // why: a connection evicted meanwhile serves nothing more, even a request that had arrived: its peer

@@ -17,6 +17,7 @@
 ///   ferry::transfer_engine<ferry::shm_transport, ferry::tcp_transport> engine(ctx, options);
 
 #include "ferry/core/async_scope.hpp"
+#include "ferry/core/detail/steady_ns.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/io/deadline.hpp"
@@ -399,7 +400,7 @@ public:
       const std::int64_t until =
           ps->connections[(path + k) % n]->refused_until.load(std::memory_order_relaxed);
       if (until != 0 && now == 0)
-        now = steady_ns();
+        now = ferry::detail::steady_ns();
       if (until <= now) {
         path = (path + k) % n;
         break;
@@ -789,7 +790,7 @@ private:
       sock = fail(errc::closed, "tcp: the peer's descriptor changed");
     }
     if (!sock && sock.error() == errc::busy)
-      c.refused_until.store(steady_ns() + std::chrono::nanoseconds(busy_backoff).count(),
+      c.refused_until.store(ferry::detail::steady_ns() + std::chrono::nanoseconds(busy_backoff).count(),
                             std::memory_order_relaxed);
     if (!sock || stopping_) {
       error e = !sock ? sock.error() : error(errc::cancelled, "tcp: engine shutting down");
@@ -1068,15 +1069,7 @@ private:
     }
   }
 
-  /// The steady clock, in nanoseconds.
-  static std::int64_t steady_ns() noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
-
   /// A tag for a new connection: unique to it among this process's connections, never 0.
-
   std::uint64_t next_tag() {
     std::uint64_t t = tag_base_ + tag_count_.fetch_add(1, std::memory_order_relaxed);
     return t != 0 ? t : next_tag();
