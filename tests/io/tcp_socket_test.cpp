@@ -22,6 +22,7 @@
 #include <numeric>
 #include <optional>
 #include <stop_token>
+#include <string>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <thread>
@@ -176,6 +177,72 @@ TEST_SUITE("tcp_socket") {
       };
       ctx.run_until(ferry::when_all(server(), client()));
     });
+  }
+
+  TEST_CASE("closing a socket ends its waiting receive, send and accept alike on every backend") {
+    // What each waiting call ended with, per backend: the same close must not end with cancelled on one
+    // backend and closed on the other.
+    std::vector<std::string> outcomes;
+    auto describe = [](const auto& r) -> std::string {
+      if (r)
+        return "ok";
+      return r.error().code().message();
+    };
+    ferry_test::for_each_backend([&](io_context& ctx) {
+      auto l = tcp_listener::listen(ctx, loopback());
+      REQUIRE(l);
+      auto peer_listener = tcp_listener::listen(ctx, loopback());
+      REQUIRE(peer_listener);
+      std::string got;
+      ctx.run_until([&]() -> ferry::task<> {
+        auto a = co_await tcp_socket::connect(ctx, *peer_listener->local_endpoint());
+        REQUIRE(a);
+        auto b = co_await peer_listener->accept();
+        REQUIRE(b); // never reads: a's sends fill the buffers and wait
+        auto c = co_await tcp_socket::connect(ctx, *peer_listener->local_endpoint());
+        REQUIRE(c);
+        auto d = co_await peer_listener->accept();
+        REQUIRE(d); // never sends: c's receive waits
+        std::optional<ferry::result<std::size_t>> one;
+        std::optional<ferry::result<void>> sent;
+        std::optional<ferry::result<tcp_socket>> accepted;
+        std::vector<std::byte> small(16), lots(64 << 20);
+        // why: named, so that the closures the coroutines refer to outlive them
+        auto receive = [&]() -> ferry::task<> { one = co_await c->recv(small); };
+        auto send = [&]() -> ferry::task<> { sent = co_await a->send_all(lots); };
+        auto accept = [&]() -> ferry::task<> { accepted = co_await l->accept(); };
+        ferry::async_scope scope;
+        scope.spawn(receive());
+        scope.spawn(send());
+        scope.spawn(accept());
+        co_await ctx.sleep_for(50ms); // every call now waits in the backend (or the kernel)
+        CHECK_FALSE(one);
+        CHECK_FALSE(sent);
+        CHECK_FALSE(accepted);
+        c->close();
+        a->close();
+        l->close();
+        co_await scope.join();
+        REQUIRE(one);
+        REQUIRE(sent);
+        REQUIRE(accepted);
+        // a receive on a socket shut down ends with 0 bytes, as a peer's close would
+        CHECK(describe(*one) == "ok");
+        CHECK((!*one || **one == 0));
+        // a send on a socket shut down for writing fails with EPIPE, whether it was waiting in the kernel
+        // (io_uring) or in the loop (epoll), and an accept on a listener shut down with EINVAL
+        REQUIRE_FALSE(*sent);
+        CHECK(sent->error() == std::errc::broken_pipe);
+        REQUIRE_FALSE(*accepted);
+        CHECK(accepted->error() == std::errc::invalid_argument);
+        got = "recv " + describe(*one) + ", send " + describe(*sent) + ", accept " + describe(*accepted);
+      }());
+      MESSAGE(std::string(ferry::io::to_string(ctx.backend())), ": ", got);
+      outcomes.push_back(got);
+    });
+    REQUIRE_FALSE(outcomes.empty());
+    for (const auto& o : outcomes)
+      CHECK(o == outcomes.front());
   }
 
   TEST_CASE("a receive still queued when its socket closes never reads a socket that reuses the number") {

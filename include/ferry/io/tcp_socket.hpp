@@ -114,6 +114,8 @@ public:
       if (*n == 0)
         co_return fail(errc::closed, "recv");
       buffer = buffer.subspan(*n);
+      if (!buffer.empty() && fd_ < 0)
+        co_return closed_midway(false);
     }
     co_return result<void>{};
   }
@@ -147,6 +149,8 @@ public:
       if (!n)
         co_return fail(n.error());
       data = data.subspan(*n);
+      if (!data.empty() && fd_ < 0)
+        co_return closed_midway(true);
     }
     co_return result<void>{};
   }
@@ -175,10 +179,11 @@ public:
       ctx_->release_fd(fd_);
     ctx_ = &ctx;
   }
-  /// Ends pending operations and closes the descriptor. Call it on the thread that drives the socket's loop,
-  /// or while no thread does: from another thread while the loop runs, an operation waiting on the socket may
-  /// not end (epoll) or may reach a descriptor that reuses the number (io_uring). From another thread, end
-  /// the operations with shutdown() and let the loop's thread close.
+  /// Ends pending operations and closes the descriptor: on either backend, a waiting receive ends with 0
+  /// bytes (recv_all: errc::closed) and a waiting send with EPIPE, as after a shutdown. Call it on the thread
+  /// that drives the socket's loop, or while no thread does: from another thread while the loop runs, an
+  /// operation waiting on the socket may not end (epoll) or may reach a descriptor that reuses the number
+  /// (io_uring). From another thread, end the operations with shutdown() and let the loop's thread close.
   void close() noexcept {
     if (fd_ < 0)
       return;
@@ -289,8 +294,19 @@ private:
         if (v.iov_len == 0)
           ++first;
       }
+      if (fd_ < 0 && first < rest.size())
+        co_return closed_midway(sending);
     }
     co_return result<void>{};
+  }
+
+  /// The end of an *_all call whose socket was closed (on this side) after part of it moved: what the
+  /// kernel answers a call on a socket shut down, not an error about the descriptor that is gone.
+  // why: io_uring ends a waiting call at the close with the part it moved, and the loop's next call would
+  // find no descriptor; the readiness backend ends it at the close with the kernel's answer (EPIPE, or 0
+  // bytes received): the two must read alike
+  static tl::unexpected<error> closed_midway(bool sending) noexcept {
+    return sending ? fail_errno(-EPIPE, "send") : fail(errc::closed, "recv");
   }
 
   template<class Fn>

@@ -69,12 +69,22 @@ public:
     rearm(op->fd_, it->second);
   }
 
-  /// Completes every operation waiting on `fd` with -ECANCELED and forgets it (call before closing fd).
+  /// Ends every operation waiting on `fd` and forgets it (call before closing fd). Each one's call runs a
+  /// last time: on a socket that was shut down it ends as it would under io_uring (a receive with 0 bytes, a
+  /// send with EPIPE, an accept with EINVAL); one that would still wait, and a connect, end with -ECANCELED.
   void release_fd(int fd) {
     auto it = fds_.find(fd);
     if (it == fds_.end())
       return;
-    fail_waiters(it->second, ECANCELED);
+    // why: io_uring lets the kernel end the operations it holds when their socket is shut down, with the
+    // call's own result; the same close must not end with another error here
+    for (auto* q : {&it->second.readers_, &it->second.writers_})
+      while (auto* op = static_cast<io_op*>(q->pop())) {
+        // why: a connect still under way reads its socket's error, which is 0 until it ends: not a success
+        int r = op->code_ == op_code::connect ? -EAGAIN : perform_syscall(*op);
+        op->result_ = r == -EAGAIN ? -ECANCELED : r;
+        sink_(op);
+      }
     if (it->second.armed_)
       ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
     fds_.erase(it);
