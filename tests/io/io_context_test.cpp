@@ -10,18 +10,42 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <fcntl.h>
+#include <filesystem>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <system_error>
 #include <thread>
 #include <unistd.h>
+#include <vector>
 
 using namespace std::chrono_literals;
 using ferry::io::io_backend;
 using ferry::io::io_context;
+
+namespace {
+
+/// The descriptors of this process that are epoll instances.
+std::vector<int> epoll_descriptors() {
+  std::vector<int> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    auto target = std::filesystem::read_symlink(e.path(), ec);
+    if (!ec && target.string() == "anon_inode:[eventpoll]")
+      out.push_back(std::stoi(e.path().filename().string()));
+  }
+  return out;
+}
+
+} // namespace
 
 TEST_SUITE("io_context") {
   TEST_CASE("schedule resumes on the loop and run returns when work runs out") {
@@ -143,6 +167,42 @@ TEST_SUITE("io_context") {
       ctx.run(); // the timer's cancellation resumes the frame, which finishes and frees itself
       CHECK(finished);
     });
+  }
+
+  TEST_CASE("run_until whose loop fails gives its unfinished work up without freeing it, and a later run "
+            "finishes it") {
+    auto before = epoll_descriptors();
+    io_context ctx({.backend = io_backend::epoll});
+    auto after = epoll_descriptors();
+    std::vector<int> made;
+    for (int fd : after)
+      if (std::find(before.begin(), before.end(), fd) == before.end())
+        made.push_back(fd);
+    REQUIRE(made.size() == 1); // the context's epoll instance
+    const int epoll_fd = made.front();
+    bool finished = false;
+    std::stop_source cancel;
+    auto waits = [&]() -> ferry::task<> {
+      // a timer in the loop, pointing into this frame
+      [[maybe_unused]] auto slept = co_await ctx.sleep_for(2s, cancel.get_token());
+      finished = true;
+    };
+    // The backend fails: its epoll instance is, for a moment, a descriptor that is not one.
+    const int saved = ::dup(epoll_fd);
+    REQUIRE(saved >= 0);
+    const int not_epoll = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    REQUIRE(not_epoll >= 0);
+    REQUIRE(::dup2(not_epoll, epoll_fd) == epoll_fd);
+    CHECK_THROWS_AS(ctx.run_until(waits()), std::system_error);
+    CHECK_FALSE(finished);
+    REQUIRE(::dup2(saved, epoll_fd) == epoll_fd); // the backend works again
+    ::close(saved);
+    ::close(not_epoll);
+    cancel.request_stop();
+    auto started = std::chrono::steady_clock::now();
+    ctx.run(); // the timer's cancellation resumes the frame, which finishes and frees itself
+    CHECK(finished);
+    CHECK(std::chrono::steady_clock::now() - started < 1s);
   }
 
   TEST_CASE("stop makes run return from another thread, and restart lets it run again") {

@@ -154,6 +154,8 @@ public:
   /// is stopped before `a` has finished, throws std::runtime_error and leaves `a` as it is, not destroyed:
   /// operations it started may still be in the kernel's hands. Then either keep everything `a` uses alive
   /// until a later run of the context has finished it (it frees itself then), or run the context no more.
+  /// The same holds when the loop itself throws (its backend failed: io_uring_submit or epoll_wait with an
+  /// error it cannot go on from): the exception goes on to the caller, and unfinished work is left as it is.
   template<awaitable A>
   auto run_until(A&& a) -> std::remove_cvref_t<await_result_t<A>> {
     using R = std::remove_cvref_t<await_result_t<A>>;
@@ -178,26 +180,43 @@ public:
     // and operations that other threads start meanwhile are handed over rather than begun there
     owner_.store(std::this_thread::get_id(), std::memory_order_release);
     auto work = ferry::detail::make_sync_wait_task<R, A>(std::forward<A>(a));
+    // Leaves the loop's care of the work: true if it was given up unfinished, false if it had ended (its
+    // result is there to take).
+    auto let_go = [&]() -> bool {
+      for (;;) {
+        if (st.done_.load(std::memory_order_acquire))
+          return false; // its end was taken in already
+        // why: work that has ended has its result; its posted end (perhaps still on its way from another
+        // thread) is taken back, since it must not outlive `st`
+        if (st.finishing_.load(std::memory_order_acquire)) {
+          while (!withdraw_posted(&st))
+            std::this_thread::yield();
+          return false;
+        }
+        // why: unfinished work is given up, not destroyed: operations it started may still be in the
+        // kernel's hands, and would complete into freed memory. It frees itself if a later run finishes it
+        if (work.abandon())
+          return true;
+        std::this_thread::yield(); // it finished just now: its end is on its way
+      }
+    };
     return work.drive(ferry::detail::on_finish{&st, finished}, [&] {
       while (!st.done_.load(std::memory_order_acquire)) {
         if (stopped()) {
-          // why: work that has ended has its result; its posted end (perhaps still on its way from another
-          // thread) is taken back, since it must not outlive `st`
-          if (st.finishing_.load(std::memory_order_acquire)) {
-            while (!withdraw_posted(&st))
-              std::this_thread::yield();
-            break;
-          }
-          // why: unfinished work is given up, not destroyed: operations it started may still be in the
-          // kernel's hands, and would complete into freed memory. It frees itself if a later run finishes it
-          if (work.abandon())
+          if (let_go())
             throw std::runtime_error(
                 "io_context::run_until: the context was stopped before the work finished "
                 "(the work is left as it is, not destroyed)");
-          std::this_thread::yield();
-          continue; // it finished just now: its end is on its way
+          break;
         }
-        step(true, true);
+        try {
+          step(true, true);
+        } catch (...) {
+          // why: the loop failed (its backend): the work is let go as for a stop, since its operations are
+          // still in the loop's (and the kernel's) hands
+          let_go();
+          throw;
+        }
       }
     });
   }

@@ -267,6 +267,7 @@ private:
 
   task<result<void>> transfer_all(std::vector<::iovec>& rest, bool sending, std::stop_token stop) {
     std::size_t first = 0;
+    bool moved_any = false;
     // why: sendmsg/recvmsg take at most IOV_MAX buffers per call.
     constexpr std::size_t max_iov = 1024;
     for (;;) {
@@ -275,6 +276,8 @@ private:
         ++first;
       if (first == rest.size())
         break;
+      if (moved_any && fd_ < 0)
+        co_return closed_midway(sending);
       std::span<const ::iovec> window(rest.data() + first, std::min(rest.size() - first, max_iov));
       // why: one co_await outside the conditional; g++ 12 miscompiles co_await inside conditions
       auto op =
@@ -285,6 +288,7 @@ private:
       if (*n == 0 && !sending)
         co_return fail(errc::closed, "recvmsg");
       std::size_t moved = *n;
+      moved_any = true;
       while (moved > 0 && first < rest.size()) {
         auto& v = rest[first];
         std::size_t take = std::min(moved, v.iov_len);
@@ -294,8 +298,6 @@ private:
         if (v.iov_len == 0)
           ++first;
       }
-      if (fd_ < 0 && first < rest.size())
-        co_return closed_midway(sending);
     }
     co_return result<void>{};
   }
