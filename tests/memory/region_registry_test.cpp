@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -51,12 +52,137 @@ TEST_SUITE("region_registry") {
     REQUIRE(regs.add(a.data() + 8192, 4096, access::read_write));
     CHECK(regs.remove(a.data() + 100).error() == ferry::errc::not_found); // inside, but nothing starts there
     REQUIRE(regs.remove(a.data()));                                       // the outer registration first
-    CHECK(regs.size() == 1);                                              // the covered one keeps the region
-    CHECK(regs.exposed().size() == 1);
+    CHECK(regs.size() == 1); // the covered one keeps what it covers
+    REQUIRE(regs.exposed().size() == 1);
+    CHECK(regs.exposed().front().offset == 8192);
+    CHECK(regs.exposed().front().length == 4096);
     CHECK(regs.remove(a.data()).error() == ferry::errc::not_found);
     REQUIRE(regs.remove(a.data() + 8192)); // the last registration takes the region with it
     CHECK(regs.size() == 0);
     CHECK(regs.exposed().empty());
+  }
+
+  TEST_CASE("without its own registration a region shrinks to the ranges still registered inside it, at "
+            "their offsets") {
+    region_registry regs;
+    std::vector<std::byte> a(1 << 20);
+    auto outer = regs.add(a.data(), a.size(), access::read_write);
+    REQUIRE(outer);
+    const std::uint64_t at = *outer;
+    REQUIRE(regs.add(a.data() + 8192, 4096, access::read_write));
+    REQUIRE(regs.add(a.data() + 65536, 8192, access::read_write));
+    REQUIRE(regs.add(a.data() + 65536 + 4096, 8192, access::read_write)); // overlaps the one before
+    {
+      auto use = regs.pin_local(a.data() + 500000, 100); // a transfer in the part that would go
+      REQUIRE(use);
+      auto refused = regs.remove(a.data());
+      REQUIRE_FALSE(refused);
+      CHECK(refused.error() == ferry::errc::busy);
+    }
+    auto gen = regs.generation();
+    REQUIRE(regs.remove(a.data()));
+    CHECK(regs.generation() != gen);
+    auto regions = regs.exposed();
+    REQUIRE(regions.size() == 2);
+    CHECK(regions[0].offset == at + 8192);
+    CHECK(regions[0].length == 4096);
+    CHECK(regions[1].offset == at + 65536);
+    CHECK(regions[1].length == 12288);
+    auto refusal = [](auto r) { return r ? ferry::errc{} : ferry::errc(r.error().code().value()); };
+    // what is no longer registered is reached neither by peers nor by this process's transfers
+    CHECK(refusal(regs.pin_exposed(at, 16, access::read)) == ferry::errc::out_of_bounds);
+    CHECK(refusal(regs.pin_exposed(at + 500000, 16, access::write)) == ferry::errc::out_of_bounds);
+    CHECK(refusal(regs.pin_exposed(at + 8192, 4097, access::read)) == ferry::errc::out_of_bounds);
+    CHECK(refusal(regs.pin_local(a.data() + 500000, 100)) == ferry::errc::out_of_bounds);
+    {
+      auto kept = regs.pin_exposed(at + 65536 + 100, 12000, access::write);
+      REQUIRE(kept);
+      CHECK(kept->data() == a.data() + 65536 + 100);
+    }
+    auto extent = regs.local_extent(a.data() + 65536 + 5000, 10);
+    REQUIRE(extent);
+    CHECK(extent->first == a.data() + 65536);
+    CHECK(extent->second == 12288);
+    // a part shrinks again when one of the ranges that make it goes
+    REQUIRE(regs.remove(a.data() + 65536));
+    regions = regs.exposed();
+    REQUIRE(regions.size() == 2);
+    CHECK(regions[1].offset == at + 65536 + 4096);
+    CHECK(regions[1].length == 8192);
+    REQUIRE(regs.remove(a.data() + 65536 + 4096));
+    REQUIRE(regs.remove(a.data() + 8192));
+    CHECK(regs.size() == 0);
+    CHECK(regs.exposed().empty());
+  }
+
+  TEST_CASE("a shared region cut down to the ranges left in it puts each behind a new gate, at its place in "
+            "the object") {
+    auto buf = ferry::shared_buffer::create(1 << 20);
+    REQUIRE(buf);
+    region_registry regs;
+    REQUIRE(regs.add(buf->data(), buf->size(), access::read_write, buf->name()));
+    const auto before = regs.exposed().front();
+    REQUIRE(before.shm_gate != ferry::region_descriptor::no_gate);
+    REQUIRE(regs.add(buf->data() + 8192, 4096, access::read_write, buf->name(), 8192));
+    REQUIRE(regs.remove(buf->data()));
+    auto regions = regs.exposed();
+    REQUIRE(regions.size() == 1);
+    CHECK(regions[0].shm_name == buf->name());
+    CHECK(regions[0].shm_offset == 8192);
+    CHECK(regions[0].offset == before.offset + 8192);
+    CHECK(regions[0].shm_gate != ferry::region_descriptor::no_gate);
+    CHECK((regions[0].shm_gate != before.shm_gate || regions[0].shm_epoch != before.shm_epoch));
+    // a peer that holds the old descriptor is kept out: its gate is closed
+    auto gates = ferry::shm_gates::attach(regs.shm_gates_name());
+    REQUIRE(gates);
+    auto old_pass = gates->enter(before.shm_gate, before.shm_epoch, ferry::gate_claim::of(before));
+    REQUIRE_FALSE(old_pass);
+    CHECK(old_pass.error() == ferry::errc::out_of_bounds);
+    CHECK(gates->enter(regions[0].shm_gate, regions[0].shm_epoch, ferry::gate_claim::of(regions[0])));
+  }
+
+  TEST_CASE("a covered range that names other memory than its region is refused, not counted") {
+    auto buf = ferry::shared_buffer::create(1 << 16);
+    REQUIRE(buf);
+    region_registry regs;
+    REQUIRE(regs.add(buf->data(), buf->size(), access::read_write, buf->name()));
+    auto code = [](auto r) { return r ? ferry::errc{} : ferry::errc(r.error().code().value()); };
+    // another object, or the right one at the wrong place in it
+    CHECK(code(regs.add(buf->data() + 4096, 4096, access::read_write, "/ferry-other", 4096)) ==
+          ferry::errc::already_exists);
+    CHECK(code(regs.add(buf->data() + 4096, 4096, access::read_write, buf->name(), 0)) ==
+          ferry::errc::already_exists);
+    // another kind of memory
+    ferry::memory_location pinned;
+    pinned.kind = ferry::memory_kind::cuda_host;
+    CHECK(code(regs.add(buf->data() + 4096, 4096, access::read_write, pinned)) ==
+          ferry::errc::already_exists);
+    // the same memory, named or not, only counts
+    CHECK(regs.add(buf->data() + 4096, 4096, access::read_write, buf->name(), 4096));
+    CHECK(regs.add(buf->data() + 8192, 4096, access::read_write));
+    CHECK(regs.size() == 1);
+  }
+
+  TEST_CASE("a registration that a descriptor could not carry is refused, and the segment stays readable") {
+    region_registry regs;
+    std::vector<std::byte> a(8192);
+    auto code = [](auto r) { return r ? ferry::errc{} : ferry::errc(r.error().code().value()); };
+    CHECK(code(regs.add(a.data(), 4096, access::read, "/x", ~std::uint64_t{0} - 10)) ==
+          ferry::errc::invalid_argument); // shm_offset + length wraps
+    CHECK(code(regs.add(a.data(), 4096, access::read, std::string(300, 'x'))) ==
+          ferry::errc::invalid_argument);
+    ferry::memory_location odd;
+    odd.kind = ferry::memory_kind::cuda_device;
+    odd.device = 5000;
+    CHECK(code(regs.add(a.data(), 4096, access::read, odd)) == ferry::errc::invalid_argument);
+    odd.kind = ferry::memory_kind::host;
+    odd.device = 0;
+    CHECK(code(regs.add(a.data(), 4096, access::read, odd)) == ferry::errc::invalid_argument);
+    odd.kind = ferry::memory_kind::cuda_device;
+    odd.device = 0;
+    odd.ipc_handle = std::string(600, 'a');
+    CHECK(code(regs.add(a.data(), 4096, access::read, odd)) == ferry::errc::invalid_argument);
+    CHECK(regs.size() == 0);
   }
 
   TEST_CASE("partial overlaps and empty regions are refused") {

@@ -56,6 +56,7 @@ TEST_SUITE("shared_buffer") {
     std::optional<ferry::shm_gates> peer;
     std::uint32_t gate = 0;
     std::uint64_t epoch = 0;
+    ferry::gate_claim claim;
     std::optional<ferry::shm_gates::pass> held;
     auto t0 = std::chrono::steady_clock::now();
     {
@@ -65,16 +66,17 @@ TEST_SUITE("shared_buffer") {
       REQUIRE(exposed.size() == 1);
       gate = exposed[0].shm_gate;
       epoch = exposed[0].shm_epoch;
+      claim = ferry::gate_claim::of(exposed[0]);
       auto attached = ferry::shm_gates::attach(registry.shm_gates_name());
       REQUIRE(attached);
       peer.emplace(std::move(*attached));
-      auto pass = peer->enter(gate, epoch);
+      auto pass = peer->enter(gate, epoch, claim);
       REQUIRE(pass);
       held.emplace(std::move(*pass)); // a copy that does not end while the registry goes
       t0 = std::chrono::steady_clock::now();
     }
     CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5)); // it waited, then gave up
-    auto again = peer->enter(gate, epoch);
+    auto again = peer->enter(gate, epoch, claim);
     REQUIRE_FALSE(again);
     CHECK(again.error() == errc::out_of_bounds);
     held.reset();
@@ -109,14 +111,14 @@ TEST_SUITE("shared_buffer") {
     // a peer in the middle of a copy holds a pass: the owner may not unregister (and free) the memory
     auto peer = ferry::shm_gates::attach(registry.shm_gates_name());
     REQUIRE(peer);
-    auto pass = peer->enter(exposed[0].shm_gate, exposed[0].shm_epoch);
+    auto pass = peer->enter(exposed[0].shm_gate, exposed[0].shm_epoch, ferry::gate_claim::of(exposed[0]));
     REQUIRE(pass);
     auto refused = registry.remove(gpu.data());
     REQUIRE_FALSE(refused);
     CHECK(refused.error() == errc::busy);
     *pass = {};
     REQUIRE(registry.remove(gpu.data()));
-    auto after = peer->enter(exposed[0].shm_gate, exposed[0].shm_epoch);
+    auto after = peer->enter(exposed[0].shm_gate, exposed[0].shm_epoch, ferry::gate_claim::of(exposed[0]));
     REQUIRE_FALSE(after);
     CHECK(after.error() == errc::out_of_bounds);
   }

@@ -35,7 +35,7 @@ pid_t exit_holding_a_ticket(const shm_gates& owner, std::uint32_t gate, std::uin
     auto peer = shm_gates::attach(owner.name());
     if (!peer)
       ::_exit(2);
-    auto pass = peer->enter(gate, epoch);
+    auto pass = peer->enter(gate, epoch, {});
     if (!pass)
       ::_exit(3);
     ::_exit(0);
@@ -50,28 +50,28 @@ TEST_SUITE("shm_gates") {
     REQUIRE(owner);
     auto peer = shm_gates::attach(owner->name());
     REQUIRE(peer);
-    auto opened = owner->open_gate();
+    auto opened = owner->open_gate({});
     REQUIRE(opened);
     auto [gate, epoch] = *opened;
     {
-      auto pass = peer->enter(gate, epoch);
+      auto pass = peer->enter(gate, epoch, {});
       CHECK(pass.has_value());
     }
-    auto stale = peer->enter(gate, epoch + 1);
+    auto stale = peer->enter(gate, epoch + 1, {});
     REQUIRE_FALSE(stale);
     CHECK(stale.error() == errc::out_of_bounds);
-    CHECK(peer->enter(shm_gates::gate_count, epoch).error() == errc::out_of_bounds);
+    CHECK(peer->enter(shm_gates::gate_count, epoch, {}).error() == errc::out_of_bounds);
     REQUIRE(owner->close_gate(gate));
-    auto closed = peer->enter(gate, epoch);
+    auto closed = peer->enter(gate, epoch, {});
     REQUIRE_FALSE(closed);
     CHECK(closed.error() == errc::out_of_bounds);
     // the gate opened again for another region has a new epoch: the old descriptor does not pass it
-    auto reopened = owner->open_gate();
+    auto reopened = owner->open_gate({});
     REQUIRE(reopened);
     CHECK(reopened->first == gate);
     CHECK(reopened->second == epoch + 1);
-    CHECK_FALSE(peer->enter(gate, epoch));
-    CHECK(peer->enter(gate, reopened->second).has_value());
+    CHECK_FALSE(peer->enter(gate, epoch, {}));
+    CHECK(peer->enter(gate, reopened->second, {}).has_value());
   }
 
   TEST_CASE("a gate does not close while a live process copies through it") {
@@ -79,14 +79,14 @@ TEST_SUITE("shm_gates") {
     REQUIRE(owner);
     auto peer = shm_gates::attach(owner->name());
     REQUIRE(peer);
-    auto [gate, epoch] = *owner->open_gate();
-    auto other = *owner->open_gate();
+    auto [gate, epoch] = *owner->open_gate({});
+    auto other = *owner->open_gate({});
     {
-      auto pass = peer->enter(gate, epoch);
+      auto pass = peer->enter(gate, epoch, {});
       REQUIRE(pass);
-      CHECK_FALSE(owner->close_gate(gate));        // refused: a copy is in progress
-      CHECK(peer->enter(gate, epoch).has_value()); // still open for others
-      CHECK(owner->close_gate(other.first));       // another gate is not held
+      CHECK_FALSE(owner->close_gate(gate));            // refused: a copy is in progress
+      CHECK(peer->enter(gate, epoch, {}).has_value()); // still open for others
+      CHECK(owner->close_gate(other.first));           // another gate is not held
     }
     CHECK(owner->close_gate(gate));
   }
@@ -97,7 +97,7 @@ TEST_SUITE("shm_gates") {
     REQUIRE(owner);
     auto peer = shm_gates::attach(owner->name());
     REQUIRE(peer);
-    auto [gate, epoch] = *owner->open_gate();
+    auto [gate, epoch] = *owner->open_gate({});
     // why: the owner's thread stopped between marking the gate closing and finding a copy in progress, which
     // no call can hold it at: the test writes the gate's word in the table itself (after the magic and the
     // namespace come the gates, epoch << 2 | state, 2 meaning closing), checking first that it holds what an
@@ -115,13 +115,13 @@ TEST_SUITE("shm_gates") {
       std::this_thread::sleep_for(std::chrono::milliseconds(20)); // held up a while, then it reopens
       word->store((e << 2) | 1);
     });
-    auto pass = peer->enter(gate, epoch);
+    auto pass = peer->enter(gate, epoch, {});
     owner_thread.join();
     CHECK(pass.has_value());
     // an owner that stays held up longer than the peer's patience: the peer gives up, saying so
     word->store((epoch << 2) | 2);
     auto t0 = std::chrono::steady_clock::now();
-    auto refused = peer->enter(gate, epoch);
+    auto refused = peer->enter(gate, epoch, {});
     REQUIRE_FALSE(refused);
     CHECK(refused.error() == errc::out_of_bounds);
     CHECK(std::chrono::steady_clock::now() - t0 >= shm_gates::closing_patience);
@@ -132,7 +132,7 @@ TEST_SUITE("shm_gates") {
   TEST_CASE("a ticket left behind by a process that died does not hold a gate") {
     auto owner = shm_gates::create();
     REQUIRE(owner);
-    auto [gate, epoch] = *owner->open_gate();
+    auto [gate, epoch] = *owner->open_gate({});
     pid_t child = exit_holding_a_ticket(*owner, gate, epoch);
     int status = 0;
     REQUIRE(::waitpid(child, &status, 0) == child);
@@ -146,7 +146,7 @@ TEST_SUITE("shm_gates") {
     // it; the owner here is that parent, as a decode process that forked its prefill peers would be
     auto owner = shm_gates::create();
     REQUIRE(owner);
-    auto [gate, epoch] = *owner->open_gate();
+    auto [gate, epoch] = *owner->open_gate({});
     pid_t child = exit_holding_a_ticket(*owner, gate, epoch);
     ::siginfo_t info{};
     REQUIRE(::waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOWAIT) == 0); // exited, not reaped
@@ -162,13 +162,13 @@ TEST_SUITE("shm_gates") {
       auto owner = shm_gates::create();
       if (!owner)
         return 3;
-      auto [gate, epoch] = *owner->open_gate();
+      auto [gate, epoch] = *owner->open_gate({});
       pid_t peer = ::fork();
       if (peer == 0) {
         auto view = shm_gates::attach(owner->name());
         if (!view)
           ::_exit(2);
-        auto pass = view->enter(gate, epoch);
+        auto pass = view->enter(gate, epoch, {});
         ::_exit(pass ? 0 : 3); // why: _exit skips the pass's destructor: the ticket stays marked
       }
       int status = 0;
@@ -303,13 +303,48 @@ TEST_SUITE("shm_gates") {
     auto peer = shm_gates::attach(regs.shm_gates_name());
     REQUIRE(peer);
     {
-      auto pass = peer->enter(exposed[1].shm_gate, exposed[1].shm_epoch);
+      auto pass = peer->enter(exposed[1].shm_gate, exposed[1].shm_epoch, ferry::gate_claim::of(exposed[1]));
       REQUIRE(pass);
       auto refused = regs.remove(buf->data());
       REQUIRE_FALSE(refused);
       CHECK(refused.error() == errc::busy);
     }
     CHECK(regs.remove(buf->data()).has_value());
-    CHECK_FALSE(peer->enter(exposed[1].shm_gate, exposed[1].shm_epoch));
+    CHECK_FALSE(peer->enter(exposed[1].shm_gate, exposed[1].shm_epoch, ferry::gate_claim::of(exposed[1])));
+  }
+
+  TEST_CASE("a descriptor that describes a shared region otherwise than its owner exposed it gets no pass") {
+    // A forged descriptor (copied from the owner's and changed) would send a peer's copies through the
+    // owner's open gate into memory the owner did not expose so: it must not.
+    ferry::region_registry regs;
+    auto buf = ferry::shared_buffer::create(1 << 20);
+    REQUIRE(buf);
+    auto other = ferry::shared_buffer::create(1 << 20);
+    REQUIRE(other);
+    REQUIRE(regs.add(buf->data(), buf->size() / 2, access::read, buf->name())); // read-only, half
+    const auto genuine = regs.exposed().front();
+    auto peer = shm_gates::attach(regs.shm_gates_name());
+    REQUIRE(peer);
+    auto refused_for = [&](const ferry::region_descriptor& forged) {
+      auto pass = peer->enter(forged.shm_gate, forged.shm_epoch, ferry::gate_claim::of(forged));
+      return !pass && pass.error() == errc::permission_denied;
+    };
+    auto forged = genuine;
+    forged.permissions = access::read_write; // more access
+    CHECK(refused_for(forged));
+    forged = genuine;
+    forged.length = buf->size(); // more bytes
+    CHECK(refused_for(forged));
+    forged = genuine;
+    forged.shm_offset = buf->size() / 2; // another place in the object
+    CHECK(refused_for(forged));
+    forged = genuine;
+    forged.shm_name = other->name(); // another object
+    CHECK(refused_for(forged));
+    forged = genuine;
+    forged.offset += 4096; // another place in the segment
+    CHECK(refused_for(forged));
+    auto pass = peer->enter(genuine.shm_gate, genuine.shm_epoch, ferry::gate_claim::of(genuine));
+    CHECK(pass.has_value()); // the owner's own description passes
   }
 }

@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdint>
 #include <string>
 
 namespace {
@@ -75,6 +76,37 @@ TEST_SUITE("segment_descriptor") {
       CHECK(d.error() == ferry::errc::malformed_frame);
       CHECK(std::string(d.error().what()).rfind("segment descriptor", 0) == 0);
     }
+  }
+
+  TEST_CASE("text of many small values is refused as it is parsed, and the largest descriptor still parses") {
+    // 16 MiB of empty objects: parsed whole first, they would take some 450 MB
+    std::string flood = R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[)";
+    while (flood.size() < (16u << 20))
+      flood += "{},";
+    flood += "{}]}";
+    auto d = ferry::segment_descriptor::parse(flood);
+    REQUIRE_FALSE(d);
+    CHECK(d.error() == ferry::errc::malformed_frame);
+    CHECK(std::string(d.error().what()).find("values") != std::string::npos);
+    std::string deep = R"({"name":"x","incarnation":1,"host":"h","endpoints":[],"regions":[],"x":)";
+    deep += std::string(100, '[') + std::string(100, ']') + "}";
+    auto nested = ferry::segment_descriptor::parse(deep);
+    REQUIRE_FALSE(nested);
+    CHECK(std::string(nested.error().what()).find("nested") != std::string::npos);
+    // as many regions as a segment exposes, each with every member: within the bounds
+    auto big = sample();
+    big.regions.clear();
+    for (std::uint64_t i = 0; i < ferry::segment_descriptor::max_regions; ++i) {
+      ferry::region_descriptor r{i * 8192, 4096, ferry::access::read_write, "/ferry-1-0", i * 4096, {}, 7, 3};
+      r.location.kind = ferry::memory_kind::cuda_device;
+      r.location.device = 1;
+      r.location.ipc_handle = "00ff";
+      r.location.ipc_offset = i;
+      big.regions.push_back(r);
+    }
+    auto back = ferry::segment_descriptor::parse(big.to_json());
+    REQUIRE_MESSAGE(back, back.error().message());
+    CHECK(*back == big);
   }
 
   TEST_CASE("a name that peers would refuse is named as such, and writing one out never throws") {

@@ -1,10 +1,13 @@
-// A same-host peer copies straight into the owner's shared memory; the owner's unregistering must still hold:
+// A same-host peer copies straight into the owner's shared memory; the owner's unregistering must still hold
+// (and a descriptor that is not the owner's must not send copies there otherwise than the owner exposed it):
 // once a shared region is unregistered no peer writes or reads it (even with a descriptor that still lists
 // it and a mapping that is still open), memory registered again in its place is reached only as its new
 // registration permits, and unregistering is refused while a peer's copy is in progress.
 
+#include "ferry/core/sync_wait.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/memory/shm_gates.hpp"
+#include "ferry/metadata/memory_metadata_store.hpp"
 #include "ferry/transfer.hpp"
 
 #include <doctest/doctest.h>
@@ -73,6 +76,40 @@ TEST_SUITE("transfer_engine: shared memory the owner unregisters") {
     CHECK(all_of(shared->bytes().subspan(4096), std::byte{0}));
   }
 
+  TEST_CASE("a forged descriptor cannot send a same-host peer's copies into shared memory otherwise than its "
+            "owner exposed it") {
+    ferry::io::io_context ctx;
+    ferry::default_engine owner(ctx, {.name = "owner", .listen = "127.0.0.2:0"});
+    ferry::default_engine peer(ctx, {.name = "peer"});
+    ferry::memory_metadata_store meta;
+    peer.use_metadata(meta);
+    auto shared = ferry::shared_buffer::create(1 << 20);
+    REQUIRE(shared);
+    std::vector<std::byte> local(64 << 10, std::byte{0x11});
+    REQUIRE(peer.registry().add(local.data(), local.size(), access::none));
+    auto at = owner.registry().add(shared->data(), shared->size(), access::read, shared->name()); // read-only
+    REQUIRE(at);
+    REQUIRE(owner.start());
+    // A forger takes the owner's descriptor (anyone may ask for it), publishes it as its own segment's and
+    // marks the region writable: the peer, writing to "the forger", would write into the owner's memory.
+    auto forged = owner.descriptor();
+    forged.name = "forger";
+    REQUIRE(forged.regions.size() == 1);
+    forged.regions.front().permissions = access::read_write;
+    REQUIRE(ferry::sync_wait(meta.put("ferry/segments/forger", forged.to_json())));
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await peer.open_segment("forger");
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(local.data(), *seg, *at, local.size());
+      auto r = co_await peer.transfer(w);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.requests[0].error() == errc::permission_denied);
+      MESSAGE("write through a forged descriptor: ", r.first_error().message());
+    }());
+    CHECK(all_of(shared->bytes(), std::byte{0})); // nothing landed
+  }
+
   TEST_CASE("unregistering a shared region is refused while a same-host peer copies into it") {
     ferry::io::io_context ctx;
     ferry::default_engine owner(ctx, {.name = "owner", .listen = "127.0.0.2:0"});
@@ -87,7 +124,8 @@ TEST_SUITE("transfer_engine: shared memory the owner unregisters") {
     auto gates = ferry::shm_gates::attach(d.shm_gates);
     REQUIRE(gates);
     {
-      auto copying = gates->enter(d.regions[0].shm_gate, d.regions[0].shm_epoch);
+      auto copying =
+          gates->enter(d.regions[0].shm_gate, d.regions[0].shm_epoch, ferry::gate_claim::of(d.regions[0]));
       REQUIRE(copying);
       auto busy = owner.registry().remove(shared->data());
       REQUIRE_FALSE(busy);

@@ -35,6 +35,27 @@ struct region_descriptor {
   bool contains(std::uint64_t at, std::uint64_t len) const noexcept {
     return at >= offset && len <= length && at - offset <= length - len;
   }
+  /// Why a descriptor that lists this region would not parse (nullptr if it would): a zero length, a range
+  /// that wraps, an over-long shared-memory name or IPC handle, a device out of range, host memory with a
+  /// device. The registry refuses such a registration, which would otherwise make its segment unreadable.
+  const char* problem() const noexcept {
+    constexpr std::uint64_t most = ~std::uint64_t{0};
+    if (length == 0 || offset > most - length)
+      return "region length is zero or overflows";
+    if (shm_name.size() > 255)
+      return "shm_name must be a short string";
+    if (!shm_name.empty() && shm_offset > most - length)
+      return "shm_offset + length overflows";
+    if (location.device < -1 || location.device > 1023)
+      return "device must be a device ordinal";
+    if (location.kind == memory_kind::host && (location.device != -1 || !location.ipc_handle.empty()))
+      return "host memory has no device or IPC handle";
+    if (location.ipc_handle.size() > 512)
+      return "ipc_handle must be a short string";
+    if (!location.ipc_handle.empty() && location.ipc_offset > most - length)
+      return "ipc_offset + length overflows";
+    return nullptr;
+  }
   friend bool operator==(const region_descriptor&, const region_descriptor&) = default;
 };
 

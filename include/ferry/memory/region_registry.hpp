@@ -36,12 +36,17 @@
 namespace ferry {
 
 class region_registry {
+  /// A later registration inside a region: its start and length.
+  struct covered_range {
+    std::uintptr_t start = 0;
+    std::uint64_t length = 0;
+  };
   struct entry {
     std::byte* base = nullptr;
     std::uint64_t length = 0;
-    region_descriptor exposed;           // permissions == none: local only
-    bool outer_live = true;              // the registration that created the region has not been removed
-    std::vector<std::uintptr_t> covered; // starts of later registrations inside it (one per registration)
+    region_descriptor exposed;          // permissions == none: local only
+    bool outer_live = true;             // the registration that created the region has not been removed
+    std::vector<covered_range> covered; // later registrations inside it (one per registration)
     std::uint32_t uses = 0;
     std::shared_ptr<file_backing> file; // a file region: no base, bytes move through the file
   };
@@ -124,7 +129,8 @@ public:
 
   /// Registers [base, base + length). `shm_name`/`shm_offset` name the shared-memory object behind it, if
   /// any. Yields the region's segment offset (meaningful when exposed). A range inside an existing
-  /// registration with the same access only adds a reference; a partial overlap is refused.
+  /// registration with the same access (and the same memory: kind, device, the object behind it) only adds
+  /// a reference; a partial overlap is refused.
   result<std::uint64_t> add(void* base, std::size_t length, access permissions, std::string shm_name = {},
                             std::uint64_t shm_offset = 0) {
     return add(base, length, permissions, memory_location{}, std::move(shm_name), shm_offset);
@@ -140,11 +146,17 @@ public:
     auto key = reinterpret_cast<std::uintptr_t>(b);
     if (length > UINTPTR_MAX - key)
       return fail(errc::invalid_argument, "register: the region runs past the end of the address space");
+    region_descriptor asked{0, length, permissions, std::move(shm_name), shm_offset, std::move(where)};
+    // why: a region that its descriptor cannot carry would make the whole segment unreadable to every peer
+    if (const char* why = asked.problem())
+      return fail(errc::invalid_argument, std::string("register: ") + why);
     std::lock_guard lock(mutex_);
     if (entry* covering = find_local(b, length)) {
       if (covering->exposed.permissions != permissions)
         return fail(errc::already_exists, "register: range already registered with other access");
-      covering->covered.push_back(key);
+      if (const char* why = other_memory(*covering, b, asked))
+        return fail(errc::already_exists, why);
+      covering->covered.push_back({key, length});
       return covering->exposed.offset + static_cast<std::uint64_t>(b - covering->base);
     }
     auto next = by_address_.lower_bound(key);
@@ -165,12 +177,8 @@ public:
     entry e;
     e.base = b;
     e.length = length;
-    e.exposed = {permissions == access::none ? 0 : next_offset_,
-                 length,
-                 permissions,
-                 std::move(shm_name),
-                 shm_offset,
-                 std::move(where)};
+    e.exposed = std::move(asked);
+    e.exposed.offset = permissions == access::none ? 0 : next_offset_;
     // why: GPU memory that same-host peers map through CUDA IPC is gated like shared memory: once the owner
     // unregistered (and perhaps freed) it, no peer copies there
     if (permissions != access::none &&
@@ -222,9 +230,12 @@ public:
     return {};
   }
 
-  /// Drops the registration that starts at `base` (the region's own, or a covered range registered later).
-  /// The region goes when its last registration does; that is refused with errc::busy while a transfer uses
-  /// it. errc::not_found if no registration starts there.
+  /// Drops the registration that starts at `base` (the region's own, or a covered range registered later;
+  /// of several that start there, the latest). The region goes when its last registration does. Once the
+  /// region's own registration is gone, the region is only what the registrations left inside it cover: it
+  /// shrinks to them (keeping their segment offsets; peers that map it are sent to a new gate). Going or
+  /// shrinking is refused with errc::busy while a transfer uses the region. errc::not_found if no
+  /// registration starts there.
   result<void> remove(const void* base) {
     auto key = reinterpret_cast<std::uintptr_t>(base);
     std::lock_guard lock(mutex_);
@@ -235,19 +246,25 @@ public:
     entry& e = it->second;
     if (key - it->first >= e.length)
       return fail(errc::not_found, "unregister: no registration starts there");
-    auto sub = std::find(e.covered.begin(), e.covered.end(), key);
-    bool is_covered = sub != e.covered.end();
+    // why: nested registrations end in reverse order; of two that start at one address the later goes first
+    auto sub = std::find_if(e.covered.rbegin(), e.covered.rend(),
+                            [&](const covered_range& c) { return c.start == key; });
+    bool is_covered = sub != e.covered.rend();
     if (!is_covered && !(key == it->first && e.outer_live))
       return fail(errc::not_found, "unregister: no registration starts there");
-    bool last = is_covered ? !e.outer_live && e.covered.size() == 1 : e.covered.empty();
+    std::vector<covered_range> rest = e.covered;
+    if (is_covered)
+      rest.erase(std::next(rest.begin(), std::distance(sub, e.covered.rend()) - 1));
+    bool outer_stays = is_covered && e.outer_live;
+    if (!outer_stays && !rest.empty())
+      return shrink_to(it, std::move(rest));
+    bool last = !outer_stays && rest.empty();
     if (last && e.uses > 0)
       return fail(errc::busy, "unregister: a transfer is using the region");
     if (last && e.exposed.shm_gate != region_descriptor::no_gate && !gates_.close_gate(e.exposed.shm_gate))
       return fail(errc::busy, "unregister: a same-host peer is copying into or out of the region");
-    if (is_covered)
-      e.covered.erase(sub);
-    else
-      e.outer_live = false;
+    e.covered = std::move(rest);
+    e.outer_live = outer_stays;
     if (!last)
       return {};
     if (e.exposed.permissions != access::none) {
@@ -374,7 +391,7 @@ private:
         gates_failed_ = true;
     }
     if (gates_) {
-      if (auto opened = gates_.open_gate()) {
+      if (auto opened = gates_.open_gate(gate_claim::of(r))) {
         r.shm_gate = opened->first;
         r.shm_epoch = opened->second;
         return;
@@ -384,6 +401,91 @@ private:
     r.shm_offset = 0;
     r.location.ipc_handle.clear();
     r.location.ipc_offset = 0;
+  }
+
+  // Requires mutex_. Why a registration of `asked` at `b`, inside `covering`, may not just count a reference:
+  // it names other memory than the region (another kind or device, another object behind it), which the
+  // region's descriptor would not say. nullptr if it may.
+  static const char* other_memory(const entry& covering, const std::byte* b, const region_descriptor& asked) {
+    const auto& have = covering.exposed;
+    const auto into = static_cast<std::uint64_t>(b - covering.base);
+    if (asked.location.kind != have.location.kind || asked.location.device != have.location.device)
+      return "register: range already registered as another kind of memory";
+    // why: a region that got no gate is private memory to peers (gate() dropped its object): a range inside
+    // it that names the object is that region too, as private
+    if (have.shm_gate == region_descriptor::no_gate)
+      return nullptr;
+    if (!asked.shm_name.empty() &&
+        (asked.shm_name != have.shm_name || asked.shm_offset != have.shm_offset + into))
+      return "register: range already registered with another shared-memory object behind it, or none";
+    if (!asked.location.ipc_handle.empty() && (asked.location.ipc_handle != have.location.ipc_handle ||
+                                               asked.location.ipc_offset != have.location.ipc_offset + into))
+      return "register: range already registered with another CUDA IPC handle behind it, or none";
+    return nullptr;
+  }
+
+  // Requires mutex_. The region at `it` loses its own registration (or the last one that covered a part):
+  // what is left of it is what `rest`, the registrations still inside it, cover. Where they cover all of it,
+  // only the count changes; else the region is cut into those parts, each keeping its segment offsets, with
+  // a gate of its own (the old gate closes: same-host peers must not reach the parts no longer registered).
+  result<void> shrink_to(std::map<std::uintptr_t, entry>::iterator it, std::vector<covered_range> rest) {
+    entry& e = it->second;
+    // why: stable: of ranges that start at one address, the later registration stays later (remove()
+    // takes the latest)
+    std::stable_sort(rest.begin(), rest.end(),
+                     [](const covered_range& a, const covered_range& b) { return a.start < b.start; });
+    std::vector<covered_range> parts; // the union of `rest`: sorted, disjoint, not touching
+    for (const auto& r : rest) {
+      if (!parts.empty() && r.start <= parts.back().start + parts.back().length)
+        parts.back().length = std::max(parts.back().length, r.start + r.length - parts.back().start);
+      else
+        parts.push_back(r);
+    }
+    if (parts.size() == 1 && parts.front().start == it->first && parts.front().length == e.length) {
+      e.covered = std::move(rest);
+      e.outer_live = false;
+      return {};
+    }
+    const bool exposed = e.exposed.permissions != access::none;
+    if (e.uses > 0)
+      return fail(errc::busy, "unregister: a transfer is using the region, which would shrink to the ranges "
+                              "registered inside it");
+    if (exposed && by_offset_.size() - 1 + parts.size() > max_exposed_regions)
+      return fail(errc::out_of_space, "unregister: the ranges registered inside the region would be more "
+                                      "regions than a segment exposes");
+    if (e.exposed.shm_gate != region_descriptor::no_gate && !gates_.close_gate(e.exposed.shm_gate))
+      return fail(errc::busy, "unregister: a same-host peer is copying into or out of the region");
+    entry old = std::move(e);
+    if (exposed)
+      by_offset_.erase(old.exposed.offset);
+    by_address_.erase(it);
+    for (const auto& p : parts) {
+      const std::uint64_t into = p.start - reinterpret_cast<std::uintptr_t>(old.base);
+      entry piece;
+      piece.base = old.base + into;
+      piece.length = p.length;
+      piece.outer_live = false;
+      for (const auto& r : rest)
+        if (r.start >= p.start && r.start < p.start + p.length)
+          piece.covered.push_back(r);
+      piece.exposed = old.exposed;
+      piece.exposed.offset = exposed ? old.exposed.offset + into : 0;
+      piece.exposed.length = p.length;
+      if (!piece.exposed.shm_name.empty())
+        piece.exposed.shm_offset += into;
+      if (!piece.exposed.location.ipc_handle.empty())
+        piece.exposed.location.ipc_offset += into;
+      piece.exposed.shm_gate = region_descriptor::no_gate;
+      piece.exposed.shm_epoch = 0;
+      if (old.exposed.shm_gate != region_descriptor::no_gate)
+        gate(piece.exposed);
+      auto& stored = by_address_.emplace(p.start, std::move(piece)).first->second;
+      if (exposed)
+        by_offset_.emplace(stored.exposed.offset, &stored);
+    }
+    if (exposed)
+      ++generation_;
+    return {};
   }
 
   // Requires mutex_. The exposed region that holds all of [offset, offset + length) and permits `wanted`.

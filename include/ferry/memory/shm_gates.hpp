@@ -11,15 +11,16 @@
 /// kernel gave its process id to another process (a ticket records when its holder started).
 ///
 ///   auto gates = ferry::shm_gates::create();                    // the owner (region_registry does this)
-///   auto [gate, epoch] = *gates->open_gate();                   // published in the region's descriptor
+///   auto [gate, epoch] = *gates->open_gate(gate_claim::of(r));  // published in the region's descriptor
 ///   auto peer_side = ferry::shm_gates::attach(gates->name());   // a peer, from the segment descriptor
-///   if (auto pass = peer_side->enter(gate, epoch)) { /* copy */ }
+///   if (auto pass = peer_side->enter(gate, epoch, gate_claim::of(r))) { /* copy */ }
 ///   gates->close_gate(gate);                                    // false while a live peer copies
 
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/memory/detail/pid_namespace.hpp"
 #include "ferry/memory/detail/process_start.hpp"
+#include "ferry/memory/gate_claim.hpp"
 #include "ferry/memory/shared_buffer.hpp"
 
 #include <atomic>
@@ -76,6 +77,13 @@ public:
       ::close(fd);
       return fail(errc::peer_unreachable, "shm gates: the owner's table is not a shared-memory object");
     }
+    // why: the claims in the table are what a peer trusts about the owner's regions; a table of another
+    // user (made by whoever wants copies sent elsewhere, readable and writable to all) vouches for nothing.
+    // The owner's objects are its user's alone (0600), so a peer that may map them is of that user too
+    if (st.st_uid != ::geteuid()) {
+      ::close(fd);
+      return fail(errc::peer_unreachable, "shm gates: the table belongs to another user");
+    }
     if (static_cast<std::uint64_t>(st.st_size) < sizeof(table)) {
       ::close(fd);
       return fail(errc::peer_unreachable, "shm gates: the owner's table is too small");
@@ -126,13 +134,17 @@ public:
 
   // ---- the owner ----
 
-  /// Opens a free gate with a new epoch; errc::out_of_space when every gate is in use.
-  result<std::pair<std::uint32_t, std::uint64_t>> open_gate() {
+  /// Opens a free gate with a new epoch for the region that `claim` describes (what peers check their
+  /// descriptors against); errc::out_of_space when every gate is in use. One thread of the owner opens gates.
+  result<std::pair<std::uint32_t, std::uint64_t>> open_gate(const gate_claim& claim) {
     for (std::uint32_t i = 0; i < gate_count; ++i) {
       auto& g = table_->gates[i];
       std::uint64_t s = g.load(std::memory_order_relaxed);
       if ((s & state_mask) != free_state)
         continue;
+      // why: written while the gate is free, before the open state publishes it (seq_cst): a peer that sees
+      // the gate open with this epoch sees this claim; none reads a free gate's
+      store_claim(i, claim);
       std::uint64_t epoch = (s >> 2) + 1;
       if (g.compare_exchange_strong(s, (epoch << 2) | open_state, std::memory_order_seq_cst))
         return std::pair{i, epoch};
@@ -190,10 +202,12 @@ public:
     std::atomic<std::uint64_t>* ticket_ = nullptr;
   };
 
-  /// Takes a ticket for `gate` if it is open with `epoch`: errc::out_of_bounds when the owner closed it (the
-  /// region was unregistered, perhaps registered again: the descriptor is stale), errc::busy when every
-  /// ticket is taken.
-  result<pass> enter(std::uint32_t gate, std::uint64_t epoch) {
+  /// Takes a ticket for `gate` if it is open with `epoch` for the region `expected` describes (what the
+  /// peer's descriptor says): errc::out_of_bounds when the owner closed it (the region was unregistered,
+  /// perhaps registered again: the descriptor is stale), errc::permission_denied when the owner opened it for
+  /// another region than the descriptor describes (another object, place, length or access: the descriptor
+  /// is not the owner's), errc::busy when every ticket is taken.
+  result<pass> enter(std::uint32_t gate, std::uint64_t epoch, const gate_claim& expected) {
     if (gate >= gate_count)
       return fail(errc::out_of_bounds, "shm gates: no such gate");
     auto* t = claim();
@@ -211,8 +225,16 @@ public:
     std::chrono::steady_clock::time_point give_up{};
     for (int spin = 0;; ++spin) {
       std::uint64_t s = g.load(std::memory_order_seq_cst);
-      if (s == wanted)
-        return pass(t);
+      if (s == wanted) {
+        // why: read after the open state, with the ticket marked: the owner cannot close the gate (and open
+        // it again for another region) while this ticket holds it
+        if (load_claim(gate) == expected)
+          return pass(t);
+        t->store(0, std::memory_order_release);
+        return fail(errc::permission_denied,
+                    "shm: the owner exposes another region behind this gate than the descriptor describes "
+                    "(another object, place in it, length or access): the descriptor is not its owner's");
+      }
       if ((s & ~state_mask) != (epoch << 2) || (s & state_mask) != closing_state)
         break;
       if (spin < 1000) {
@@ -250,14 +272,27 @@ private:
         ticket_gate(held) == 0 ? 0 : table_->ticket_starts[i].load(std::memory_order_relaxed));
   }
 
+  static constexpr std::size_t claim_words = 5;
   struct table {
-    static constexpr std::uint64_t magic_value = 0x3353455441475946ull; // "FYGATES3"
+    static constexpr std::uint64_t magic_value = 0x3453455441475946ull; // "FYGATES4"
     std::atomic<std::uint64_t> magic{0};
     std::atomic<std::uint64_t> pid_namespace{0};  // the owner's (detail::pid_namespace_id())
     std::atomic<std::uint64_t> gates[gate_count]; // epoch << 2 | state
     std::atomic<std::uint64_t> tickets[ticket_count];
-    std::atomic<std::uint64_t> ticket_starts[ticket_count]; // when each marked ticket's holder started
+    std::atomic<std::uint64_t> ticket_starts[ticket_count];     // when each marked ticket's holder started
+    std::atomic<std::uint64_t> claims[gate_count][claim_words]; // the region each open gate is for
   };
+
+  void store_claim(std::uint32_t gate, const gate_claim& c) noexcept {
+    const std::uint64_t words[claim_words] = {c.object, c.object_offset, c.length, c.segment_offset,
+                                              c.permissions};
+    for (std::size_t w = 0; w < claim_words; ++w)
+      table_->claims[gate][w].store(words[w], std::memory_order_relaxed);
+  }
+  gate_claim load_claim(std::uint32_t gate) const noexcept {
+    auto word = [&](std::size_t w) { return table_->claims[gate][w].load(std::memory_order_relaxed); };
+    return {word(0), word(1), word(2), word(3), word(4)};
+  }
   static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "gates live in shared memory");
 
   // A free ticket (or one a dead process left), now this process's; nullptr if every one is taken.

@@ -14,6 +14,7 @@
 #include "ferry/memory/detail/region_holding.hpp"
 #include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_descriptor.hpp"
+#include "ferry/metadata/detail/bounded_json.hpp"
 
 #include <cstdint>
 #include <limits>
@@ -35,6 +36,10 @@ struct segment_descriptor {
   static constexpr std::size_t max_name_length = 255;
   static constexpr std::size_t max_regions = max_exposed_regions;
   static constexpr std::size_t max_endpoints = 64;
+  /// The most JSON values a descriptor's text may hold (each region is an object of at most 12 members, an
+  /// endpoint one of 2; room is left for members a later version adds), and how deep they may nest.
+  static constexpr std::size_t max_json_values = 16 * max_regions + 4 * max_endpoints + 64;
+  static constexpr std::size_t max_json_depth = 8;
 
   std::string name;
   std::uint64_t incarnation = 0;
@@ -141,8 +146,14 @@ struct segment_descriptor {
   /// Parses and validates a descriptor; errc::malformed_frame with the reason when anything is off.
   static result<segment_descriptor> parse(std::string_view text) {
     auto bad = [](const char* why) { return fail(errc::malformed_frame, why); };
-    nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
-    if (j.is_discarded() || !j.is_object())
+    nlohmann::json j;
+    std::string why;
+    // why: bounded while it is built, not after: text of many small values would grow many times over in
+    // memory before any check below could refuse it
+    if (!detail::parse_bounded_json(text, j, max_json_values, max_json_depth, why))
+      return fail(errc::malformed_frame,
+                  "segment descriptor: " + (why.empty() ? std::string("not JSON") : why));
+    if (!j.is_object())
       return bad("segment descriptor: not a JSON object");
     segment_descriptor d;
     auto name = j.find("name");
@@ -249,6 +260,8 @@ struct segment_descriptor {
             return bad("segment descriptor: ipc_offset + length overflows");
         }
       }
+      if (const char* why = rd.problem())
+        return fail(errc::malformed_frame, std::string("segment descriptor: ") + why);
       if (!d.regions.empty() && d.regions.back().offset + d.regions.back().length > rd.offset)
         return bad("segment descriptor: regions unsorted or overlapping");
       d.regions.push_back(std::move(rd));

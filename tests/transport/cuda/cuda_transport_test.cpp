@@ -553,7 +553,7 @@ TEST_SUITE("cuda_transport") {
       REQUIRE(spare.shm_gate != ferry::region_descriptor::no_gate);
       auto gates = ferry::shm_gates::attach(desc.shm_gates);
       REQUIRE_MESSAGE(gates, why(gates));
-      auto pass = gates->enter(spare.shm_gate, spare.shm_epoch);
+      auto pass = gates->enter(spare.shm_gate, spare.shm_epoch, ferry::gate_claim::of(spare));
       REQUIRE_MESSAGE(pass, why(pass));
       auto say = [&](const char* text) { REQUIRE(::write(to_child[1], text, std::strlen(text)) > 0); };
       say("unregister\n");

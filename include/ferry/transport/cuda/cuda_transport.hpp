@@ -25,6 +25,7 @@
 #include "ferry/memory/access.hpp"
 #include "ferry/memory/detail/process_start.hpp"
 #include "ferry/memory/detail/stream_copy.hpp"
+#include "ferry/memory/gate_claim.hpp"
 #include "ferry/memory/memory_kind.hpp"
 #include "ferry/memory/region_registry.hpp"
 #include "ferry/memory/shm_gates.hpp"
@@ -85,6 +86,7 @@ class cuda_transport {
     std::shared_ptr<ipc_mapping> mapping;
     std::shared_ptr<shm_gates> gates; // why: before `pass`, which points into the table: it goes first
     shm_gates::pass pass;
+    gate_claim claim; // the region as the descriptor that entered described it
   };
   struct peer_state {
     std::uint64_t incarnation = 0;
@@ -352,15 +354,17 @@ private:
     const auto key = std::tuple{p.id, ps.incarnation, r->shm_gate, r->shm_epoch};
     auto& cached = holds_[key];
     auto hold = cached.lock();
-    if (!hold || hold->mapping != m || hold->gates != ps.gates) {
-      auto entered = ps.gates->enter(r->shm_gate, r->shm_epoch);
+    const gate_claim claim = gate_claim::of(*r);
+    // why: a descriptor fetched again may describe the region behind the same gate otherwise: it enters anew
+    if (!hold || hold->mapping != m || hold->gates != ps.gates || hold->claim != claim) {
+      auto entered = ps.gates->enter(r->shm_gate, r->shm_epoch, claim);
       if (!entered) {
         holds_.erase(key);
         if (entered.error() == errc::busy)
           return fail(errc::peer_unreachable, "cuda: every ticket of the owner's gates is taken");
         return fail(entered.error()); // closed: the owner unregistered the region
       }
-      hold = std::make_shared<remote_hold>(remote_hold{m, ps.gates, std::move(*entered)});
+      hold = std::make_shared<remote_hold>(remote_hold{m, ps.gates, std::move(*entered), claim});
       cached = hold;
     }
     return std::pair{at, hold};

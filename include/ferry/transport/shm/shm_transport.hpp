@@ -15,6 +15,7 @@
 #include "ferry/memory/access.hpp"
 #include "ferry/memory/detail/process_start.hpp"
 #include "ferry/memory/detail/stream_copy.hpp"
+#include "ferry/memory/gate_claim.hpp"
 #include "ferry/memory/shm_gates.hpp"
 #include "ferry/transfer/detail/batch_state.hpp"
 #include "ferry/transfer/peer.hpp"
@@ -49,6 +50,7 @@ class shm_transport {
   struct mapping {
     std::byte* base = nullptr;
     std::size_t length = 0;
+    std::uint64_t object = 0; // gate_claim::hash of the object's name
     ~mapping() {
       if (base)
         ::munmap(base, length);
@@ -181,6 +183,8 @@ private:
     std::shared_ptr<shm_gates> gates; // a peer's memory: copied only with a pass through its gate
     std::uint32_t gate = 0;
     std::uint64_t epoch = 0;
+    gate_claim
+        claim; // a peer's memory: the region as the descriptor describes it, which its owner must vouch for
     std::shared_ptr<owner_process> owner; // a peer's memory: asked after the copy whether it still runs
   };
 
@@ -252,6 +256,8 @@ private:
     t.gates = maps.gates;
     t.gate = r->shm_gate;
     t.epoch = r->shm_epoch;
+    // why: the name's hash comes with the mapping, made once per object: nothing is hashed per copy
+    t.claim = {m->object, r->shm_offset, r->length, r->offset, static_cast<std::uint64_t>(r->permissions)};
     t.owner = maps.owner;
     return t;
   }
@@ -279,6 +285,7 @@ private:
     auto m = std::make_shared<mapping>();
     m->base = static_cast<std::byte*>(p);
     m->length = static_cast<std::size_t>(st.st_size);
+    m->object = gate_claim::hash(r.shm_name);
     return m;
   }
 
@@ -294,7 +301,7 @@ private:
     // while a copy holds one (and then this copy would not get one).
     shm_gates::pass through;
     if (target.gates) {
-      auto entered = target.gates->enter(target.gate, target.epoch);
+      auto entered = target.gates->enter(target.gate, target.epoch, target.claim);
       if (!entered)
         return entered.error() == errc::busy
                    ? error(errc::peer_unreachable, "shm: every ticket of the owner's gates is taken")
