@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "latency_histogram.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -90,13 +92,6 @@ struct worker {
   std::vector<std::uint64_t> slots;
   std::uint64_t local_base = 0, target_base = 0;
 };
-
-inline double percentile(std::vector<double>& sorted, double p) {
-  if (sorted.empty())
-    return 0;
-  auto rank = static_cast<std::size_t>(p * static_cast<double>(sorted.size()) + 0.999999);
-  return sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1];
-}
 
 // The raw figure: every block of one batch copied with its own cudaMemcpyPeerAsync on one stream.
 inline double raw_copy_gbps(const params& o, worker& w, double seconds) {
@@ -287,7 +282,7 @@ inline int run(const params& o) {
 
   // warm up, then measure
   std::uint64_t bytes = 0, batches = 0;
-  std::vector<double> latencies;
+  latency_histogram latencies;
   std::string failure;
   auto loop = [&](worker& w, clock_type::time_point end, bool measured) -> ferry::task<> {
     do {
@@ -302,7 +297,7 @@ inline int run(const params& o) {
       if (measured) {
         bytes += res.bytes();
         ++batches;
-        latencies.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+        latencies.record(std::chrono::duration<double, std::micro>(t1 - t0).count());
       }
     } while (clock_type::now() < end && failure.empty() && !(o.interrupted && o.interrupted->load()));
   };
@@ -337,15 +332,11 @@ inline int run(const params& o) {
                  seconds);
   }
   double raw = interrupted ? 0.0 : raw_copy_gbps(o, workers[0], std::min(o.duration, 2.0));
-  std::sort(latencies.begin(), latencies.end());
   double gbps = static_cast<double>(bytes) / seconds / 1e9;
   auto name_of = [&](int d) {
     return d < 0 ? std::string("pinned host") : (*devices)[static_cast<std::size_t>(d)].name;
   };
   if (o.json) {
-    double mean = 0;
-    for (double l : latencies)
-      mean += l / static_cast<double>(latencies.size());
     nlohmann::json j{
         {"throughput_gbps", gbps},
         {"bytes", bytes},
@@ -353,11 +344,11 @@ inline int run(const params& o) {
         {"batches", batches},
         {"batches_per_second", static_cast<double>(batches) / seconds},
         {"latency_us",
-         {{"p50", percentile(latencies, 0.5)},
-          {"p99", percentile(latencies, 0.99)},
-          {"mean", mean},
-          {"min", latencies.empty() ? 0.0 : latencies.front()},
-          {"max", latencies.empty() ? 0.0 : latencies.back()}}},
+         {{"p50", latencies.percentile(0.5)},
+          {"p99", latencies.percentile(0.99)},
+          {"mean", latencies.mean()},
+          {"min", latencies.min()},
+          {"max", latencies.max()}}},
         {"protocol", "cuda"},
         {"operation", o.operation},
         {"block_size", o.block_size},
@@ -397,8 +388,8 @@ inline int run(const params& o) {
                 "batch", "threads", "GB/s", "raw_GB/s", "batches/s", "p50_us", "p99_us");
     std::printf("%-8s %-9s %10llu %6u %7u %9.3f %9.3f %10.1f %10.0f %10.0f\n", "cuda", o.operation.c_str(),
                 static_cast<unsigned long long>(o.block_size), o.batch_size, o.threads, gbps, raw,
-                static_cast<double>(batches) / seconds, percentile(latencies, 0.5),
-                percentile(latencies, 0.99));
+                static_cast<double>(batches) / seconds, latencies.percentile(0.5),
+                latencies.percentile(0.99));
   }
   return 0;
 }

@@ -14,6 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "latency_histogram.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -60,7 +62,7 @@ struct file_run {
   std::uint64_t bytes = 0;
   std::uint64_t requests = 0;
   std::uint64_t batches = 0;
-  std::vector<double> latencies_us;
+  latency_histogram latencies;
   std::string failure;
 };
 
@@ -102,18 +104,9 @@ inline ferry::task<> lane(file_run& run, std::byte* local, unsigned seed, std::u
       run.bytes += r.bytes();
       run.requests += run.o.batch_size;
       ++run.batches;
-      run.latencies_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+      run.latencies.record(std::chrono::duration<double, std::micro>(t1 - t0).count());
     }
   }
-}
-
-// The nearest-rank percentile (the smallest sample with at least p of the samples at or below it), as the
-// tcp and shm rows compute it.
-inline double percentile_of(const std::vector<double>& sorted, double p) {
-  if (sorted.empty())
-    return 0;
-  auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(sorted.size()) - 1e-9));
-  return sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1];
 }
 
 inline ferry::task<int> run_file(ferry::io::io_context& ctx, ferry::file_engine& engine,
@@ -177,7 +170,6 @@ inline ferry::task<int> run_file(ferry::io::io_context& ctx, ferry::file_engine&
     std::fprintf(stderr, "ferry-bench: %s\n", run.failure.c_str());
     co_return 1;
   }
-  run.latencies_us.reserve(1 << 20);
   run.measuring = true;
   auto begin = clock_type::now();
   run.end_at =
@@ -200,14 +192,10 @@ inline ferry::task<int> run_file(ferry::io::io_context& ctx, ferry::file_engine&
     }
     std::fprintf(stderr, "ferry-bench: interrupted; what was measured in %.2f s follows\n", seconds);
   }
-  std::sort(run.latencies_us.begin(), run.latencies_us.end());
   double gbps = static_cast<double>(run.bytes) / seconds / 1e9;
   double iops = static_cast<double>(run.requests) / seconds;
-  double p50 = percentile_of(run.latencies_us, 0.50), p99 = percentile_of(run.latencies_us, 0.99);
+  double p50 = run.latencies.percentile(0.50), p99 = run.latencies.percentile(0.99);
   if (o.json) {
-    double mean = 0;
-    for (double l : run.latencies_us)
-      mean += l / static_cast<double>(run.latencies_us.size());
     nlohmann::json j{
         {"throughput_gbps", gbps},
         {"iops", iops},
@@ -218,9 +206,9 @@ inline ferry::task<int> run_file(ferry::io::io_context& ctx, ferry::file_engine&
         {"latency_us",
          {{"p50", p50},
           {"p99", p99},
-          {"mean", mean},
-          {"min", run.latencies_us.empty() ? 0.0 : run.latencies_us.front()},
-          {"max", run.latencies_us.empty() ? 0.0 : run.latencies_us.back()}}},
+          {"mean", run.latencies.mean()},
+          {"min", run.latencies.min()},
+          {"max", run.latencies.max()}}},
         {"protocol", "file"},
         {"operation", o.operation},
         {"block_size", o.block_size},

@@ -83,6 +83,30 @@ bool block_matches(const std::byte* got, std::uint64_t length, std::uint64_t see
   return true;
 }
 
+/// One KV block of the handoff: where it lands in decode's segment, and how long it is.
+struct planned_block {
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  friend bool operator==(const planned_block&, const planned_block&) = default;
+};
+
+// The handoff's plan, which both sides compute from the seed: block k has a random length (16-256 KiB, in
+// 4 KiB steps) and lands at a random 4 KiB-aligned place in a shuffled slot of the buffer at segment offset
+// `base`.
+std::vector<planned_block> plan(std::uint64_t seed, unsigned count, std::uint64_t base) {
+  std::mt19937_64 rng(seed);
+  std::vector<unsigned> slots(count);
+  std::iota(slots.begin(), slots.end(), 0u);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  std::vector<planned_block> out;
+  for (unsigned k = 0; k < count; ++k) {
+    std::uint64_t length = min_block + rng() % ((max_block - min_block) / (4 * kib) + 1) * (4 * kib);
+    std::uint64_t within = rng() % ((slot - length) / (4 * kib) + 1) * (4 * kib);
+    out.push_back({base + slots[k] * slot + within, length});
+  }
+  return out;
+}
+
 std::int64_t monotonic_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -112,21 +136,12 @@ task<int> prefill(Engine& engine, const options& o) {
   }
   const ferry::region_descriptor& kv = d.regions.front();
 
-  // Plan: block k has a random length and lands at a random 4 KiB-aligned place in a shuffled slot.
-  std::mt19937_64 rng(o.seed);
-  std::vector<unsigned> slots(o.blocks);
-  std::iota(slots.begin(), slots.end(), 0u);
-  std::shuffle(slots.begin(), slots.end(), rng);
+  const std::vector<planned_block> planned = plan(o.seed, o.blocks, kv.offset);
   nlohmann::json blocks = nlohmann::json::array();
-  std::vector<std::uint64_t> offsets, lengths;
   std::uint64_t total = 0;
-  for (unsigned k = 0; k < o.blocks; ++k) {
-    std::uint64_t length = min_block + rng() % ((max_block - min_block) / (4 * kib) + 1) * (4 * kib);
-    std::uint64_t within = rng() % ((slot - length) / (4 * kib) + 1) * (4 * kib);
-    offsets.push_back(kv.offset + slots[k] * slot + within);
-    lengths.push_back(length);
-    blocks.push_back({offsets.back(), length});
-    total += length;
+  for (const auto& b : planned) {
+    blocks.push_back({b.offset, b.length});
+    total += b.length;
   }
 
   // The KV blocks as prefill computed them, contiguous in local memory registered with the engine.
@@ -138,9 +153,9 @@ task<int> prefill(Engine& engine, const options& o) {
   ferry::transfer_batch batch;
   std::uint64_t at = 0;
   for (unsigned k = 0; k < o.blocks; ++k) {
-    fill_block(source.data() + at, lengths[k], o.seed, k);
-    batch.write(source.data() + at, *decode, offsets[k], lengths[k]);
-    at += lengths[k];
+    fill_block(source.data() + at, planned[k].length, o.seed, k);
+    batch.write(source.data() + at, *decode, planned[k].offset, planned[k].length);
+    at += planned[k].length;
   }
 
   // Same host and shared memory: default_engine copies straight into decode's memory; otherwise TCP.
@@ -332,6 +347,16 @@ int run_decode(const options& o, const char* self) {
     std::fprintf(stderr, "decode: the note lists %zu blocks of seed %s; decode asked for %u of seed %llu\n",
                  note["blocks"].size(), note["seed"].dump().c_str(), o.blocks,
                  static_cast<unsigned long long>(o.seed));
+    return 1;
+  }
+  // why: the blocks decode checks are the ones it asked for (their places and lengths follow from the seed),
+  // not whatever the note lists: blocks of no length, say, would verify trivially
+  std::vector<planned_block> listed;
+  for (const auto& b : note["blocks"])
+    if (b.is_array() && b.size() == 2 && b[0].is_number_unsigned() && b[1].is_number_unsigned())
+      listed.push_back({b[0].get<std::uint64_t>(), b[1].get<std::uint64_t>()});
+  if (listed != plan(o.seed, o.blocks, *region)) {
+    std::fprintf(stderr, "decode: the note's blocks are not the ones the seed plans (places and lengths)\n");
     return 1;
   }
   // Both processes run on this machine, so they share the monotonic clock.
