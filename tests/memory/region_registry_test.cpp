@@ -115,6 +115,24 @@ TEST_SUITE("region_registry") {
     CHECK(regs.exposed().empty());
   }
 
+  TEST_CASE("of registrations that start at one address, one is removed by its length") {
+    region_registry regs;
+    std::vector<std::byte> a(1 << 20);
+    auto at = regs.add(a.data(), a.size(), access::read_write); // a pool
+    REQUIRE(at);
+    REQUIRE(regs.add(a.data(), 4096, access::read_write)); // its first block
+    auto code = [](auto r) { return r ? ferry::errc{} : ferry::errc(r.error().code().value()); };
+    CHECK(code(regs.remove(a.data(), 8192)) == ferry::errc::not_found);
+    REQUIRE(regs.remove(a.data(), a.size())); // the pool goes: the block is what is left
+    auto regions = regs.exposed();
+    REQUIRE(regions.size() == 1);
+    CHECK(regions[0].offset == *at);
+    CHECK(regions[0].length == 4096);
+    CHECK(code(regs.remove(a.data(), a.size())) == ferry::errc::not_found);
+    REQUIRE(regs.remove(a.data(), 4096));
+    CHECK(regs.size() == 0);
+  }
+
   TEST_CASE("a shared region cut down to the ranges left in it puts each behind a new gate, at its place in "
             "the object") {
     auto buf = ferry::shared_buffer::create(1 << 20);

@@ -313,6 +313,19 @@ TEST_SUITE("shm_gates") {
     CHECK_FALSE(peer->enter(exposed[1].shm_gate, exposed[1].shm_epoch, ferry::gate_claim::of(exposed[1])));
   }
 
+  TEST_CASE("a table of gates that others than its owner may write is not attached") {
+    auto owner = shm_gates::create();
+    REQUIRE(owner);
+    int fd = ::shm_open(owner->name().c_str(), O_RDWR | O_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    REQUIRE(::fchmod(fd, 0666) == 0);
+    ::close(fd);
+    auto peer = shm_gates::attach(owner->name());
+    REQUIRE_FALSE(peer);
+    CHECK(peer.error() == errc::peer_unreachable);
+    CHECK(std::string(peer.error().what()).find("writable by others") != std::string::npos);
+  }
+
   TEST_CASE("a descriptor that describes a shared region otherwise than its owner exposed it gets no pass") {
     // A forged descriptor (copied from the owner's and changed) would send a peer's copies through the
     // owner's open gate into memory the owner did not expose so: it must not.

@@ -13,6 +13,10 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <fcntl.h>
+#include <string>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <vector>
 
 using ferry::access;
@@ -106,6 +110,40 @@ TEST_SUITE("transfer_engine: shared memory the owner unregisters") {
       REQUIRE_FALSE(r.ok());
       CHECK(r.requests[0].error() == errc::permission_denied);
       MESSAGE("write through a forged descriptor: ", r.first_error().message());
+    }());
+    CHECK(all_of(shared->bytes(), std::byte{0})); // nothing landed
+  }
+
+  TEST_CASE("a shared object of another user than its table of gates is not mapped") {
+    // A table of gates vouches for its own user's memory only: a descriptor that names one user's table
+    // beside another user's object (a table anyone can make) gets no copy there.
+    ferry::io::io_context ctx;
+    ferry::default_engine owner(ctx, {.name = "owner", .listen = "127.0.0.2:0"});
+    ferry::default_engine peer(ctx, {.name = "peer"});
+    auto shared = ferry::shared_buffer::create(1 << 20);
+    REQUIRE(shared);
+    std::vector<std::byte> local(64 << 10, std::byte{0x11});
+    REQUIRE(peer.registry().add(local.data(), local.size(), access::none));
+    auto at = owner.registry().add(shared->data(), shared->size(), access::read_write, shared->name());
+    REQUIRE(at);
+    REQUIRE(owner.start());
+    int fd = ::shm_open(shared->name().c_str(), O_RDWR | O_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    const bool given = ::fchown(fd, 65534, 65534) == 0; // to "nobody"
+    ::close(fd);
+    if (!given) {
+      MESSAGE("skipped: giving the object to another user needs root (CAP_CHOWN)");
+      return;
+    }
+    ctx.run_until([&]() -> ferry::task<> {
+      auto seg = co_await peer.open_segment(owner.endpoint()->to_string());
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(local.data(), *seg, *at, local.size());
+      auto r = co_await peer.transfer(w);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.requests[0].error() == errc::permission_denied);
+      MESSAGE("write to another user's object: ", r.first_error().message());
     }());
     CHECK(all_of(shared->bytes(), std::byte{0})); // nothing landed
   }

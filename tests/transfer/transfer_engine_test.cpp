@@ -2408,6 +2408,33 @@ TEST_SUITE("transfer_engine metadata") {
     CHECK_FALSE(ferry::sync_wait(meta.get("ferry/segments/kv"))->has_value()); // its own goes with it
   }
 
+  TEST_CASE("the descriptor handed to peers follows the engine's start and its registrations") {
+    ferry::io::io_context ctx;
+    tcp_engine engine(ctx, {.name = "e", .listen = "127.0.0.2:0"});
+    std::vector<std::byte> a(8192), b(8192);
+    REQUIRE(engine.registry().add(a.data(), a.size(), access::read));
+    auto before_start = ferry::segment_descriptor::parse(engine.descriptor_json());
+    REQUIRE(before_start);
+    CHECK(before_start->endpoints.empty());
+    CHECK(before_start->regions.size() == 1);
+    REQUIRE(engine.start());
+    auto started = ferry::segment_descriptor::parse(engine.descriptor_json());
+    REQUIRE(started);
+    REQUIRE(started->endpoint_for("tcp"));
+    CHECK(started->endpoint_for("tcp")->address == engine.endpoint()->to_string());
+    CHECK(engine.descriptor_json() == started->to_json()); // the same text while nothing changes
+    REQUIRE(engine.registry().add(b.data(), b.size(), access::read_write));
+    auto grown = ferry::segment_descriptor::parse(engine.descriptor_json());
+    REQUIRE(grown);
+    CHECK(grown->regions.size() == 2);
+    CHECK(*grown == engine.descriptor());
+    REQUIRE(engine.registry().remove(a.data()));
+    auto shrunk = ferry::segment_descriptor::parse(engine.descriptor_json());
+    REQUIRE(shrunk);
+    CHECK(shrunk->regions.size() == 1);
+    ctx.run_until(engine.shutdown());
+  }
+
   TEST_CASE("a malformed descriptor in the store is refused with a message") {
     ferry::io::io_context ctx;
     ferry::memory_metadata_store meta;

@@ -5,7 +5,8 @@
 /// its table when it opens the gate; a same-host peer compares it with the region its descriptor describes
 /// before it copies. A descriptor that says otherwise, forged or garbled, then gets no copy: it cannot send
 /// a peer's copies into another object, another place in it, more bytes or with more access than the owner
-/// exposed, since only the owner (and processes of its user) can write its table.
+/// exposed. The table is the owner's to write: a peer attaches none that others may write, and maps through
+/// it only objects of the table's user (CUDA IPC memory: only its own user's).
 ///
 ///   owner: gates.open_gate(ferry::gate_claim::of(region));
 ///   peer:  gates.enter(region.shm_gate, region.shm_epoch, ferry::gate_claim::of(region));

@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -233,10 +234,20 @@ public:
   /// Drops the registration that starts at `base` (the region's own, or a covered range registered later;
   /// of several that start there, the latest). The region goes when its last registration does. Once the
   /// region's own registration is gone, the region is only what the registrations left inside it cover: it
-  /// shrinks to them (keeping their segment offsets; peers that map it are sent to a new gate). Going or
-  /// shrinking is refused with errc::busy while a transfer uses the region. errc::not_found if no
-  /// registration starts there.
-  result<void> remove(const void* base) {
+  /// shrinks to them (keeping their segment offsets; peers that map it are sent to a new gate; size() then
+  /// counts each part). Going or shrinking is refused with errc::busy while a transfer uses the region, and
+  /// shrinking with errc::out_of_space if the parts would be more regions than a segment exposes.
+  /// errc::not_found if no registration starts there.
+  result<void> remove(const void* base) { return remove(base, std::nullopt); }
+
+  /// Drops the registration of [base, base + length) exactly: of several that start at `base` (a pool and
+  /// the first block in it, say), the one of that length.
+  result<void> remove(const void* base, std::size_t length) {
+    return remove(base, std::optional<std::uint64_t>(length));
+  }
+
+private:
+  result<void> remove(const void* base, std::optional<std::uint64_t> length) {
     auto key = reinterpret_cast<std::uintptr_t>(base);
     std::lock_guard lock(mutex_);
     auto it = by_address_.upper_bound(key);
@@ -247,11 +258,13 @@ public:
     if (key - it->first >= e.length)
       return fail(errc::not_found, "unregister: no registration starts there");
     // why: nested registrations end in reverse order; of two that start at one address the later goes first
-    auto sub = std::find_if(e.covered.rbegin(), e.covered.rend(),
-                            [&](const covered_range& c) { return c.start == key; });
+    auto sub = std::find_if(e.covered.rbegin(), e.covered.rend(), [&](const covered_range& c) {
+      return c.start == key && (!length || c.length == *length);
+    });
     bool is_covered = sub != e.covered.rend();
-    if (!is_covered && !(key == it->first && e.outer_live))
-      return fail(errc::not_found, "unregister: no registration starts there");
+    if (!is_covered && !(key == it->first && e.outer_live && (!length || *length == e.length)))
+      return fail(errc::not_found, "unregister: no registration starts there" +
+                                       std::string(length ? " with that length" : ""));
     std::vector<covered_range> rest = e.covered;
     if (is_covered)
       rest.erase(std::next(rest.begin(), std::distance(sub, e.covered.rend()) - 1));
@@ -275,6 +288,7 @@ public:
     return {};
   }
 
+public:
   /// Holds the local range [p, p + length) for a transfer of this process; it must lie in one region.
   result<lease> pin_local(const void* p, std::size_t length) {
     std::lock_guard lock(mutex_);
@@ -372,7 +386,8 @@ public:
     return generation_;
   }
 
-  /// How many distinct regions are registered (file regions included).
+  /// How many distinct regions are registered (file regions included; a region shrunk to several parts
+  /// counts each).
   std::size_t size() const {
     std::lock_guard lock(mutex_);
     return by_address_.size() + files_.size();

@@ -77,12 +77,12 @@ public:
       ::close(fd);
       return fail(errc::peer_unreachable, "shm gates: the owner's table is not a shared-memory object");
     }
-    // why: the claims in the table are what a peer trusts about the owner's regions; a table of another
-    // user (made by whoever wants copies sent elsewhere, readable and writable to all) vouches for nothing.
-    // The owner's objects are its user's alone (0600), so a peer that may map them is of that user too
-    if (st.st_uid != ::geteuid()) {
+    // why: the claims in the table are what a peer trusts about the owner's regions: a table that others
+    // than its owner may write vouches for nothing. Whose it is the peer compares with the objects it maps
+    // (owner_uid()): a table made by another user cannot vouch for the owner's memory
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
       ::close(fd);
-      return fail(errc::peer_unreachable, "shm gates: the table belongs to another user");
+      return fail(errc::peer_unreachable, "shm gates: the table is writable by others than its owner");
     }
     if (static_cast<std::uint64_t>(st.st_size) < sizeof(table)) {
       ::close(fd);
@@ -107,13 +107,14 @@ public:
     g.name_ = name;
     g.table_ = t;
     g.mapped_ = true;
+    g.owner_uid_ = st.st_uid;
     return g;
   }
 
   shm_gates() = default;
   shm_gates(shm_gates&& o) noexcept
       : name_(std::move(o.name_)), table_(std::exchange(o.table_, nullptr)), owned_(std::move(o.owned_)),
-        mapped_(std::exchange(o.mapped_, false)), pid_(o.pid_), start_(o.start_) {}
+        mapped_(std::exchange(o.mapped_, false)), pid_(o.pid_), start_(o.start_), owner_uid_(o.owner_uid_) {}
   shm_gates& operator=(shm_gates&& o) noexcept {
     if (this != &o) {
       release();
@@ -123,6 +124,7 @@ public:
       mapped_ = std::exchange(o.mapped_, false);
       pid_ = o.pid_;
       start_ = o.start_;
+      owner_uid_ = o.owner_uid_;
     }
     return *this;
   }
@@ -130,6 +132,9 @@ public:
 
   /// The name peers attach by.
   const std::string& name() const noexcept { return name_; }
+  /// The user whose table this is (a peer's view: the owner of the object it attached). What the table
+  /// vouches for is that user's memory only: a peer maps through it only objects of this user.
+  ::uid_t owner_uid() const noexcept { return owner_uid_; }
   explicit operator bool() const noexcept { return table_ != nullptr; }
 
   // ---- the owner ----
@@ -329,6 +334,7 @@ private:
   bool mapped_ = false; // a peer's mapping
   pid_t pid_ = 0;
   std::uint64_t start_ = 0; // when this process started (detail::own_start_time()), for its tickets
+  ::uid_t owner_uid_ = ::geteuid();
 };
 
 } // namespace ferry

@@ -156,7 +156,7 @@ public:
     }
     server_ = std::make_unique<tcp_server>(
         io_, registry_, scope_,
-        tcp_server::hooks{[this] { return descriptor().to_json(); },
+        tcp_server::hooks{[this] { return descriptor_json(); },
                           [this](std::string message) { return deliver(std::move(message)); }},
         connection_loops_.get(), options_.tcp.stall_timeout, options_.tcp.keepalive_idle,
         options_.tcp.max_served_connections, options_.tcp.evict_idle_after);
@@ -167,6 +167,10 @@ public:
     }
     listening_ = *where;
     advertised_ = advertised;
+    {
+      std::lock_guard lock(described_mutex_); // the endpoints changed: made again when next asked for
+      described_ = false;
+    }
     return {};
   }
 
@@ -194,6 +198,21 @@ public:
     d.regions = registry_.exposed();
     d.shm_gates = registry_.shm_gates_name();
     return d;
+  }
+
+  /// The descriptor as JSON, as peers get it in a handshake: made again only once the exposed regions
+  /// changed (a segment of many regions makes a large descriptor, and every connection's hello asks for it).
+  std::string descriptor_json() const {
+    // why: the generation is read before the descriptor is made: a region added meanwhile leaves the text
+    // labelled older than it is, and the next call makes it again; never the other way round
+    const std::uint64_t generation = registry_.generation();
+    std::lock_guard lock(described_mutex_);
+    if (!described_ || described_generation_ != generation) {
+      described_json_ = descriptor().to_json();
+      described_generation_ = generation;
+      described_ = true;
+    }
+    return described_json_;
   }
 
   // ---- finding peers ----
@@ -889,7 +908,7 @@ private:
           lease_ = fresh = *granted;
         }
         lease_id lease = *lease_;
-        auto r = co_await metadata_.put_leased(key, descriptor().to_json(), lease);
+        auto r = co_await metadata_.put_leased(key, descriptor_json(), lease);
         co_await enter();
         if (superseded()) {
           if (r && fresh)
@@ -918,7 +937,7 @@ private:
       if (lease_)
         co_return fail(errc::invalid_state, "publish: the metadata store keeps losing this segment's lease");
     }
-    auto r = co_await metadata_.put(key, descriptor().to_json());
+    auto r = co_await metadata_.put(key, descriptor_json());
     co_await enter();
     if (superseded()) {
       if (r)
@@ -1392,6 +1411,11 @@ private:
   std::string host_;
   std::uint64_t incarnation_;
   region_registry registry_;
+  // descriptor_json()'s last text, and the registry's generation it was made at
+  mutable std::mutex described_mutex_;
+  mutable bool described_ = false;
+  mutable std::uint64_t described_generation_ = 0;
+  mutable std::string described_json_;
   async_scope scope_;
   transport_context context_;
   std::tuple<Transports...> transports_;

@@ -347,6 +347,13 @@ private:
         ps.gates_failed = "cuda: the owner's table of gates: " + attached.error().message();
         return fail(errc::peer_unreachable, ps.gates_failed);
       }
+      // why: CUDA IPC memory has no owner to compare the table's with: only this process's own user's table
+      // vouches for it
+      if (attached->owner_uid() != ::geteuid()) {
+        ps.gates_failed = "cuda: the owner's table of gates belongs to another user; GPU memory of another "
+                          "user is not mapped";
+        return fail(errc::peer_unreachable, ps.gates_failed);
+      }
       ps.gates = std::make_shared<shm_gates>(std::move(*attached));
     }
     // why: one pass for all the copies in flight into a region, for as long as any is: a ticket per flush

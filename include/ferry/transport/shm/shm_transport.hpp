@@ -238,7 +238,7 @@ private:
     std::string key = r->shm_name + (allows(r->permissions, access::write) ? "#rw" : "#ro");
     auto& m = maps.by_name[key];
     if (!m) {
-      auto opened = open_mapping(*r);
+      auto opened = open_mapping(*r, maps.gates->owner_uid());
       if (!opened)
         return give_up(opened.error());
       m = std::move(*opened);
@@ -262,7 +262,9 @@ private:
     return t;
   }
 
-  static result<std::shared_ptr<mapping>> open_mapping(const region_descriptor& r) {
+  /// Maps the object behind a peer's region; only one of `owner`, the user whose table of gates vouches for
+  /// the region.
+  static result<std::shared_ptr<mapping>> open_mapping(const region_descriptor& r, ::uid_t owner) {
     bool writable = allows(r.permissions, access::write);
     // why: O_NONBLOCK: a descriptor that names a FIFO must not block the loop in open() until a writer comes
     int fd = ::shm_open(r.shm_name.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK, 0);
@@ -272,6 +274,14 @@ private:
     if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
       ::close(fd);
       return fail(errc::peer_unreachable, "shm: the peer's region names something that is not shared memory");
+    }
+    // why: a table of gates vouches only for its own user's memory: a descriptor that names another user's
+    // table beside this object (a table anyone can make) is not the object's owner's
+    if (st.st_uid != owner) {
+      ::close(fd);
+      return fail(errc::permission_denied,
+                  "shm: the peer's shared object belongs to another user than its table of gates: the "
+                  "descriptor is not the object's owner's");
     }
     if (static_cast<std::uint64_t>(st.st_size) < r.shm_offset + r.length) {
       ::close(fd);
