@@ -10,6 +10,7 @@
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 using ferry::access;
@@ -113,6 +114,33 @@ TEST_SUITE("region_registry") {
     REQUIRE(regs.remove(a.data() + 8192));
     CHECK(regs.size() == 0);
     CHECK(regs.exposed().empty());
+  }
+
+  TEST_CASE("withdrawal observers hear of each exposed region that goes or shrinks, before remove returns") {
+    region_registry regs;
+    std::vector<std::pair<std::uintptr_t, std::uint64_t>> heard;
+    auto id = regs.on_withdrawal(
+        [&](region_registry::withdrawn_range g) { heard.emplace_back(g.start, g.length); });
+    std::vector<std::byte> a(1 << 20), b(4096);
+    auto start = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+    REQUIRE(regs.add(a.data(), a.size(), access::read_write));
+    REQUIRE(regs.add(a.data() + 8192, 4096, access::read_write));
+    REQUIRE(regs.remove(a.data() + 8192)); // the region stays as it was: nothing withdrawn
+    CHECK(heard.empty());
+    REQUIRE(regs.add(a.data() + 8192, 4096, access::read_write));
+    REQUIRE(regs.remove(a.data())); // shrinks: the whole region as it was is withdrawn
+    REQUIRE(heard.size() == 1);
+    CHECK(heard[0] == std::pair{start(a.data()), std::uint64_t{1} << 20});
+    REQUIRE(regs.remove(a.data() + 8192)); // goes
+    REQUIRE(heard.size() == 2);
+    CHECK(heard[1] == std::pair{start(a.data() + 8192), std::uint64_t{4096}});
+    REQUIRE(regs.add(b.data(), b.size(), access::none)); // never exposed: nothing to withdraw
+    REQUIRE(regs.remove(b.data()));
+    CHECK(heard.size() == 2);
+    regs.forget_withdrawals(id);
+    REQUIRE(regs.add(a.data(), a.size(), access::read));
+    REQUIRE(regs.remove(a.data()));
+    CHECK(heard.size() == 2);
   }
 
   TEST_CASE("of registrations that start at one address, one is removed by its length") {

@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -238,16 +239,49 @@ public:
   /// counts each part). Going or shrinking is refused with errc::busy while a transfer uses the region, and
   /// shrinking with errc::out_of_space if the parts would be more regions than a segment exposes.
   /// errc::not_found if no registration starts there.
-  result<void> remove(const void* base) { return remove(base, std::nullopt); }
+  result<void> remove(const void* base) { return remove_and_tell(base, std::nullopt); }
 
   /// Drops the registration of [base, base + length) exactly: of several that start at `base` (a pool and
   /// the first block in it, say), the one of that length.
   result<void> remove(const void* base, std::size_t length) {
-    return remove(base, std::optional<std::uint64_t>(length));
+    return remove_and_tell(base, std::optional<std::uint64_t>(length));
+  }
+
+  /// A range of this process's memory that stopped being exposed as it was: [start, start + length).
+  struct withdrawn_range {
+    std::uintptr_t start = 0;
+    std::uint64_t length = 0;
+  };
+  /// Calls `observer` with every exposed region that goes or shrinks, before the remove() that withdraws it
+  /// returns (outside the registry's lock; the observer must not call back into the registry): what lets
+  /// peers reach memory without the owner's checks, a NIC's registration for one-sided RDMA say, is taken
+  /// back there, before the caller may free the memory. Returns the id that forget_withdrawals() takes.
+  std::uint64_t on_withdrawal(std::function<void(withdrawn_range)> observer) {
+    std::lock_guard lock(observers_mutex_);
+    observers_.emplace_back(next_observer_, std::move(observer));
+    return next_observer_++;
+  }
+  /// Stops calling an observer; once it returns, no call of it is in progress.
+  void forget_withdrawals(std::uint64_t id) {
+    std::lock_guard lock(observers_mutex_);
+    std::erase_if(observers_, [id](const auto& o) { return o.first == id; });
   }
 
 private:
-  result<void> remove(const void* base, std::optional<std::uint64_t> length) {
+  result<void> remove_and_tell(const void* base, std::optional<std::uint64_t> length) {
+    std::optional<withdrawn_range> gone;
+    auto r = remove(base, length, gone);
+    if (gone) {
+      std::lock_guard lock(observers_mutex_);
+      for (auto& o : observers_)
+        o.second(*gone);
+    }
+    return r;
+  }
+
+  // `gone`: set to the exposed region that went or shrank.
+  result<void> remove(const void* base, std::optional<std::uint64_t> length,
+                      std::optional<withdrawn_range>& gone) {
     auto key = reinterpret_cast<std::uintptr_t>(base);
     std::lock_guard lock(mutex_);
     auto it = by_address_.upper_bound(key);
@@ -270,7 +304,7 @@ private:
       rest.erase(std::next(rest.begin(), std::distance(sub, e.covered.rend()) - 1));
     bool outer_stays = is_covered && e.outer_live;
     if (!outer_stays && !rest.empty())
-      return shrink_to(it, std::move(rest));
+      return shrink_to(it, std::move(rest), gone);
     bool last = !outer_stays && rest.empty();
     if (last && e.uses > 0)
       return fail(errc::busy, "unregister: a transfer is using the region");
@@ -283,6 +317,7 @@ private:
     if (e.exposed.permissions != access::none) {
       by_offset_.erase(e.exposed.offset);
       ++generation_;
+      gone = withdrawn_range{it->first, e.length};
     }
     by_address_.erase(it);
     return {};
@@ -443,7 +478,8 @@ private:
   // what is left of it is what `rest`, the registrations still inside it, cover. Where they cover all of it,
   // only the count changes; else the region is cut into those parts, each keeping its segment offsets, with
   // a gate of its own (the old gate closes: same-host peers must not reach the parts no longer registered).
-  result<void> shrink_to(std::map<std::uintptr_t, entry>::iterator it, std::vector<covered_range> rest) {
+  result<void> shrink_to(std::map<std::uintptr_t, entry>::iterator it, std::vector<covered_range> rest,
+                         std::optional<withdrawn_range>& gone) {
     entry& e = it->second;
     // why: stable: of ranges that start at one address, the later registration stays later (remove()
     // takes the latest)
@@ -471,8 +507,10 @@ private:
     if (e.exposed.shm_gate != region_descriptor::no_gate && !gates_.close_gate(e.exposed.shm_gate))
       return fail(errc::busy, "unregister: a same-host peer is copying into or out of the region");
     entry old = std::move(e);
-    if (exposed)
+    if (exposed) {
       by_offset_.erase(old.exposed.offset);
+      gone = withdrawn_range{reinterpret_cast<std::uintptr_t>(old.base), old.length};
+    }
     by_address_.erase(it);
     for (const auto& p : parts) {
       const std::uint64_t into = p.start - reinterpret_cast<std::uintptr_t>(old.base);
@@ -544,6 +582,11 @@ private:
   }
 
   mutable std::mutex mutex_;
+  // why: a lock of their own, held while they are called: forget_withdrawals() waits out a call in progress,
+  // and an observer never runs under mutex_
+  std::mutex observers_mutex_;
+  std::vector<std::pair<std::uint64_t, std::function<void(withdrawn_range)>>> observers_;
+  std::uint64_t next_observer_ = 1;
   std::map<std::uintptr_t, entry> by_address_;
   std::map<std::uint64_t, entry> files_; // file regions, by segment offset
   std::map<std::uint64_t, entry*> by_offset_;

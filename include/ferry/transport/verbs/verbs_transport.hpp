@@ -50,6 +50,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stop_token>
@@ -214,10 +215,15 @@ public:
     open_devices();
     if (enabled())
       start_listening();
+    // why: a peer reaches an exposed region through its key without asking this process; once the region is
+    // unregistered (and perhaps freed) the NIC must refuse that key before remove() returns
+    withdrawal_observer_ =
+        tc_.registry.on_withdrawal([this](region_registry::withdrawn_range gone) { withdraw(gone); });
   }
   verbs_transport(const verbs_transport&) = delete;
   verbs_transport& operator=(const verbs_transport&) = delete;
   ~verbs_transport() {
+    tc_.registry.forget_withdrawals(withdrawal_observer_);
     flush_->self = nullptr;
     for (auto& n : nics_)
       if (n.worker)
@@ -779,6 +785,9 @@ private:
       qps.push_back(std::move(*q));
     }
     // Every exposed region, registered with the NIC for exactly the access it grants.
+    // why: held while the keys are made and handed over: a region withdrawn meanwhile has its key taken
+    // back (withdraw()) only after this, not before it is stored
+    std::lock_guard exposing(exposed_mutex_);
     auto regions = tc_.registry.exposed();
     std::map<std::tuple<std::uintptr_t, std::uint64_t, std::uint8_t>, ::ibv_mr*> keep;
     for (auto& r : regions) {
@@ -813,6 +822,24 @@ private:
     return reply;
   }
 
+  /// Deregisters, on every NIC, the keys handed out for memory in the withdrawn range: a peer's READ or WRITE
+  /// with one fails from now on, and the memory may be freed.
+  void withdraw(region_registry::withdrawn_range gone) {
+    std::lock_guard lock(exposed_mutex_);
+    for (auto& n : nics_)
+      for (auto it = n.exposed.begin(); it != n.exposed.end();) {
+        auto [start, length, how] = it->first;
+        (void)how;
+        const bool overlaps = start < gone.start + gone.length && gone.start < start + length;
+        if (!overlaps) {
+          ++it;
+          continue;
+        }
+        ::ibv_dereg_mr(it->second);
+        it = n.exposed.erase(it);
+      }
+  }
+
   transport_context& tc_;
   verbs::verbs_options options_;
   std::string disabled_;
@@ -831,6 +858,9 @@ private:
   std::shared_ptr<flush_op> flush_ = std::make_shared<flush_op>();
   bool stopping_ = false;
   std::uint64_t spray_ = 0;
+  std::mutex
+      exposed_mutex_; // nic_slot::exposed: the handshake (the engine's loop) and withdraw() (any thread)
+  std::uint64_t withdrawal_observer_ = 0;
 };
 
 static_assert(transport<verbs_transport>);
