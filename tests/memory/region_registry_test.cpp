@@ -6,8 +6,10 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <fcntl.h>
 #include <filesystem>
 #include <string>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <utility>
@@ -116,11 +118,18 @@ TEST_SUITE("region_registry") {
     CHECK(regs.exposed().empty());
   }
 
-  TEST_CASE("withdrawal observers hear of each exposed region that goes or shrinks, before remove returns") {
+  TEST_CASE("withdrawal observers hear of each region that goes or shrinks, before remove returns") {
     region_registry regs;
-    std::vector<std::pair<std::uintptr_t, std::uint64_t>> heard;
-    auto id = regs.on_withdrawal(
-        [&](region_registry::withdrawn_range g) { heard.emplace_back(g.start, g.length); });
+    struct heard_range {
+      std::uintptr_t start;
+      std::uint64_t length;
+      bool exposed;
+      bool operator==(const heard_range&) const = default;
+    };
+    std::vector<heard_range> heard;
+    auto watch = regs.on_withdrawal([&](region_registry::withdrawn_range g) {
+      heard.push_back({g.start, g.length, g.exposed});
+    });
     std::vector<std::byte> a(1 << 20), b(4096);
     auto start = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
     REQUIRE(regs.add(a.data(), a.size(), access::read_write));
@@ -130,17 +139,18 @@ TEST_SUITE("region_registry") {
     REQUIRE(regs.add(a.data() + 8192, 4096, access::read_write));
     REQUIRE(regs.remove(a.data())); // shrinks: the whole region as it was is withdrawn
     REQUIRE(heard.size() == 1);
-    CHECK(heard[0] == std::pair{start(a.data()), std::uint64_t{1} << 20});
+    CHECK(heard[0] == heard_range{start(a.data()), std::uint64_t{1} << 20, true});
     REQUIRE(regs.remove(a.data() + 8192)); // goes
     REQUIRE(heard.size() == 2);
-    CHECK(heard[1] == std::pair{start(a.data() + 8192), std::uint64_t{4096}});
-    REQUIRE(regs.add(b.data(), b.size(), access::none)); // never exposed: nothing to withdraw
+    CHECK(heard[1] == heard_range{start(a.data() + 8192), 4096, true});
+    REQUIRE(regs.add(b.data(), b.size(), access::none)); // local only: withdrawn too, as not exposed
     REQUIRE(regs.remove(b.data()));
-    CHECK(heard.size() == 2);
-    regs.forget_withdrawals(id);
+    REQUIRE(heard.size() == 3);
+    CHECK(heard[2] == heard_range{start(b.data()), 4096, false});
+    watch.reset();
     REQUIRE(regs.add(a.data(), a.size(), access::read));
     REQUIRE(regs.remove(a.data()));
-    CHECK(heard.size() == 2);
+    CHECK(heard.size() == 3);
   }
 
   TEST_CASE("of registrations that start at one address, one is removed by its length") {
@@ -185,6 +195,26 @@ TEST_SUITE("region_registry") {
     REQUIRE_FALSE(old_pass);
     CHECK(old_pass.error() == ferry::errc::out_of_bounds);
     CHECK(gates->enter(regions[0].shm_gate, regions[0].shm_epoch, ferry::gate_claim::of(regions[0])));
+  }
+
+  TEST_CASE("a shared object of another user is exposed as private memory") {
+    auto buf = ferry::shared_buffer::create(1 << 16);
+    REQUIRE(buf);
+    int fd = ::shm_open(buf->name().c_str(), O_RDWR | O_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    const bool given = ::fchown(fd, 65534, 65534) == 0; // to "nobody"
+    ::close(fd);
+    if (!given) {
+      MESSAGE("skipped: giving the object to another user needs root (CAP_CHOWN)");
+      return;
+    }
+    region_registry regs;
+    REQUIRE(regs.add(buf->data(), buf->size(), access::read_write, buf->name()));
+    auto regions = regs.exposed();
+    REQUIRE(regions.size() == 1);
+    // peers map objects only of the gate table's user: this one they reach over tcp
+    CHECK(regions[0].shm_name.empty());
+    CHECK(regions[0].shm_gate == ferry::region_descriptor::no_gate);
   }
 
   TEST_CASE("a covered range that names other memory than its region is refused, not counted") {

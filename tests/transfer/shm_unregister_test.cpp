@@ -76,7 +76,7 @@ TEST_SUITE("transfer_engine: shared memory the owner unregisters") {
       auto refused = co_await p.peer.transfer(w);
       REQUIRE_FALSE(refused.ok());
       CHECK(refused.requests[0].error() == errc::out_of_bounds);
-      MESSAGE("write to an unregistered p.shared region: ", refused.first_error().message());
+      MESSAGE("write to an unregistered shared region: ", refused.first_error().message());
       // Through the new registration: reads pass, writes are refused.
       transfer_batch w2, r2;
       w2.write(p.local.data(), *seg, *again_at, p.local.size());

@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <fcntl.h>
 #include <functional>
 #include <iterator>
 #include <map>
@@ -31,7 +32,10 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <thread>
+#include <unistd.h>
 #include <utility>
 #include <vector>
 
@@ -247,24 +251,52 @@ public:
     return remove_and_tell(base, std::optional<std::uint64_t>(length));
   }
 
-  /// A range of this process's memory that stopped being exposed as it was: [start, start + length).
+  /// A range of this process's memory that stopped being registered as it was: [start, start + length);
+  /// `exposed` when peers could reach it.
   struct withdrawn_range {
     std::uintptr_t start = 0;
     std::uint64_t length = 0;
+    bool exposed = false;
   };
-  /// Calls `observer` with every exposed region that goes or shrinks, before the remove() that withdraws it
-  /// returns (outside the registry's lock; the observer must not call back into the registry): what lets
-  /// peers reach memory without the owner's checks, a NIC's registration for one-sided RDMA say, is taken
-  /// back there, before the caller may free the memory. Returns the id that forget_withdrawals() takes.
-  std::uint64_t on_withdrawal(std::function<void(withdrawn_range)> observer) {
+  /// An observer of withdrawals (on_withdrawal); it is called no more once this is destroyed or reset.
+  class withdrawal_watch {
+  public:
+    withdrawal_watch() = default;
+    withdrawal_watch(withdrawal_watch&& o) noexcept
+        : registry_(std::exchange(o.registry_, nullptr)), id_(o.id_) {}
+    withdrawal_watch& operator=(withdrawal_watch&& o) noexcept {
+      if (this != &o) {
+        reset();
+        registry_ = std::exchange(o.registry_, nullptr);
+        id_ = o.id_;
+      }
+      return *this;
+    }
+    ~withdrawal_watch() { reset(); }
+    /// Stops the calls; once it returns, none is in progress.
+    void reset() noexcept {
+      if (auto* r = std::exchange(registry_, nullptr)) {
+        std::lock_guard lock(r->observers_mutex_);
+        std::erase_if(r->observers_, [this](const auto& o) { return o.first == id_; });
+      }
+    }
+
+  private:
+    friend class region_registry;
+    withdrawal_watch(region_registry* r, std::uint64_t id) noexcept : registry_(r), id_(id) {}
+    region_registry* registry_ = nullptr;
+    std::uint64_t id_ = 0;
+  };
+  /// Calls `observer` with every region that goes or shrinks, before the remove() that withdraws it returns
+  /// (outside the registry's lock; the observer must not call back into the registry): what reaches memory
+  /// without the registry's checks is taken back there, before the caller may free the memory. A NIC's
+  /// registrations say: for one-sided RDMA by peers (exposed regions), and for this process's own transfers
+  /// (any region, whose pages such a registration pins: memory freed and allocated again at the same address
+  /// must not be reached through it).
+  [[nodiscard]] withdrawal_watch on_withdrawal(std::function<void(withdrawn_range)> observer) {
     std::lock_guard lock(observers_mutex_);
     observers_.emplace_back(next_observer_, std::move(observer));
-    return next_observer_++;
-  }
-  /// Stops calling an observer; once it returns, no call of it is in progress.
-  void forget_withdrawals(std::uint64_t id) {
-    std::lock_guard lock(observers_mutex_);
-    std::erase_if(observers_, [id](const auto& o) { return o.first == id; });
+    return withdrawal_watch(this, next_observer_++);
   }
 
 private:
@@ -317,8 +349,8 @@ private:
     if (e.exposed.permissions != access::none) {
       by_offset_.erase(e.exposed.offset);
       ++generation_;
-      gone = withdrawn_range{it->first, e.length};
     }
+    gone = withdrawn_range{it->first, e.length, e.exposed.permissions != access::none};
     by_address_.erase(it);
     return {};
   }
@@ -440,7 +472,9 @@ private:
       else
         gates_failed_ = true;
     }
-    if (gates_) {
+    // why: a peer maps an object through this process's table only if it is this user's (the table vouches
+    // for nothing else); another user's object would cost every peer a refused first copy
+    if (gates_ && (r.shm_name.empty() || own_object(r.shm_name))) {
       if (auto opened = gates_.open_gate(gate_claim::of(r))) {
         r.shm_gate = opened->first;
         r.shm_epoch = opened->second;
@@ -507,10 +541,9 @@ private:
     if (e.exposed.shm_gate != region_descriptor::no_gate && !gates_.close_gate(e.exposed.shm_gate))
       return fail(errc::busy, "unregister: a same-host peer is copying into or out of the region");
     entry old = std::move(e);
-    if (exposed) {
+    if (exposed)
       by_offset_.erase(old.exposed.offset);
-      gone = withdrawn_range{reinterpret_cast<std::uintptr_t>(old.base), old.length};
-    }
+    gone = withdrawn_range{reinterpret_cast<std::uintptr_t>(old.base), old.length, exposed};
     by_address_.erase(it);
     for (const auto& p : parts) {
       const std::uint64_t into = p.start - reinterpret_cast<std::uintptr_t>(old.base);
@@ -539,6 +572,17 @@ private:
     if (exposed)
       ++generation_;
     return {};
+  }
+
+  // Whether the shared-memory object `name` is a regular object of this process's user.
+  static bool own_object(const std::string& name) {
+    int fd = ::shm_open(name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0);
+    if (fd < 0)
+      return false;
+    struct ::stat st {};
+    bool own = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid();
+    ::close(fd);
+    return own;
   }
 
   // Requires mutex_. The exposed region that holds all of [offset, offset + length) and permits `wanted`.

@@ -51,9 +51,13 @@ constexpr bool is_path_fault(::ibv_wc_status s) noexcept {
 /// The error a slice settles with for a failed completion (the engine retries the retryable ones).
 inline error completion_error(::ibv_wc_status s) noexcept {
   switch (s) {
+  // why: the engine checks bounds and permissions against the descriptor before it sends; a refusal then
+  // means the key no longer reaches the range (the owner unregistered or shrank the region): a stale
+  // descriptor, which the engine fetches again and retries with, as for the owner's own out_of_bounds
   case IBV_WC_REM_ACCESS_ERR:
-    return error(errc::permission_denied,
-                 "verbs: the peer's NIC refused the access (key, bounds or permission)");
+    return error(errc::out_of_bounds,
+                 "verbs: the peer's NIC refused the access: its key no longer reaches the range (the region "
+                 "was unregistered or shrank)");
   case IBV_WC_LOC_PROT_ERR:
   case IBV_WC_LOC_LEN_ERR:
     return error(errc::out_of_bounds, "verbs: local buffer outside its registration");

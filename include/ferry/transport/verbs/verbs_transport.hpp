@@ -44,6 +44,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -213,17 +214,18 @@ public:
     flush_->self = this;
     flush_->complete_ = &run_flush;
     open_devices();
+    // why: before any peer can handshake: a peer reaches an exposed region through its key without asking
+    // this process; once the region is unregistered (and perhaps freed) the NIC must refuse that key before
+    // remove() returns
+    withdrawals_ =
+        tc_.registry.on_withdrawal([this](region_registry::withdrawn_range gone) { withdraw(gone); });
     if (enabled())
       start_listening();
-    // why: a peer reaches an exposed region through its key without asking this process; once the region is
-    // unregistered (and perhaps freed) the NIC must refuse that key before remove() returns
-    withdrawal_observer_ =
-        tc_.registry.on_withdrawal([this](region_registry::withdrawn_range gone) { withdraw(gone); });
   }
   verbs_transport(const verbs_transport&) = delete;
   verbs_transport& operator=(const verbs_transport&) = delete;
   ~verbs_transport() {
-    tc_.registry.forget_withdrawals(withdrawal_observer_);
+    withdrawals_.reset();
     flush_->self = nullptr;
     for (auto& n : nics_)
       if (n.worker)
@@ -590,6 +592,8 @@ private:
           s->settle(bounds.error());
           continue;
         }
+        if (stale_local_pending_.load(std::memory_order_acquire))
+          retire_stale_local();
         auto reg = nic.local->acquire(bounds->first, bounds->second);
         if (!reg) {
           s->settle(reg.error());
@@ -822,9 +826,32 @@ private:
     return reply;
   }
 
-  /// Deregisters, on every NIC, the keys handed out for memory in the withdrawn range: a peer's READ or WRITE
-  /// with one fails from now on, and the memory may be freed.
+  /// On the loop's thread: retires, on every NIC, the local registrations of memory withdrawn meanwhile.
+  void retire_stale_local() {
+    std::vector<region_registry::withdrawn_range> gone;
+    {
+      std::lock_guard lock(stale_local_mutex_);
+      gone.swap(stale_local_);
+      stale_local_pending_.store(false, std::memory_order_relaxed);
+    }
+    for (auto& n : nics_)
+      if (n.local)
+        for (const auto& g : gone)
+          n.local->invalidate(reinterpret_cast<const void*>(g.start), static_cast<std::size_t>(g.length));
+  }
+
+  /// Memory that stopped being registered as it was (any thread). Exposed: deregisters, on every NIC, the
+  /// keys handed out for it, so that a peer's READ or WRITE with one fails from now on. Any: its local
+  /// registrations are retired before the next one is handed out (the loop's thread does that, before it
+  /// takes one), so that memory allocated again at those addresses is never reached through the old pages.
   void withdraw(region_registry::withdrawn_range gone) {
+    {
+      std::lock_guard lock(stale_local_mutex_);
+      stale_local_.push_back(gone);
+      stale_local_pending_.store(true, std::memory_order_release);
+    }
+    if (!gone.exposed)
+      return;
     std::lock_guard lock(exposed_mutex_);
     for (auto& n : nics_)
       for (auto it = n.exposed.begin(); it != n.exposed.end();) {
@@ -858,9 +885,15 @@ private:
   std::shared_ptr<flush_op> flush_ = std::make_shared<flush_op>();
   bool stopping_ = false;
   std::uint64_t spray_ = 0;
-  std::mutex
-      exposed_mutex_; // nic_slot::exposed: the handshake (the engine's loop) and withdraw() (any thread)
-  std::uint64_t withdrawal_observer_ = 0;
+  // nic_slot::exposed: the handshake (the engine's loop) and withdraw() (any thread)
+  std::mutex exposed_mutex_;
+  // Local memory withdrawn since the loop last looked, whose registrations it retires before the next
+  // acquire (the local caches are the loop's alone).
+  std::mutex stale_local_mutex_;
+  std::vector<region_registry::withdrawn_range> stale_local_;
+  std::atomic<bool> stale_local_pending_{false};
+  // why: last, so destroyed first; reset at the start of the destructor as well
+  region_registry::withdrawal_watch withdrawals_;
 };
 
 static_assert(transport<verbs_transport>);
