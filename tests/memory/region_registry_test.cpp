@@ -1,6 +1,8 @@
 #include "ferry/memory/region_registry.hpp"
 #include "ferry/memory/shared_buffer.hpp"
 
+#include "../support/give_away.hpp"
+
 #include <doctest/doctest.h>
 
 #include <csignal>
@@ -200,11 +202,7 @@ TEST_SUITE("region_registry") {
   TEST_CASE("a shared object of another user is exposed as private memory") {
     auto buf = ferry::shared_buffer::create(1 << 16);
     REQUIRE(buf);
-    int fd = ::shm_open(buf->name().c_str(), O_RDWR | O_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    const bool given = ::fchown(fd, 65534, 65534) == 0; // to "nobody"
-    ::close(fd);
-    if (!given) {
+    if (!ferry_test::give_to_another_user(buf->name())) {
       MESSAGE("skipped: giving the object to another user needs root (CAP_CHOWN)");
       return;
     }

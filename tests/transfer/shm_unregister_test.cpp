@@ -10,6 +10,8 @@
 #include "ferry/metadata/memory_metadata_store.hpp"
 #include "ferry/transfer.hpp"
 
+#include "../support/give_away.hpp"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -124,11 +126,7 @@ TEST_SUITE("transfer_engine: shared memory the owner unregisters") {
     // beside another user's object (a table anyone can make) gets no copy there.
     shared_region_pair p(access::read_write);
     REQUIRE(p.owner.start());
-    int fd = ::shm_open(p.shared->name().c_str(), O_RDWR | O_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    const bool given = ::fchown(fd, 65534, 65534) == 0; // to "nobody"
-    ::close(fd);
-    if (!given) {
+    if (!ferry_test::give_to_another_user(p.shared->name())) {
       MESSAGE("skipped: giving the object to another user needs root (CAP_CHOWN)");
       return;
     }
