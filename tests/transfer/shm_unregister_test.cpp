@@ -49,6 +49,18 @@ struct shared_region_pair {
     REQUIRE(where);
     at = *where;
   }
+
+  /// The peer writes all of its local buffer to the region, in the segment it opens at `locator` (an address
+  /// or a name in its metadata store).
+  ferry::batch_result write_local_to(const std::string& locator) {
+    return ctx.run_until([&]() -> ferry::task<ferry::batch_result> {
+      auto seg = co_await peer.open_segment(locator);
+      REQUIRE(seg);
+      transfer_batch w;
+      w.write(local.data(), *seg, at, local.size());
+      co_return co_await peer.transfer(w);
+    }());
+  }
 };
 
 } // namespace
@@ -108,16 +120,10 @@ TEST_SUITE("transfer_engine: shared memory the owner unregisters") {
     REQUIRE(forged.regions.size() == 1);
     forged.regions.front().permissions = access::read_write;
     REQUIRE(ferry::sync_wait(meta.put("ferry/segments/forger", forged.to_json())));
-    p.ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await p.peer.open_segment("forger");
-      REQUIRE(seg);
-      transfer_batch w;
-      w.write(p.local.data(), *seg, p.at, p.local.size());
-      auto r = co_await p.peer.transfer(w);
-      REQUIRE_FALSE(r.ok());
-      CHECK(r.requests[0].error() == errc::permission_denied);
-      MESSAGE("write through a forged descriptor: ", r.first_error().message());
-    }());
+    auto r = p.write_local_to("forger");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.requests[0].error() == errc::permission_denied);
+    MESSAGE("write through a forged descriptor: ", r.first_error().message());
     CHECK(all_of(p.shared->bytes(), std::byte{0})); // nothing landed
   }
 
@@ -130,16 +136,10 @@ TEST_SUITE("transfer_engine: shared memory the owner unregisters") {
       MESSAGE("skipped: giving the object to another user needs root (CAP_CHOWN)");
       return;
     }
-    p.ctx.run_until([&]() -> ferry::task<> {
-      auto seg = co_await p.peer.open_segment(p.owner.endpoint()->to_string());
-      REQUIRE(seg);
-      transfer_batch w;
-      w.write(p.local.data(), *seg, p.at, p.local.size());
-      auto r = co_await p.peer.transfer(w);
-      REQUIRE_FALSE(r.ok());
-      CHECK(r.requests[0].error() == errc::permission_denied);
-      MESSAGE("write to another user's object: ", r.first_error().message());
-    }());
+    auto r = p.write_local_to(p.owner.endpoint()->to_string());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.requests[0].error() == errc::permission_denied);
+    MESSAGE("write to another user's object: ", r.first_error().message());
     CHECK(all_of(p.shared->bytes(), std::byte{0})); // nothing landed
   }
 
