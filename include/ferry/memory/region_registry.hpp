@@ -311,7 +311,7 @@ private:
     return r;
   }
 
-  // `gone`: set to the exposed region that went or shrank.
+  // `gone`: set to the region that went or shrank (as it was).
   result<void> remove(const void* base, std::optional<std::uint64_t> length,
                       std::optional<withdrawn_range>& gone) {
     auto key = reinterpret_cast<std::uintptr_t>(base);
@@ -487,9 +487,9 @@ private:
     r.location.ipc_offset = 0;
   }
 
-  // Requires mutex_. Why a registration of `asked` at `b`, inside `covering`, may not just count a reference:
-  // it names other memory than the region (another kind or device, another object behind it), which the
-  // region's descriptor would not say. nullptr if it may.
+  // Why a registration of `asked` at `b`, inside `covering`, may not just count a reference: it names other
+  // memory than the region (another kind or device, another object behind it), which the region's
+  // descriptor would not say. nullptr if it may. Called under mutex_.
   static const char* other_memory(const entry& covering, const std::byte* b, const region_descriptor& asked) {
     const auto& have = covering.exposed;
     const auto into = static_cast<std::uint64_t>(b - covering.base);
