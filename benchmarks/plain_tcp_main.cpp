@@ -10,7 +10,10 @@
 //   ferry-plain-tcp --streams 4 --block-size 1M --blocks 128 --duration 3
 //   -> {"tool":"plain-tcp","streams":4,"block_size":1048576,"blocks":128,"congestion":"bbr","gbps":5.1}
 //
-// Throughput is what the receiver took, over the time from its first byte to its last.
+// Throughput is what the receiver took, over the time from its first byte to its last. --low-water sets the
+// receiver's SO_RCVLOWAT for the whole run, and --reply-size has it send that many bytes back per message
+// (the sender takes them without waiting after each message it sends), for comparisons with ferry's receive
+// batching.
 #include <ferry/io/detail/congestion_control.hpp>
 
 #include <CLI/CLI.hpp>
@@ -44,6 +47,8 @@ struct options {
   double duration = 3;
   std::string congestion; // "": the system's
   std::string address = "127.0.0.1";
+  int low_water = 0;            // SO_RCVLOWAT of the receiver's sockets (0: the system's, 1 byte)
+  std::uint32_t reply_size = 0; // bytes the receiver sends back per whole message (0: none)
 };
 
 [[noreturn]] void die(const char* what) {
@@ -102,8 +107,12 @@ struct block_cursor {
   for (auto& p : at)
     p.message = cursor.take();
   std::vector<::pollfd> fds;
-  for (int s : socks)
+  for (int s : socks) {
     fds.push_back({s, POLLIN, 0});
+    if (o.low_water > 0 && ::setsockopt(s, SOL_SOCKET, SO_RCVLOWAT, &o.low_water, sizeof o.low_water) < 0)
+      die("setsockopt SO_RCVLOWAT");
+  }
+  std::vector<char> reply(o.reply_size);
   std::uint64_t bytes = 0;
   clock_type::time_point first{}, last{};
   unsigned open = o.streams;
@@ -134,6 +143,9 @@ struct block_cursor {
         last = clock_type::now();
         p.done += static_cast<std::size_t>(n);
         if (p.done == o.block_size) {
+          // why: a blocking send of a few bytes into a socket whose peer drains it after every message
+          if (!reply.empty() && ::send(fds[i].fd, reply.data(), reply.size(), MSG_NOSIGNAL) < 0)
+            die("send reply");
           p.message = cursor.take();
           p.done = 0;
           break;
@@ -151,6 +163,7 @@ struct block_cursor {
 // The sender, as iperf3's client: blocking sockets; each round polls for the streams that can take more and
 // sends up to 10 whole messages on each of them, until `duration` seconds have passed; then ends each stream.
 void send_for(const options& o, const std::vector<int>& socks) {
+  std::vector<char> replies(o.reply_size ? 4096 : 0);
   block_cursor cursor{touched_buffer(o.block_size * o.blocks, 2), o.block_size, o.blocks};
   std::vector<::pollfd> fds;
   for (int s : socks)
@@ -171,6 +184,10 @@ void send_for(const options& o, const std::vector<int>& socks) {
             die("send");
           done += n > 0 ? static_cast<std::size_t>(n) : 0;
         }
+        // the replies that have come, taken without waiting (they carry nothing the sender needs)
+        if (!replies.empty())
+          while (::recv(f.fd, replies.data(), replies.size(), MSG_DONTWAIT) > 0) {
+          }
       }
     }
   }
@@ -194,6 +211,14 @@ int main(int argc, char** argv) {
   app.add_option("--duration", o.duration, "seconds of sending")->check(CLI::PositiveNumber);
   app.add_option("--congestion", o.congestion, "TCP congestion control of both ends (default: the system's)");
   app.add_option("--address", o.address, "loopback address to use");
+  app.add_option(
+         "--low-water", o.low_water,
+         "SO_RCVLOWAT of the receiver's sockets for the whole run (suffixes K, M; default: the system's)")
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(0, 1 << 30));
+  app.add_option("--reply-size", o.reply_size,
+                 "bytes the receiver sends back after each whole message, as a transfer engine's reply")
+      ->check(CLI::Range(0u, 4096u));
   CLI11_PARSE(app, argc, argv);
 
   int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -257,8 +282,9 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "{\"tool\":\"plain-tcp\",\"streams\":%u,\"block_size\":%llu,\"blocks\":%u,\"congestion\":\"%s\","
-      "\"bytes\":%llu,\"seconds\":%.3f,\"gbps\":%.3f}\n",
-      o.streams, static_cast<unsigned long long>(o.block_size), o.blocks, congestion.c_str(),
-      static_cast<unsigned long long>(bytes), seconds, static_cast<double>(bytes) / seconds / 1e9);
+      "\"low_water\":%d,\"reply_size\":%u,\"bytes\":%llu,\"seconds\":%.3f,\"gbps\":%.3f}\n",
+      o.streams, static_cast<unsigned long long>(o.block_size), o.blocks, congestion.c_str(), o.low_water,
+      o.reply_size, static_cast<unsigned long long>(bytes), seconds,
+      static_cast<double>(bytes) / seconds / 1e9);
   return 0;
 }

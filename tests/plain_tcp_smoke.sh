@@ -20,9 +20,14 @@ PY
 check 1 8 "" "$("$tool" --streams 1 --block-size 64K --blocks 8 --duration 0.3)"
 check 4 1 "" "$("$tool" --streams 4 --block-size 1M --blocks 1 --duration 0.3 --address 127.0.0.2)"
 check 2 16 reno "$("$tool" --streams 2 --block-size 256K --blocks 16 --duration 0.3 --congestion reno)"
+# A standing receive low-water mark above a message, and replies: whole messages still arrive, none is stranded.
+out=$("$tool" --streams 2 --block-size 1M --blocks 4 --duration 0.3 --low-water 1536K --reply-size 32)
+check 2 4 "" "$out"
+python3 -c 'import json,sys; j=json.loads(sys.argv[1]); assert j["low_water"] == 1536 << 10 and j["reply_size"] == 32, j' "$out"
 if err=$("$tool" --congestion no-such-algorithm --duration 0.2 2>&1); then
   echo "an unknown congestion control must fail"; exit 1
 fi
 grep -q "no-such-algorithm" <<<"$err" || { echo "the error must name it: $err"; exit 1; }
 if "$tool" --streams 0 >/dev/null 2>&1; then echo "--streams 0 must be refused"; exit 1; fi
+if "$tool" --reply-size 5000 >/dev/null 2>&1; then echo "--reply-size 5000 must be refused"; exit 1; fi
 echo "bad options: refused, as expected"
