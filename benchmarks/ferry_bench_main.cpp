@@ -759,7 +759,10 @@ int main(int argc, char** argv) {
   app.add_option("--protocol", o.protocol, "initiator: tcp (even on the same host) or shm (same host only)")
       ->check(CLI::IsMember({"tcp", "shm", "cuda", "file"}))
       ->capture_default_str();
-  app.add_option("--operation", o.operation, "initiator: read or write")
+  app.add_option(
+         "--operation", o.operation,
+         "initiator: read or write; local: read (the default there), randread or write (overwrites the "
+         "file or device)")
       ->check(CLI::IsMember({"read", "write", "randread"}))
       ->capture_default_str();
   app.add_option("--block-size", o.block_size, "initiator: bytes per request (suffixes K, M, G)")
@@ -880,15 +883,11 @@ int main(int argc, char** argv) {
       return 2;
     }
     ferry_bench::file_options fo{file_path,
-                                 o.operation,
-                                 o.block_size,
-                                 queue_depth,
-                                 app.count("--batch-size") ? o.batch_size : 1u,
-                                 file_size,
-                                 !buffered,
-                                 sqpoll,
-                                 o.duration < 0 ? 10 : o.duration,
-                                 o.json};
+                                 // why: a file or device named without --operation is only read, never
+                                 // overwritten with the benchmark's pattern
+                                 app.count("--operation") ? o.operation : std::string("read"), o.block_size,
+                                 queue_depth, app.count("--batch-size") ? o.batch_size : 1u, file_size,
+                                 !buffered, sqpoll, o.duration < 0 ? 10 : o.duration, o.json};
     fo.fixed_buffers = !no_fixed_buffers;
     fo.timeout = o.timeout;
     if (o.verify) {

@@ -22,6 +22,13 @@ assert j["bytes"] > 0 and j["iops"] > 0
 print(f'file {sys.argv[2]}: {j["throughput_gbps"]:.2f} GB/s, {j["iops"]:.0f} IOPS, direct={j["direct"]}')
 PY
 done
+# a file named without --operation is read, never overwritten
+printf 'kept as it was' | dd of="$dir/f.dat" conv=notrunc status=none
+before=$(sha256sum <"$dir/f.dat")
+json=$("$bench" --mode local --protocol file --file "$dir/f.dat" --block-size 64K --duration 0.3 --json)
+python3 -c 'import json,sys; j=json.loads(sys.argv[1]); assert j["operation"] == "read", j' "$json"
+[[ $(sha256sum <"$dir/f.dat") == "$before" ]] || { echo "a run without --operation changed the file"; exit 1; }
+echo "file without --operation: read, the file unchanged"
 if "$bench" --mode local --protocol file --file "$dir/absent.dat" --operation read --duration 0.3 >/dev/null 2>&1; then
   echo "a missing file must fail"; exit 1
 fi

@@ -87,6 +87,31 @@ TEST_SUITE("metadata codecs") {
     CHECK_FALSE(ferry::metad::decode_list_reply(*ferry::metad::decode_reply(200, R"({"entries":[["a"]]})")));
   }
 
+  TEST_CASE("JSON of many small values or deep nesting is refused as it is parsed, on either protocol") {
+    std::string wide = R"({"key":[)";
+    for (int i = 0; i < (1 << 21); ++i)
+      wide += i ? ",{}" : "{}";
+    wide += "]}";
+    std::string deep = std::string(20, '[') + std::string(20, ']');
+    deep = R"({"key":)" + deep + "}";
+    for (const std::string* body : {&wide, &deep}) {
+      auto request = ferry::metad::decode_request("/v1/get", *body);
+      REQUIRE_FALSE(request);
+      CHECK(request.error() == ferry::errc::malformed_frame);
+      CHECK(std::string(request.error().what()).find(body == &wide ? "values" : "deep") != std::string::npos);
+      CHECK(ferry::metad::decode_reply(200, *body).error() == ferry::errc::malformed_frame);
+      CHECK(ferry::etcd::decode_reply(200, *body).error() == ferry::errc::malformed_frame);
+    }
+  }
+
+  TEST_CASE("etcd: an error the gateway wraps in an object keeps its message") {
+    auto r = ferry::etcd::decode_reply(
+        503,
+        R"({"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader","http_status":"x"}})");
+    REQUIRE_FALSE(r);
+    CHECK(std::string(r.error().what()).find("etcdserver: no leader") != std::string::npos);
+  }
+
   TEST_CASE("connection strings name the backend, its endpoints and the cluster prefix") {
     auto e = ferry::metadata_address::parse("etcd://10.0.0.1:2379,10.0.0.2:2379/prod");
     REQUIRE(e);

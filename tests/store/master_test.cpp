@@ -285,4 +285,61 @@ TEST_SUITE("master") {
     CHECK(m.stats().used == 4000 * 64);
     CHECK(m.segment_report(0)->allocations == 4000);
   }
+  TEST_CASE("a put no segment could ever hold is refused before anything is evicted") {
+    test_master m(no_watermark(1));
+    for (int i = 0; i < 2; ++i)
+      REQUIRE(m.mount_segment({.name = named("s", i), .host = named("h", i), .capacity = 1000}));
+    for (int i = 0; i < 10; ++i)
+      REQUIRE(put(m, named("k", i), 200));
+    auto huge = m.put_start("huge", std::uint64_t{1} << 40);
+    CHECK(huge.error() == errc::out_of_space);
+    CHECK(huge.error().message().find("could ever hold") != std::string::npos);
+    CHECK(m.put_start("over_one", 1500).error() == errc::out_of_space); // fits the pool, not one segment
+    CHECK(m.put_start("wraps", UINT64_MAX, {.stripes = 2}).error() == errc::out_of_space);
+    CHECK(m.stats().evicted == 0);
+    CHECK(m.stats().objects == 10);
+    REQUIRE(m.put_start("fits", 1000)); // a piece that fits an emptied segment still evicts for it
+    CHECK(m.stats().evicted >= 5);
+  }
+
+  TEST_CASE("an object smaller than its stripes is striped over the pieces it fills, none empty") {
+    test_master m(no_watermark());
+    for (int i = 0; i < 3; ++i)
+      REQUIRE(m.mount_segment({.name = named("s", i), .host = named("h", i), .capacity = 1000}));
+    auto w = m.put_start("k", 4, {.stripes = 3});
+    REQUIRE(w);
+    CHECK(w->stripes == 2);
+    REQUIRE(w->count() == 1);
+    CHECK(w->pieces.size() == 2);
+    for (auto& p : w->pieces)
+      CHECK(p.length == 2);
+    REQUIRE(m.put_end("k"));
+    auto r = m.get_replicas("k");
+    REQUIRE(r);
+    CHECK(r->stripes == 2);
+    CHECK(r->pieces == w->pieces);
+    CHECK(m.stats().used == 4);
+  }
+
+  TEST_CASE("segments and puts without an owner (client 0) never expire") {
+    test_master m(no_watermark());
+    auto a = m.mount_segment({.name = "a", .host = "h1", .capacity = 1000});
+    REQUIRE(a);
+    REQUIRE(put(m, "kept", 100));
+    REQUIRE(m.put_start("pending", 100));
+    m.clock().advance(5s); // past client_ttl (3 s), before put_timeout (10 s)
+    auto r = m.tick();
+    CHECK(r.clients_expired == 0);
+    CHECK(r.puts_reclaimed == 0);
+    CHECK(m.exists("kept"));
+    CHECK(m.segment_report(*a));
+    CHECK(m.put_end("pending"));
+  }
+
+  TEST_CASE("a segment larger than the allocator handles is refused, not thrown") {
+    test_master m(no_watermark());
+    auto r = m.mount_segment({.name = "big", .host = "h1", .capacity = std::uint64_t{1} << 62});
+    CHECK(r.error() == errc::invalid_argument);
+    CHECK(m.stats().segments == 0);
+  }
 }

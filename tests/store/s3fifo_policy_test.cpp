@@ -38,4 +38,18 @@ TEST_SUITE("s3fifo_policy") {
       p.insert(i, {.key_hash = i});
     CHECK(p.victim([](std::uint32_t) { return false; }) == ferry::store::entry_hint::no_parent);
   }
+  TEST_CASE("objects in the small queue that cannot be evicted do not hide the main queue's") {
+    ferry::store::s3fifo_policy p;
+    for (std::uint32_t i = 0; i < 9; ++i) {
+      p.insert(i, {.key_hash = i});
+      p.touch(i);
+    }
+    // every object was read: the first call moves them all to main and takes one back out of it
+    auto first = p.victim([](std::uint32_t) { return true; });
+    CHECK(first < 9);
+    p.insert(9, {.key_hash = 9}); // alone in the small queue, and (say) leased
+    auto v = p.victim([](std::uint32_t id) { return id != 9; });
+    CHECK(v < 9);
+    CHECK(p.victim([](std::uint32_t) { return false; }) == ferry::store::entry_hint::no_parent);
+  }
 }

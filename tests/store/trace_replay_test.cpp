@@ -79,4 +79,10 @@ TEST_SUITE("trace_replay") {
     CHECK(r.hits == replay_optimal(trace, 1'000'000).hits);
     CHECK(r.hits <= blocks - first_uses);
   }
+  TEST_CASE("a capacity of 0 is refused by every replay alike") {
+    std::vector<trace_request> trace{{.blocks = {1, 2, 3}}};
+    CHECK_THROWS_AS(replay_lru(trace, 0), std::invalid_argument);
+    CHECK_THROWS_AS(replay_optimal(trace, 0), std::invalid_argument);
+    CHECK_THROWS_AS(replay_through_master<lru_policy>(trace, 0), std::invalid_argument);
+  }
 }

@@ -5,6 +5,7 @@
 
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
+#include "ferry/metadata/detail/bounded_json.hpp"
 #include "ferry/metadata/lease_id.hpp"
 
 #include <algorithm>
@@ -160,12 +161,20 @@ inline std::optional<std::int64_t> int64_field(const nlohmann::json& j, const ch
 /// Decodes a reply: a non-200 status becomes an error carrying etcd's message (a missing lease:
 /// errc::not_found); a 200 body must be a JSON object.
 inline result<nlohmann::json> decode_reply(int status, std::string_view body) {
-  auto j = nlohmann::json::parse(body, nullptr, false);
+  // why: bounded while it is built, as every JSON from the network (a range of 200,000 keys fits)
+  nlohmann::json j;
+  std::string bound;
+  const bool parsed =
+      ferry::detail::parse_bounded_json(body, j, std::size_t{1} << 21, 8, bound) && !j.is_discarded();
   if (status != 200) {
     std::string why = "HTTP status " + std::to_string(status);
-    if (!j.is_discarded() && j.is_object()) {
+    if (parsed && j.is_object()) {
+      // why: the gateway's streaming calls (lease keep-alive) wrap the error: {"error": {"message": ...}}
+      const nlohmann::json* in = &j;
+      if (auto e = j.find("error"); e != j.end() && e->is_object())
+        in = &*e;
       for (const char* field : {"error", "message"})
-        if (auto it = j.find(field); it != j.end() && it->is_string()) {
+        if (auto it = in->find(field); it != in->end() && it->is_string()) {
           why = it->get<std::string>();
           break;
         }
@@ -173,8 +182,9 @@ inline result<nlohmann::json> decode_reply(int status, std::string_view body) {
     bool missing = why.find("not found") != std::string::npos;
     return fail(missing ? errc::not_found : errc::invalid_state, "etcd: " + why);
   }
-  if (j.is_discarded() || !j.is_object())
-    return fail(errc::malformed_frame, "etcd: the reply is not a JSON object");
+  if (!parsed || !j.is_object())
+    return fail(errc::malformed_frame, "etcd: the reply is not a JSON object" +
+                                           (bound.empty() ? std::string() : " (" + bound + ")"));
   return j;
 }
 

@@ -6,6 +6,7 @@
 ///   ferry::memory_metadata_store meta;
 ///   co_await meta.put("ferry/segments/decode-0", descriptor.to_json());
 
+#include "ferry/core/detail/time_after.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
@@ -78,8 +79,10 @@ public:
   task<result<lease_id>> grant(std::chrono::milliseconds ttl) {
     std::lock_guard lock(mutex_);
     expire();
+    if (ttl.count() <= 0)
+      co_return fail(errc::invalid_argument, "memory metadata: grant: the TTL must be positive");
     lease_id id = ++last_lease_;
-    leases_[id] = lease_state{ttl, clock::now() + ttl};
+    leases_[id] = lease_state{ttl, detail::time_after<clock>(clock::now(), ttl)};
     co_return id;
   }
   task<result<void>> keep_alive(lease_id lease) {
@@ -88,7 +91,7 @@ public:
     auto it = leases_.find(lease);
     if (it == leases_.end())
       co_return fail(errc::not_found, "memory metadata: keep_alive: the lease has expired");
-    it->second.deadline = clock::now() + it->second.ttl;
+    it->second.deadline = detail::time_after<clock>(clock::now(), it->second.ttl);
     co_return result<void>{};
   }
   task<result<void>> revoke(lease_id lease) {

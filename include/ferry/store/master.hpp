@@ -100,8 +100,8 @@ public:
 
   /// Adds a segment to the pool; its owner counts as alive from now on.
   result<segment_id> mount_segment(const segment_spec& spec) {
-    if (spec.capacity == 0 || spec.name.empty())
-      return fail(errc::invalid_argument, "mount_segment: give a name and a non-zero capacity");
+    if (spec.capacity == 0 || spec.capacity >= offset_allocator::max_capacity || spec.name.empty())
+      return fail(errc::invalid_argument, "mount_segment: give a name and a capacity in (0, 2^62) bytes");
     {
       std::unique_lock lock(segments_mutex_);
       for (auto& s : segments_)
@@ -150,8 +150,11 @@ public:
     return {};
   }
 
-  /// Records that a client is alive.
+  /// Records that a client is alive. Client 0 stands for none and never expires, nor do the segments and
+  /// pending puts it owns (a pending put still ends after `put_timeout`).
   void heartbeat(client_id client) {
+    if (client == 0)
+      return;
     std::lock_guard lock(clients_mutex_);
     clients_[client] = clock_.now();
   }
@@ -168,11 +171,25 @@ public:
   // ---- objects ----
 
   /// Allocates `options.replicas` replicas (fewer if segments run out, at least one) for a new object,
-  /// evicting if space is short. The object is pending until `put_end`.
+  /// evicting if space is short. The object is pending until `put_end`. An object smaller than
+  /// `options.stripes` pieces is striped over the pieces it fills (`replica_set::stripes` says how many). A
+  /// piece larger than every mounted segment is refused with `out_of_space` before anything is evicted.
   result<replica_set> put_start(std::string_view key, std::uint64_t size, const put_options& options = {}) {
     if (key.empty() || size == 0 || options.replicas == 0 || options.stripes == 0 || options.stripes > 255)
       return fail(errc::invalid_argument,
                   "put_start: need a key, a size > 0, replicas >= 1, 1 <= stripes <= 255");
+    put_options placed = options;
+    // why: pieces are size/stripes rounded up, so an object smaller than that many pieces fills fewer
+    // stripes (4 bytes over 3 stripes: 2 + 2); it is stored over those, with no empty piece
+    std::uint64_t piece = piece_size(size, placed.stripes);
+    placed.stripes = static_cast<std::uint32_t>(size / piece + (size % piece != 0));
+    // why: eviction cannot make a piece fit a segment smaller than the piece, so such a put is refused
+    // before anything is evicted for it
+    if (std::size_t large = segments_holding(piece); large < placed.stripes)
+      return fail(errc::out_of_space, "put_start: " + std::to_string(large) +
+                                          " mounted segment(s) could ever hold a piece of " +
+                                          std::to_string(piece) + " bytes, and " +
+                                          std::to_string(placed.stripes) + " are needed (stripes)");
     shard& sh = shard_of(key);
     for (;;) {
       std::optional<replica_set> set;
@@ -181,15 +198,15 @@ public:
         if (sh.index.find(key) != sh.index.end())
           return fail(errc::already_exists, "put_start: the key exists; remove it first or use another key");
         std::vector<detail::stored_piece> pieces;
-        allocate_pieces(sh, size, options, pieces);
+        allocate_pieces(sh, size, placed, pieces);
         if (!pieces.empty())
-          set = insert_pending(sh, key, size, options, pieces);
+          set = insert_pending(sh, key, size, placed, pieces);
       }
       if (set) {
         relieve_pressure();
         return std::move(*set);
       }
-      if (segment_count() < options.stripes)
+      if (segment_count() < placed.stripes)
         return fail(errc::out_of_space, "put_start: fewer segments are mounted than the stripes asked for");
       if (evict_bytes(size) == 0)
         return fail(errc::out_of_space, "put_start: every segment is full and nothing can be evicted");
@@ -413,11 +430,23 @@ private:
     return locks;
   }
 
+  /// The length of each piece but the last of an object of `size` bytes cut into `stripes` pieces.
+  static std::uint64_t piece_size(std::uint64_t size, std::uint32_t stripes) noexcept {
+    return size / stripes + (size % stripes != 0); // why: (size + stripes - 1) would wrap near 2^64
+  }
+
+  /// How many mounted segments are at least `bytes` large (empty or not).
+  std::size_t segments_holding(std::uint64_t bytes) const {
+    std::shared_lock table(segments_mutex_);
+    return static_cast<std::size_t>(std::count_if(segments_.begin(), segments_.end(),
+                                                  [&](auto& s) { return s && s->spec.capacity >= bytes; }));
+  }
+
   /// Allocates replicas (each `stripes` pieces on distinct segments) into `out`; empty when none fit.
   void allocate_pieces(shard& sh, std::uint64_t size, const put_options& options,
                        std::vector<detail::stored_piece>& out) {
     std::uint32_t stripes = options.stripes;
-    std::uint64_t piece_size = (size + stripes - 1) / stripes;
+    std::uint64_t piece_size = master::piece_size(size, stripes);
     std::shared_lock table(segments_mutex_);
     std::vector<segment_view> candidates;
     for (auto& s : segments_)

@@ -17,7 +17,8 @@ using client_id = std::uint64_t;
 struct put_options {
   /// Replicas wanted; fewer are accepted when segments run out (at least one).
   std::uint32_t replicas = 1;
-  /// Pieces per replica, each on a distinct segment (1 = not striped; at most 255).
+  /// Pieces per replica, each on a distinct segment (1 = not striped; at most 255). Pieces are the size
+  /// divided by this, rounded up, so a small object may fill fewer.
   std::uint32_t stripes = 1;
   std::optional<segment_id> preferred_segment{};
   std::string_view preferred_host{};

@@ -45,13 +45,21 @@ public:
     // why: each object is moved at most a few times (its counter is at most 3) and skipped ones rotate to
     // the back, so a bounded number of steps visits everything before giving up.
     std::size_t budget = 5 * size() + 8;
+    // Fronts found not evictable in a row, per queue: once a queue's count reaches its size, every object
+    // in it has been passed over in this call (objects leave a queue only when evictable), and the other
+    // queue is taken instead.
+    std::size_t small_passed = 0, main_passed = 0;
     while (budget-- > 0 && size() > 0) {
-      bool from_small = small_.size() * 10 >= size() || main_.empty();
+      bool small_done = small_passed >= small_.size(), main_done = main_passed >= main_.size();
+      if (small_done && main_done)
+        break;
+      bool from_small = !small_done && (main_done || small_.size() * 10 >= size());
       auto& queue = from_small ? small_ : main_;
       auto id = queue.front();
       auto& n = nodes_[id];
       if (!evictable(id)) {
         queue.move_to_back(links_of(), id);
+        ++(from_small ? small_passed : main_passed);
         continue;
       }
       if (from_small && n.freq > 0) {

@@ -14,6 +14,7 @@ struct segment_spec {
   std::string name{};
   std::string host{};
   std::uint64_t capacity = 0;
+  /// The client whose expiry unmounts the segment (0 = none: it stays until unmounted).
   client_id owner = 0;
 };
 

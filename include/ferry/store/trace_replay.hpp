@@ -72,8 +72,11 @@ replay_result replay_through_master(std::span<const trace_request> trace, std::s
   return r;
 }
 
-/// The same trace under plain LRU over block ids (computed here, independent of the master).
+/// The same trace under plain LRU over block ids (computed here, independent of the master). Throws
+/// std::invalid_argument for a capacity of 0, as replay_through_master does.
 inline replay_result replay_lru(std::span<const trace_request> trace, std::size_t capacity_blocks) {
+  if (capacity_blocks == 0)
+    throw std::invalid_argument("replay_lru: capacity must be positive");
   std::list<std::uint64_t> order;
   std::unordered_map<std::uint64_t, std::list<std::uint64_t>::iterator> where;
   replay_result r;
@@ -97,8 +100,11 @@ inline replay_result replay_lru(std::span<const trace_request> trace, std::size_
   return r;
 }
 
-/// The same trace under the offline optimum: evict the block whose next use is furthest (Belady).
+/// The same trace under the offline optimum: evict the block whose next use is furthest (Belady). Throws
+/// std::invalid_argument for a capacity of 0.
 inline replay_result replay_optimal(std::span<const trace_request> trace, std::size_t capacity_blocks) {
+  if (capacity_blocks == 0)
+    throw std::invalid_argument("replay_optimal: capacity must be positive");
   std::vector<std::uint64_t> seq;
   for (auto& req : trace)
     seq.insert(seq.end(), req.blocks.begin(), req.blocks.end());

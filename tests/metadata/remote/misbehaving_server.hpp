@@ -29,6 +29,7 @@ public:
     flood,        ///< a reply that promises 4 GB and sends it as fast as it can
     slow_reader,  ///< takes the request 16 KiB every 200 ms, and never answers
     head_flood,   ///< HTTP: header lines without end, as fast as it can
+    endless_scan, ///< RESP: answers every command as SCAN, with a cursor that never comes back to 0
   };
 
   misbehaving_server(protocol p, manner m) : protocol_(p), manner_(m) {
@@ -106,6 +107,15 @@ private:
       return;
     const bool http = protocol_ == protocol::http;
     switch (manner_) {
+    case manner::endless_scan:
+      for (;;) {
+        if (!send_all(fd, "*2\r\n$1\r\n1\r\n*1\r\n$3\r\nabc\r\n"))
+          return;
+        while (!stop_ && ::poll(&p, 1, 20) == 0) {
+        }
+        if (stop_ || ::recv(fd, buf, sizeof buf, 0) <= 0)
+          return;
+      }
     case manner::slow_reader:
       while (!stop_) {
         std::this_thread::sleep_for(std::chrono::milliseconds(200));

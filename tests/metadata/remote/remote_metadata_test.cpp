@@ -16,12 +16,16 @@
 
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
 #include <chrono>
 #include <cstring>
+#include <netinet/in.h>
 #include <optional>
 #include <string>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <thread>
+#include <unistd.h>
 #include <utility>
 #include <vector>
 
@@ -198,6 +202,23 @@ TEST_SUITE("metadata backends") {
     ferry_test::etcd_server etcd;
     exercise(etcd.connection(), 1000ms);
   }
+  TEST_CASE(
+      "a lease as long as a duration holds lives on, not wrapped into a short one, and none is refused") {
+    ferry_test::etcd_server etcd;
+    for (std::string conn : {std::string("memory://longest"), etcd.connection()}) {
+      CAPTURE(conn);
+      auto m = connect(conn);
+      CHECK(sync_wait(m.grant(0ms)).error() == ferry::errc::invalid_argument);
+      auto lease = sync_wait(m.grant(std::chrono::milliseconds::max()));
+      REQUIRE_MESSAGE(lease, lease.error().message());
+      REQUIRE(sync_wait(m.put("long/k", "v", *lease)));
+      std::this_thread::sleep_for(2500ms); // before the fix etcd got a lease of 1 s, the memory store none
+      CHECK(sync_wait(m.get("long/k")).value() == std::optional<std::string>("v"));
+      CHECK(sync_wait(m.keep_alive(*lease)));
+      CHECK(sync_wait(m.revoke(*lease)));
+    }
+  }
+
   TEST_CASE("redis:// (a real redis-server) stores, lists, compares-and-sets and expires leases") {
     ferry_test::redis_server redis;
     exercise(redis.connection(), 1000ms);
@@ -320,6 +341,49 @@ TEST_SUITE("metadata backends") {
                 std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), " ms");
       }
     }
+  }
+
+  TEST_CASE("ferry-metad answers a chunked request before reading its body, and serves on") {
+    ferry_test::metad_server metad;
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    ::sockaddr_in at{};
+    at.sin_family = AF_INET;
+    at.sin_port = htons(static_cast<std::uint16_t>(std::stoi(metad.process.address().substr(10))));
+    at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<::sockaddr*>(&at), sizeof at) == 0);
+    ::timeval five{5, 0};
+    REQUIRE(::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &five, sizeof five) == 0);
+    // a body without a stated length, that would go on for ever
+    std::string head = "POST /v1/put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n100000\r\n";
+    REQUIRE(::send(fd, head.data(), head.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(head.size()));
+    std::string chunk(1 << 16, '{');
+    (void)::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    char reply[512] = {};
+    auto n = ::recv(fd, reply, sizeof reply - 1, 0);
+    ::close(fd);
+    REQUIRE(n > 0);
+    std::string answer(reply, static_cast<std::size_t>(n));
+    CHECK(answer.starts_with("HTTP/1.1 411"));
+    CHECK(answer.find("Content-Length") != std::string::npos);
+    ferry::http_metadata_store store({metad.process.address()});
+    REQUIRE(sync_wait(store.put("k", "v")));
+    CHECK(sync_wait(store.get("k")).value() == std::optional<std::string>("v"));
+  }
+
+  TEST_CASE("a redis whose key walk never ends fails the listing within its bound") {
+    using server = ferry_test::misbehaving_server;
+    const ferry::metadata_options options{.timeout = 100ms};
+    server bad(server::protocol::resp, server::manner::endless_scan);
+    auto t0 = std::chrono::steady_clock::now();
+    auto got = sync_wait(ferry::redis_metadata_store(bad.address(), options).list("ferry/"));
+    auto took = std::chrono::steady_clock::now() - t0;
+    REQUIRE_FALSE(got);
+    CHECK(got.error() == ferry::errc::timed_out);
+    CHECK(std::string(got.error().what()).find("SCAN") != std::string::npos);
+    CHECK(took < ferry::redis_metadata_store::scan_rounds_per_timeout * options.timeout + 1s);
+    MESSAGE(got.error().message());
   }
 
   TEST_CASE(

@@ -233,6 +233,29 @@ TEST_SUITE("uring_file") {
     CHECK(head == expect);
   }
 
+  TEST_CASE("a write into the last partial block lands in the file opened, though its path names another") {
+    io_context ctx;
+    temp_dir dir;
+    const std::string path = dir / "kv.bin";
+    constexpr std::size_t size = (1 << 16) + 100; // the last block is partial
+    make_file(path, size, 1);
+    auto f = uring_file::open(ctx, path);
+    REQUIRE(f);
+    if (!(*f)->direct())
+      MESSAGE("O_DIRECT is refused under ", dir.path.string(), ": the write runs buffered");
+    // the path now names a new file; the one opened lives on under another name
+    REQUIRE(::rename(path.c_str(), (dir / "kv.old").c_str()) == 0);
+    make_file(path, size, 9);
+    std::vector<std::byte> tail(50);
+    fill(tail, 4, size - 60);
+    auto w = ctx.run_until((*f)->write(size - 60, tail));
+    REQUIRE_MESSAGE(w, w.error().message());
+    CHECK(file_bytes(dir / "kv.old", size - 60, 50) == tail);
+    std::vector<std::byte> untouched(size);
+    fill(untouched, 9);
+    CHECK(file_bytes(path, 0, size) == untouched);
+  }
+
   TEST_CASE("a file opened read-only refuses writes and stays unchanged") {
     io_context ctx;
     temp_dir dir;

@@ -64,8 +64,13 @@ public:
     co_return etcd::decode_txn_succeeded(*j);
   }
   task<result<lease_id>> grant(std::chrono::milliseconds ttl) {
-    // why: etcd counts lease time in whole seconds; round up so a lease never lives shorter than asked
-    auto seconds = std::max<std::int64_t>(1, (ttl.count() + 999) / 1000);
+    if (ttl.count() <= 0)
+      co_return fail(errc::invalid_argument, "etcd: grant: the TTL must be positive");
+    // why: etcd counts lease time in whole seconds; round up so a lease never lives shorter than asked,
+    // without wrapping near the duration's end (milliseconds::max() for "as long as can be"), and no longer
+    // than etcd grants (its longest lease: 9,000,000,000 s)
+    std::int64_t seconds = ttl.count() / 1000 + (ttl.count() % 1000 != 0);
+    seconds = std::min<std::int64_t>(seconds, 9'000'000'000);
     auto j = co_await call("/v3/lease/grant", etcd::grant_body(seconds));
     if (!j)
       co_return fail(j.error());

@@ -39,6 +39,18 @@ public:
     server_ = std::make_unique<httplib::Server>();
     // why: a request is read whole before it is decoded; bound it (values are at most 64 MiB)
     server_->set_payload_max_length(std::size_t(65) << 20);
+    // why: that bound holds for a body of a stated length only; cpp-httplib 0.11 reads a chunked body
+    // without one. Such a request is answered before its body is read, and its connection closed.
+    server_->set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+      if (!req.has_header("Transfer-Encoding"))
+        return httplib::Server::HandlerResponse::Unhandled;
+      res.status = 411;
+      res.set_header("Connection", "close");
+      res.set_content(metad::encode_error("ferry-metad: a request must state its length (Content-Length), "
+                                          "not be chunked"),
+                      "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    });
     server_->Post(R"(/v1/[a-z_]+)",
                   [this](const httplib::Request& req, httplib::Response& res) { serve(req, res); });
     int bound = port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);

@@ -44,6 +44,11 @@ namespace ferry {
 
 class redis_metadata_store {
 public:
+  /// A listing's walk of the key space (SCAN) may take this many times the options' timeout in all.
+  static constexpr int scan_rounds_per_timeout = 16;
+  /// A listing gathers at most this many keys.
+  static constexpr std::size_t max_scanned_keys = std::size_t{1} << 22;
+
   /// `host` is "host:port".
   explicit redis_metadata_store(std::string host, metadata_options options = {})
       : host_(std::move(host)), options_(options), worker_(1) {}
@@ -114,7 +119,19 @@ public:
     pattern += '*';
     std::vector<std::string> keys;
     std::string cursor = "0";
+    // why: each SCAN reply is bounded, the walk is not: a server whose cursor never comes back to 0 would
+    // hold the store's one thread (and every lease renewal behind it) for ever. The walk gets
+    // scan_rounds_per_timeout rounds of the timeout and gathers at most max_scanned_keys keys.
+    using clock = std::chrono::steady_clock;
+    const auto scan_by = detail::time_after<clock>(
+        clock::now(), std::chrono::duration<double>(options_.timeout) * scan_rounds_per_timeout);
     do {
+      if (clock::now() >= scan_by)
+        co_return fail(errc::timed_out, "redis " + host_ + ": SCAN did not come back to cursor 0 within " +
+                                            std::to_string(scan_rounds_per_timeout) + " times the timeout");
+      if (keys.size() > max_scanned_keys)
+        co_return fail(errc::out_of_space, "redis " + host_ + ": SCAN gave more than " +
+                                               std::to_string(max_scanned_keys) + " keys");
       auto r = command({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"});
       if (!r)
         co_return fail(r.error());

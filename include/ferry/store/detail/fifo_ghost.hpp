@@ -36,15 +36,18 @@ public:
     slot* s = find(fingerprint(hash));
     if (s == nullptr || s->count == 0)
       return false;
-    // why: the FIFO keeps the fingerprint until it ages out; the count decides membership.
+    // why: the FIFO keeps the fingerprint until it ages out; the count decides membership, and the taken
+    // occurrence (counted as the oldest of its fingerprint) must not lower a later one's count as it ages out
     --s->count;
+    ++s->taken;
     return true;
   }
 
 private:
   struct slot {
     std::uint32_t fp = 0;
-    std::uint32_t count = 0;
+    std::uint32_t count = 0; // occurrences in the FIFO still remembered
+    std::uint32_t taken = 0; // occurrences in the FIFO already taken, to be passed over when they age out
   };
 
   static std::uint32_t fingerprint(std::uint64_t h) noexcept {
@@ -52,7 +55,7 @@ private:
     return fp == 0 ? 1 : fp;
   }
 
-  // why: linear probing without deletion; slots whose count fell to zero stay as markers and are dropped
+  // why: linear probing without deletion; slots whose counts fell to zero stay as markers and are dropped
   // at the next rehash, which `used_` (claimed slots) triggers before the table is half full.
   std::size_t home(std::uint32_t fp) const noexcept { return (fp * 0x9E3779B1u) & (table_.size() - 1); }
 
@@ -83,13 +86,18 @@ private:
     table_.assign(n, slot{});
     used_ = 0;
     for (auto& s : old)
-      if (s.count)
-        claim(s.fp).count = s.count;
+      if (s.count || s.taken) {
+        slot& n = claim(s.fp);
+        n.count = s.count;
+        n.taken = s.taken;
+      }
   }
 
   void trim() {
     while (order_.size() > limit_) {
-      if (slot* s = find(order_.front()); s && s->count)
+      if (slot* s = find(order_.front()); s && s->taken)
+        --s->taken;
+      else if (s && s->count)
         --s->count;
       order_.pop_front();
     }

@@ -141,8 +141,8 @@ public:
         // why: the hot path (aligned, O_DIRECT) awaits the operation here, without a coroutine of its own
         if (bool held = co_await slots_.acquire(stop); !held)
           co_return fail(cancelled());
+        held_slot hold{slots_};
         auto n = co_await direct_io(false, at, rest.data(), std::min(rest.size(), max_io));
-        slots_.release();
         if (!n)
           co_return fail(n.error());
         if (*n == 0)
@@ -188,9 +188,9 @@ public:
       if (!direct_ || is_aligned(at, rest.data(), rest.size())) {
         if (bool held = co_await slots_.acquire(stop); !held)
           co_return fail(cancelled());
+        held_slot hold{slots_};
         auto n =
             co_await direct_io(true, at, const_cast<std::byte*>(rest.data()), std::min(rest.size(), max_io));
-        slots_.release();
         if (!n)
           co_return fail(n.error());
         if (*n == 0)
@@ -206,10 +206,15 @@ public:
         if (!buffered_.is_open()) {
           // why: a partial last block would be written whole with O_DIRECT and grow the file; a second,
           // buffered descriptor writes exactly the bytes asked for (the kernel keeps it coherent with
-          // O_DIRECT)
-          auto b = io::file::open(ctx_, path_, O_RDWR);
+          // O_DIRECT). It reopens the open file itself, not its path: the path may name another file by now
+          // (a rename, a new file in its place, another working directory)
+          auto b = io::file::open(ctx_, "/proc/self/fd/" + std::to_string(file_.native_handle()), O_RDWR);
           if (!b)
-            co_return fail(b.error());
+            co_return fail(
+                error(b.error().code(),
+                      std::string("uring_file write: cannot reopen the file without O_DIRECT for its "
+                                  "last partial block through /proc/self/fd: ") +
+                          b.error().what()));
           buffered_ = std::move(*b);
         }
         end = at + std::min<std::uint64_t>(rest.size(), max_io);
@@ -311,13 +316,10 @@ private:
                                    std::size_t len, const std::stop_token& stop) {
     if (bool held = co_await slots_.acquire(stop); !held)
       co_return fail(cancelled());
-    result<std::size_t> n;
+    held_slot hold{slots_};
     if (is_write)
-      n = co_await f.write_at(at, std::span<const std::byte>(p, len));
-    else
-      n = co_await f.read_at(at, std::span(p, len));
-    slots_.release();
-    co_return n;
+      co_return co_await f.write_at(at, std::span<const std::byte>(p, len));
+    co_return co_await f.read_at(at, std::span(p, len));
   }
   task<result<std::size_t>> io_read(std::uint64_t at, std::span<std::byte> into,
                                     const std::stop_token& stop) {
@@ -345,6 +347,7 @@ private:
         co_return fail(cancelled());
     }
     windows_.push_back({lo, hi});
+    held_window hold{*this, lo, hi}; // why: let go on every way out, an exception's too
     result<std::size_t> out;
     if (buffered) {
       out = co_await run_io(buffered_, true, at, const_cast<std::byte*>(data.data()), data.size(), stop);
@@ -353,10 +356,6 @@ private:
     } else {
       out = co_await patch(lo, hi, at, data, stop);
     }
-    windows_.erase(std::find_if(windows_.begin(), windows_.end(),
-                                [&](const window& w) { return w.lo == lo && w.hi == hi; }));
-    for (auto* waiter : std::exchange(window_waiters_, {}))
-      ctx_.post(&waiter->op);
     co_return out;
   }
 
@@ -402,6 +401,28 @@ private:
 
   struct window {
     std::uint64_t lo, hi;
+  };
+  // A window of `locked_write` in flight; its end wakes the writes that wait for it.
+  struct held_window {
+    uring_file& file;
+    std::uint64_t lo, hi;
+    held_window(uring_file& f, std::uint64_t l, std::uint64_t h) noexcept : file(f), lo(l), hi(h) {}
+    held_window(const held_window&) = delete;
+    held_window& operator=(const held_window&) = delete;
+    ~held_window() {
+      auto& ws = file.windows_;
+      ws.erase(std::find_if(ws.begin(), ws.end(), [&](const window& w) { return w.lo == lo && w.hi == hi; }));
+      for (auto* waiter : std::exchange(file.window_waiters_, {}))
+        file.ctx_.post(&waiter->op);
+    }
+  };
+  // One of the file's queue slots, held until the scope ends (an exception's way out included).
+  struct held_slot {
+    detail::io_slots& slots;
+    explicit held_slot(detail::io_slots& s) noexcept : slots(s) {}
+    held_slot(const held_slot&) = delete;
+    held_slot& operator=(const held_slot&) = delete;
+    ~held_slot() { slots.release(); }
   };
   struct window_waiter {
     io::detail::resume_op op;

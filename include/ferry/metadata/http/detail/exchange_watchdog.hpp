@@ -12,6 +12,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -45,24 +46,23 @@ public:
     client_ = &client;
     at_ = at;
     most_bytes_ = most_bytes;
-    socket_ = -1;
+    socket_.store(-1, std::memory_order_release);
     fired_ = fired::no;
     ++generation_;
     wake_.notify_all();
   }
 
   /// The connection of the armed exchange, once made (call it from the client's socket options).
-  void watch_socket(int fd) {
-    std::lock_guard lock(mutex_);
-    socket_ = fd;
-  }
+  // why: no lock. The client calls this while it holds its own socket lock (name lookup, connect), and
+  // stop() waits for that lock while this watchdog holds mutex_: taking mutex_ here would deadlock both.
+  void watch_socket(int fd) noexcept { socket_.store(fd, std::memory_order_release); }
 
   /// Ends the watch; whether and why it stopped the client. Once this returns, the watchdog no longer touches
   /// the client or its socket.
   fired disarm() {
     std::lock_guard lock(mutex_); // why: a stop() under way holds this lock: it has finished once we have it
     client_ = nullptr;
-    socket_ = -1;
+    socket_.store(-1, std::memory_order_release);
     ++generation_;
     wake_.notify_all();
     return fired_;
@@ -88,7 +88,8 @@ private:
       fired why = fired::no;
       if (clock::now() >= at)
         why = fired::late;
-      else if (socket_ >= 0 && io::detail::tcp_bytes_received(socket_) > most_bytes_)
+      else if (int fd = socket_.load(std::memory_order_acquire);
+               fd >= 0 && io::detail::tcp_bytes_received(fd) > most_bytes_)
         why = fired::too_much;
       if (why == fired::no)
         continue;
@@ -103,7 +104,7 @@ private:
   httplib::Client* client_ = nullptr;
   clock::time_point at_{};
   std::uint64_t most_bytes_ = std::numeric_limits<std::uint64_t>::max();
-  int socket_ = -1; // the armed exchange's connection, once made
+  std::atomic<int> socket_{-1}; // the armed exchange's connection, once made
   std::uint64_t generation_ = 0;
   fired fired_ = fired::no;
   std::jthread thread_; // why: last: it starts once the state above exists, and stops before it goes
