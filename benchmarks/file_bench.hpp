@@ -2,7 +2,8 @@
 // ferry-bench --mode local --protocol file: reads or writes a file region of this process's own engine
 // through the uring transport (io_uring, O_DIRECT), with `queue_depth` requests of `block_size` bytes always
 // in flight (each lane of the queue submits its next request as soon as its last one completes, as fio does),
-// and reports throughput, IOPS and request latency as a table or one JSON object. Part of ferry-bench.
+// and reports throughput, IOPS and latency as a table or one JSON object. Part of ferry-bench. Latency is
+// that of one transfer of a lane: one request, or --batch-size of them when given.
 //
 //   ferry-bench --mode local --protocol file --file /nvme/f.dat --operation randread --block-size 4K
 //               --queue-depth 64 --duration 10 [--json]

@@ -12,8 +12,8 @@
 //
 // Throughput is what the receiver took, over the time from its first byte to its last. --low-water sets the
 // receiver's SO_RCVLOWAT for the whole run, and --reply-size has it send that many bytes back per message
-// (the sender takes them without waiting after each message it sends), for comparisons with ferry's receive
-// batching.
+// (the sender takes them without waiting after each message it sends; a reply the socket has no room for is
+// dropped and counted in replies_dropped), for comparisons with ferry's receive batching.
 #include <ferry/io/detail/congestion_control.hpp>
 
 #include <CLI/CLI.hpp>
@@ -113,6 +113,7 @@ struct block_cursor {
       die("setsockopt SO_RCVLOWAT");
   }
   std::vector<char> reply(o.reply_size);
+  std::uint64_t replies_dropped = 0;
   std::uint64_t bytes = 0;
   clock_type::time_point first{}, last{};
   unsigned open = o.streams;
@@ -143,9 +144,14 @@ struct block_cursor {
         last = clock_type::now();
         p.done += static_cast<std::size_t>(n);
         if (p.done == o.block_size) {
-          // why: a blocking send of a few bytes into a socket whose peer drains it after every message
-          if (!reply.empty() && ::send(fds[i].fd, reply.data(), reply.size(), MSG_NOSIGNAL) < 0)
-            die("send reply");
+          // why: never waits: a sender blocked in its own send, or done sending, drains no replies, and a
+          // receiver waiting for room for one would wait for ever. A reply with no room is dropped, counted.
+          if (!reply.empty() &&
+              ::send(fds[i].fd, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+              die("send reply");
+            ++replies_dropped;
+          }
           p.message = cursor.take();
           p.done = 0;
           break;
@@ -155,7 +161,8 @@ struct block_cursor {
   }
   double seconds = std::chrono::duration<double>(last - first).count();
   if (::write(report, &bytes, sizeof bytes) != sizeof bytes ||
-      ::write(report, &seconds, sizeof seconds) != sizeof seconds)
+      ::write(report, &seconds, sizeof seconds) != sizeof seconds ||
+      ::write(report, &replies_dropped, sizeof replies_dropped) != sizeof replies_dropped)
     die("write report");
   std::_Exit(0);
 }
@@ -270,8 +277,10 @@ int main(int argc, char** argv) {
 
   std::uint64_t bytes = 0;
   double seconds = 0;
+  std::uint64_t replies_dropped = 0;
   bool reported = ::read(report[0], &bytes, sizeof bytes) == sizeof bytes &&
-                  ::read(report[0], &seconds, sizeof seconds) == sizeof seconds;
+                  ::read(report[0], &seconds, sizeof seconds) == sizeof seconds &&
+                  ::read(report[0], &replies_dropped, sizeof replies_dropped) == sizeof replies_dropped;
   int status = 0;
   ::waitpid(receiver, &status, 0);
   for (int s : socks)
@@ -282,9 +291,10 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "{\"tool\":\"plain-tcp\",\"streams\":%u,\"block_size\":%llu,\"blocks\":%u,\"congestion\":\"%s\","
-      "\"low_water\":%d,\"reply_size\":%u,\"bytes\":%llu,\"seconds\":%.3f,\"gbps\":%.3f}\n",
+      "\"low_water\":%d,\"reply_size\":%u,\"replies_dropped\":%llu,\"bytes\":%llu,\"seconds\":%.3f,"
+      "\"gbps\":%.3f}\n",
       o.streams, static_cast<unsigned long long>(o.block_size), o.blocks, congestion.c_str(), o.low_water,
-      o.reply_size, static_cast<unsigned long long>(bytes), seconds,
-      static_cast<double>(bytes) / seconds / 1e9);
+      o.reply_size, static_cast<unsigned long long>(replies_dropped), static_cast<unsigned long long>(bytes),
+      seconds, static_cast<double>(bytes) / seconds / 1e9);
   return 0;
 }

@@ -52,4 +52,18 @@ TEST_SUITE("s3fifo_policy") {
     CHECK(v < 9);
     CHECK(p.victim([](std::uint32_t) { return false; }) == ferry::store::entry_hint::no_parent);
   }
+  TEST_CASE("an object that cannot be evicted in the main queue does not hide a hot one behind it") {
+    ferry::store::s3fifo_policy p;
+    for (std::uint32_t i = 0; i < 2; ++i) {
+      p.insert(i, {.key_hash = i});
+      p.touch(i);
+    }
+    p.insert(2, {.key_hash = 2});
+    // 2 leaves (read never); 0 and 1 move to main
+    REQUIRE(p.victim([](std::uint32_t) { return true; }) == 2);
+    p.erase(2, 2, true);
+    p.touch(1);
+    p.touch(1); // main: 0 (pinned, say), then 1 read twice more
+    CHECK(p.victim([](std::uint32_t id) { return id != 0; }) == 1);
+  }
 }

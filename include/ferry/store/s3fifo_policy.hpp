@@ -45,9 +45,8 @@ public:
     // why: each object is moved at most a few times (its counter is at most 3) and skipped ones rotate to
     // the back, so a bounded number of steps visits everything before giving up.
     std::size_t budget = 5 * size() + 8;
-    // Fronts found not evictable in a row, per queue: once a queue's count reaches its size, every object
-    // in it has been passed over in this call (objects leave a queue only when evictable), and the other
-    // queue is taken instead.
+    // Fronts found not evictable in a row, per queue (an evictable front starts the count again): once a
+    // queue's count reaches its size, every object in it cannot be evicted, and the other queue is taken.
     std::size_t small_passed = 0, main_passed = 0;
     while (budget-- > 0 && size() > 0) {
       bool small_done = small_passed >= small_.size(), main_done = main_passed >= main_.size();
@@ -62,6 +61,7 @@ public:
         ++(from_small ? small_passed : main_passed);
         continue;
       }
+      (from_small ? small_passed : main_passed) = 0;
       if (from_small && n.freq > 0) {
         small_.erase(links_of(), id);
         n.main = true;

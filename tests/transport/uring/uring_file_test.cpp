@@ -241,8 +241,11 @@ TEST_SUITE("uring_file") {
     make_file(path, size, 1);
     auto f = uring_file::open(ctx, path);
     REQUIRE(f);
-    if (!(*f)->direct())
-      MESSAGE("O_DIRECT is refused under ", dir.path.string(), ": the write runs buffered");
+    if (!(*f)->direct()) { // why: buffered, the write goes through the descriptor opened, fix or no fix
+      MESSAGE("skipped: O_DIRECT is refused under ", dir.path.string(), " (", (*f)->note(),
+              "), so there is no second descriptor to test");
+      return;
+    }
     // the path now names a new file; the one opened lives on under another name
     REQUIRE(::rename(path.c_str(), (dir / "kv.old").c_str()) == 0);
     make_file(path, size, 9);

@@ -40,12 +40,14 @@ public:
     // why: a request is read whole before it is decoded; bound it (values are at most 64 MiB)
     server_->set_payload_max_length(std::size_t(65) << 20);
     // why: that bound holds for a body of a stated length only; cpp-httplib 0.11 reads a chunked body
-    // without one. Such a request is answered before its body is read, and its connection closed.
+    // without one. Such a request is answered before its body is read. One request per connection (ferry's
+    // clients make a connection per request anyway): the body left unread is then never taken for the next
+    // request, as cpp-httplib keeps a connection open whatever the answer says.
+    server_->set_keep_alive_max_count(1);
     server_->set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
       if (!req.has_header("Transfer-Encoding"))
         return httplib::Server::HandlerResponse::Unhandled;
       res.status = 411;
-      res.set_header("Connection", "close");
       res.set_content(metad::encode_error("ferry-metad: a request must state its length (Content-Length), "
                                           "not be chunked"),
                       "application/json");

@@ -210,11 +210,10 @@ public:
           // (a rename, a new file in its place, another working directory)
           auto b = io::file::open(ctx_, "/proc/self/fd/" + std::to_string(file_.native_handle()), O_RDWR);
           if (!b)
-            co_return fail(
-                error(b.error().code(),
-                      std::string("uring_file write: cannot reopen the file without O_DIRECT for its "
-                                  "last partial block through /proc/self/fd: ") +
-                          b.error().what()));
+            co_return fail(error(b.error().code(),
+                                 "uring_file write: cannot reopen " + path_ +
+                                     " without O_DIRECT for its last partial block through /proc/self/fd: " +
+                                     b.error().what()));
           buffered_ = std::move(*b);
         }
         end = at + std::min<std::uint64_t>(rest.size(), max_io);
