@@ -92,8 +92,14 @@ struct block_cursor {
   }
 };
 
-// The receiver: takes every stream until each ends; reports bytes and seconds (first byte to last) on
-// `report`.
+// What the receiver reports to the sender's process, through a pipe.
+struct receiver_report {
+  std::uint64_t bytes = 0;
+  double seconds = 0; // from the first byte to the last
+  std::uint64_t replies_dropped = 0;
+};
+
+// The receiver: takes every stream until each ends; writes a receiver_report to `report`.
 [[noreturn]] void receive(const options& o, int listener, int report) {
   std::vector<int> socks;
   for (unsigned i = 0; i < o.streams; ++i) {
@@ -159,10 +165,8 @@ struct block_cursor {
       }
     }
   }
-  double seconds = std::chrono::duration<double>(last - first).count();
-  if (::write(report, &bytes, sizeof bytes) != sizeof bytes ||
-      ::write(report, &seconds, sizeof seconds) != sizeof seconds ||
-      ::write(report, &replies_dropped, sizeof replies_dropped) != sizeof replies_dropped)
+  receiver_report r{bytes, std::chrono::duration<double>(last - first).count(), replies_dropped};
+  if (::write(report, &r, sizeof r) != sizeof r)
     die("write report");
   std::_Exit(0);
 }
@@ -275,12 +279,9 @@ int main(int argc, char** argv) {
     congestion = "?";
   send_for(o, socks);
 
-  std::uint64_t bytes = 0;
-  double seconds = 0;
-  std::uint64_t replies_dropped = 0;
-  bool reported = ::read(report[0], &bytes, sizeof bytes) == sizeof bytes &&
-                  ::read(report[0], &seconds, sizeof seconds) == sizeof seconds &&
-                  ::read(report[0], &replies_dropped, sizeof replies_dropped) == sizeof replies_dropped;
+  receiver_report got;
+  bool reported = ::read(report[0], &got, sizeof got) == sizeof got;
+  auto [bytes, seconds, replies_dropped] = got;
   int status = 0;
   ::waitpid(receiver, &status, 0);
   for (int s : socks)

@@ -161,11 +161,11 @@ inline std::optional<std::int64_t> int64_field(const nlohmann::json& j, const ch
 /// Decodes a reply: a non-200 status becomes an error carrying etcd's message (a missing lease:
 /// errc::not_found); a 200 body must be a JSON object.
 inline result<nlohmann::json> decode_reply(int status, std::string_view body) {
-  // why: bounded while it is built, as every JSON from the network (a range of 200,000 keys fits)
+  // why: bounded while it is built, as every JSON from the network
   nlohmann::json j;
   std::string bound;
-  const bool parsed =
-      ferry::detail::parse_bounded_json(body, j, std::size_t{1} << 21, 8, bound) && !j.is_discarded();
+  const bool parsed = ferry::detail::parse_bounded_json(body, j, ferry::detail::service_json_values,
+                                                        ferry::detail::service_json_depth, bound);
   if (status != 200) {
     std::string why = "HTTP status " + std::to_string(status);
     if (parsed && j.is_object()) {

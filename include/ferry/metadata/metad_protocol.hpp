@@ -58,14 +58,13 @@ inline result<std::int64_t> integer_field(const nlohmann::json& j, const char* n
     return fail(errc::malformed_frame, std::string("metad: field '") + name + "' must be an integer");
   return it->get<std::int64_t>();
 }
-/// Bounds on a request's or reply's JSON, checked as it is parsed: a listing of 200,000 keys fits.
-inline constexpr std::size_t max_json_values = std::size_t{1} << 21;
-inline constexpr std::size_t max_json_depth = 8;
 inline result<nlohmann::json> parse_object(std::string_view body) {
   // why: bounded while it is built: a body of many small values grows many times over in memory
   nlohmann::json j;
   std::string why;
-  if (!ferry::detail::parse_bounded_json(body, j, max_json_values, max_json_depth, why) || !j.is_object())
+  if (!ferry::detail::parse_bounded_json(body, j, ferry::detail::service_json_values,
+                                         ferry::detail::service_json_depth, why) ||
+      !j.is_object())
     return fail(errc::malformed_frame,
                 "metad: the body is not a JSON object" + (why.empty() ? std::string() : " (" + why + ")"));
   return j;

@@ -181,8 +181,8 @@ public:
     put_options placed = options;
     // why: pieces are size/stripes rounded up, so an object smaller than that many pieces fills fewer
     // stripes (4 bytes over 3 stripes: 2 + 2); it is stored over those, with no empty piece
-    std::uint64_t piece = piece_size(size, placed.stripes);
-    placed.stripes = static_cast<std::uint32_t>(size / piece + (size % piece != 0));
+    std::uint64_t piece = divided_up(size, placed.stripes);
+    placed.stripes = static_cast<std::uint32_t>(divided_up(size, piece));
     // why: eviction cannot make a piece fit a segment smaller than the piece, so such a put is refused
     // before anything is evicted for it
     if (std::size_t large = segments_holding(piece); large < placed.stripes)
@@ -430,9 +430,10 @@ private:
     return locks;
   }
 
-  /// The length of each piece but the last of an object of `size` bytes cut into `stripes` pieces.
-  static std::uint64_t piece_size(std::uint64_t size, std::uint32_t stripes) noexcept {
-    return size / stripes + (size % stripes != 0); // why: (size + stripes - 1) would wrap near 2^64
+  /// `a / b` rounded up: the length of each piece but the last of `a` bytes cut into `b` pieces, and how
+  /// many pieces of `b` bytes hold `a`.
+  static std::uint64_t divided_up(std::uint64_t a, std::uint64_t b) noexcept {
+    return a / b + (a % b != 0); // why: (a + b - 1) / b would wrap near 2^64
   }
 
   /// How many mounted segments are at least `bytes` large (empty or not).
@@ -446,7 +447,7 @@ private:
   void allocate_pieces(shard& sh, std::uint64_t size, const put_options& options,
                        std::vector<detail::stored_piece>& out) {
     std::uint32_t stripes = options.stripes;
-    std::uint64_t piece_size = master::piece_size(size, stripes);
+    std::uint64_t piece_size = divided_up(size, stripes);
     std::shared_lock table(segments_mutex_);
     std::vector<segment_view> candidates;
     for (auto& s : segments_)

@@ -54,14 +54,15 @@ public:
         break;
       bool from_small = !small_done && (main_done || small_.size() * 10 >= size());
       auto& queue = from_small ? small_ : main_;
+      auto& passed = from_small ? small_passed : main_passed;
       auto id = queue.front();
       auto& n = nodes_[id];
       if (!evictable(id)) {
         queue.move_to_back(links_of(), id);
-        ++(from_small ? small_passed : main_passed);
+        ++passed;
         continue;
       }
-      (from_small ? small_passed : main_passed) = 0;
+      passed = 0;
       if (from_small && n.freq > 0) {
         small_.erase(links_of(), id);
         n.main = true;

@@ -1,36 +1,26 @@
 // The watchdog that bounds an HTTP exchange of the etcd and ferry-metad clients, against cpp-httplib's own
 // locking.
+#include "misbehaving_server.hpp"
+
 #include "ferry/metadata/http/detail/exchange_watchdog.hpp"
 
 #include <doctest/doctest.h>
 
-#include <arpa/inet.h>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <thread>
-#include <unistd.h>
 
 using namespace std::chrono_literals;
 using ferry::detail::exchange_watchdog;
 
 TEST_SUITE("exchange_watchdog") {
   TEST_CASE("a client stopped while it is still connecting does not deadlock with its watchdog") {
-    // A listener that completes handshakes and never answers.
-    int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(listener >= 0);
-    ::sockaddr_in at{};
-    at.sin_family = AF_INET;
-    at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(listener, reinterpret_cast<::sockaddr*>(&at), sizeof at) == 0);
-    REQUIRE(::listen(listener, 8) == 0);
-    ::socklen_t len = sizeof at;
-    REQUIRE(::getsockname(listener, reinterpret_cast<::sockaddr*>(&at), &len) == 0);
-
-    httplib::Client client("127.0.0.1", ntohs(at.sin_port));
+    // A server that takes the request slowly and never answers.
+    ferry_test::misbehaving_server server(ferry_test::misbehaving_server::protocol::http,
+                                          ferry_test::misbehaving_server::manner::slow_reader);
+    httplib::Client client("http://" + server.address());
     client.set_connection_timeout(2, 0);
     client.set_read_timeout(2, 0);
     client.set_keep_alive(false);
@@ -56,6 +46,5 @@ TEST_SUITE("exchange_watchdog") {
     }
     exchange.join();
     CHECK(watchdog.disarm() == exchange_watchdog::fired::late);
-    ::close(listener);
   }
 }

@@ -17,11 +17,9 @@
 
 #include <doctest/doctest.h>
 
-#include <arpa/inet.h>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <netinet/in.h>
 #include <optional>
 #include <string>
 #include <sys/resource.h>
@@ -348,13 +346,8 @@ TEST_SUITE("metadata backends") {
   TEST_CASE("ferry-metad answers a chunked request before reading its body, never reads the body as a "
             "request, and serves on") {
     ferry_test::metad_server metad;
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = ferry_test::connect_to(metad.process.port());
     REQUIRE(fd >= 0);
-    ::sockaddr_in at{};
-    at.sin_family = AF_INET;
-    at.sin_port = htons(static_cast<std::uint16_t>(std::stoi(metad.process.address().substr(10))));
-    at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<::sockaddr*>(&at), sizeof at) == 0);
     ::timeval five{5, 0};
     REQUIRE(::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &five, sizeof five) == 0);
     // A body without a stated length, which is itself a whole request: were it read as the next request on

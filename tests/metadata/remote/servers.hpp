@@ -39,16 +39,27 @@ inline int free_port() {
   }
 }
 
-/// Whether something accepts connections on 127.0.0.1:port.
-inline bool accepts(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+/// A socket connected to 127.0.0.1:port, or -1.
+inline int connect_to(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ::sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(static_cast<std::uint16_t>(port));
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<::sockaddr*>(&a), sizeof a) == 0;
+  if (fd >= 0 && ::connect(fd, reinterpret_cast<::sockaddr*>(&a), sizeof a) == 0)
+    return fd;
+  if (fd >= 0)
+    ::close(fd);
+  return -1;
+}
+
+/// Whether something accepts connections on 127.0.0.1:port.
+inline bool accepts(int port) {
+  int fd = connect_to(port);
+  if (fd < 0)
+    return false;
   ::close(fd);
-  return ok;
+  return true;
 }
 
 /// A server process: started with `argv`, ready once `port` accepts connections.

@@ -98,6 +98,10 @@ private:
   std::string why_;
 };
 
+/// Bounds on a metadata service's request or reply (ferry-metad's, etcd's): a listing of 200,000 keys fits.
+inline constexpr std::size_t service_json_values = std::size_t{1} << 21;
+inline constexpr std::size_t service_json_depth = 8;
+
 /// Parses `text` into `out` within the bounds; false with the reason in `why` if it is not JSON or exceeds
 /// them.
 inline bool parse_bounded_json(std::string_view text, nlohmann::json& out, std::size_t max_values,
