@@ -1,11 +1,12 @@
 // ferry-metad: the small HTTP metadata server. Processes on one host (or a few) publish and find segment
 // descriptors through it when no etcd is at hand:
 //
-//   ferry-metad --listen 127.0.0.1:7100
+//   ferry-metad --listen 127.0.0.1:7100          (or [::1]:7100)
 //   ferry-bench --mode target --listen 127.0.0.2:0 --metadata http://127.0.0.1:7100 --segment bench-0
 //
 // It keeps everything in memory (keys with leases expire when their owner stops renewing them) and prints
 // "ferry-metad listening on HOST:PORT" once it serves. Stops on SIGINT/SIGTERM.
+#include <ferry/metadata/host_port.hpp>
 #include <ferry/metadata/http/metadata_service.hpp>
 
 #include <csignal>
@@ -31,15 +32,9 @@ int main(int argc, char** argv) {
       return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
-  auto colon = listen.rfind(':');
-  if (colon == std::string::npos || colon + 1 == listen.size() ||
-      listen.find_first_not_of("0123456789", colon + 1) != std::string::npos || listen.size() - colon > 6) {
-    std::fprintf(stderr, "ferry-metad: --listen takes HOST:PORT, not '%s'\n", listen.c_str());
-    return 2;
-  }
-  unsigned long port = std::stoul(listen.substr(colon + 1));
-  if (port > 65535) {
-    std::fprintf(stderr, "ferry-metad: port %lu is out of range\n", port);
+  auto where = ferry::host_port::parse(listen);
+  if (!where) {
+    std::fprintf(stderr, "ferry-metad: --listen: %s\n", where.error().what());
     return 2;
   }
   struct sigaction sa {};
@@ -49,12 +44,13 @@ int main(int argc, char** argv) {
   ::sigaction(SIGTERM, &sa, nullptr);
 
   ferry::metadata_service service;
-  auto bound = service.start(listen.substr(0, colon), static_cast<std::uint16_t>(port));
+  auto bound = service.start(where->host, where->port);
   if (!bound) {
     std::fprintf(stderr, "ferry-metad: %s\n", bound.error().message().c_str());
     return 1;
   }
-  std::printf("ferry-metad listening on %s:%u\n", listen.substr(0, colon).c_str(), unsigned(*bound));
+  where->port = *bound;
+  std::printf("ferry-metad listening on %s\n", where->to_string().c_str());
   std::fflush(stdout);
   while (!stop_requested)
     ::usleep(100000);

@@ -86,6 +86,18 @@ std::byte pattern_at(std::size_t i, unsigned seed) {
   return static_cast<std::byte>((i * 131 + seed) & 0xff);
 }
 
+/// Whether a socket can bind ::1 here (IPv6 may be off).
+bool ipv6_loopback_usable() {
+  int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ::sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  bool ok = fd >= 0 && ::bind(fd, reinterpret_cast<::sockaddr*>(&a), sizeof a) == 0;
+  if (fd >= 0)
+    ::close(fd);
+  return ok;
+}
+
 void fill(std::span<std::byte> s, unsigned seed, std::size_t base = 0) {
   for (std::size_t i = 0; i < s.size(); ++i)
     s[i] = pattern_at(base + i, seed);
@@ -784,13 +796,23 @@ TEST_SUITE("transfer_engine") {
   }
 
   TEST_CASE("writes and reads move every byte between two engines over tcp") {
+    std::string listen = "127.0.0.2:0";
+    SUBCASE("IPv4") {}
+    SUBCASE("IPv6") {
+      if (!ipv6_loopback_usable()) {
+        MESSAGE("IPv6 is off on this machine: only IPv4 ran");
+        return;
+      }
+      listen = "[::1]:0";
+    }
     ferry::io::io_context ctx;
-    ferry::default_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0"});
+    ferry::default_engine target(ctx, {.name = "target", .listen = listen});
     tcp_engine initiator(ctx, {.name = "initiator", .slice_size = 64 * 1024});
     std::vector<std::byte> remote(4 << 20), src((2 << 20) + 123), back(src.size());
     fill(src, 3);
     REQUIRE(target.registry().add(remote.data(), remote.size(), access::read_write));
     REQUIRE(target.start());
+    CHECK(target.endpoint()->to_string().starts_with(listen.substr(0, listen.size() - 1)));
     REQUIRE(initiator.registry().add(src.data(), src.size(), access::none));
     REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
     ctx.run_until([&]() -> ferry::task<> {

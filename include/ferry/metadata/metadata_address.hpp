@@ -7,13 +7,14 @@
 ///   redis://HOST:PORT[/PREFIX]                     Redis
 ///   p2p                                            no service: segments are opened as HOST:PORT directly
 ///
-/// PREFIX names a cluster: every key is stored under "PREFIX/", so clusters sharing a server never see each
-/// other's keys.
+/// HOST is a name, an IPv4 address or an IPv6 address in brackets ("[::1]:7100"). PREFIX names a cluster:
+/// every key is stored under "PREFIX/", so clusters sharing a server never see each other's keys.
 ///
 ///   auto a = ferry::metadata_address::parse("etcd://127.0.0.1:2379,127.0.0.1:2381/cluster-a");
 
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
+#include "ferry/metadata/host_port.hpp"
 
 #include <string>
 #include <string_view>
@@ -68,12 +69,12 @@ struct metadata_address {
     while (!authority.empty()) {
       auto comma = authority.find(',');
       std::string_view host = authority.substr(0, comma);
-      auto colon = host.rfind(':');
-      if (host.empty() || colon == std::string_view::npos || colon == 0 || colon + 1 == host.size() ||
-          host.substr(colon + 1).find_first_not_of("0123456789") != std::string_view::npos ||
-          host.size() - colon - 1 > 5 || std::stoul(std::string(host.substr(colon + 1))) > 65535)
+      auto parsed = host_port::parse(host);
+      if (parsed && parsed->port == 0)
+        parsed = fail(errc::invalid_argument, "'" + std::string(host) + "' is not HOST:PORT: port 0");
+      if (!parsed)
         return fail(errc::invalid_argument,
-                    "metadata: '" + std::string(host) + "' in '" + std::string(text) + "' is not HOST:PORT");
+                    "metadata: in '" + std::string(text) + "': " + std::string(parsed.error().what()));
       a.hosts.emplace_back(host);
       authority = comma == std::string_view::npos ? std::string_view() : authority.substr(comma + 1);
     }

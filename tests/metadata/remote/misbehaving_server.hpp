@@ -1,8 +1,8 @@
 #pragma once
 // A server on a random loopback port that answers every request of a metadata client wrongly on purpose: its
 // reply trickles in one byte at a time, or never ends its header lines, or is endless; or it takes a request
-// so slowly that a large one is never all sent. It speaks just enough
-// HTTP and RESP for a client to take the start of its reply for the start of an answer.
+// so slowly that a large one is never all sent; or it sends a Redis client more replies than it asked for. It
+// speaks just enough HTTP and RESP for a client to take the start of its reply for the start of an answer.
 
 #include "servers.hpp"
 
@@ -30,6 +30,9 @@ public:
     slow_reader,  ///< takes the request 16 KiB every 200 ms, and never answers
     head_flood,   ///< HTTP: header lines without end, as fast as it can
     endless_scan, ///< RESP: answers every command as SCAN, with a cursor that never comes back to 0
+    two_replies, ///< RESP: answers the first command of a connection with two replies at once ("v1", "extra")
+    late_extra_reply, ///< RESP: answers the Nth command of a connection "vN"; the first one's reply is
+                      ///< followed 50 ms later by a second, "extra"
   };
 
   misbehaving_server(protocol p, manner m) : protocol_(p), manner_(m) {
@@ -111,6 +114,24 @@ private:
       for (;;) {
         if (!send_all(fd, "*2\r\n$1\r\n1\r\n*1\r\n$3\r\nabc\r\n"))
           return;
+        while (!stop_ && ::poll(&p, 1, 20) == 0) {
+        }
+        if (stop_ || ::recv(fd, buf, sizeof buf, 0) <= 0)
+          return;
+      }
+    case manner::two_replies:
+    case manner::late_extra_reply:
+      for (int n = 1;; ++n) {
+        std::string reply = "$2\r\nv" + std::to_string(n % 10) + "\r\n";
+        if (n == 1 && manner_ == manner::two_replies)
+          reply += "$5\r\nextra\r\n";
+        if (!send_all(fd, reply))
+          return;
+        if (n == 1 && manner_ == manner::late_extra_reply) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          if (!send_all(fd, "$5\r\nextra\r\n"))
+            return;
+        }
         while (!stop_ && ::poll(&p, 1, 20) == 0) {
         }
         if (stop_ || ::recv(fd, buf, sizeof buf, 0) <= 0)

@@ -9,6 +9,7 @@
 #include "ferry/core/sync_wait.hpp"
 #include "ferry/io/io_context.hpp"
 #include "ferry/metadata/connect_metadata.hpp"
+#include "ferry/metadata/host_port.hpp"
 #include "ferry/metadata/http/etcd_metadata_store.hpp"
 #include "ferry/metadata/http/http_metadata_store.hpp"
 #include "ferry/metadata/metad_protocol.hpp"
@@ -264,9 +265,43 @@ TEST_SUITE("metadata backends") {
     }
   }
 
+  TEST_CASE("each service is reached at an IPv6 address in brackets and a segment published there is found "
+            "and read") {
+    if (!ferry_test::can_bind("::1")) {
+      MESSAGE("skipped: this machine cannot bind ::1 (IPv6 is off)");
+      return;
+    }
+    ferry_test::etcd_server etcd("data", "::1");
+    ferry_test::redis_server redis("::1");
+    ferry_test::metad_server metad("::1");
+    for (const auto& conn : {etcd.connection(), redis.connection(), metad.connection()}) {
+      CAPTURE(conn);
+      REQUIRE(conn.find("://[::1]:") != std::string::npos);
+      auto target = spawn_published(conn, "over-v6", 11, 5000ms, "[::1]:0"); // before this process's threads
+      CHECK(target.line().starts_with("[::1]:"));
+      auto m = connect(conn);
+      REQUIRE(sync_wait(m.put("ferry/v6", "reached")));
+      CHECK(sync_wait(m.get("ferry/v6")).value() == "reached");
+      REQUIRE(sync_wait(m.remove("ferry/v6")));
+
+      ferry::io::io_context ctx;
+      ferry::default_engine engine(ctx, {.name = "finder"});
+      engine.use_metadata(m);
+      auto seg = ctx.run_until(engine.open_segment("over-v6"));
+      REQUIRE_MESSAGE(seg, seg.error().message());
+      std::vector<std::byte> got(target_size);
+      REQUIRE(engine.registry().add(got.data(), got.size(), ferry::access::read_write));
+      auto r = ctx.run_until(read_all(engine, *seg, got));
+      REQUIRE_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(holds_pattern(got, 11));
+    }
+  }
+
   TEST_CASE("connection strings: bad ones are refused with the reason") {
-    for (const char* bad : {"etcd://", "etcd://host", "etcd://host:notaport", "redis://a:1,b:2",
-                            "zookeeper://x:1", "127.0.0.1:2379", "http://:80", "etcd://h:99999"}) {
+    for (const char* bad :
+         {"etcd://", "etcd://host", "etcd://host:notaport", "redis://a:1,b:2", "zookeeper://x:1",
+          "127.0.0.1:2379", "http://:80", "etcd://h:99999", "etcd://h:0", "redis://::1:6379", "http://[]:80",
+          "http://[127.0.0.1]:80", "etcd://[::1:2379"}) {
       auto m = ferry::connect_metadata(bad);
       CHECK_MESSAGE(!m, bad);
       if (!m)
@@ -276,6 +311,13 @@ TEST_SUITE("metadata backends") {
     REQUIRE(a);
     CHECK(a->hosts.size() == 2);
     CHECK(a->prefix == "cluster-a/");
+    auto v6 = ferry::metadata_address::parse("etcd://[fd00::7]:2379,10.0.0.2:2379/c");
+    REQUIRE(v6);
+    auto first = ferry::host_port::parse(v6->hosts[0]);
+    REQUIRE(first);
+    CHECK(first->host == "fd00::7");
+    CHECK(first->port == 2379);
+    CHECK(first->to_string() == "[fd00::7]:2379");
     CHECK(connect("p2p").direct());
   }
 
@@ -340,6 +382,34 @@ TEST_SUITE("metadata backends") {
         MESSAGE(scheme, ": ", got.error().message(), " after ",
                 std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), " ms");
       }
+    }
+  }
+
+  TEST_CASE("a redis that sends more replies than commands is never read out of step") {
+    using ferry_test::misbehaving_server;
+    SUBCASE("two replies at once: the command fails, and the next one goes over a new connection") {
+      misbehaving_server server(misbehaving_server::protocol::resp, misbehaving_server::manner::two_replies);
+      auto m = connect("redis://" + server.address());
+      auto first = sync_wait(m.get("k"));
+      REQUIRE_FALSE(first);
+      CHECK(first.error() == ferry::errc::malformed_frame);
+      MESSAGE(first.error().message());
+      CHECK(sync_wait(m.get("k")).error() ==
+            ferry::errc::malformed_frame); // a new connection, the same again
+      CHECK(server.accepted() == 2);
+    }
+    SUBCASE("a reply that comes after its command's: the next command goes over a new connection") {
+      misbehaving_server server(misbehaving_server::protocol::resp,
+                                misbehaving_server::manner::late_extra_reply);
+      auto m = connect("redis://" + server.address());
+      auto first = sync_wait(m.get("k"));
+      REQUIRE(first);
+      CHECK(first->value() == "v1");
+      std::this_thread::sleep_for(200ms); // the extra reply is here now
+      auto second = sync_wait(m.get("k"));
+      REQUIRE(second);
+      CHECK(second->value() == "v1"); // the new connection's first answer, not "extra"
+      CHECK(server.accepted() == 2);
     }
   }
 

@@ -15,6 +15,7 @@
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/core/thread_pool.hpp"
+#include "ferry/metadata/host_port.hpp"
 #include "ferry/metadata/http/detail/exchange_watchdog.hpp"
 #include "ferry/metadata/metadata_options.hpp"
 
@@ -44,8 +45,9 @@ public:
   http_exchange(std::string what, std::vector<std::string> hosts, metadata_options options)
       : what_(std::move(what)), options_(options), worker_(1) {
     for (auto& h : hosts) {
-      auto colon = h.rfind(':');
-      auto c = std::make_unique<httplib::Client>(h.substr(0, colon), std::stoi(h.substr(colon + 1)));
+      // why: the address was checked by metadata_address::parse; one that was not connects nowhere
+      auto where = host_port::parse(h).value_or(host_port{});
+      auto c = std::make_unique<httplib::Client>(where.host, where.port);
       auto seconds = std::chrono::duration_cast<std::chrono::seconds>(options_.timeout);
       auto micros = std::chrono::duration_cast<std::chrono::microseconds>(options_.timeout - seconds);
       c->set_connection_timeout(seconds.count(), micros.count());
@@ -77,6 +79,9 @@ public:
       req.path = path;
       req.body = body;
       req.set_header("Content-Type", "application/json");
+      // why: `Host` as the endpoint was given, an IPv6 address in its brackets (RFC 7230), not as the host
+      // the client was made with (without them)
+      req.set_header("Host", e.host);
       int status = 0;
       std::string received;
       bool too_large = false;

@@ -15,6 +15,7 @@
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/core/thread_pool.hpp"
+#include "ferry/metadata/host_port.hpp"
 #include "ferry/metadata/lease_id.hpp"
 #include "ferry/metadata/metadata_options.hpp"
 
@@ -290,11 +291,14 @@ private:
   /// Runs one command (binary-safe arguments), connecting first if needed; a broken connection is dropped
   /// and the next command reconnects.
   result<reply_ptr> command(const std::vector<std::string>& args) {
+    if (ctx_ && readable_between_commands())
+      ctx_.reset(); // why: bytes (or the end) that no command asked for: the connection is out of step
     if (!ctx_) {
-      auto colon = host_.rfind(':');
+      auto where = host_port::parse(host_);
+      if (!where)
+        return fail(where.error());
       const ::timeval tv = timeval_of(options_.timeout);
-      ctx_.reset(
-          ::redisConnectWithTimeout(host_.substr(0, colon).c_str(), std::stoi(host_.substr(colon + 1)), tv));
+      ctx_.reset(::redisConnectWithTimeout(where->host.c_str(), where->port, tv));
       if (!ctx_ || ctx_->err) {
         std::string why = ctx_ ? ctx_->errstr : "cannot allocate a context";
         ctx_.reset();
@@ -323,6 +327,15 @@ private:
       return fail(errc::invalid_state,
                   "redis " + host_ + ": " + args[0] + ": " + std::string(r->str, r->len));
     return r;
+  }
+
+  /// Whether the connection has bytes or its end waiting while no command is under way: an extra reply from
+  /// the server, or the server closed it (an idle timeout, say).
+  bool readable_between_commands() const noexcept {
+    if (ctx_->reader->pos < ctx_->reader->len)
+      return true;
+    ::pollfd p{ctx_->fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) != 0;
   }
 
   /// Sends one command within `options_.timeout`, and gathers its reply within `options_.timeout` from when
@@ -372,6 +385,12 @@ private:
                           ": the reply has more elements than max_reply_bytes allows (one per " +
                           std::to_string(bytes_per_element) + " bytes)");
         return fail(errc::malformed_frame, "redis " + host_ + ": " + what + ": " + ctx_->errstr);
+      }
+      if (reply && ctx_->reader->pos < ctx_->reader->len) {
+        // why: RESP answers each command with one reply; a server that sent more has lost its step with ours
+        ::freeReplyObject(reply);
+        return fail(errc::malformed_frame,
+                    "redis " + host_ + ": " + what + ": more than one reply to one command");
       }
       if (reply)
         return static_cast<redisReply*>(reply);
