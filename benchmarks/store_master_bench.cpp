@@ -1,6 +1,6 @@
-// Store master throughput (put_start+put_end, get_replicas, remove; 1 and 2 threads) and master memory
-// per object, measured from the allocator's own accounting (glibc mallinfo2: bytes in use, chunk
-// headers included).
+// Store master throughput (put_start+put_end, get_replicas, remove; 1 and 2 threads), the cost of one
+// maintenance pass over a large pool, and master memory per object, measured from the allocator's own
+// accounting (glibc mallinfo2: bytes in use, chunk headers included).
 //
 //   ferry-store-master-bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 
@@ -133,6 +133,23 @@ void memory_per_object(benchmark::State& state) {
   state.counters["bytes_per_object"] = per_object;
 }
 BENCHMARK(memory_per_object)->Arg(1 << 20)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// One maintenance pass (`tick`) over a master holding N committed objects and 64 puts still pending, none of
+// them due: what the periodic call costs a large pool when there is nothing to do.
+void tick(benchmark::State& state) {
+  const auto n = state.range(0);
+  auto m = make_master();
+  for (auto& k : keys_for(0, n))
+    (void)(m->put_start(k, object_bytes) && m->put_end(k));
+  for (auto& k : keys_for(1, 64))
+    (void)m->put_start(k, object_bytes);
+  for (auto _ : state) {
+    auto report = m->tick();
+    benchmark::DoNotOptimize(report);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(tick)->Arg(1 << 16)->Arg(1 << 20)->Unit(benchmark::kMicrosecond);
 
 } // namespace
 

@@ -181,6 +181,64 @@ TEST_SUITE("master") {
     CHECK(m.stats().used == 0);
   }
 
+  TEST_CASE("each pass reclaims exactly the puts that are due among many committed revoked and reused ones") {
+    test_master m(no_watermark(1)); // one shard: every put in one reclaim queue
+    REQUIRE(m.mount_segment({.name = "a", .host = "h1", .capacity = 1 << 30, .owner = 1}));
+    // Early puts, all at one time: 3,000 (enough to rebuild the queue), every 100th left pending and each
+    // one before it revoked, so that the pending one takes the revoked one's slot with the same deadline.
+    std::size_t pending_early = 0;
+    for (long i = 0; i < 3000; ++i) {
+      auto key = named("early", i);
+      REQUIRE(m.put_start(key, 100));
+      if (i % 100 == 0)
+        ++pending_early;
+      else if (i % 100 == 99)
+        REQUIRE(m.put_revoke(key));
+      else
+        REQUIRE(m.put_end(key));
+    }
+    m.clock().advance(5s);
+    m.heartbeat(1);
+    for (long i = 0; i < 40; ++i) // 5 s later: not due when the early ones are
+      REQUIRE(m.put_start(named("late", i), 100));
+    REQUIRE(m.put_end("late0"));
+    m.clock().advance(5s);
+    m.heartbeat(1);
+    auto first = m.tick();
+    CHECK(first.puts_reclaimed == pending_early);
+    CHECK(m.stats().pending == 39);
+    CHECK(m.stats().objects == 3000 - pending_early - 30 + 40);
+    CHECK(m.exists("early1"));
+    CHECK(m.put_end("early0").error() == errc::not_found);
+    CHECK(m.tick().puts_reclaimed == 0); // nothing more is due
+    REQUIRE(m.put_end("late1"));
+    m.clock().advance(5s);
+    m.heartbeat(1);
+    CHECK(m.tick().puts_reclaimed == 38);
+    CHECK(m.stats().pending == 0);
+    CHECK(m.exists("late0"));
+    CHECK(m.exists("late1"));
+    CHECK(m.stats().used == 100 * m.stats().objects);
+  }
+
+  TEST_CASE("an expired client's pending puts are reclaimed before they are due") {
+    test_master m(no_watermark(1));
+    REQUIRE(m.mount_segment({.name = "b", .host = "h2", .capacity = 1 << 20, .owner = 2}));
+    m.heartbeat(1); // a writer without a segment of its own
+    REQUIRE(m.put_start("of-1", 100, {.owner = 1}));
+    REQUIRE(m.put_start("of-2", 100, {.owner = 2}));
+    REQUIRE(m.put_start("of-none", 100));
+    m.clock().advance(2s);
+    m.heartbeat(2);
+    m.clock().advance(2s); // client 1 silent for 4 s > 3 s; the puts are due only after 10 s
+    auto r = m.tick();
+    CHECK(r.clients_expired == 1);
+    CHECK(r.puts_reclaimed == 1);
+    CHECK(m.put_end("of-1").error() == errc::not_found);
+    CHECK(m.put_end("of-2"));
+    CHECK(m.put_end("of-none"));
+  }
+
   TEST_CASE("an expired client's segments leave the pool and objects left without replicas disappear") {
     test_master m(no_watermark());
     auto a = m.mount_segment({.name = "a", .host = "h1", .capacity = 1000, .owner = 1});
