@@ -1,6 +1,6 @@
-// Store master throughput (put_start+put_end, get_replicas, remove; 1 and 2 threads), the cost of one
-// maintenance pass over a large pool, and master memory per object, measured from the allocator's own
-// accounting (glibc mallinfo2: bytes in use, chunk headers included).
+// Store master throughput (put_start+put_end, get_replicas, remove; 1 and 2 threads; puts that evict prefix
+// chains), the cost of one maintenance pass over a large pool, and master memory per object, measured from
+// the allocator's own accounting (glibc mallinfo2: bytes in use, chunk headers included).
 //
 //   ferry-store-master-bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 
@@ -150,6 +150,37 @@ void tick(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(tick)->Arg(1 << 16)->Arg(1 << 20)->Unit(benchmark::kMicrosecond);
+
+// Puts into a full pool under the prefix-aware policy, each block of a chain of `range(0)` blocks linked to
+// the one before it (one hash tag per chain, so a chain lives in one shard): what eviction costs per put when
+// the pool holds long prefixes. 16,384 blocks of 4 KiB fill the pool; the timed puts evict as they go.
+void put_evicting_chains(benchmark::State& state) {
+  const auto chain = state.range(0);
+  constexpr std::int64_t pool_blocks = 1 << 14;
+  auto m = std::make_unique<bench_master>(
+      store::master_config{.shards = 16, .lease_ttl = std::chrono::nanoseconds(0)});
+  (void)m->mount_segment({.name = "a", .host = "h", .capacity = pool_blocks * object_bytes, .owner = 1});
+  std::int64_t next = 0;
+  auto put_next = [&] {
+    char key[48], parent[48];
+    const auto c = next / chain, b = next % chain;
+    std::snprintf(key, sizeof key, "{c%lld}/%lld", static_cast<long long>(c), static_cast<long long>(b));
+    std::snprintf(parent, sizeof parent, "{c%lld}/%lld", static_cast<long long>(c),
+                  static_cast<long long>(b - 1));
+    store::put_options o;
+    if (b > 0)
+      o.parent = parent;
+    o.depth = static_cast<std::uint32_t>(b);
+    (void)(m->put_start(key, object_bytes, o) && m->put_end(key));
+    ++next;
+  };
+  while (next < 2 * pool_blocks) // full, and evicting for a while
+    put_next();
+  for (auto _ : state)
+    put_next();
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(put_evicting_chains)->Arg(16)->Arg(256)->Arg(4096)->Unit(benchmark::kMicrosecond);
 
 } // namespace
 

@@ -2,7 +2,9 @@
 
 #include <doctest/doctest.h>
 
+#include <random>
 #include <set>
+#include <vector>
 
 using ferry::store::entry_hint;
 using ferry::store::prefix_aware_policy;
@@ -70,6 +72,54 @@ TEST_SUITE("prefix_aware_policy") {
     }
     auto last_two = p.victim(any);
     CHECK(last_two <= 1);
+  }
+
+  TEST_CASE(
+      "the victim is the one a walk over every block finds, through inserts reads evictions and removals") {
+    // Random chains (a new block continues a cached block or starts a chain), partial ends, reads, evictions
+    // and explicit removals; blocks that cannot be evicted come and go. After every step, victim() must
+    // choose what the plain walk from the front of each segment chooses.
+    std::mt19937 rng(20261128);
+    prefix_aware_policy p;
+    std::vector<std::uint32_t> cached;
+    std::vector<std::uint32_t> free_ids;
+    std::uint32_t next_id = 0;
+    std::set<std::uint32_t> stuck; // leased or pinned: not evictable now
+    auto evictable = [&](std::uint32_t id) { return stuck.count(id) == 0; };
+    auto pick = [&] { return cached[std::uniform_int_distribution<std::size_t>(0, cached.size() - 1)(rng)]; };
+    for (int step = 0; step < 20000; ++step) {
+      const int what = std::uniform_int_distribution<int>(0, 9)(rng);
+      if (cached.empty() || what <= 3) {
+        std::uint32_t id = free_ids.empty() ? next_id++ : free_ids.back();
+        if (!free_ids.empty())
+          free_ids.pop_back();
+        entry_hint h{.key_hash = std::uint64_t(step)};
+        if (!cached.empty() && what != 0)
+          h.parent = pick();
+        h.partial_tail = what == 1;
+        p.insert(id, h);
+        cached.push_back(id);
+      } else if (what == 4) {
+        p.touch(pick());
+      } else if (what == 5) {
+        auto id = pick();
+        if (!stuck.erase(id))
+          stuck.insert(id);
+      } else {
+        auto expected = p.victim_by_walk(evictable);
+        auto v = what <= 7 ? p.victim(evictable) : pick(); // 8, 9: an explicit removal
+        if (what <= 7)
+          REQUIRE(v == expected);
+        if (v == ferry::detail::no_index)
+          continue;
+        p.erase(v, v, what <= 7);
+        std::erase(cached, v);
+        stuck.erase(v);
+        free_ids.push_back(v);
+      }
+      REQUIRE(p.victim(evictable) == p.victim_by_walk(evictable));
+    }
+    CHECK(p.size() == cached.size());
   }
 
   TEST_CASE("removing a block with cached successors turns them into chain heads") {

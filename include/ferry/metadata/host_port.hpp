@@ -9,6 +9,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/core/result.hpp"
 
+#include <arpa/inet.h>
 #include <charconv>
 #include <cstdint>
 #include <string>
@@ -24,7 +25,7 @@ struct host_port {
   /// Whether `host` is an IPv6 address (and so is written in brackets).
   bool is_ipv6() const noexcept { return host.find(':') != std::string::npos; }
 
-  /// "HOST:PORT", with an IPv6 host in brackets again; also what an HTTP `Host` header carries.
+  /// "HOST:PORT", with an IPv6 host in brackets again.
   std::string to_string() const { return (is_ipv6() ? "[" + host + "]" : host) + ":" + std::to_string(port); }
 
   /// Parses "HOST:PORT" (port 0 to 65535). An IPv6 address must be in brackets: "::1:80" is refused, since
@@ -43,7 +44,10 @@ struct host_port {
       return bad("the port must be a number from 0 to 65535");
     if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
       host = host.substr(1, host.size() - 2);
-      if (host.find(':') == std::string_view::npos)
+      // why: a zone ("fe80::1%eth0") follows the address; only the address itself is checked here
+      std::string address(host.substr(0, host.find('%')));
+      ::in6_addr parsed;
+      if (::inet_pton(AF_INET6, address.c_str(), &parsed) != 1 || address.size() + 1 == host.size())
         return bad("only an IPv6 address goes in brackets");
     } else if (host.find_first_of(":[]") != std::string_view::npos) {
       return bad("an IPv6 address goes in brackets: [::1]:80");

@@ -29,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace ferry::detail {
@@ -525,20 +526,22 @@ private:
 
   replica_set insert_pending(shard& sh, std::string_view key, std::uint64_t size, const put_options& options,
                              std::span<const detail::stored_piece> pieces) {
-    std::uint32_t slot;
-    if (!sh.free_slots.empty()) {
-      slot = sh.free_slots.back();
+    const time_point until = clock_.now() + config_.put_timeout;
+    const std::uint32_t slot =
+        sh.free_slots.empty() ? static_cast<std::uint32_t>(sh.objects.size()) : sh.free_slots.back();
+    // why: queued before anything is taken, so that a throw (out of memory) leaves no pending put that no
+    // pass would reclaim; an entry whose put never started counts as one that ended
+    remember_pending(sh, slot, until);
+    if (!sh.free_slots.empty())
       sh.free_slots.pop_back();
-    } else {
-      slot = sh.objects.size();
+    else
       sh.objects.resize(slot + 1);
-    }
     auto [it, inserted] = sh.index.emplace(std::string(key), slot);
     auto& meta = sh.objects[slot];
     meta.key = &it->first;
     meta.size = size;
     meta.pieces.assign(pieces);
-    meta.lease_until = clock_.now() + config_.put_timeout;
+    meta.lease_until = until;
     meta.deadline = time_point(options.soft_pin);
     meta.owner = options.owner;
     meta.parent = entry_hint::no_parent;
@@ -547,7 +550,6 @@ private:
         meta.parent = p->second;
     meta.depth = options.depth;
     meta.state = detail::object_state::pending;
-    remember_pending(sh, slot, meta.lease_until);
     meta.stripes = static_cast<std::uint8_t>(options.stripes);
     meta.hard_pin = options.hard_pin;
     meta.soft_pin = options.soft_pin.count() > 0;
@@ -563,17 +565,24 @@ private:
     return meta.state == detail::object_state::pending && meta.lease_until == until;
   }
 
-  /// Queues a new pending put for reclaim; drops the entries of ended puts once they are most of the queue.
+  /// Queues a put about to start for reclaim; drops the entries of ended puts once they are most of the
+  /// queue.
   // why: entries of committed puts are not taken out one by one (that would cost a search per put_end); the
   // queue is rebuilt when they outnumber the live ones by 1,024, which keeps it within twice the pending
-  // puts plus 1,024 entries, and costs each put a constant amount on average
+  // puts plus 1,024 entries, and costs each put a constant amount on average. A rebuilt queue holds one
+  // entry per pending put: entries of ended puts whose slot was taken again with the same deadline (a clock
+  // that did not move) match the new put too, and only the first is kept.
   static void remember_pending(shard& sh, std::uint32_t slot, time_point until) {
     auto& q = sh.pending_order;
-    const std::size_t live = sh.index.size() - sh.policy.size(); // pending puts, this one included
-    if (q.size() - sh.pending_first >= 2 * live + 1024) {
+    const std::size_t live = sh.index.size() - sh.policy.size(); // pending puts, not counting this one
+    if (q.size() - sh.pending_first >= 2 * (live + 1) + 1024) {
       q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(sh.pending_first));
       sh.pending_first = 0;
-      std::erase_if(q, [&](const pending_put& p) { return !is_pending_since(sh, p.slot, p.until); });
+      std::unordered_set<std::uint32_t> kept;
+      kept.reserve(live);
+      std::erase_if(q, [&](const pending_put& p) {
+        return !is_pending_since(sh, p.slot, p.until) || !kept.insert(p.slot).second;
+      });
     }
     q.push_back({until, slot});
   }

@@ -385,7 +385,7 @@ TEST_SUITE("metadata backends") {
     }
   }
 
-  TEST_CASE("a redis that sends more replies than commands is never read out of step") {
+  TEST_CASE("a redis reply no command asked for is found by the next command and its connection replaced") {
     using ferry_test::misbehaving_server;
     SUBCASE("two replies at once: the command fails, and the next one goes over a new connection") {
       misbehaving_server server(misbehaving_server::protocol::resp, misbehaving_server::manner::two_replies);

@@ -45,9 +45,12 @@ public:
   http_exchange(std::string what, std::vector<std::string> hosts, metadata_options options)
       : what_(std::move(what)), options_(options), worker_(1) {
     for (auto& h : hosts) {
-      // why: the address was checked by metadata_address::parse; one that was not connects nowhere
-      auto where = host_port::parse(h).value_or(host_port{});
-      auto c = std::make_unique<httplib::Client>(where.host, where.port);
+      auto where = host_port::parse(h);
+      if (!where) { // every request fails over to the next endpoint, naming this one and why
+        endpoints_.push_back({h, {}, std::string(where.error().what()), nullptr});
+        continue;
+      }
+      auto c = std::make_unique<httplib::Client>(where->host, where->port);
       auto seconds = std::chrono::duration_cast<std::chrono::seconds>(options_.timeout);
       auto micros = std::chrono::duration_cast<std::chrono::microseconds>(options_.timeout - seconds);
       c->set_connection_timeout(seconds.count(), micros.count());
@@ -58,7 +61,12 @@ public:
       // and a compare-and-set cannot be retried blindly; lookups are rare enough to pay a loopback handshake.
       c->set_keep_alive(false);
       c->set_socket_options([this](socket_t fd) { watchdog_.watch_socket(fd); });
-      endpoints_.push_back({h, std::move(c)});
+      // why: `Host` names the endpoint with an IPv6 address in its brackets and a zone's '%' encoded (RFC
+      // 7230, 6874), which the client made with the bare address does not write
+      std::string host_header;
+      for (char ch : where->to_string())
+        host_header += ch == '%' ? std::string("%25") : std::string(1, ch);
+      endpoints_.push_back({h, std::move(host_header), {}, std::move(c)});
     }
   }
   http_exchange(const http_exchange&) = delete;
@@ -71,6 +79,10 @@ public:
     std::string tried;
     for (std::size_t n = 0; n < endpoints_.size(); ++n) {
       auto& e = endpoints_[(current_ + n) % endpoints_.size()];
+      if (!e.client) {
+        tried += (tried.empty() ? "" : ", ") + e.host + " (" + e.refused + ")";
+        continue;
+      }
       // why: the body is collected as it arrives. etcd's gateway ends its error replies with an HTTP trailer
       // (Grpc-Trailer-Content-Type) that cpp-httplib 0.11 fails to read after the last chunk; a reply whose
       // status line came and whose body is a whole JSON document is complete despite that.
@@ -79,9 +91,7 @@ public:
       req.path = path;
       req.body = body;
       req.set_header("Content-Type", "application/json");
-      // why: `Host` as the endpoint was given, an IPv6 address in its brackets (RFC 7230), not as the host
-      // the client was made with (without them)
-      req.set_header("Host", e.host);
+      req.set_header("Host", e.host_header);
       int status = 0;
       std::string received;
       bool too_large = false;
@@ -147,7 +157,9 @@ private:
   }
 
   struct endpoint {
-    std::string host;
+    std::string host;        // as given
+    std::string host_header; // as an HTTP Host header
+    std::string refused;     // why `host` is not HOST:PORT (then no client)
     std::unique_ptr<httplib::Client> client;
   };
   std::string what_;

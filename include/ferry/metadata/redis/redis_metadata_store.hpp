@@ -335,7 +335,7 @@ private:
     if (ctx_->reader->pos < ctx_->reader->len)
       return true;
     ::pollfd p{ctx_->fd, POLLIN, 0};
-    return ::poll(&p, 1, 0) != 0;
+    return ::poll(&p, 1, 0) > 0;
   }
 
   /// Sends one command within `options_.timeout`, and gathers its reply within `options_.timeout` from when
