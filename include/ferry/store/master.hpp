@@ -200,8 +200,15 @@ public:
           return fail(errc::already_exists, "put_start: the key exists; remove it first or use another key");
         std::vector<detail::stored_piece> pieces;
         allocate_pieces(sh, size, placed, pieces);
-        if (!pieces.empty())
-          set = insert_pending(sh, key, size, placed, pieces);
+        if (!pieces.empty()) {
+          try {
+            set = insert_pending(sh, key, size, placed, pieces);
+          } catch (...) { // out of memory: the space goes back, and the put never started
+            std::shared_lock table(segments_mutex_);
+            free_pieces(pieces);
+            throw;
+          }
+        }
       }
       if (set) {
         relieve_pressure();
@@ -526,21 +533,36 @@ private:
 
   replica_set insert_pending(shard& sh, std::string_view key, std::uint64_t size, const put_options& options,
                              std::span<const detail::stored_piece> pieces) {
+    replica_set set{size, options.stripes, {}}; // what make_set would say of the object
+    set.pieces.reserve(pieces.size());
+    for (auto& p : pieces)
+      set.pieces.push_back({p.segment, p.offset, p.length});
     const time_point until = clock_.now() + config_.put_timeout;
     const std::uint32_t slot =
         sh.free_slots.empty() ? static_cast<std::uint32_t>(sh.objects.size()) : sh.free_slots.back();
-    // why: queued before anything is taken, so that a throw (out of memory) leaves no pending put that no
-    // pass would reclaim; an entry whose put never started counts as one that ended
+    // why: queued before the slot and the key are taken, so that a throw (out of memory) leaves no pending
+    // put that no pass would reclaim; an entry whose put never started counts as one that ended
     remember_pending(sh, slot, until);
     if (!sh.free_slots.empty())
       sh.free_slots.pop_back();
     else
       sh.objects.resize(slot + 1);
-    auto [it, inserted] = sh.index.emplace(std::string(key), slot);
     auto& meta = sh.objects[slot];
-    meta.key = &it->first;
+    try {
+      auto [it, inserted] = sh.index.emplace(std::string(key), slot);
+      meta.key = &it->first;
+      try {
+        meta.pieces.assign(pieces);
+      } catch (...) {
+        sh.index.erase(it);
+        throw;
+      }
+    } catch (...) { // the key and the slot are free again; the caller gives the space back
+      meta = detail::object_meta{};
+      sh.free_slots.push_back(slot);
+      throw;
+    }
     meta.size = size;
-    meta.pieces.assign(pieces);
     meta.lease_until = until;
     meta.deadline = time_point(options.soft_pin);
     meta.owner = options.owner;
@@ -554,7 +576,7 @@ private:
     meta.hard_pin = options.hard_pin;
     meta.soft_pin = options.soft_pin.count() > 0;
     meta.partial_tail = options.partial_tail;
-    return make_set(meta);
+    return set; // why: built first, so that nothing can throw once the put is pending
   }
 
   /// Whether `slot` holds a put still pending that started with deadline `until`.

@@ -23,6 +23,11 @@ namespace ferry::store {
 ///   store::master<store::prefix_aware_policy> m;   // the default
 class prefix_aware_policy {
 public:
+  prefix_aware_policy() = default;
+  /// Starts the blocks' place numbers at `first_order` instead of 2^30; tests start them near either end of
+  /// the range to reach the renumbering that keeps them ordered.
+  explicit prefix_aware_policy(std::uint32_t first_order) : next_order_(first_order) {}
+
   void insert(std::uint32_t id, const entry_hint& hint) {
     nodes_.resize(id + 1);
     node& n = nodes_[id];
@@ -172,9 +177,13 @@ private:
       note_tail(in_protected, id);
   }
   void link_front(std::uint32_t id) { // probation only
-    if (!probation_.empty() && nodes_[probation_.front()].order == 0)
+    if (probation_.empty()) {
+      link_back(false, id);
+      return;
+    }
+    if (nodes_[probation_.front()].order == 0)
       renumber();
-    const std::uint32_t order = probation_.empty() ? next_order_++ : nodes_[probation_.front()].order - 1;
+    const std::uint32_t order = nodes_[probation_.front()].order - 1;
     probation_.push_front(links_of(), id);
     nodes_[id].order = order;
     if (is_tail(id))
