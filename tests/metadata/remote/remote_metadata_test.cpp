@@ -22,7 +22,9 @@
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <sched.h>
 #include <string>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <thread>
@@ -295,6 +297,81 @@ TEST_SUITE("metadata backends") {
       REQUIRE_MESSAGE(r.ok(), r.first_error().message());
       CHECK(holds_pattern(got, 11));
     }
+  }
+
+  TEST_CASE("a name server that never answers costs an operation its timeout and a name found before still "
+            "reaches its server") {
+    ferry_test::metad_server metad;
+    ferry_test::redis_server redis;
+    const std::string metad_port = std::to_string(metad.process.port());
+    const std::string redis_port = std::to_string(redis.process.port());
+    ferry_test::temp_dir dir;
+    const std::string hosts = (dir.path / "hosts").string(), resolv = (dir.path / "resolv.conf").string();
+    // A process of its own, whose /etc/hosts and /etc/resolv.conf are the test's files (a mount namespace of
+    // its own): names resolve from the hosts file, then from a name server on 127.0.0.9:53 that takes every
+    // query and answers none (3 s a query, 2 attempts).
+    auto child = ferry_test::forked_child::start([&](auto report) {
+      auto write = [](const std::string& path, const std::string& text) {
+        std::FILE* f = std::fopen(path.c_str(), "w");
+        bool ok = f && std::fputs(text.c_str(), f) >= 0;
+        return (f && std::fclose(f) == 0) && ok;
+      };
+      int silent = ::socket(AF_INET, SOCK_DGRAM, 0);
+      ::sockaddr_storage at;
+      ::socklen_t at_len = ferry_test::socket_address("127.0.0.9", 53, at);
+      if (!write(hosts, "127.0.0.1 localhost\n127.0.0.1 ferry-meta.test\n") ||
+          !write(resolv, "nameserver 127.0.0.9\noptions timeout:3 attempts:2\n") ||
+          ::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+          ::mount(hosts.c_str(), "/etc/hosts", nullptr, MS_BIND, nullptr) != 0 ||
+          ::mount(resolv.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0 ||
+          ::bind(silent, reinterpret_cast<::sockaddr*>(&at), at_len) != 0) {
+        report(std::string("skipped: no mount namespace or no silent name server here: ") +
+               std::strerror(errno));
+        for (;;)
+          ::pause();
+      }
+      const ferry::metadata_options quick{.timeout = 500ms};
+      std::string outcome = "ok";
+      auto expect = [&](bool ok, const std::string& what) {
+        if (!ok && outcome == "ok")
+          outcome = what;
+      };
+      // A name the hosts file knows: found, and remembered.
+      auto http = ferry::connect_metadata("http://ferry-meta.test:" + metad_port, quick);
+      expect(http && sync_wait(http->put("ferry/by-name", "1")).has_value(), "http: a put by name failed");
+      // The name leaves the hosts file: its lookup now waits on the silent name server, and the request (a
+      // connection of its own) goes to the address found before.
+      expect(write(hosts, "127.0.0.1 localhost\n"), "cannot rewrite the hosts file");
+      auto t0 = std::chrono::steady_clock::now();
+      auto again = http ? sync_wait(http->get("ferry/by-name")) : ferry::result<std::optional<std::string>>();
+      expect(again && again->value_or("") == "1", "http: the name found before was not used: " +
+                                                      (again ? std::string() : again.error().message()));
+      expect(std::chrono::steady_clock::now() - t0 < 3s, "http: the request waited for the name server");
+      // Names never found: each operation fails within its timeout, naming the lookup.
+      for (std::string conn :
+           {"http://never-found.test:" + metad_port, "redis://never-found.test:" + redis_port,
+            std::string("etcd://never-found.test:2379")}) {
+        auto m = ferry::connect_metadata(conn, quick);
+        t0 = std::chrono::steady_clock::now();
+        auto got = m ? sync_wait(m->get("anything")) : ferry::result<std::optional<std::string>>();
+        auto took = std::chrono::steady_clock::now() - t0;
+        expect(!got &&
+                   std::string(got.error().what()).find("did not finish within 500 ms") != std::string::npos,
+               conn + ": " + (got ? std::string("succeeded") : got.error().message()));
+        expect(took < 2500ms,
+               conn + ": took " +
+                   std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()) +
+                   " ms");
+      }
+      report(outcome);
+      for (;;)
+        ::pause();
+    });
+    if (child.line().starts_with("skipped: ")) {
+      MESSAGE(child.line());
+      return;
+    }
+    CHECK(child.line() == "ok");
   }
 
   TEST_CASE("connection strings: bad ones are refused with the reason") {

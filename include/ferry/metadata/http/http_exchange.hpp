@@ -15,6 +15,7 @@
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/core/thread_pool.hpp"
+#include "ferry/metadata/detail/resolver.hpp"
 #include "ferry/metadata/host_port.hpp"
 #include "ferry/metadata/http/detail/exchange_watchdog.hpp"
 #include "ferry/metadata/metadata_options.hpp"
@@ -47,7 +48,7 @@ public:
     for (auto& h : hosts) {
       auto where = host_port::parse(h);
       if (!where) { // every request fails over to the next endpoint, naming this one and why
-        endpoints_.push_back({h, {}, std::string(where.error().what()), nullptr});
+        endpoints_.push_back({h, {}, {}, std::string(where.error().what()), nullptr});
         continue;
       }
       auto c = std::make_unique<httplib::Client>(where->host, where->port);
@@ -66,7 +67,7 @@ public:
       std::string host_header;
       for (char ch : where->to_string())
         host_header += ch == '%' ? std::string("%25") : std::string(1, ch);
-      endpoints_.push_back({h, std::move(host_header), {}, std::move(c)});
+      endpoints_.push_back({h, where->host, std::move(host_header), {}, std::move(c)});
     }
   }
   http_exchange(const http_exchange&) = delete;
@@ -83,65 +84,74 @@ public:
         tried += (tried.empty() ? "" : ", ") + e.host + " (" + e.refused + ")";
         continue;
       }
-      // why: the body is collected as it arrives. etcd's gateway ends its error replies with an HTTP trailer
-      // (Grpc-Trailer-Content-Type) that cpp-httplib 0.11 fails to read after the last chunk; a reply whose
-      // status line came and whose body is a whole JSON document is complete despite that.
-      httplib::Request req;
-      req.method = "POST";
-      req.path = path;
-      req.body = body;
-      req.set_header("Content-Type", "application/json");
-      req.set_header("Host", e.host_header);
-      int status = 0;
-      std::string received;
-      bool too_large = false;
-      req.response_handler = [&](const httplib::Response& r) {
-        status = r.status;
-        return true;
-      };
-      req.content_receiver = [&](const char* data, std::size_t length, std::uint64_t, std::uint64_t) {
-        if (length > options_.max_reply_bytes - received.size()) {
-          too_large = true;
-          return false;
-        }
-        received.append(data, length);
-        return true;
-      };
-      httplib::Response res;
-      httplib::Error err = httplib::Error::Success;
-      using clock = std::chrono::steady_clock;
-      watchdog_.arm(*e.client,
-                    detail::time_after<clock>(detail::time_after<clock>(clock::now(), options_.timeout),
-                                              options_.timeout),
-                    most_reply_bytes());
-      bool sent = e.client->send(req, res, err);
-      const auto fired = watchdog_.disarm();
-      const bool late = fired == detail::exchange_watchdog::fired::late;
-      // why: a reply that came whole, its body within the bound, was not too much, whatever the watchdog
-      // found as it ended
-      if (too_large || (!sent && fired == detail::exchange_watchdog::fired::too_much))
-        co_return fail(errc::malformed_frame, what_ + " " + e.host + ": the reply is larger than " +
-                                                  std::to_string(options_.max_reply_bytes) +
-                                                  " bytes (metadata_options::max_reply_bytes)");
-      // why: a reply that came whole counts even if the watchdog fired as it ended; one cut off does not
-      if (sent || (!late && err == httplib::Error::Read && status != 0 && nlohmann::json::accept(received))) {
-        current_ = (current_ + n) % endpoints_.size();
-        co_return reply{sent ? res.status : status, std::move(received)};
+      auto addresses = names_.addresses(e.name, options_.timeout);
+      if (!addresses) {
+        tried += (tried.empty() ? "" : ", ") + e.host + " (" + addresses.error().what() + ")";
+        continue;
       }
-      // why: a request that never went out (connecting failed, or took the watchdog's time) may go to the
-      // next endpoint; one that went out may have taken effect
-      if (late && err != httplib::Error::Connection)
-        co_return fail(errc::timed_out, what_ + " " + e.host + ": no whole reply within twice " +
-                                            std::to_string(options_.timeout.count()) +
-                                            " ms (its outcome is unknown)");
-      if (!tried.empty())
-        tried += ", ";
-      tried += e.host + " (" + httplib::to_string(err) + ")";
-      // why: only a request that never reached the server may go to the next endpoint; one that was sent
-      // may have taken effect (a compare-and-set, a lease grant), and sending it again could answer wrongly
-      if (err != httplib::Error::Connection)
-        co_return fail(errc::peer_unreachable, what_ + " " + e.host + ": " + httplib::to_string(err) +
-                                                   " after the request was sent (its outcome is unknown)");
+      for (const std::string& address : *addresses) { // in getaddrinfo's order, as a client would try them
+        e.client->set_hostname_addr_map({{e.name, address}});
+        // why: the body is collected as it arrives. etcd's gateway ends its error replies with an HTTP
+        // trailer (Grpc-Trailer-Content-Type) that cpp-httplib 0.11 fails to read after the last chunk; a
+        // reply whose status line came and whose body is a whole JSON document is complete despite that.
+        httplib::Request req;
+        req.method = "POST";
+        req.path = path;
+        req.body = body;
+        req.set_header("Content-Type", "application/json");
+        req.set_header("Host", e.host_header);
+        int status = 0;
+        std::string received;
+        bool too_large = false;
+        req.response_handler = [&](const httplib::Response& r) {
+          status = r.status;
+          return true;
+        };
+        req.content_receiver = [&](const char* data, std::size_t length, std::uint64_t, std::uint64_t) {
+          if (length > options_.max_reply_bytes - received.size()) {
+            too_large = true;
+            return false;
+          }
+          received.append(data, length);
+          return true;
+        };
+        httplib::Response res;
+        httplib::Error err = httplib::Error::Success;
+        using clock = std::chrono::steady_clock;
+        watchdog_.arm(*e.client,
+                      detail::time_after<clock>(detail::time_after<clock>(clock::now(), options_.timeout),
+                                                options_.timeout),
+                      most_reply_bytes());
+        bool sent = e.client->send(req, res, err);
+        const auto fired = watchdog_.disarm();
+        const bool late = fired == detail::exchange_watchdog::fired::late;
+        // why: a reply that came whole, its body within the bound, was not too much, whatever the watchdog
+        // found as it ended
+        if (too_large || (!sent && fired == detail::exchange_watchdog::fired::too_much))
+          co_return fail(errc::malformed_frame, what_ + " " + e.host + ": the reply is larger than " +
+                                                    std::to_string(options_.max_reply_bytes) +
+                                                    " bytes (metadata_options::max_reply_bytes)");
+        // why: a reply that came whole counts even if the watchdog fired as it ended; one cut off does not
+        if (sent ||
+            (!late && err == httplib::Error::Read && status != 0 && nlohmann::json::accept(received))) {
+          current_ = (current_ + n) % endpoints_.size();
+          co_return reply{sent ? res.status : status, std::move(received)};
+        }
+        // why: a request that never went out (connecting failed, or took the watchdog's time) may go to the
+        // next endpoint; one that went out may have taken effect
+        if (late && err != httplib::Error::Connection)
+          co_return fail(errc::timed_out, what_ + " " + e.host + ": no whole reply within twice " +
+                                              std::to_string(options_.timeout.count()) +
+                                              " ms (its outcome is unknown)");
+        if (!tried.empty())
+          tried += ", ";
+        tried += e.host + (address == e.name ? "" : " at " + address) + " (" + httplib::to_string(err) + ")";
+        // why: only a request that never reached the server may go to the next endpoint; one that was sent
+        // may have taken effect (a compare-and-set, a lease grant), and sending it again could answer wrongly
+        if (err != httplib::Error::Connection)
+          co_return fail(errc::peer_unreachable, what_ + " " + e.host + ": " + httplib::to_string(err) +
+                                                     " after the request was sent (its outcome is unknown)");
+      }
     }
     co_return fail(errc::peer_unreachable, what_ + " unreachable: " + tried);
   }
@@ -158,6 +168,7 @@ private:
 
   struct endpoint {
     std::string host;        // as given
+    std::string name;        // its host, without brackets
     std::string host_header; // as an HTTP Host header
     std::string refused;     // why `host` is not HOST:PORT (then no client)
     std::unique_ptr<httplib::Client> client;
@@ -168,7 +179,8 @@ private:
   std::size_t current_ = 0;
   std::mutex mutex_;
   detail::exchange_watchdog watchdog_;
-  thread_pool worker_; // why: last member: its thread finishes queued requests before the clients go
+  detail::resolver names_; // the endpoints' names, looked up within the timeout; the last answers kept
+  thread_pool worker_;     // why: last member: its thread finishes queued requests before the clients go
 };
 
 } // namespace ferry

@@ -15,6 +15,7 @@
 #include "ferry/core/result.hpp"
 #include "ferry/core/task.hpp"
 #include "ferry/core/thread_pool.hpp"
+#include "ferry/metadata/detail/resolver.hpp"
 #include "ferry/metadata/host_port.hpp"
 #include "ferry/metadata/lease_id.hpp"
 #include "ferry/metadata/metadata_options.hpp"
@@ -297,13 +298,22 @@ private:
       auto where = host_port::parse(host_);
       if (!where)
         return fail(where.error());
+      auto addresses = names_.addresses(where->host, options_.timeout);
+      if (!addresses)
+        return fail(
+            error(addresses.error().code(), "redis " + host_ + " unreachable: " + addresses.error().what()));
       const ::timeval tv = timeval_of(options_.timeout);
-      ctx_.reset(::redisConnectWithTimeout(where->host.c_str(), where->port, tv));
-      if (!ctx_ || ctx_->err) {
-        std::string why = ctx_ ? ctx_->errstr : "cannot allocate a context";
+      std::string why;
+      for (auto& address : *addresses) { // in getaddrinfo's order; the next one when one cannot be reached
+        ctx_.reset(::redisConnectWithTimeout(address.c_str(), where->port, tv));
+        if (ctx_ && !ctx_->err)
+          break;
+        why +=
+            (why.empty() ? "" : "; ") + address + ": " + (ctx_ ? ctx_->errstr : "cannot allocate a context");
         ctx_.reset();
-        return fail(errc::peer_unreachable, "redis " + host_ + " unreachable: " + why);
       }
+      if (!ctx_)
+        return fail(errc::peer_unreachable, "redis " + host_ + " unreachable: " + why);
       ::redisSetTimeout(ctx_.get(), tv);
       // why: hiredis allocates an array's element table as soon as it reads the array's header, whatever
       // the count; the reply functions below refuse more elements than the reply may hold
@@ -465,6 +475,7 @@ private:
 
   std::string host_;
   metadata_options options_;
+  detail::resolver names_; // the server's name, looked up within the timeout; the last answer kept
   std::unique_ptr<redisContext, context_deleter> ctx_;
   element_budget budget_; // what the reply being read may still allocate (ctx_'s reader points at it)
   std::map<lease_id, lease_state> leases_;
