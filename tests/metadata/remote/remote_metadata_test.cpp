@@ -306,7 +306,8 @@ TEST_SUITE("metadata backends") {
     const std::string metad_port = std::to_string(metad.process.port());
     const std::string redis_port = std::to_string(redis.process.port());
     ferry_test::temp_dir dir;
-    const std::string hosts = (dir.path / "hosts").string(), resolv = (dir.path / "resolv.conf").string();
+    const std::string hosts = (dir.path / "hosts").string(), resolv = (dir.path / "resolv.conf").string(),
+                      nsswitch = (dir.path / "nsswitch.conf").string();
     // A process of its own, whose /etc/hosts and /etc/resolv.conf are the test's files (a mount namespace of
     // its own): names resolve from the hosts file, then from a name server on 127.0.0.9:53 that takes every
     // query and answers none (3 s a query, 2 attempts).
@@ -347,6 +348,9 @@ TEST_SUITE("metadata backends") {
       expect(again && again->value_or("") == "1", "http: the name found before was not used: " +
                                                       (again ? std::string() : again.error().message()));
       expect(std::chrono::steady_clock::now() - t0 < 3s, "http: the request waited for the name server");
+      auto third = http ? sync_wait(http->get("ferry/by-name")) : ferry::result<std::optional<std::string>>();
+      expect(third && third->value_or("") == "1",
+             "http: the name found before was not used while its lookup ran");
       // Names never found: each operation fails within its timeout, naming the lookup.
       for (std::string conn :
            {"http://never-found.test:" + metad_port, "redis://never-found.test:" + redis_port,
@@ -363,6 +367,19 @@ TEST_SUITE("metadata backends") {
                    std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()) +
                    " ms");
       }
+      // A name the name service says does not exist (hosts: files only) is forgotten, address and all.
+      expect(write(hosts, "127.0.0.1 localhost\n127.0.0.1 ferry-gone.test\n") &&
+                 write(nsswitch, "hosts: files\n") &&
+                 ::mount(nsswitch.c_str(), "/etc/nsswitch.conf", nullptr, MS_BIND, nullptr) == 0,
+             std::string("cannot set up a name service of files only: ") + std::strerror(errno));
+      auto gone = ferry::connect_metadata("http://ferry-gone.test:" + metad_port, quick);
+      expect(gone && sync_wait(gone->get("ferry/by-name")).has_value(), "http: a get by name failed");
+      expect(write(hosts, "127.0.0.1 localhost\n"), "cannot rewrite the hosts file");
+      auto after = gone ? sync_wait(gone->get("ferry/by-name")) : ferry::result<std::optional<std::string>>();
+      expect(!after && std::string(after.error().what()).find("cannot look up 'ferry-gone.test'") !=
+                           std::string::npos,
+             "http: a name gone from the name service was still used: " +
+                 (after ? std::string("succeeded") : after.error().message()));
       report(outcome);
       for (;;)
         ::pause();

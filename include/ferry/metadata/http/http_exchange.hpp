@@ -139,7 +139,8 @@ public:
         }
         // why: a request that never went out (connecting failed, or took the watchdog's time) may go to the
         // next endpoint; one that went out may have taken effect
-        if (late && err != httplib::Error::Connection)
+        const bool never_sent = err == httplib::Error::Connection || err == httplib::Error::ConnectionTimeout;
+        if (late && !never_sent)
           co_return fail(errc::timed_out, what_ + " " + e.host + ": no whole reply within twice " +
                                               std::to_string(options_.timeout.count()) +
                                               " ms (its outcome is unknown)");
@@ -148,7 +149,7 @@ public:
         tried += e.host + (address == e.name ? "" : " at " + address) + " (" + httplib::to_string(err) + ")";
         // why: only a request that never reached the server may go to the next endpoint; one that was sent
         // may have taken effect (a compare-and-set, a lease grant), and sending it again could answer wrongly
-        if (err != httplib::Error::Connection)
+        if (!never_sent)
           co_return fail(errc::peer_unreachable, what_ + " " + e.host + ": " + httplib::to_string(err) +
                                                      " after the request was sent (its outcome is unknown)");
       }
