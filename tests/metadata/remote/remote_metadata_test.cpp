@@ -441,6 +441,36 @@ TEST_SUITE("metadata backends") {
     }
   }
 
+  TEST_CASE("an etcd endpoint that never completes a connection passes the request to the next one") {
+    ferry_test::etcd_server etcd;
+    // A listener whose accept queue is full and never taken: the kernel drops further connection requests,
+    // so a connect to it times out (rather than being refused).
+    int full = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(full >= 0);
+    ::sockaddr_storage at;
+    ::socklen_t len = ferry_test::socket_address("127.0.0.1", 0, at);
+    REQUIRE(::bind(full, reinterpret_cast<::sockaddr*>(&at), len) == 0);
+    REQUIRE(::listen(full, 0) == 0);
+    REQUIRE(::getsockname(full, reinterpret_cast<::sockaddr*>(&at), &len) == 0);
+    const int full_port = ntohs(reinterpret_cast<::sockaddr_in*>(&at)->sin_port);
+    std::vector<int> queued;
+    for (int i = 0; i < 4; ++i) { // fills the queue; the connects beyond it are left pending
+      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      (void)::connect(fd, reinterpret_cast<::sockaddr*>(&at), len);
+      queued.push_back(fd);
+    }
+    std::this_thread::sleep_for(100ms);
+    auto m = ferry::connect_metadata(
+        "etcd://127.0.0.1:" + std::to_string(full_port) + "," + etcd.process.address(), {.timeout = 500ms});
+    REQUIRE(m);
+    auto put = sync_wait(m->put("ferry/next", "reached"));
+    CHECK_MESSAGE(put.has_value(), (put ? std::string() : put.error().message()));
+    CHECK(sync_wait(m->get("ferry/next")).value() == "reached");
+    for (int fd : queued)
+      ::close(fd);
+    ::close(full);
+  }
+
   TEST_CASE("a service whose reply trickles, never ends or is endless fails the operation within its bound") {
     using server = ferry_test::misbehaving_server;
     const ferry::metadata_options options{.timeout = 300ms, .max_reply_bytes = 1 << 20};
