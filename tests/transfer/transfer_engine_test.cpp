@@ -147,6 +147,9 @@ struct hand_made_target {
   // With a pace: a write's reply is held until the next read's reply goes, and both go in one send (the
   // initiator then receives them together).
   bool replies_together = false;
+  // With a pace: a read's reply says that the read's status follows its payload, and this header (its
+  // request id added to the read's) follows it.
+  std::optional<ferry::tcp::frame_header> status_after_read;
 
   explicit hand_made_target(ferry::io::io_context& c, std::optional<std::chrono::milliseconds> slowly = {},
                             std::size_t region_bytes = 1 << 20)
@@ -220,12 +223,20 @@ struct hand_made_target {
       } else if (pace && h->type == ferry::tcp::frame_type::read && h->offset + h->length <= region.size()) {
         reply.type = ferry::tcp::frame_type::read_reply;
         reply.length = h->length;
+        reply.flags = status_after_read ? ferry::tcp::frame_header::status_follows : 0;
         ferry::tcp::encode(reply, raw);
         held.insert(held.end(), raw.begin(), raw.end());
         co_await s.send_all(std::span(held));
         held.clear();
         if (auto ok = co_await slowly(s, std::span(region).subspan(h->offset, h->length), false); !ok)
           break;
+        if (status_after_read) {
+          auto after = *status_after_read;
+          after.request_id += h->request_id;
+          ferry::tcp::encode(after, raw);
+          if (auto ok = co_await s.send_all(raw); !ok)
+            break;
+        }
       } else if (h->payload_length() > 0) {
         if (auto ok = co_await s.recv_all(std::span(sink).first(h->payload_length())); !ok)
           break;
@@ -1305,7 +1316,7 @@ TEST_SUITE("transfer_engine") {
     served_pair p(1 << 20);
     auto& ctx = p.ctx;
     ctx.run_until([&]() -> ferry::task<> {
-      for (std::byte version : {std::byte{1}, std::byte{3}}) {
+      for (std::byte version : {std::byte{2}, std::byte{4}}) {
         auto raw = co_await ferry::io::tcp_socket::connect(ctx, *p.target.endpoint());
         REQUIRE(raw);
         auto hello = ferry_test::header(ferry::tcp::frame_type::hello, 77, 0, 0);
@@ -1332,7 +1343,7 @@ TEST_SUITE("transfer_engine") {
       ferry_test::raw_header got;
       REQUIRE(co_await s->recv_all(got));
       auto refusal = ferry_test::header(ferry::tcp::frame_type::hello_reply, 1, 0, 0);
-      refusal[4] = std::byte{3};
+      refusal[4] = std::byte{4};
       co_await s->send_all(refusal);
     };
     auto [fetched, unused] = ctx2.run_until(
@@ -1376,6 +1387,60 @@ TEST_SUITE("transfer_engine") {
     CHECK(read_took >= 800ms);
     CHECK(write_took < 400ms); // its payload takes 60 ms, and its reply is handed back within 200 us
     slow.close();
+  }
+
+  TEST_CASE("a read whose status follows its payload ends with that status and never with a status that "
+            "does not match it") {
+    ferry::io::io_context ctx;
+    hand_made_target t(ctx, 1ms, 3 << 20);
+    for (std::size_t i = 0; i < t.region.size(); ++i)
+      t.region[i] = static_cast<std::byte>(i * 7 + 1);
+    tcp_engine initiator(ctx, {.name = "initiator",
+                               .slice_size = 16 << 20,
+                               .retry_budget = 0,
+                               .tcp = {.connections_per_peer = 1, .reply_timeout = 5s}});
+    std::vector<std::byte> back(3 << 20);
+    REQUIRE(initiator.registry().add(back.data(), back.size(), access::read_write));
+    auto seg = ctx.run_until(initiator.open_segment(t.address));
+    REQUIRE(seg);
+    auto read_all = [&]() {
+      std::fill(back.begin(), back.end(), std::byte{0});
+      transfer_batch r;
+      r.read(back.data(), *seg, 0, back.size());
+      return ctx.run_until(initiator.transfer(r, ferry::transfer_options().with_timeout(10s)));
+    };
+    ferry::tcp::frame_header after;
+    after.type = ferry::tcp::frame_type::read_reply;
+    SUBCASE("a status of 0: the read is done") {
+      t.status_after_read = after;
+      auto r = read_all();
+      CHECK_MESSAGE(r.ok(), r.first_error().message());
+      CHECK(back == t.region);
+    }
+    SUBCASE("an error: the read fails with it, though all its bytes came") {
+      after.status = static_cast<std::int32_t>(errc::out_of_bounds);
+      t.status_after_read = after;
+      auto r = read_all();
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.requests[0].error() == errc::out_of_bounds);
+    }
+    SUBCASE("a status of another request, of another type or with a payload: the read fails") {
+      SUBCASE("another request") {
+        after.request_id = 1;
+      }
+      SUBCASE("another type") {
+        after.type = ferry::tcp::frame_type::write_reply;
+      }
+      SUBCASE("a payload") {
+        after.length = 16;
+      }
+      t.status_after_read = after;
+      auto r = read_all();
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.requests[0].error() == errc::malformed_frame);
+      MESSAGE(r.first_error().message());
+    }
+    t.close();
   }
 
   TEST_CASE("cancelling one batch does not fail another batch that shares its connection") {

@@ -58,6 +58,33 @@ TEST_SUITE("tcp frame") {
     CHECK(back->payload_length() == 0);
   }
 
+  TEST_CASE("only a read reply that carries its payload may say that the read's status follows it") {
+    frame_header h;
+    h.type = frame_type::read_reply;
+    h.request_id = 7;
+    h.length = 3 << 20;
+    h.flags = frame_header::status_follows;
+    auto back = ferry::tcp::decode_header(wire(h));
+    REQUIRE(back);
+    CHECK(back->flags == frame_header::status_follows);
+    CHECK(back->payload_length() == h.length);
+    auto refused = [&](frame_header bad) { return ferry::tcp::decode_header(wire(bad)).error(); };
+    frame_header other_flag = h;
+    other_flag.flags = 2;
+    CHECK(refused(other_flag) == ferry::errc::malformed_frame);
+    frame_header with_status = h;
+    with_status.status = static_cast<int>(ferry::errc::out_of_bounds);
+    with_status.length = 0;
+    CHECK(refused(with_status) == ferry::errc::malformed_frame); // no payload comes, so no status after it
+    frame_header empty = h;
+    empty.length = 0;
+    CHECK(refused(empty) == ferry::errc::malformed_frame);
+    frame_header on_write_reply = h;
+    on_write_reply.type = frame_type::write_reply;
+    on_write_reply.length = 0;
+    CHECK(refused(on_write_reply) == ferry::errc::malformed_frame);
+  }
+
   TEST_CASE("malformed headers are rejected before any payload is read") {
     frame_header ok;
     ok.type = frame_type::read;
@@ -70,10 +97,11 @@ TEST_SUITE("tcp frame") {
     };
     CHECK(mutate(0, std::byte{0}).error() == ferry::errc::malformed_frame);  // magic
     CHECK(mutate(4, std::byte{1}).error() == ferry::errc::version_mismatch); // version 1: no fences
-    CHECK(mutate(4, std::byte{3}).error() == ferry::errc::version_mismatch); // a later version
+    CHECK(mutate(4, std::byte{2}).error() == ferry::errc::version_mismatch); // version 2: no read status
+    CHECK(mutate(4, std::byte{4}).error() == ferry::errc::version_mismatch); // a later version
     CHECK(mutate(5, std::byte{0}).error() == ferry::errc::malformed_frame);  // type 0
     CHECK(mutate(5, std::byte{13}).error() == ferry::errc::malformed_frame); // type past the last
-    CHECK(mutate(6, std::byte{1}).error() == ferry::errc::malformed_frame);  // flags
+    CHECK(mutate(6, std::byte{1}).error() == ferry::errc::malformed_frame);  // flags on a request
     CHECK(mutate(12, std::byte{1}).error() == ferry::errc::malformed_frame); // reserved
     CHECK(mutate(8, std::byte{1}).error() == ferry::errc::malformed_frame);  // status on a request
     frame_header huge;

@@ -1,8 +1,12 @@
 #include "uring_test_util.hpp"
 
+#include "../../support/raw_frames.hpp"
+
 #include "ferry/core/task.hpp"
 #include "ferry/io/aligned_buffer.hpp"
+#include "ferry/io/deadline.hpp"
 #include "ferry/io/io_context.hpp"
+#include "ferry/io/tcp_socket.hpp"
 #include "ferry/transfer.hpp"
 #include "ferry/transport/uring/file_engine.hpp"
 
@@ -12,6 +16,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <sys/mount.h>
 #include <unistd.h>
 #include <vector>
@@ -48,6 +54,26 @@ ferry::task<> round_trip(file_engine& engine, ferry::segment_id target, std::uin
   CHECK(std::memcmp(back.data() + (1 << 20) + 5, src.data() + (1 << 20) + 5, 300001) == 0);
   CHECK(std::memcmp(back.data() + (2 << 20), src.data() + (2 << 20), 3 * 4096) == 0);
 }
+
+/// A real file region whose size, as the server sees it before a read, stays what it was registered with,
+/// as a block device's capacity does whatever its sectors hold: a read that starts well can fail in a later
+/// piece (here, once the file has really been truncated).
+class fixed_size_file final : public ferry::file_backing {
+public:
+  explicit fixed_size_file(std::shared_ptr<uring_file> file) : file_(std::move(file)) {}
+  std::uint64_t length() const noexcept override { return file_->length(); }
+  ferry::task<ferry::result<void>> read(std::uint64_t offset, std::span<std::byte> into,
+                                        std::stop_token stop) override {
+    co_return co_await file_->read(offset, into, stop);
+  }
+  ferry::task<ferry::result<void>> write(std::uint64_t offset, std::span<const std::byte> from,
+                                         std::stop_token stop) override {
+    co_return co_await file_->write(offset, from, stop);
+  }
+
+private:
+  std::shared_ptr<uring_file> file_;
+};
 
 } // namespace
 
@@ -224,6 +250,101 @@ TEST_SUITE("uring_transport") {
       auto wi = co_await initiator.transfer(within);
       CHECK_MESSAGE(wi.ok(), wi.first_error().message());
     }());
+  }
+
+  TEST_CASE("a remote file read whose later piece cannot be read fails with the owner's error and its "
+            "connection carries on") {
+    for (unsigned io_threads : {0u, 2u}) {
+      CAPTURE(io_threads);
+      io_context ctx;
+      temp_dir dir;
+      const std::string path = dir / "tail.bin";
+      constexpr std::uint64_t piece = ferry::tcp_server::file_piece;
+      make_file(path, 3 * piece, 1);
+      file_engine target(ctx, {.name = "target", .listen = "127.0.0.2:0", .tcp = {.io_threads = io_threads}});
+      // why: one slice per request, over one data connection
+      file_engine initiator(ctx, {.name = "initiator",
+                                  .slice_size = 16 << 20,
+                                  .tcp = {.connections_per_peer = 1, .io_threads = io_threads}});
+      auto opened = uring_file::open(ctx, path);
+      REQUIRE(opened);
+      auto at = target.registry().add_file(std::make_shared<fixed_size_file>(*opened), access::read_write);
+      REQUIRE(at);
+      REQUIRE(target.start());
+      aligned_buffer back(3 * piece);
+      REQUIRE(initiator.registry().add(back.data(), back.size(), access::none));
+      std::vector<std::byte> expect(piece);
+      fill(expect, 1);
+      ctx.run_until([&]() -> ferry::task<> {
+        auto seg = co_await initiator.open_segment(target.endpoint()->to_string());
+        REQUIRE(seg);
+        // The file loses its tail: a read of three pieces starts well, its reply and first piece go, and its
+        // second piece cannot be read. The read fails with the owner's reason, not as a broken connection
+        // (nor after retries that each meet the same).
+        REQUIRE(::truncate(path.c_str(), static_cast<off_t>(piece + piece / 2)) == 0);
+        transfer_batch r;
+        r.read(back.data(), *seg, *at, 3 * piece);
+        auto rr =
+            co_await initiator.transfer(r, ferry::transfer_options().with_timeout(std::chrono::seconds(20)));
+        REQUIRE_FALSE(rr.ok());
+        CHECK(rr.requests[0].error() == errc::out_of_bounds);
+        MESSAGE("a file that lost its tail under a read in pieces: ", rr.first_error().message());
+        transfer_batch again;
+        again.read(back.data(), *seg, *at, piece);
+        auto ar = co_await initiator.transfer(again);
+        CHECK_MESSAGE(ar.ok(), ar.first_error().message());
+        CHECK(std::memcmp(back.data(), expect.data(), piece) == 0);
+
+        // The same on the wire: the reply says that the read's status follows its payload; the bytes after
+        // the piece that failed are zeros, the status that follows is the owner's error, and the same
+        // connection then answers a ping.
+        auto raw = co_await ferry::io::tcp_socket::connect(ctx, *target.endpoint());
+        REQUIRE(raw);
+        REQUIRE(co_await raw->send_all(ferry_test::header(ferry::tcp::frame_type::read, 5, *at, 3 * piece)));
+        ferry::io::deadline within(ctx, std::chrono::seconds(20));
+        auto next = [&]() -> ferry::task<ferry::result<ferry::tcp::frame_header>> {
+          ferry_test::raw_header h;
+          if (auto got = co_await raw->recv_all(h, within.token()); !got)
+            co_return ferry::fail(got.error());
+          co_return ferry::tcp::decode_header(h);
+        };
+        auto reply = co_await next();
+        REQUIRE(reply);
+        CHECK(reply->type == ferry::tcp::frame_type::read_reply);
+        CHECK(reply->request_id == 5);
+        CHECK(reply->status == 0);
+        CHECK(reply->flags == ferry::tcp::frame_header::status_follows);
+        REQUIRE(reply->length == 3 * piece);
+        std::vector<std::byte> payload(3 * piece);
+        REQUIRE(co_await raw->recv_all(payload, within.token()));
+        CHECK(std::memcmp(payload.data(), expect.data(), piece) == 0);
+        CHECK(std::all_of(payload.begin() + piece, payload.end(),
+                          [](std::byte b) { return b == std::byte{0}; }));
+        auto outcome = co_await next();
+        REQUIRE(outcome);
+        CHECK(outcome->type == ferry::tcp::frame_type::read_reply);
+        CHECK(outcome->request_id == 5);
+        CHECK(outcome->flags == 0);
+        CHECK(outcome->length == 0);
+        CHECK(outcome->error() == errc::out_of_bounds);
+        REQUIRE(co_await raw->send_all(ferry_test::header(ferry::tcp::frame_type::ping, 6, 0, 0)));
+        auto pong = co_await next();
+        REQUIRE(pong);
+        CHECK(pong->type == ferry::tcp::frame_type::pong);
+        CHECK(pong->request_id == 6);
+        // and a read of one piece needs no status after it
+        REQUIRE(co_await raw->send_all(ferry_test::header(ferry::tcp::frame_type::read, 7, *at, piece)));
+        auto whole = co_await next();
+        REQUIRE(whole);
+        CHECK(whole->status == 0);
+        CHECK(whole->flags == 0);
+        REQUIRE(whole->length == piece);
+        std::vector<std::byte> one(piece);
+        REQUIRE(co_await raw->recv_all(one, within.token()));
+        CHECK(one == expect);
+        CHECK_FALSE(within.expired());
+      }());
+    }
   }
 
   TEST_CASE("file slices still waiting for a queue slot when the batch's deadline passes are not started") {

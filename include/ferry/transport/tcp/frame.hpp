@@ -4,9 +4,10 @@
 ///
 ///   offset  size  field
 ///        0     4  magic       "FRY1" (0x31595246)
-///        4     1  version     2 (2 added the connection tags and fences)
+///        4     1  version     3 (2 added the connection tags and fences, 3 the read status that follows a
+///                             payload)
 ///        5     1  type        frame_type
-///        6     2  flags       0 (reserved)
+///        6     2  flags       0, or frame_header::status_follows on a read_reply
 ///        8     4  status      0, or a ferry::errc value in replies
 ///       12     4  reserved    0
 ///       16     8  request_id  chosen by the initiator, echoed in the reply
@@ -15,6 +16,10 @@
 ///       32     8  length      payload bytes that follow, or bytes asked for (read)
 ///
 /// Requests flow initiator -> owner; each gets exactly one reply, in order, on the same connection.
+/// A read_reply with the flag `status_follows` (the owner sends a read of a file region in pieces, and only
+/// learns whether the later ones can be read after the reply went) is followed, after its payload, by a
+/// read_reply with the same request id, no flags and no payload, whose status is the read's outcome: if it
+/// is not 0, the payload's bytes are not the region's, and the read failed.
 /// A data connection's hello carries a tag the initiator chose for it; a fence names such a tag, and the
 /// owner answers it only once the connection with that tag has ended, so that nothing sent on it can still
 /// land (what follows the fence on the fencing connection is served after it). A connection that the owner
@@ -56,7 +61,9 @@ enum class frame_type : std::uint8_t {
 struct frame_header {
   static constexpr std::size_t size = 40;
   static constexpr std::uint32_t magic = 0x31595246; // "FRY1" on the wire
-  static constexpr std::uint8_t version = 2;
+  static constexpr std::uint8_t version = 3;
+  /// `flags` of a read_reply whose payload is followed by the read's final status (see above).
+  static constexpr std::uint16_t status_follows = 1;
   /// The largest payload of a read or write (one slice).
   static constexpr std::uint64_t max_data_payload = 64ull << 20;
   /// The largest notification.
@@ -66,6 +73,7 @@ struct frame_header {
   static constexpr std::uint64_t max_descriptor_payload = 16ull << 20;
 
   frame_type type = frame_type::ping;
+  std::uint16_t flags = 0;
   std::int32_t status = 0;
   std::uint64_t request_id = 0;
   std::uint64_t offset = 0;
@@ -109,7 +117,7 @@ inline void encode(const frame_header& h, std::span<std::byte, frame_header::siz
   detail::put_le(p + 0, frame_header::magic, 4);
   detail::put_le(p + 4, frame_header::version, 1);
   detail::put_le(p + 5, static_cast<std::uint8_t>(h.type), 1);
-  detail::put_le(p + 6, 0, 2);
+  detail::put_le(p + 6, h.flags, 2);
   detail::put_le(p + 8, static_cast<std::uint32_t>(h.status), 4);
   detail::put_le(p + 12, 0, 4);
   detail::put_le(p + 16, h.request_id, 8);
@@ -129,10 +137,11 @@ inline result<frame_header> decode_header(std::span<const std::byte, frame_heade
   if (type < static_cast<std::uint8_t>(frame_type::hello) ||
       type > static_cast<std::uint8_t>(frame_type::fence_reply))
     return fail(errc::malformed_frame, "frame: unknown type");
-  if (detail::get_le(p + 6, 2) != 0 || detail::get_le(p + 12, 4) != 0)
+  if (detail::get_le(p + 12, 4) != 0)
     return fail(errc::malformed_frame, "frame: reserved bits set");
   frame_header h;
   h.type = static_cast<frame_type>(type);
+  h.flags = static_cast<std::uint16_t>(detail::get_le(p + 6, 2));
   h.status = static_cast<std::int32_t>(static_cast<std::uint32_t>(detail::get_le(p + 8, 4)));
   h.request_id = detail::get_le(p + 16, 8);
   h.offset = detail::get_le(p + 24, 8);
@@ -143,6 +152,10 @@ inline result<frame_header> decode_header(std::span<const std::byte, frame_heade
   // why: errc values after short_transfer (internal) describe this process, never a peer's reply
   if (h.status < 0 || h.status > static_cast<std::int32_t>(errc::short_transfer))
     return fail(errc::malformed_frame, "frame: unknown status");
+  // why: only a read's payload can be followed by its status, and only a payload that comes (status 0)
+  if (h.flags != 0 && (h.flags != frame_header::status_follows || h.type != frame_type::read_reply ||
+                       h.status != 0 || h.length == 0))
+    return fail(errc::malformed_frame, "frame: unknown flags");
   switch (h.type) {
   case frame_type::write:
   case frame_type::read:

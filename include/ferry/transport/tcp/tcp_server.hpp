@@ -616,38 +616,60 @@ private:
       case tcp::frame_type::read: {
         // A file region: read from the file into the staging buffer, then sent, a piece at a time. The first
         // piece is read before the reply goes, so that a file that fails at once is answered with its error,
-        // and so is one that has shrunk below the range since it was registered.
+        // and so is one that has shrunk below the range since it was registered. A read of more than one
+        // piece says so in its reply, and its outcome follows the payload: a later piece that cannot be read
+        // is answered with its error there, and the connection carries on.
         if (auto now = file_lease->file()->size_now(); now && *now < file_lease->file_offset() + h->length) {
           reply.status = static_cast<std::int32_t>(errc::out_of_bounds);
           if (auto ok = co_await send(sock, reply, out, nullptr, 0, step); !ok)
             co_return;
           break;
         }
+        const bool in_pieces = piece_at(file_lease->file_offset(), h->length) < h->length;
+        std::optional<error> failed;
         for (std::uint64_t done = 0; done < h->length;) {
           const std::uint64_t at = file_lease->file_offset() + done;
           auto piece = staging.hold(piece_at(at, h->length - done));
-          auto got = co_await on_own_loop(
-              home, [&] { return file_lease->file()->read(at, piece, stop_.get_token()); });
-          step = bounded(within, sock, home); // why: the file's time is the server's, not a stall of the peer
-          if (done == 0) {
-            if (got)
-              reply.length = h->length;
-            else
-              reply.status = status_of(got.error());
-            if (auto ok = co_await send(sock, reply, out, piece.data(), got ? piece.size() : 0, step); !ok)
-              co_return;
+          if (!failed) {
+            auto got = co_await on_own_loop(
+                home, [&] { return file_lease->file()->read(at, piece, stop_.get_token()); });
+            // why: the file's time is the server's, not a stall of the peer
+            step = bounded(within, sock, home);
+            if (!got && done != 0 && stop_.stop_requested())
+              co_return; // why: the server is stopping; the peer sees the connection end
             if (!got)
+              failed = got.error();
+          }
+          if (done == 0) {
+            if (failed) {
+              reply.status = status_of(*failed);
+            } else {
+              reply.length = h->length;
+              reply.flags = in_pieces ? tcp::frame_header::status_follows : 0;
+            }
+            if (auto ok = co_await send(sock, reply, out, piece.data(), failed ? 0 : piece.size(), step); !ok)
+              co_return;
+            if (failed)
               break;
           } else {
-            // why: the reply promised the whole length; a piece that cannot be read now ends the
-            // connection, and the initiator learns of it as a broken connection, never as bytes received
-            if (!got)
-              co_return;
+            // why: the reply promised the whole length; after a piece that could not be read the rest is
+            // sent as zeros, never as other bytes of this buffer, and the status that follows fails the read
+            if (failed)
+              std::memset(piece.data(), 0, piece.size());
             std::array<::iovec, 1> iov{::iovec{piece.data(), piece.size()}};
             if (auto ok = co_await sock.send_all(std::span(iov), step); !ok)
               co_return;
           }
           done += piece.size();
+        }
+        if (in_pieces && reply.status == 0) {
+          tcp::frame_header outcome;
+          outcome.type = tcp::frame_type::read_reply;
+          outcome.request_id = h->request_id;
+          outcome.offset = h->offset;
+          outcome.status = failed ? status_of(*failed) : 0;
+          if (auto ok = co_await send(sock, outcome, out, nullptr, 0, step); !ok)
+            co_return;
         }
         break;
       }

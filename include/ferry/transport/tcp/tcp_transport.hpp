@@ -946,9 +946,35 @@ private:
           break;
         }
       }
+      std::int32_t status = h->status;
+      if (h->flags == tcp::frame_header::status_follows) {
+        // why: the owner sent the payload before it knew whether all of it could be read (a file region
+        // read in pieces); the read's outcome follows, and bytes that came without it are not the region's
+        sn.last_progress = clock::now();
+        auto more = co_await in.fill(sn.sock, tcp::frame_header::size);
+        if (sn.broken)
+          break;
+        if (!more) {
+          break_session(c, sn, more.error());
+          break;
+        }
+        auto end = tcp::decode_header(in.take_header());
+        if (!end) {
+          break_session(c, sn, end.error());
+          break;
+        }
+        if (end->type != tcp::frame_type::read_reply || end->request_id != s->wire_id || end->flags != 0 ||
+            end->length != 0) {
+          break_session(c, sn,
+                        error(errc::malformed_frame, "tcp: a read's status does not follow its payload"));
+          break;
+        }
+        status = end->status;
+      }
       sn.in_flight.pop_front();
       sn.last_progress = clock::now();
-      error outcome = h->status == 0 ? error{} : error(h->error(), "tcp: target refused");
+      error outcome =
+          status == 0 ? error{} : error(std::error_code(status, ferry_category()), "tcp: target refused");
       if (away) {
         sn.done.emplace_back(s, std::move(outcome));
         sn.done_bytes += s->length;
