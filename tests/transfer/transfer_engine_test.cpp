@@ -143,6 +143,7 @@ struct hand_made_target {
   ferry::io::tcp_listener listener;
   ferry::async_scope scope;
   std::vector<ferry::io::tcp_socket*> open;
+  std::size_t accepted = 0; // connections accepted so far
   std::string address;
   // With a pace: a write's reply is held until the next read's reply goes, and both go in one send (the
   // initiator then receives them together).
@@ -172,6 +173,7 @@ struct hand_made_target {
       auto s = co_await listener.accept();
       if (!s)
         co_return;
+      ++accepted;
       scope.spawn(serve(std::move(*s)));
     }
   }
@@ -1417,12 +1419,18 @@ TEST_SUITE("transfer_engine") {
       CHECK_MESSAGE(r.ok(), r.first_error().message());
       CHECK(back == t.region);
     }
-    SUBCASE("an error: the read fails with it, though all its bytes came") {
+    SUBCASE("an error: the read fails with it, though all its bytes came, and the connection carries on") {
       after.status = static_cast<std::int32_t>(errc::out_of_bounds);
       t.status_after_read = after;
       auto r = read_all();
       REQUIRE_FALSE(r.ok());
       CHECK(r.requests[0].error() == errc::out_of_bounds);
+      const auto connections = t.accepted;
+      t.status_after_read.reset();
+      auto again = read_all();
+      CHECK_MESSAGE(again.ok(), again.first_error().message());
+      CHECK(back == t.region);
+      CHECK(t.accepted == connections); // the same connection served it
     }
     SUBCASE("a status of another request, of another type or with a payload: the read fails") {
       SUBCASE("another request") {

@@ -27,7 +27,7 @@ using ferry::io::aligned_buffer;
 using ferry::io::io_context;
 using namespace ferry_test;
 
-// why: one test makes an allocation fail on purpose (a buffer larger than any address space); under
+// why: one test makes an allocation fail on purpose (2^60 bytes, more than any address space); under
 // AddressSanitizer such an allocation returns null, as it does without it, instead of ending the process
 #if defined(__SANITIZE_ADDRESS__)
 #define FERRY_TEST_ASAN 1
@@ -281,9 +281,10 @@ TEST_SUITE("uring_file") {
     const std::string path = dir / "window.bin";
     constexpr std::size_t size = 4096 + 100; // the second block is partial
     make_file(path, size, 1);
-    // why: a bounce buffer larger than any address space cannot be allocated: the read-modify-write of a
-    // partial block throws std::bad_alloc after it took its window, as running out of memory would there
-    auto f = uring_file::open(ctx, path, {.bounce_size = std::size_t{1} << 47});
+    // why: a bounce buffer larger than any address space (2^60 bytes) cannot be allocated: the
+    // read-modify-write of a partial block throws std::bad_alloc after it took its window, as running out of
+    // memory would there
+    auto f = uring_file::open(ctx, path, {.bounce_size = std::size_t{1} << 60});
     REQUIRE(f);
     if (!(*f)->direct()) { // why: buffered I/O writes any range as it is: no block is read, patched or locked
       MESSAGE("skipped: O_DIRECT is refused under ", dir.path.string(), " (", (*f)->note(),

@@ -15,7 +15,8 @@
 ///                             notification's id, the same when it is sent again (notify)
 ///       32     8  length      payload bytes that follow, or bytes asked for (read)
 ///
-/// Requests flow initiator -> owner; each gets exactly one reply, in order, on the same connection.
+/// Requests flow initiator -> owner; each gets exactly one reply, in order, on the same connection (a read
+/// in pieces: its reply, and after its payload the status that ends it, below).
 /// A read_reply with the flag `status_follows` (the owner sends a read of a file region in pieces, and only
 /// learns whether the later ones can be read after the reply went) is followed, after its payload, by a
 /// read_reply with the same request id, no flags and no payload, whose status is the read's outcome: if it
