@@ -199,7 +199,13 @@ public:
         if (sh.index.find(key) != sh.index.end())
           return fail(errc::already_exists, "put_start: the key exists; remove it first or use another key");
         std::vector<detail::stored_piece> pieces;
-        allocate_pieces(sh, size, placed, pieces);
+        try {
+          allocate_pieces(sh, size, placed, pieces);
+        } catch (...) { // out of memory: the pieces taken so far go back
+          std::shared_lock table(segments_mutex_);
+          free_pieces(pieces);
+          throw;
+        }
         if (!pieces.empty()) {
           try {
             set = insert_pending(sh, key, size, placed, pieces);
@@ -233,14 +239,16 @@ public:
     auto& meta = sh.objects[slot];
     if (meta.state != detail::object_state::pending)
       return fail(errc::invalid_state, "put_end: the object is already committed");
-    meta.state = detail::object_state::complete;
-    meta.deadline = meta.soft_pin ? clock_.now() + meta.deadline.time_since_epoch() : time_point{};
-    meta.lease_until = {};
     entry_hint hint{hash_of(*meta.key), entry_hint::no_parent, meta.depth, meta.partial_tail};
     if (meta.parent != entry_hint::no_parent && meta.parent < sh.objects.size() &&
         sh.objects[meta.parent].state == detail::object_state::complete)
       hint.parent = meta.parent;
+    // why: first, the one step that may run out of memory: a throw leaves the put pending (put_end may be
+    // called again), never committed without the policy knowing it
     sh.policy.insert(slot, hint);
+    meta.state = detail::object_state::complete;
+    meta.deadline = meta.soft_pin ? clock_.now() + meta.deadline.time_since_epoch() : time_point{};
+    meta.lease_until = {};
     return {};
   }
 
@@ -496,6 +504,8 @@ private:
     for (auto& c : candidates)
       if (std::find(order.begin(), order.end(), c.id) == order.end())
         order.push_back(c.id);
+    // why: room for every piece first, so that no piece is taken from a segment and then lost to a throw
+    out.reserve(out.size() + std::size_t{options.replicas} * stripes);
     std::size_t next = 0;
     for (std::uint32_t r = 0; r < options.replicas; ++r) {
       std::size_t start = out.size();
@@ -538,6 +548,9 @@ private:
     for (auto& p : pieces)
       set.pieces.push_back({p.segment, p.offset, p.length});
     const time_point until = clock_.now() + config_.put_timeout;
+    // why: room to give the slot back on a throw below, without an allocation then
+    if (sh.free_slots.size() == sh.free_slots.capacity())
+      sh.free_slots.reserve(std::max<std::size_t>(16, 2 * sh.free_slots.capacity()));
     const std::uint32_t slot =
         sh.free_slots.empty() ? static_cast<std::uint32_t>(sh.objects.size()) : sh.free_slots.back();
     // why: queued before the slot and the key are taken, so that a throw (out of memory) leaves no pending
@@ -598,13 +611,16 @@ private:
     auto& q = sh.pending_order;
     const std::size_t live = sh.index.size() - sh.policy.size(); // pending puts, not counting this one
     if (q.size() - sh.pending_first >= 2 * (live + 1) + 1024) {
-      q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(sh.pending_first));
-      sh.pending_first = 0;
+      // why: rebuilt aside and swapped in, so that running out of memory meanwhile leaves the queue as it was
+      std::vector<pending_put> rebuilt;
+      rebuilt.reserve(live + 1);
       std::unordered_set<std::uint32_t> kept;
       kept.reserve(live);
-      std::erase_if(q, [&](const pending_put& p) {
-        return !is_pending_since(sh, p.slot, p.until) || !kept.insert(p.slot).second;
-      });
+      for (std::size_t i = sh.pending_first; i < q.size(); ++i)
+        if (is_pending_since(sh, q[i].slot, q[i].until) && kept.insert(q[i].slot).second)
+          rebuilt.push_back(q[i]);
+      q.swap(rebuilt);
+      sh.pending_first = 0;
     }
     q.push_back({until, slot});
   }
@@ -653,6 +669,9 @@ private:
 
   /// Frees an object's space and forgets it; the caller holds the shard lock. Returns its bytes.
   std::uint64_t drop_object(shard& sh, std::uint32_t slot, bool evicted) {
+    // why: the one step that may run out of memory goes first, so that a throw leaves the object whole
+    if (sh.free_slots.size() == sh.free_slots.capacity())
+      sh.free_slots.reserve(std::max<std::size_t>(16, 2 * sh.free_slots.capacity()));
     auto& meta = sh.objects[slot];
     std::uint64_t bytes = 0;
     {

@@ -73,10 +73,12 @@ public:
     auto id = find_range(size);
     if (id == detail::no_index)
       return std::nullopt;
+    // why: the node of the rest is made first, the one step that may run out of memory: a throw then leaves
+    // the allocator as it was
+    auto rest = nodes_[id].size > size ? new_node(nodes_[id].offset + size, nodes_[id].size - size)
+                                       : detail::no_index;
     remove_free(id);
-    node& n = nodes_[id];
-    if (n.size > size) {
-      auto rest = new_node(n.offset + size, n.size - size);
+    if (rest != detail::no_index) {
       node& r = nodes_[rest];
       node& m = nodes_[id];
       r.nbr_prev = id;
@@ -98,7 +100,8 @@ public:
     return size != 0 && size <= capacity_ && find_range(size) != detail::no_index;
   }
 
-  /// Returns a range; throws std::logic_error if it is not a live allocation of this allocator.
+  /// Returns a range; throws std::logic_error if it is not a live allocation of this allocator (and changes
+  /// nothing then). Makes no allocation.
   void free(const allocation& a) {
     if (a.node >= nodes_.size() || !nodes_[a.node].used || nodes_[a.node].offset != a.offset ||
         nodes_[a.node].size != a.size)
@@ -158,7 +161,11 @@ private:
       id = spare_.back();
       spare_.pop_back();
     } else {
-      id = nodes_.size();
+      id = static_cast<std::uint32_t>(nodes_.size());
+      // why: room for every node in the spare list, so that giving nodes back (free) never allocates and
+      // cannot fail halfway through a merge
+      if (spare_.capacity() < std::size_t{id} + 1)
+        spare_.reserve(std::max<std::size_t>(16, 2 * (std::size_t{id} + 1)));
       nodes_.resize(id + 1);
     }
     nodes_[id] = node{offset, size, {}, detail::no_index, detail::no_index, false};

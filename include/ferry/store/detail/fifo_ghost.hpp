@@ -20,13 +20,20 @@ public:
   }
   std::size_t size() const noexcept { return order_.size(); }
 
-  void insert(std::uint64_t hash) {
+  /// Remembers `hash`. Out of memory, it is not remembered, and nothing else changes.
+  // why: noexcept: a policy forgets an evicted object's hash here after the object is gone; a throw then
+  // would leave the object half erased, and a ghost is only a hint for a later admission
+  void insert(std::uint64_t hash) noexcept {
     if (limit_ == 0)
       return;
     auto fp = fingerprint(hash);
-    order_.push_back(fp);
-    if ((used_ + 1) * 2 > table_.size())
-      rehash(std::max<std::size_t>(64, std::bit_ceil(order_.size() * 4)));
+    try {
+      if ((used_ + 1) * 2 > table_.size())
+        rehash(std::max<std::size_t>(64, std::bit_ceil((order_.size() + 1) * 4)));
+      order_.push_back(fp);
+    } catch (...) {
+      return;
+    }
     claim(fp).count++;
     trim();
   }
@@ -81,9 +88,10 @@ private:
     return table_[i];
   }
 
+  // why: the new table is made before the old one is let go, so that running out of memory changes nothing
   void rehash(std::size_t n) {
-    std::vector<slot> old = std::move(table_);
-    table_.assign(n, slot{});
+    std::vector<slot> old(n, slot{});
+    old.swap(table_);
     used_ = 0;
     for (auto& s : old)
       if (s.count || s.taken) {
