@@ -64,7 +64,9 @@ struct put_request {
 /// The store's metadata service: which object lives where, in how many replicas. It allocates ranges of
 /// the segments clients mount, grants read leases, evicts under memory pressure and forgets dead clients;
 /// the bytes themselves move between clients. Every operation is synchronous and safe from many threads:
-/// objects are spread over `config.shards` independently locked shards.
+/// objects are spread over `config.shards` independently locked shards. One that runs out of memory throws
+/// std::bad_alloc and leaves the master whole: a put that throws did not start, a commit that throws leaves
+/// its put pending, a removal that throws removed nothing (what a put evicted before it threw stays evicted).
 ///
 /// Policies are template arguments: `Eviction` (lru_policy, lease_lru_policy, s3fifo_policy,
 /// prefix_aware_policy), `Placement` (random_placement, least_loaded_placement, preferred_placement,
