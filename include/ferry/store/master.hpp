@@ -105,6 +105,8 @@ public:
   result<segment_id> mount_segment(const segment_spec& spec) {
     if (spec.capacity == 0 || spec.capacity >= offset_allocator::max_capacity || spec.name.empty())
       return fail(errc::invalid_argument, "mount_segment: give a name and a capacity in (0, 2^62) bytes");
+    // why: first, so that running out of memory cannot leave a segment mounted whose owner never expires
+    heartbeat(spec.owner);
     {
       std::unique_lock lock(segments_mutex_);
       for (auto& s : segments_)
@@ -113,8 +115,6 @@ public:
       auto id = static_cast<segment_id>(segments_.size());
       segments_.push_back(std::make_unique<segment_state>(spec, id));
       capacity_.fetch_add(spec.capacity, std::memory_order_relaxed);
-      lock.unlock();
-      heartbeat(spec.owner);
       return id;
     }
   }
@@ -219,7 +219,12 @@ public:
         }
       }
       if (set) {
-        relieve_pressure();
+        // why: the put has started; eviction towards the watermark is best effort here (tick() does it too),
+        // and running out of memory in it must not report a started put as failed
+        try {
+          relieve_pressure();
+        } catch (const std::bad_alloc&) {
+        }
         return std::move(*set);
       }
       if (segment_count() < placed.stripes)
@@ -277,9 +282,10 @@ public:
     auto& meta = sh.objects[it->second];
     if (meta.state != detail::object_state::complete)
       return fail(errc::not_ready, "get_replicas: the object is still being written; retry after put_end");
+    auto set = make_set(meta); // why: first, so that running out of memory grants no lease to nobody
     meta.lease_until = std::max(meta.lease_until, clock_.now() + config_.lease_ttl);
     sh.policy.touch(it->second);
-    return make_set(meta);
+    return set;
   }
 
   /// Removes a committed object; refused with `busy` while it is leased.
@@ -339,19 +345,18 @@ public:
   maintenance_report tick() {
     maintenance_report report;
     auto now = clock_.now();
-    std::vector<client_id> dead;
+    std::vector<std::pair<client_id, time_point>> dead; // and the last heartbeat that found it alive
     {
       std::lock_guard lock(clients_mutex_);
-      for (auto it = clients_.begin(); it != clients_.end();)
-        if (now - it->second > config_.client_ttl) {
-          dead.push_back(it->first);
-          it = clients_.erase(it);
-        } else {
-          ++it;
-        }
+      for (auto& [client, seen] : clients_)
+        if (now - seen > config_.client_ttl)
+          dead.emplace_back(client, seen);
     }
-    report.clients_expired = dead.size();
-    for (auto client : dead) {
+    // why: a client is forgotten only once its segments are gone, so that running out of memory on the way
+    // leaves it for the next pass to expire again, never a dead client's segment in the pool for ever
+    std::vector<client_id> expired;
+    expired.reserve(dead.size());
+    for (auto [client, seen] : dead) {
       std::vector<segment_id> owned;
       {
         std::shared_lock table(segments_mutex_);
@@ -361,7 +366,13 @@ public:
       }
       for (auto id : owned)
         (void)unmount_segment(id, true);
+      std::lock_guard lock(clients_mutex_);
+      if (auto it = clients_.find(client); it != clients_.end() && it->second == seen) {
+        clients_.erase(it);
+        expired.push_back(client);
+      }
     }
+    report.clients_expired = expired.size();
     for (auto& sh : shards_) {
       std::lock_guard lock(sh->mutex);
       // why: dropped at once, so that a second entry of the same slot (a put revoked, its slot taken again
@@ -378,10 +389,10 @@ public:
       for (; first < due.size() && due[first].until <= now; ++first)
         if (is_pending_since(*sh, due[first].slot, due[first].until))
           reclaim(due[first].slot);
-      if (!dead.empty()) // rare: a client expired; its puts that are not due yet go too
+      if (!expired.empty()) // rare: a client expired; its puts that are not due yet go too
         for (std::size_t i = first; i < due.size(); ++i)
           if (is_pending_since(*sh, due[i].slot, due[i].until) &&
-              std::find(dead.begin(), dead.end(), sh->objects[due[i].slot].owner) != dead.end())
+              std::find(expired.begin(), expired.end(), sh->objects[due[i].slot].owner) != expired.end())
             reclaim(due[i].slot);
       if (first == due.size()) {
         due.clear();
@@ -507,7 +518,7 @@ private:
       if (std::find(order.begin(), order.end(), c.id) == order.end())
         order.push_back(c.id);
     // why: room for every piece first, so that no piece is taken from a segment and then lost to a throw
-    out.reserve(out.size() + std::size_t{options.replicas} * stripes);
+    out.reserve(out.size() + std::min<std::size_t>(order.size(), std::size_t{options.replicas} * stripes));
     std::size_t next = 0;
     for (std::uint32_t r = 0; r < options.replicas; ++r) {
       std::size_t start = out.size();
@@ -662,11 +673,14 @@ private:
       drop_object(sh, slot, false);
       return;
     }
+    // why: the kept pieces' list is made before the others go, so that running out of memory loses nothing
+    detail::piece_list kept;
+    kept.assign(keep);
     {
       std::shared_lock table(segments_mutex_);
       free_pieces(gone);
     }
-    meta.pieces.assign(keep);
+    meta.pieces = std::move(kept);
   }
 
   /// Frees an object's space and forgets it; the caller holds the shard lock. Returns its bytes.

@@ -18,15 +18,17 @@ struct stored_piece {
 /// The pieces of an object; one piece (the common case) lives inline.
 class piece_list {
 public:
+  /// Replaces the pieces; running out of memory leaves them as they were.
   void assign(std::span<const stored_piece> pieces) {
-    rest_.reset();
-    size_ = static_cast<std::uint32_t>(pieces.size());
-    if (size_ == 1) {
-      first_ = pieces[0];
-    } else if (size_ > 1) {
-      rest_ = std::make_unique<stored_piece[]>(size_);
-      std::copy(pieces.begin(), pieces.end(), rest_.get());
+    std::unique_ptr<stored_piece[]> rest;
+    if (pieces.size() > 1) { // why: made before anything changes
+      rest = std::make_unique<stored_piece[]>(pieces.size());
+      std::copy(pieces.begin(), pieces.end(), rest.get());
     }
+    rest_ = std::move(rest);
+    size_ = static_cast<std::uint32_t>(pieces.size());
+    if (size_ == 1)
+      first_ = pieces[0];
   }
   std::span<const stored_piece> view() const noexcept { return {size_ > 1 ? rest_.get() : &first_, size_}; }
   std::uint32_t size() const noexcept { return size_; }
