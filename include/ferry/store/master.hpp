@@ -561,9 +561,7 @@ private:
     for (auto& p : pieces)
       set.pieces.push_back({p.segment, p.offset, p.length});
     const time_point until = clock_.now() + config_.put_timeout;
-    // why: room to give the slot back on a throw below, without an allocation then
-    if (sh.free_slots.size() == sh.free_slots.capacity())
-      sh.free_slots.reserve(std::max<std::size_t>(16, 2 * sh.free_slots.capacity()));
+    make_room_for_a_free_slot(sh); // why: to give the slot back on a throw below, without an allocation then
     const std::uint32_t slot =
         sh.free_slots.empty() ? static_cast<std::uint32_t>(sh.objects.size()) : sh.free_slots.back();
     // why: queued before the slot and the key are taken, so that a throw (out of memory) leaves no pending
@@ -683,11 +681,16 @@ private:
     meta.pieces = std::move(kept);
   }
 
+  /// Grows `sh.free_slots` (geometrically) if it is full, so that the next push_back cannot throw.
+  static void make_room_for_a_free_slot(shard& sh) {
+    if (sh.free_slots.size() == sh.free_slots.capacity())
+      sh.free_slots.reserve(std::max<std::size_t>(16, 2 * sh.free_slots.capacity()));
+  }
+
   /// Frees an object's space and forgets it; the caller holds the shard lock. Returns its bytes.
   std::uint64_t drop_object(shard& sh, std::uint32_t slot, bool evicted) {
     // why: the one step that may run out of memory goes first, so that a throw leaves the object whole
-    if (sh.free_slots.size() == sh.free_slots.capacity())
-      sh.free_slots.reserve(std::max<std::size_t>(16, 2 * sh.free_slots.capacity()));
+    make_room_for_a_free_slot(sh);
     auto& meta = sh.objects[slot];
     std::uint64_t bytes = 0;
     {
